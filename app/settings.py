@@ -1,0 +1,193 @@
+"""The one settings object: every knob nearline has, read from ``NEARLINE_*`` variables."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Profile", "Settings", "SettingsError", "load_settings", "parse_duration"]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"96h"``, ``"4d"`` or ``"250ms"``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 96h or 4d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be a positive duration")
+    return seconds
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+DurationList = Annotated[list[Duration], NoDecode, BeforeValidator(_split_list)]
+
+
+class Profile(str, Enum):
+    """Where nearline runs: the embedded single-machine stack, or a real cluster."""
+
+    EMBEDDED = "embedded"
+    PRODUCTION = "production"
+
+
+class SettingsError(ValueError):
+    """A ``NEARLINE_*`` variable holds a value nearline cannot use; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable, each field read from ``NEARLINE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="NEARLINE_", extra="ignore", frozen=True)
+
+    profile: Profile = Profile.EMBEDDED
+    app_id: str = "nearline"
+
+    # Kafka
+    broker_url: CommaList = Field(default_factory=lambda: ["kafka://127.0.0.1:9092"])
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    topic_actions: str = "member-actions"
+    topic_dlq: str = "member-actions.dlq"
+    topic_partitions: int = Field(default=4, ge=1)
+    topic_replication: int = Field(default=1, ge=1)
+    standby_replicas: int = Field(default=0, ge=0)
+
+    # What is kept, and for how long
+    actions_of_interest: CommaList = Field(
+        default_factory=lambda: ["view", "click", "apply", "save", "dismiss"]
+    )
+    windows: DurationList = Field(default_factory=lambda: [3600.0, 86400.0, 345600.0])
+    retention: Duration = 345600.0
+    bucket: Duration = 60.0
+    max_recent_actions: int = Field(default=100, ge=1)
+    max_event_bytes: int = Field(default=16384, ge=256)
+    max_future_skew: Duration = 300.0
+    sweep_interval: Duration = 300.0
+
+    # Ingest batching
+    batch_max: int = Field(default=2000, ge=1)
+    batch_within: Duration = 0.05
+
+    # Local state
+    data_dir: Path = Path("./data")
+
+    # Web
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8080, ge=1, le=65535)
+    advertised_url: str | None = None
+    forward_timeout: Duration = 2.0
+
+    log_level: str = "INFO"
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        allowed = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+        if value.upper() not in allowed:
+            raise ValueError(f"must be one of {', '.join(sorted(allowed))}")
+        return value.upper()
+
+    @field_validator("kafka_sasl_mechanism")
+    @classmethod
+    def _known_mechanism(cls, value: str) -> str:
+        allowed = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+        if value.upper() not in allowed:
+            raise ValueError(f"must be one of {', '.join(sorted(allowed))}")
+        return value.upper()
+
+    @field_validator("actions_of_interest", "broker_url")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one value (comma-separated)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _windows_fit_retention(self) -> Settings:
+        if not self.windows:
+            raise ValueError("NEARLINE_WINDOWS must name at least one window")
+        if max(self.windows) > self.retention:
+            raise ValueError(
+                "NEARLINE_WINDOWS: the longest window is longer than NEARLINE_RETENTION; "
+                "data older than the retention is deleted, so such a window could never fill"
+            )
+        if self.bucket > min(self.windows):
+            raise ValueError("NEARLINE_BUCKET must not be longer than the shortest window")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise ValueError(
+                "NEARLINE_KAFKA_SASL_USERNAME is required when "
+                "NEARLINE_KAFKA_SECURITY_PROTOCOL uses SASL"
+            )
+        return self
+
+    @cached_property
+    def web_url(self) -> str:
+        """The URL other workers use to reach this one (forwarding to a partition owner)."""
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
+        host = "127.0.0.1" if self.web_host in {"0.0.0.0", "::", ""} else self.web_host
+        return f"http://{host}:{self.web_port}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.profile is Profile.EMBEDDED
+
+    @property
+    def window_names(self) -> list[str]:
+        return [format_duration(w) for w in self.windows]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of a duration: ``3600 -> "1h"``, ``90 -> "90s"``."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (plus ``overrides``); a bad value raises :class:`SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
+            name = f"NEARLINE_{field.upper()}" if field else "settings"
+            given = error.get("input")
+            shown = f" (got {given!r})" if field and not isinstance(given, dict) else ""
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{name}: {message}{shown}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
