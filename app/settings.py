@@ -101,7 +101,42 @@ class Settings(BaseSettings):
     advertised_url: str | None = None
     forward_timeout: Duration = 2.0
 
+    # Attribute store and joins
+    attribute_store: str = "embedded"
+    aerospike_hosts: CommaList = Field(default_factory=list)
+    aerospike_namespace: str = "nearline"
+    aerospike_set_items: str = "items"
+    aerospike_set_members: str = "members"
+    aerospike_user: str | None = None
+    aerospike_password: str | None = None
+    aerospike_tls_name: str | None = None
+    aerospike_tls_cafile: Path | None = None
+    aerospike_connect_timeout: Duration = 1.0
+    aerospike_total_timeout: Duration = 0.2
+    aerospike_retries: int = Field(default=2, ge=0)
+    embedding_dim: int = Field(default=64, ge=1)
+    join_at_ingest: CommaList = Field(default_factory=lambda: ["geo", "category", "company"])
+    join_at_read: CommaList = Field(default_factory=lambda: ["embedding"])
+    attribute_cache_ttl: Duration = 60.0
+    attribute_cache_size: int = Field(default=100_000, ge=0)
+    topic_item_attributes: str = "item-attributes"
+
+    # Recommendations
+    api_token: str | None = None
+    model_dir: Path | None = None
+    torch_threads: int = Field(default=1, ge=1)
+    max_candidates: int = Field(default=1000, ge=1)
+    topic_recommendations_log: str = "recommendations-log"
+    topic_training_examples: str = "training-examples"
+
     log_level: str = "INFO"
+
+    @field_validator("attribute_store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value.lower() not in {"embedded", "aerospike"}:
+            raise ValueError("must be embedded or aerospike")
+        return value.lower()
 
     @field_validator("kafka_security_protocol")
     @classmethod
@@ -148,6 +183,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "NEARLINE_KAFKA_SASL_USERNAME is required when "
                 "NEARLINE_KAFKA_SECURITY_PROTOCOL uses SASL"
+            )
+        if self.attribute_store == "aerospike" and not self.aerospike_hosts:
+            raise ValueError(
+                "NEARLINE_AEROSPIKE_HOSTS is required when NEARLINE_ATTRIBUTE_STORE=aerospike "
+                "(comma-separated host:port)"
             )
         return self
 
