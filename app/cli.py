@@ -1,0 +1,187 @@
+"""The ``nearline`` command: broker, worker, produce, demo, topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import httpx
+from tqdm import tqdm
+
+from app.broker import BrokerError, EmbeddedBroker
+from app.settings import Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """nearline: member actions in, fresh features and recommendations out, in seconds.
+
+    Every command reads its configuration from NEARLINE_* environment variables
+    (see the README's configuration table). Start with `nearline demo`.
+    """
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=9092, show_default=True, help="Kafka protocol port.")
+def broker(host: str, port: int) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, memory only) until Ctrl-C.
+
+    Topics and offsets live in memory: when the broker stops they are gone, and workers
+    discard local state whose changelog no longer exists.
+    """
+    instance = EmbeddedBroker(host, port)
+    try:
+        instance.start()
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"embedded broker listening on {instance.bootstrap} (pid {instance.pid})")
+    click.echo(f"use it with: export NEARLINE_BROKER_URL={instance.url}")
+    signal.signal(signal.SIGTERM, lambda *_: instance.stop())
+    try:
+        instance.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        instance.stop()
+        click.echo("broker stopped")
+
+
+@main.command()
+def worker() -> None:
+    """Run a worker: the ingest agent, the online store and the HTTP API on one event loop.
+
+    Start as many as the actions topic has partitions; each serves the members of the
+    partitions it owns and forwards other requests to their owner.
+    """
+    from app.web_server import WebServerError
+    from app.worker import run_worker
+
+    settings = _settings()
+    try:
+        run_worker(settings)
+    except WebServerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--generate", "count", type=int, help="Generate this many demo actions instead of reading FILE.")
+@click.option("--members", default=1000, show_default=True, help="Distinct members when generating.")
+@click.option("--rate", type=float, help="At most this many actions per second (default: as fast as possible).")
+@click.option("--seed", default=7, show_default=True, help="Random seed when generating.")
+def produce(file: Path | None, count: int | None, members: int, rate: float | None, seed: int) -> None:
+    """Send actions to the actions topic from a JSONL FILE or from the generator.
+
+    Each line of FILE is one action event (see the README); it is keyed by its member_id.
+    """
+    from app.traffic import generate_actions, produce as send, read_jsonl
+
+    settings = _settings()
+    if (file is None) == (count is None):
+        raise click.UsageError("give either FILE or --generate N")
+    if file is not None:
+        records = read_jsonl(file)
+        total = None
+    else:
+        assert count is not None
+        records = ((e.member_id.encode(), e.to_json()) for e in generate_actions(count, members=members, seed=seed))
+        total = count
+    with tqdm(total=total, unit="actions", desc="producing") as bar:
+        try:
+            sent = asyncio.run(send(settings, records, rate=rate, progress=bar))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"sent {sent} actions to {settings.topic_actions}")
+
+
+@main.command()
+def topics() -> None:
+    """Create nearline's topics (partitions, retention, compaction) if they are missing."""
+    from app.topics import ensure_topics
+
+    created = asyncio.run(ensure_topics(_settings()))
+    click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException("the worker exited during start-up; see its log above")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"the worker was not ready within {timeout:.0f}s")
+
+
+@main.command()
+@click.option("--port", default=8080, show_default=True, help="HTTP port of the worker.")
+@click.option("--broker-port", default=0, help="Broker port (default: a free one).")
+@click.option("--rate", default=20.0, show_default=True, help="Demo actions per second.")
+@click.option("--members", default=20, show_default=True, help="Demo members.")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
+def demo(port: int, broker_port: int, rate: float, members: int, duration: float | None) -> None:
+    """Embedded broker + one worker + live demo traffic; watch a member's features change."""
+    from app.traffic import generate_actions, produce as send
+
+    with EmbeddedBroker(port=broker_port or None) as instance:
+        data_dir = tempfile.mkdtemp(prefix="nearline-demo-")
+        env = {
+            **os.environ,
+            "NEARLINE_PROFILE": "embedded",
+            "NEARLINE_BROKER_URL": instance.url,
+            "NEARLINE_DATA_DIR": data_dir,
+            "NEARLINE_WEB_PORT": str(port),
+            "NEARLINE_LOG_LEVEL": os.environ.get("NEARLINE_LOG_LEVEL", "WARNING"),
+        }
+        os.environ.update(env)
+        settings = _settings()
+        click.echo(f"broker on {instance.bootstrap}; starting a worker (state in {data_dir})")
+        worker_process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+        try:
+            _wait_ready(settings.web_url, worker_process, timeout=60)
+            url = f"{settings.web_url}/v1/members/member-1/features"
+            click.echo("")
+            click.echo(f"  ready. Watch a member's features change:  {url}")
+            click.echo(f"  e.g.  watch -n1 curl -s {url}")
+            click.echo(f"  metrics: {settings.web_url}/metrics    stop: Ctrl-C")
+            click.echo("")
+            count = int(rate * duration) if duration else None
+            records = ((e.member_id.encode(), e.to_json()) for e in generate_actions(count, members=members))
+            with tqdm(total=count, unit="actions", desc="demo traffic") as bar:
+                asyncio.run(send(settings, records, rate=rate, progress=bar))
+            time.sleep(1.0)
+            body = httpx.get(url, timeout=2).json()
+            click.echo(f"member-1 now: {body['counts']}")
+        except KeyboardInterrupt:
+            click.echo("stopping")
+        finally:
+            worker_process.send_signal(signal.SIGTERM)
+            try:
+                worker_process.wait(15)
+            except subprocess.TimeoutExpired:
+                worker_process.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Kafka connection details shared by the Faust app and the plain aiokafka clients."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
+
+from app.settings import Settings
+
+__all__ = ["EMBEDDED_MAX_BATCH_BYTES", "bootstrap_servers", "client_options", "partition_for_key"]
+
+#: The embedded broker reports "latest" as the last *batch* base offset + 1; a batch size
+#: below one record makes every batch a single record, so that answer is exact.
+EMBEDDED_MAX_BATCH_BYTES = 16
+
+
+def bootstrap_servers(settings: Settings) -> list[str]:
+    """``host:port`` list from ``NEARLINE_BROKER_URL`` (``kafka://`` prefixes dropped)."""
+    return [url.split("://", 1)[-1].rstrip("/") for url in settings.broker_url]
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.kafka_security_protocol not in {"SSL", "SASL_SSL"}:
+        return None
+    return create_ssl_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+    )
+
+
+def client_options(settings: Settings, *, producer: bool = False) -> dict[str, Any]:
+    """Keyword arguments for any aiokafka client: servers, security, embedded quirks."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers(settings),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    context = ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    if producer and settings.embedded:
+        options["max_batch_size"] = EMBEDDED_MAX_BATCH_BYTES
+    return options
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java client, aiokafka) gives a keyed record."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,71 @@
+"""Creating nearline's topics with the partitions and configs each one needs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from app.kafka import client_options
+from app.settings import Settings
+
+__all__ = ["TopicSpec", "ensure_topics", "existing_topics", "topic_specs"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic nearline reads or writes, except the changelogs Faust creates itself."""
+    n, r = settings.topic_partitions, settings.topic_replication
+    # Keep raw actions a little longer than the state they feed, so a replay can rebuild it.
+    retention_ms = str(int(settings.retention * 1000 * 1.25))
+    return [
+        TopicSpec(settings.topic_actions, n, r, {"retention.ms": retention_ms}),
+        TopicSpec(settings.topic_dlq, n, r, {"retention.ms": str(14 * 86400 * 1000)}),
+        TopicSpec(settings.topic_item_attributes, n, r, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_recommendations_log, n, r, {"retention.ms": retention_ms}),
+        TopicSpec(settings.topic_training_examples, n, r, {"retention.ms": retention_ms}),
+    ]
+
+
+async def existing_topics(settings: Settings) -> set[str]:
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    created: list[str] = []
+    try:
+        present = set(await admin.list_topics())
+        for spec in topic_specs(settings):
+            if spec.name in present:
+                continue
+            try:
+                await admin.create_topics(
+                    [NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.config)]
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:  # another worker won the race
+                pass
+    finally:
+        await admin.close()
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    return created

@@ -1,0 +1,110 @@
+"""Action traffic: a seeded generator of plausible member actions, and a producer for it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from agents.events import ActionEvent
+from app.kafka import client_options
+from app.settings import Settings
+
+__all__ = ["generate_actions", "produce", "read_jsonl"]
+
+_ACTIONS = ("view", "view", "view", "view", "click", "click", "save", "apply", "dismiss")
+_CATEGORIES = ("engineering", "design", "sales", "marketing", "finance", "operations")
+_COMPANIES = ("acme", "globex", "initech", "umbrella", "hooli", "stark")
+
+
+def generate_actions(
+    count: int | None,
+    *,
+    members: int = 1000,
+    items: int = 5000,
+    seed: int = 7,
+    spread: float = 0.0,
+    clock: callable = time.time,  # type: ignore[valid-type]
+) -> Iterator[ActionEvent]:
+    """``count`` actions (forever if None) by ``member-<n>`` on ``item-<n>``, event time now.
+
+    ``spread`` > 0 back-dates events uniformly over that many seconds.
+    """
+    rng = random.Random(seed)
+    produced = 0
+    while count is None or produced < count:
+        item = rng.randrange(items)
+        ts = clock() - (rng.random() * spread if spread else 0.0)
+        yield ActionEvent(
+            event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            member_id=f"member-{rng.randrange(members)}",
+            item_id=f"item-{item}",
+            action=rng.choice(_ACTIONS),
+            ts=round(ts, 3),
+            attributes={
+                "category": _CATEGORIES[item % len(_CATEGORIES)],
+                "company": _COMPANIES[item % len(_COMPANIES)],
+            },
+        )
+        produced += 1
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs from a JSONL file of actions; the key is each line's member_id."""
+    from app import codec
+
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                member = codec.loads(line)["member_id"]
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(
+                    f"{path}:{number}: not a JSON object with a member_id; fix or remove the line"
+                ) from None
+            yield str(member).encode(), line
+
+
+async def produce(
+    settings: Settings,
+    records: Iterable[tuple[bytes, bytes]] | AsyncIterator[tuple[bytes, bytes]],
+    *,
+    rate: float | None = None,
+    progress: object | None = None,
+) -> int:
+    """Send (key, value) records to the actions topic, at most ``rate`` per second."""
+    producer = AIOKafkaProducer(**client_options(settings, producer=True), linger_ms=5)
+    await producer.start()
+    sent = 0
+    pending = []
+    started = time.monotonic()
+    try:
+        iterator = records if hasattr(records, "__aiter__") else _aiter(records)  # type: ignore[arg-type]
+        async for key, value in iterator:  # type: ignore[union-attr]
+            pending.append(await producer.send(settings.topic_actions, value, key=key))
+            sent += 1
+            if progress is not None:
+                progress.update(1)  # type: ignore[attr-defined]
+            if len(pending) >= 1000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if rate:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def _aiter(records: Iterable[tuple[bytes, bytes]]) -> AsyncIterator[tuple[bytes, bytes]]:
+    for record in records:
+        yield record

@@ -1,0 +1,222 @@
+"""The worker: one Faust app with its topics, online store table, ingest agent and web app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+from collections.abc import Sequence
+from datetime import timedelta
+
+import faust
+import httpx
+from faust.types import TP
+
+from agents.ingest import DeadLetter, IngestProcessor, SourceRecord
+from app.kafka import EMBEDDED_MAX_BATCH_BYTES, ssl_context
+from app.metrics import Metrics
+from app.settings import Settings
+from app.topics import ensure_topics, existing_topics
+from app.web import create_web_app
+from app.web_server import WebServer, WebServerError
+from tables.member_state import StatePolicy
+from tables.online_store import OnlineStore
+
+__all__ = ["MEMBERS_TABLE", "Nearline", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+MEMBERS_TABLE = "members"
+
+
+def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    context = ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    options: dict[str, object] = {}
+    if settings.embedded:
+        # Quirks of the embedded broker (see ARCHITECTURE.md): one record per producer
+        # batch keeps its "latest offset" exact for changelog recovery, and short
+        # session timeouts let a restarted worker rejoin in seconds, not a minute.
+        options.update(
+            producer_max_batch_size=EMBEDDED_MAX_BATCH_BYTES,
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
+        )
+    return faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        broker_credentials=_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        web_enabled=False,
+        canonical_url=settings.web_url,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        table_standby_replicas=settings.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+        **options,
+    )
+
+
+class Nearline:
+    """Everything one worker process runs, built from one :class:`Settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.faust = _faust_app(settings)
+        self.actions_topic = self.faust.topic(
+            settings.topic_actions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+        )
+        self.members = self.faust.Table(
+            MEMBERS_TABLE,
+            default=None,
+            partitions=settings.topic_partitions,
+            schema=faust.Schema(
+                key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            ),
+        )
+        self.store = OnlineStore(
+            self.faust, self.members, StatePolicy.from_settings(settings), settings.topic_partitions
+        )
+        self.ingest = IngestProcessor(self.store, settings, self.metrics, self.send_dead_letters)
+        self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
+        self.web = create_web_app(self)
+        self.metrics.track_lag(self.consumer_lag)
+        self._register_agents()
+
+    def _register_agents(self) -> None:
+        settings = self.settings
+
+        async def ingest(stream: faust.StreamT[bytes]) -> None:
+            async for events in stream.take_events(settings.batch_max, settings.batch_within):
+                await self.ingest.process(
+                    [
+                        SourceRecord(
+                            e.message.partition, e.message.offset, e.message.key, e.message.value
+                        )
+                        for e in events
+                    ]
+                )
+
+        self.faust.agent(self.actions_topic, name="ingest")(ingest)
+
+        async def sweep_retention() -> None:
+            if self.faust.rebalancing or self.faust.in_recovery:
+                return
+            pruned, deleted = await self.store.sweep()
+            self.metrics.members_expired.inc(deleted)
+
+        self.faust.timer(timedelta(seconds=settings.sweep_interval), name="retention-sweep")(
+            sweep_retention
+        )
+
+    async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Original bytes to the DLQ, the reason and source position in headers."""
+        producer = self.faust.producer
+        sends = []
+        for letter in letters:
+            record = letter.record
+            headers = [
+                ("nearline-reason", letter.reason.encode()),
+                ("nearline-detail", letter.detail.encode()),
+                ("nearline-source-topic", self.settings.topic_actions.encode()),
+                ("nearline-source-partition", str(record.partition).encode()),
+                ("nearline-source-offset", str(record.offset).encode()),
+            ]
+            sends.append(
+                await producer.send(
+                    self.settings.topic_dlq, record.key, record.value, None, None, headers
+                )
+            )
+        await asyncio.gather(*sends)
+
+    def readiness(self) -> tuple[bool, str]:
+        app = self.faust
+        if not app.consumer_generation_id and not self.store.owned_partitions():
+            return False, "starting: waiting for partitions"
+        if app.rebalancing:
+            return False, "rebalancing"
+        if app.in_recovery or not app.tables.recovery.completed.is_set():
+            return False, "recovering state from the changelog"
+        return True, "ready"
+
+    def consumer_lag(self) -> dict[int, int]:
+        lag: dict[int, int] = {}
+        try:
+            assignment = self.faust.consumer.assignment()
+        except Exception:  # noqa: BLE001 - the consumer is not up yet
+            return lag
+        for tp in assignment:
+            if tp.topic != self.settings.topic_actions:
+                continue
+            try:
+                highwater = self.faust.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - no fetch for this partition yet
+                continue
+            if highwater is None:
+                continue
+            position = self.ingest.next_offsets.get(tp.partition, 0)
+            lag[tp.partition] = max(0, highwater - position)
+        return lag
+
+    def changelog_topic(self) -> str:
+        return str(self.members.changelog_topic.get_topic_name())
+
+    def owner_tp(self, partition: int) -> TP:
+        return TP(self.changelog_topic(), partition)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise WebServerError(
+                f"cannot serve HTTP on {host}:{port} ({exc.strerror}); "
+                "set NEARLINE_WEB_PORT to a free port"
+            ) from None
+
+
+async def prepare(settings: Settings, nearline: Nearline) -> None:
+    """Create missing topics; drop local state the broker no longer has a changelog for."""
+    await ensure_topics(settings)
+    topics = await existing_topics(settings)
+    tabledir = nearline.faust.conf.tabledir
+    if nearline.changelog_topic() not in topics and tabledir.exists():
+        # A new (or restarted, memory-only) broker: the old RocksDB state would be
+        # trusted by recovery although no changelog backs it any more.
+        log.warning("changelog topic is new: discarding local state in %s", tabledir)
+        shutil.rmtree(tabledir)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker (ingest agent + HTTP API) until SIGINT/SIGTERM."""
+    _check_port_free(settings.web_host, settings.web_port)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    nearline = Nearline(settings)
+    loop.run_until_complete(prepare(settings, nearline))
+    web = WebServer(nearline.web, settings.web_host, settings.web_port)
+    worker = faust.Worker(nearline.faust, web, loglevel=settings.log_level.lower(), loop=loop)
+    worker.execute_from_commandline()

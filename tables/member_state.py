@@ -1,0 +1,200 @@
+"""A member's online state: recent actions and time-bucketed counts, with pure update rules.
+
+One value per member holds everything the features endpoint serves, so an ingest batch
+costs one read and one write per member it touches, however many events it holds.
+Windows are computed at read time from fixed-size event-time buckets: an event counts in
+window ``W`` at time ``t`` while its bucket overlaps ``(t - W, t]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from app import codec
+from app.settings import Settings, format_duration
+
+__all__ = ["Applied", "MemberState", "RecentAction", "StatePolicy"]
+
+
+class Applied(str, Enum):
+    """What applying one event did."""
+
+    APPLIED = "applied"
+    REPLAYED = "replayed"  # offset at or below the last applied one: a re-read after a crash
+    DUPLICATE = "duplicate"  # an event id the member already has: a producer retry
+
+
+@dataclass(frozen=True, slots=True)
+class StatePolicy:
+    """How much of a member's history is kept and how it is windowed."""
+
+    windows: tuple[float, ...]
+    retention: float
+    bucket: float
+    max_recent_actions: int
+    actions_of_interest: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StatePolicy:
+        return cls(
+            windows=tuple(settings.windows),
+            retention=settings.retention,
+            bucket=settings.bucket,
+            max_recent_actions=settings.max_recent_actions,
+            actions_of_interest=tuple(settings.actions_of_interest),
+        )
+
+    def bucket_of(self, ts: float) -> int:
+        return math.floor(ts / self.bucket)
+
+    def bucket_in_window(self, bucket: int, as_of: float, window: float) -> bool:
+        return (bucket + 1) * self.bucket > as_of - window and bucket * self.bucket <= as_of
+
+
+@dataclass(slots=True)
+class RecentAction:
+    event_id: str
+    item_id: str
+    action: str
+    ts: float
+    attributes: dict[str, Any] = field(default_factory=dict)
+    joined: bool | None = None  # None: no ingest-time join was configured
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "event_id": self.event_id,
+            "item_id": self.item_id,
+            "action": self.action,
+            "ts": self.ts,
+            "attributes": dict(self.attributes),
+        }
+        if self.joined is not None:
+            body["joined"] = self.joined
+        return body
+
+
+@dataclass(slots=True)
+class MemberState:
+    """Everything kept for one member; ``actions`` is sorted by event time, newest last."""
+
+    last_offset: int = -1
+    last_event_ts: float | None = None
+    last_applied_at: float | None = None
+    actions: list[RecentAction] = field(default_factory=list)
+    buckets: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    # -- codec -------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        return codec.dumps(
+            {
+                "o": self.last_offset,
+                "t": self.last_event_ts,
+                "p": self.last_applied_at,
+                "a": [
+                    [a.event_id, a.item_id, a.action, a.ts, a.attributes or None, a.joined]
+                    for a in self.actions
+                ],
+                "b": [[k, counts] for k, counts in sorted(self.buckets.items())],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MemberState:
+        body = codec.loads(data)
+        return cls(
+            last_offset=body["o"],
+            last_event_ts=body["t"],
+            last_applied_at=body["p"],
+            actions=[
+                RecentAction(eid, item, action, ts, attrs or {}, joined)
+                for eid, item, action, ts, attrs, joined in body["a"]
+            ],
+            buckets={k: counts for k, counts in body["b"]},
+        )
+
+    # -- updates -----------------------------------------------------------------------
+
+    def apply(
+        self,
+        action: RecentAction,
+        *,
+        offset: int,
+        applied_at: float,
+        policy: StatePolicy,
+    ) -> Applied:
+        """Apply one event read at ``offset``; idempotent for re-reads and repeated ids."""
+        if offset <= self.last_offset:
+            return Applied.REPLAYED
+        self.last_offset = offset
+        if any(kept.event_id == action.event_id for kept in self.actions):
+            return Applied.DUPLICATE
+        self._insert(action, policy.max_recent_actions)
+        counts = self.buckets.setdefault(policy.bucket_of(action.ts), {})
+        counts[action.action] = counts.get(action.action, 0) + 1
+        if self.last_event_ts is None or action.ts > self.last_event_ts:
+            self.last_event_ts = action.ts
+        self.last_applied_at = applied_at
+        return Applied.APPLIED
+
+    def _insert(self, action: RecentAction, cap: int) -> None:
+        actions = self.actions
+        if not actions or action.ts >= actions[-1].ts:
+            actions.append(action)
+        else:  # late event: keep event-time order
+            index = len(actions)
+            while index > 0 and actions[index - 1].ts > action.ts:
+                index -= 1
+            actions.insert(index, action)
+        if len(actions) > cap:
+            del actions[: len(actions) - cap]
+
+    def prune(self, now: float, policy: StatePolicy) -> bool:
+        """Drop what is older than the retention; True if anything was dropped."""
+        horizon = now - policy.retention
+        changed = False
+        if self.actions and self.actions[0].ts <= horizon:
+            self.actions = [a for a in self.actions if a.ts > horizon]
+            changed = True
+        expired = [k for k in self.buckets if (k + 1) * policy.bucket <= horizon]
+        for k in expired:
+            del self.buckets[k]
+        return changed or bool(expired)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.actions and not self.buckets
+
+    # -- reads -------------------------------------------------------------------------
+
+    def features(self, member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
+        """The served view as of ``as_of``: nothing older than the retention, nothing later."""
+        horizon = as_of - policy.retention
+        recent = [
+            a.as_dict() for a in reversed(self.actions) if horizon < a.ts <= as_of
+        ]
+        counts: dict[str, dict[str, int]] = {}
+        for window in policy.windows:
+            totals = dict.fromkeys(policy.actions_of_interest, 0)
+            for k, bucket_counts in self.buckets.items():
+                if policy.bucket_in_window(k, as_of, window):
+                    for name, n in bucket_counts.items():
+                        totals[name] = totals.get(name, 0) + n
+            counts[format_duration(window)] = totals
+        return {
+            "member_id": member_id,
+            "as_of": as_of,
+            "known": bool(recent) or any(any(c.values()) for c in counts.values()),
+            "last_event_ts": self.last_event_ts,
+            "last_applied_at": self.last_applied_at,
+            "recent_actions": recent,
+            "counts": counts,
+        }
+
+
+def empty_features(member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
+    """The view of a member nearline has never seen (cold start), same shape as any other."""
+    return MemberState().features(member_id, as_of, policy)
