@@ -1,0 +1,513 @@
+"""The Helm chart: rendered offline with Helm's own Go SDK, linted, validated against Kubernetes schemas."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import SchemaNotFoundError
+
+from app.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "nearline"
+PRODUCTION_VALUES = Path(__file__).with_name("helm_values_production.yaml")
+RELEASE = "demo"
+NAMESPACE = "recs"
+#: The newest Kubernetes version the installed kubernetes-validate has schemas for.
+KUBE_VERSION = kubernetes_validate.latest_version()
+
+Manifest = dict[str, Any]
+
+#: Variables that carry credentials: they may only come from a Secret.
+SENSITIVE_ENV = {
+    "NEARLINE_KAFKA_SASL_PASSWORD",
+    "NEARLINE_AEROSPIKE_USER",
+    "NEARLINE_AEROSPIKE_PASSWORD",
+    "NEARLINE_API_TOKEN",
+}
+
+
+def production_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    return values
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None = None) -> list[Manifest]:
+    rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    manifests: list[Manifest] = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        manifests.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return manifests
+
+
+def only(manifests: list[Manifest], kind: str) -> Manifest:
+    found = [m for m in manifests if m["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[m['metadata']['name'] for m in found]}"
+    return found[0]
+
+
+def worker_container(manifests: list[Manifest]) -> Manifest:
+    containers = only(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["nearline"]
+    container: Manifest = containers[0]
+    return container
+
+
+def env_of(container: Manifest) -> dict[str, Manifest]:
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names)), f"duplicate env vars: {names}"
+    return {e["name"]: e for e in container["env"]}
+
+
+def is_subset(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+@pytest.fixture(scope="module", params=["default", "production"])
+def manifests(request: pytest.FixtureRequest, chart: helm.Chart) -> list[Manifest]:
+    return render(chart, production_values() if request.param == "production" else None)
+
+
+@pytest.fixture(scope="module")
+def production(chart: helm.Chart) -> list[Manifest]:
+    return render(chart, production_values())
+
+
+# --- lint and Kubernetes schemas ------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, "production"])
+def test_lint_reports_no_errors_or_warnings(values: str | None) -> None:
+    report = helm.lint(
+        CHART,
+        production_values() if values else None,
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version=f"v{KUBE_VERSION}",
+    )
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_kube_version_is_current() -> None:
+    major, minor = (int(part) for part in KUBE_VERSION.split(".")[:2])
+    assert (major, minor) >= (1, 33)
+
+
+def test_every_manifest_validates_strictly(manifests: list[Manifest]) -> None:
+    validated = []
+    for manifest in manifests:
+        if manifest["apiVersion"].startswith("monitoring.coreos.com/"):
+            # A Prometheus Operator CRD: kubernetes-validate has no schema for it (checked
+            # structurally in test_service_monitor_scrapes_every_worker).
+            with pytest.raises(SchemaNotFoundError):
+                kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+            continue
+        kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+        validated.append(manifest["kind"])
+    assert {"StatefulSet", "Service", "PodDisruptionBudget", "ServiceAccount"} <= set(validated)
+
+
+def test_strict_validation_catches_a_misspelt_field(production: list[Manifest]) -> None:
+    broken = copy.deepcopy(only(production, "StatefulSet"))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBE_VERSION, strict=True)
+
+
+def test_production_renders_every_optional_object(production: list[Manifest]) -> None:
+    kinds = sorted(m["kind"] for m in production)
+    assert kinds == sorted(
+        [
+            "HorizontalPodAutoscaler",
+            "Job",
+            "PodDisruptionBudget",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+            "StatefulSet",
+        ]
+    )
+
+
+# --- the worker pod ----------------------------------------------------------------------
+
+
+def test_worker_runs_the_worker_command_in_production_profile(manifests: list[Manifest]) -> None:
+    container = worker_container(manifests)
+    assert container["image"] == "ghcr.io/nearline/nearline:0.1.0"
+    assert container["args"] == ["worker"]
+    assert "command" not in container  # the image's ENTRYPOINT is `nearline`
+    env = env_of(container)
+    assert env["NEARLINE_PROFILE"]["value"] == "production"
+    assert env["NEARLINE_WEB_HOST"]["value"] == "0.0.0.0"
+
+
+def test_image_tag_defaults_to_app_version(chart: helm.Chart) -> None:
+    assert chart.metadata["appVersion"] == "0.1.0"
+    pinned = render(chart, {"image": {"tag": "1.2.3"}})
+    assert worker_container(pinned)["image"] == "ghcr.io/nearline/nearline:1.2.3"
+
+
+def test_state_volume_is_mounted_at_the_data_dir(manifests: list[Manifest]) -> None:
+    statefulset = only(manifests, "StatefulSet")
+    container = worker_container(manifests)
+    data_dir = env_of(container)["NEARLINE_DATA_DIR"]["value"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == data_dir == "/var/lib/nearline"
+    claims = statefulset["spec"]["volumeClaimTemplates"]
+    assert [c["metadata"]["name"] for c in claims] == ["data"]
+    assert claims[0]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod_volumes = [v["name"] for v in statefulset["spec"]["template"]["spec"]["volumes"]]
+    assert "data" not in pod_volumes  # the claim template provides it
+
+
+def test_production_claims_use_the_storage_class(production: list[Manifest]) -> None:
+    claim = only(production, "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["storageClassName"] == "fast-ssd"
+    assert claim["resources"]["requests"]["storage"] == "50Gi"
+
+
+def test_data_dir_moves_mount_and_env_together(chart: helm.Chart) -> None:
+    container = worker_container(render(chart, {"nearline": {"dataDir": "/state"}}))
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == env_of(container)["NEARLINE_DATA_DIR"]["value"] == "/state"
+
+
+def test_without_persistence_the_data_dir_is_an_empty_dir(chart: helm.Chart) -> None:
+    statefulset = only(render(chart, {"persistence": {"enabled": False}}), "StatefulSet")
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+
+
+def test_probes_hit_health_paths_on_the_web_port(manifests: list[Manifest]) -> None:
+    container = worker_container(manifests)
+    web_port = int(env_of(container)["NEARLINE_WEB_PORT"]["value"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    liveness = container["livenessProbe"]["httpGet"]
+    readiness = container["readinessProbe"]["httpGet"]
+    assert liveness["path"] == "/healthz"
+    assert readiness["path"] == "/readyz"
+    for probe in (liveness, readiness):
+        port = probe["port"]
+        assert (ports[port] if isinstance(port, str) else port) == web_port
+
+
+def test_changing_the_port_moves_probes_services_and_url(chart: helm.Chart) -> None:
+    manifests = render(chart, {"containerPorts": {"http": 9000}})
+    container = worker_container(manifests)
+    env = env_of(container)
+    assert env["NEARLINE_WEB_PORT"]["value"] == "9000"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 9000}
+    assert env["NEARLINE_ADVERTISED_URL"]["value"].endswith(":9000")
+    for service in (m for m in manifests if m["kind"] == "Service"):
+        assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+
+def test_advertised_url_is_the_pods_headless_dns_name(manifests: list[Manifest]) -> None:
+    statefulset = only(manifests, "StatefulSet")
+    headless = [m for m in manifests if m["kind"] == "Service" and m["spec"].get("clusterIP") == "None"]
+    assert len(headless) == 1
+    headless_name = headless[0]["metadata"]["name"]
+    assert statefulset["spec"]["serviceName"] == headless_name == f"{RELEASE}-nearline-headless"
+    assert headless[0]["spec"]["publishNotReadyAddresses"] is True
+
+    container = worker_container(manifests)
+    names = [e["name"] for e in container["env"]]
+    # $(POD_NAME) only expands when POD_NAME is defined earlier in the list.
+    assert names.index("POD_NAME") < names.index("NEARLINE_ADVERTISED_URL")
+    env = env_of(container)
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    port = env["NEARLINE_WEB_PORT"]["value"]
+    assert env["NEARLINE_ADVERTISED_URL"]["value"] == (
+        f"http://$(POD_NAME).{headless_name}.{NAMESPACE}.svc.cluster.local:{port}"
+    )
+
+
+def test_configuration_reaches_the_env(production: list[Manifest]) -> None:
+    env = env_of(worker_container(production))
+    values = {name: var.get("value") for name, var in env.items()}
+    assert values["NEARLINE_APP_ID"] == "nearline-prod"
+    assert values["NEARLINE_BROKER_URL"] == "kafka://prod-kafka-bootstrap.kafka.svc:9093"
+    assert values["NEARLINE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert values["NEARLINE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert values["NEARLINE_KAFKA_SASL_USERNAME"] == "nearline"
+    assert values["NEARLINE_TOPIC_PARTITIONS"] == "12"
+    assert values["NEARLINE_TOPIC_REPLICATION"] == "3"
+    assert values["NEARLINE_STANDBY_REPLICAS"] == "1"
+    assert values["NEARLINE_ATTRIBUTE_STORE"] == "aerospike"
+    assert values["NEARLINE_AEROSPIKE_HOSTS"] == ",".join(
+        f"aerospike-{i}.aerospike.aerospike.svc:3000" for i in range(3)
+    )
+    assert values["NEARLINE_ACTIONS_OF_INTEREST"] == "view,click,apply,save,dismiss"
+    assert values["NEARLINE_WINDOWS"] == "1h,24h,96h"
+    assert values["NEARLINE_RETENTION"] == "96h"
+    assert values["NEARLINE_MODEL_DIR"] == "/var/lib/nearline/models"
+    assert values["NEARLINE_TORCH_THREADS"] == "2"
+
+
+def test_every_nearline_variable_is_a_setting_the_app_accepts(manifests: list[Manifest]) -> None:
+    """The rendered env, with secrets filled in, loads into the app's one settings object."""
+    env = env_of(worker_container(manifests))
+    fields = {f"NEARLINE_{name.upper()}" for name in Settings.model_fields}
+    nearline_vars = {name for name in env if name.startswith("NEARLINE_")}
+    assert nearline_vars <= fields, f"unknown to app.settings: {sorted(nearline_vars - fields)}"
+
+    overrides: dict[str, Any] = {}
+    for name in nearline_vars:
+        var = env[name]
+        value = var["value"] if "value" in var else f"secret-from-{name.lower()}"
+        overrides[name.removeprefix("NEARLINE_").lower()] = value.replace("$(POD_NAME)", "demo-nearline-0")
+    settings = load_settings(**overrides)
+    assert settings.profile.value == "production"
+    assert str(settings.data_dir) == env["NEARLINE_DATA_DIR"]["value"]
+    assert settings.web_url.startswith("http://demo-nearline-0.demo-nearline-headless.recs.svc.")
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+def test_no_secret_objects_and_credentials_come_from_secret_refs(production: list[Manifest]) -> None:
+    assert [m for m in production if m["kind"] == "Secret"] == []
+    expected = {
+        "NEARLINE_KAFKA_SASL_PASSWORD": ("nearline-kafka-user", "password"),
+        "NEARLINE_AEROSPIKE_USER": ("nearline-aerospike", "username"),
+        "NEARLINE_AEROSPIKE_PASSWORD": ("nearline-aerospike", "password"),
+        "NEARLINE_API_TOKEN": ("nearline-api", "token"),
+    }
+    containers = [worker_container(production)]
+    containers += only(production, "Job")["spec"]["template"]["spec"]["containers"]
+    for container in containers:
+        for name, var in env_of(container).items():
+            if name in SENSITIVE_ENV:
+                assert "value" not in var, f"{name} carries a plain value"
+                ref = var["valueFrom"]["secretKeyRef"]
+                assert (ref["name"], ref["key"]) == expected[name]
+    assert SENSITIVE_ENV <= set(env_of(worker_container(production)))
+
+
+def test_default_values_render_no_secret_objects(chart: helm.Chart) -> None:
+    manifests = render(chart)
+    assert [m for m in manifests if m["kind"] == "Secret"] == []
+    env = env_of(worker_container(manifests))
+    assert SENSITIVE_ENV.isdisjoint(env)  # nothing configured, nothing invented
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"kafka": {"sasl": {"password": "hunter2"}}},
+        {"aerospike": {"auth": {"password": "hunter2"}}},
+        {"nearline": {"apiToken": {"value": "hunter2"}}},
+    ],
+)
+def test_plain_secret_values_are_rejected(chart: helm.Chart, values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError, match="additional propert"):
+        render(chart, values)
+
+
+def test_sasl_without_a_password_secret_fails(chart: helm.Chart) -> None:
+    values = {"kafka": {"securityProtocol": "SASL_SSL", "sasl": {"username": "nearline"}}}
+    with pytest.raises(helm.HelmRenderError, match=r"kafka\.sasl\.existingSecret .* is required"):
+        render(chart, values)
+
+
+def test_kafka_tls_files_are_mounted_from_secrets(chart: helm.Chart) -> None:
+    values = production_values()
+    values["kafka"]["tls"]["client"] = {
+        "existingSecret": "nearline-kafka-tls-user",
+        "certKey": "user.crt",
+        "keyKey": "user.key",
+    }
+    manifests = render(chart, values)
+    statefulset = only(manifests, "StatefulSet")
+    container = worker_container(manifests)
+    env = env_of(container)
+    mount = {m["name"]: m for m in container["volumeMounts"]}["kafka-tls"]
+    assert mount["readOnly"] is True
+    root = mount["mountPath"]
+    assert env["NEARLINE_KAFKA_SSL_CAFILE"]["value"] == f"{root}/ca.crt"
+    assert env["NEARLINE_KAFKA_SSL_CERTFILE"]["value"] == f"{root}/client.crt"
+    assert env["NEARLINE_KAFKA_SSL_KEYFILE"]["value"] == f"{root}/client.key"
+    volume = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}["kafka-tls"]
+    sources = {s["secret"]["name"]: s["secret"]["items"] for s in volume["projected"]["sources"]}
+    assert sources == {
+        "prod-kafka-cluster-ca-cert": [{"key": "ca.crt", "path": "ca.crt"}],
+        "nearline-kafka-tls-user": [
+            {"key": "user.crt", "path": "client.crt"},
+            {"key": "user.key", "path": "client.key"},
+        ],
+    }
+    for manifest in manifests:
+        if manifest["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+
+
+# --- scaling ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"replicaCount": 13, "kafka": {"topics": {"partitions": 12}}},
+            r"replicaCount \(13\) must not exceed kafka\.topics\.partitions \(12\)",
+        ),
+        (
+            {"replicaCount": 4, "kafka": {"topics": {"partitions": 12}},
+             "autoscaling": {"hpa": {"enabled": True, "minReplicas": 4, "maxReplicas": 16}}},
+            r"autoscaling\.hpa\.maxReplicas \(16\) must not exceed kafka\.topics\.partitions \(12\)",
+        ),
+    ],
+)
+def test_more_workers_than_partitions_fails_rendering(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)
+
+
+def test_as_many_workers_as_partitions_renders(chart: helm.Chart) -> None:
+    manifests = render(chart, {"replicaCount": 12, "kafka": {"topics": {"partitions": 12}}})
+    assert only(manifests, "StatefulSet")["spec"]["replicas"] == 12
+
+
+def test_hpa_scales_the_statefulset_up_to_the_partitions(production: list[Manifest]) -> None:
+    hpa = only(production, "HorizontalPodAutoscaler")
+    statefulset = only(production, "StatefulSet")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": statefulset["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (6, 12)
+    # With an HPA the StatefulSet leaves replicas to it (else every upgrade resets them).
+    assert "replicas" not in statefulset["spec"]
+
+
+def test_default_workers_fixed_and_disruption_budget(chart: helm.Chart) -> None:
+    manifests = render(chart)
+    assert only(manifests, "StatefulSet")["spec"]["replicas"] == 3
+    assert not [m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"]
+    assert only(manifests, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+# --- labels and selectors ----------------------------------------------------------------
+
+
+def test_selectors_match_the_worker_pods(manifests: list[Manifest]) -> None:
+    statefulset = only(manifests, "StatefulSet")
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    selector = statefulset["spec"]["selector"]["matchLabels"]
+    assert is_subset(selector, pod_labels)
+    assert set(selector) == {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+    }
+    services = [m for m in manifests if m["kind"] == "Service"]
+    assert len(services) == 2
+    for service in services:
+        assert service["spec"]["selector"] == selector
+        assert is_subset(service["spec"]["selector"], pod_labels)
+    assert only(manifests, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
+    anti = statefulset["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    terms = anti.get("requiredDuringSchedulingIgnoredDuringExecution") or [
+        t["podAffinityTerm"] for t in anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    ]
+    assert all(t["labelSelector"]["matchLabels"] == selector for t in terms)
+
+
+def test_topic_job_pods_are_not_workers(production: list[Manifest]) -> None:
+    selector = only(production, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    job_labels = only(production, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert not is_subset(selector, job_labels)
+
+
+def test_service_monitor_scrapes_every_worker(production: list[Manifest]) -> None:
+    monitor = only(production, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    services = [
+        s
+        for s in production
+        if s["kind"] == "Service"
+        and is_subset(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert [s["spec"].get("clusterIP") for s in services] == ["None"]  # the headless one only
+    port_names = {p["name"] for p in services[0]["spec"]["ports"]}
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert "http" in port_names
+
+
+# --- topic Job -----------------------------------------------------------------------------
+
+
+def test_topic_job_is_a_hook_creating_the_topics(production: list[Manifest]) -> None:
+    job = only(production, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == worker_container(production)["image"]
+    assert container["command"] == ["python"]
+    script = container["args"][1]
+    assert container["args"][0] == "-c"
+    assert script.strip() == (CHART / "files" / "create_topics.py").read_text().strip()
+    compile(script, "create_topics.py", "exec")
+
+    env = env_of(container)
+    spec = {t["name"]: t for t in json.loads(env["TOPICS_SPEC"]["value"])}
+    assert list(spec) == [
+        "member-actions",
+        "member-actions.dlq",
+        "item-attributes",
+        "recommendations-log",
+        "training-examples",
+    ]
+    assert spec["member-actions"]["partitions"] == 12
+    assert spec["member-actions"]["copartitioned"] is True
+    assert spec["member-actions"]["config"] == {"retention.ms": "345600000"}
+    assert spec["item-attributes"]["config"] == {"cleanup.policy": "compact"}
+    assert spec["member-actions.dlq"]["partitions"] == 1
+    assert {t["replication"] for t in spec.values()} == {3}
+    # The Job connects exactly like the workers do.
+    worker_env = env_of(worker_container(production))
+    for name in ("NEARLINE_BROKER_URL", "NEARLINE_KAFKA_SECURITY_PROTOCOL", "NEARLINE_KAFKA_SSL_CAFILE"):
+        assert env[name] == worker_env[name]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/etc/nearline/tls/kafka"}
+
+
+# --- NOTES ---------------------------------------------------------------------------------
+
+
+def test_notes_explain_how_to_reach_the_api(chart: helm.Chart) -> None:
+    notes = chart.render(production_values(), name=RELEASE, namespace=NAMESPACE)[
+        "nearline/templates/NOTES.txt"
+    ]
+    assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-nearline 8080:8080" in notes
+    assert "/v1/members/<member-id>/features" in notes
+    assert re.search(r"-d '\{.*\}'.*\n.*/v1/recommendations", notes)
+    assert "Authorization: Bearer" in notes
+    assert "nearline-api" in notes
