@@ -209,8 +209,12 @@ class Settings(BaseSettings):
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of a duration: ``3600 -> "1h"``, ``90 -> "90s"``."""
-    for unit in ("d", "h", "m", "s"):
+    """An exact spelling of a duration: ``3600 -> "1h"``, ``345600 -> "96h"``, ``90 -> "90s"``.
+
+    Days are used from a week up, so the usual 24h/96h windows keep their familiar names.
+    """
+    units = ("d", "h", "m", "s") if seconds >= 7 * 86400 else ("h", "m", "s")
+    for unit in units:
         size = _UNITS[unit]
         if seconds >= size and float(seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"

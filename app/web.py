@@ -49,8 +49,10 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    ready, reason = _nearline(request).readiness()
-    return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
+    nearline = _nearline(request)
+    ready, reason = nearline.readiness()
+    body = {"ready": ready, "reason": reason, "partitions": nearline.store.owned_partitions()}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

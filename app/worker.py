@@ -91,9 +91,8 @@ class Nearline:
             MEMBERS_TABLE,
             default=None,
             partitions=settings.topic_partitions,
-            schema=faust.Schema(
-                key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            ),
+            key_type=bytes,  # bytes in and out: MemberState has its own codec
+            value_type=bytes,
         )
         self.store = OnlineStore(
             self.faust, self.members, StatePolicy.from_settings(settings), settings.topic_partitions

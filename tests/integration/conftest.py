@@ -1,0 +1,192 @@
+"""Fixtures that start real processes: the embedded broker and `nearline worker`s."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from app.broker import EmbeddedBroker, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as instance:
+        yield instance
+
+
+@dataclass
+class Worker:
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Worker:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Worker:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout}s: {self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", params=params, timeout=5)
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                head, _, value = line.rpartition(" ")
+                if head == name or head.startswith(name + "{"):
+                    total += float(value)
+        return total
+
+
+@dataclass
+class Deployment:
+    """One app id with its own topics and data dirs: the workers of one test."""
+
+    broker: EmbeddedBroker
+    tmp: Path
+    settings: dict[str, str]
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def topic(self) -> str:
+        return self.settings["NEARLINE_TOPIC_ACTIONS"]
+
+    @property
+    def dlq(self) -> str:
+        return self.settings["NEARLINE_TOPIC_DLQ"]
+
+    @property
+    def partitions(self) -> int:
+        return int(self.settings["NEARLINE_TOPIC_PARTITIONS"])
+
+    def worker(self, name: str = "w1", **overrides: str) -> Worker:
+        port = free_port()
+        env = {
+            **os.environ,
+            **self.settings,
+            "NEARLINE_DATA_DIR": str(self.tmp / name),
+            "NEARLINE_WEB_PORT": str(port),
+            **overrides,
+        }
+        worker = Worker(env=env, port=port, log_path=self.tmp / f"{name}.log")
+        self.workers.append(worker)
+        return worker
+
+    def produce(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        asyncio.run(_produce(self.broker.bootstrap, self.topic, records))
+
+    def consume(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+        return asyncio.run(_consume(self.broker.bootstrap, topic, expected, timeout))
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=16, linger_ms=2)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _consume(bootstrap: str, topic: str, expected: int, timeout: float) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+@pytest.fixture
+def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
+    name = f"t{uuid.uuid4().hex[:8]}"
+    settings = {
+        "NEARLINE_PROFILE": "embedded",
+        "NEARLINE_BROKER_URL": broker.url,
+        "NEARLINE_APP_ID": name,
+        "NEARLINE_TOPIC_ACTIONS": f"{name}-actions",
+        "NEARLINE_TOPIC_DLQ": f"{name}-actions.dlq",
+        "NEARLINE_TOPIC_ITEM_ATTRIBUTES": f"{name}-item-attributes",
+        "NEARLINE_TOPIC_RECOMMENDATIONS_LOG": f"{name}-recommendations-log",
+        "NEARLINE_TOPIC_TRAINING_EXAMPLES": f"{name}-training-examples",
+        "NEARLINE_TOPIC_PARTITIONS": "4",
+        "NEARLINE_LOG_LEVEL": "INFO",
+    }
+    deployed = Deployment(broker=broker, tmp=tmp_path, settings=settings)
+    yield deployed
+    for worker in deployed.workers:
+        worker.stop()
+
+
+def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.2, message: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")

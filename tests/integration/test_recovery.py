@@ -1,0 +1,125 @@
+"""Crash, restart, scale out and expiry, each with real worker processes."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import rocksdict
+
+from tests.integration.conftest import Deployment, Worker, wait_until
+from tests.integration.test_ingest import make_events, oracle, records
+from tests.oracle import served_view
+
+pytestmark = pytest.mark.integration
+
+
+def matches(worker: Worker, expected: dict, as_of: float) -> bool:
+    for member, view in expected.items():
+        try:
+            response = worker.get(f"/v1/members/{member}/features", as_of=as_of)
+        except httpx.HTTPError:
+            return False
+        if response.status_code != 200 or served_view(response.json()) != view:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("keep_local_state", [False, True], ids=["rocksdb-deleted", "rocksdb-kept"])
+def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
+    deployment: Deployment, keep_local_state: bool
+) -> None:
+    worker = deployment.worker().start().wait_ready()
+    now = time.time()
+    events = make_events(6000, members=80, now=now, seed=3)
+    producing = threading.Thread(target=deployment.produce, args=(records(events),))
+    producing.start()
+    wait_until(lambda: worker.metric("nearline_events_applied_total") > 1500, message="ingest under way")
+    worker.kill()
+    applied_before_crash = None  # the process is gone; its counters with it
+    del applied_before_crash
+    data_dir = Path(worker.env["NEARLINE_DATA_DIR"])
+    if not keep_local_state:
+        shutil.rmtree(data_dir)
+    producing.join()
+    restarted = deployment.worker("w1-restarted", NEARLINE_DATA_DIR=str(data_dir)).start().wait_ready()
+    expected = oracle(events, as_of=now)
+    wait_until(lambda: matches(restarted, expected, now), timeout=60, message="state equal to the oracle")
+    # And it stays equal: nothing arrives late and gets counted twice.
+    time.sleep(2)
+    assert matches(restarted, expected, now)
+
+
+def test_two_workers_answer_every_member_identically(deployment: Deployment) -> None:
+    first = deployment.worker("w1").start().wait_ready()
+    second = deployment.worker("w2").start()
+    second.wait_ready()
+
+    def split() -> bool:
+        a = first.get("/readyz").json()
+        b = second.get("/readyz").json()
+        return bool(a["ready"] and b["ready"] and a["partitions"] and b["partitions"]
+                    and sorted(a["partitions"] + b["partitions"]) == [0, 1, 2, 3])
+
+    wait_until(split, timeout=60, message="partitions split across both workers")
+    now = time.time()
+    events = make_events(2000, members=50, now=now, seed=4)
+    deployment.produce(records(events))
+    expected = oracle(events, as_of=now)
+    wait_until(lambda: matches(first, expected, now), timeout=60, message="worker 1 answers all")
+    for member in expected:
+        a = first.get(f"/v1/members/{member}/features", as_of=now)
+        b = second.get(f"/v1/members/{member}/features", as_of=now)
+        assert a.status_code == b.status_code == 200
+        assert a.content == b.content, member
+    # Both did part of the work: every partition had an owner applying its events.
+    assert first.metric("nearline_events_applied_total") > 0
+    assert second.metric("nearline_events_applied_total") > 0
+
+
+def test_old_events_are_absent_and_expire_while_running(deployment: Deployment) -> None:
+    retention = 12.0
+    worker = deployment.worker(
+        NEARLINE_RETENTION="12s",
+        NEARLINE_WINDOWS="2s,6s,12s",
+        NEARLINE_BUCKET="1s",
+        NEARLINE_SWEEP_INTERVAL="1s",
+    ).start().wait_ready()
+    now = time.time()
+    fresh = [
+        {"event_id": f"e{i}", "member_id": f"m{i % 5}", "item_id": f"i{i}", "action": "click", "ts": now - 1}
+        for i in range(20)
+    ]
+    stale = [{"event_id": "old", "member_id": "m0", "item_id": "i", "action": "click", "ts": now - 60}]
+    deployment.produce(records(fresh + stale))
+    letters = deployment.consume(deployment.dlq, expected=1)
+    assert dict(letters[0].headers)["nearline-reason"] == b"expired_ts"
+    wait_until(lambda: worker.metric("nearline_events_applied_total") == 20)
+    body = worker.get("/v1/members/m0/features").json()
+    assert len(body["recent_actions"]) == 4 and body["counts"]["12s"]["click"] == 4
+    # After the retention nothing is served, and the sweep deletes the members.
+    def gone() -> bool:
+        body = worker.get("/v1/members/m0/features").json()
+        return body["recent_actions"] == [] and body["counts"]["12s"]["click"] == 0
+
+    # Actions leave at the retention; counts when their 1s bucket has left the window.
+    wait_until(gone, timeout=retention + 5, message="m0 no longer served")
+    wait_until(lambda: worker.metric("nearline_members_expired_total") == 5, timeout=10,
+               message="all five members deleted by the sweep")
+    changelog = deployment.consume(f"{deployment.settings['NEARLINE_APP_ID']}-members-changelog", expected=10**6, timeout=3)
+    last_value = {m.key: m.value for m in changelog}
+    assert set(last_value) == {f"m{i}".encode() for i in range(5)}
+    assert all(value is None for value in last_value.values())  # tombstones: compaction drops them
+    worker.stop()
+    dbs = list(Path(worker.env["NEARLINE_DATA_DIR"]).rglob("members-*.db"))
+    assert dbs, "the worker kept its RocksDB partitions on disk"
+    for path in dbs:
+        db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
+        try:
+            assert [k for k in db.keys() if not k.startswith(b"__faust")] == []
+        finally:
+            db.close()
