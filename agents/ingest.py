@@ -122,7 +122,10 @@ class IngestProcessor:
                 for offset, event in events:
                     outcome = state.apply(
                         RecentAction(
-                            event.event_id, event.item_id, event.action, event.ts,
+                            event.event_id,
+                            event.item_id,
+                            event.action,
+                            event.ts,
                             dict(event.attributes),
                         ),
                         offset=offset,

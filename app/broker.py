@@ -91,13 +91,19 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                err = (
+                    self._process.stderr.read().decode(errors="replace")
+                    if self._process.stderr
+                    else ""
+                )
                 raise BrokerError(f"the broker exited at start-up: {err.strip()[-500:]}")
             if _accepts(self.host, self.port):
                 return self
             time.sleep(0.02)
         self.stop()
-        raise BrokerError(f"the broker did not accept connections on {self.bootstrap} in {timeout}s")
+        raise BrokerError(
+            f"the broker did not accept connections on {self.bootstrap} in {timeout}s"
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         process, self._process = self._process, None

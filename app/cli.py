@@ -81,17 +81,30 @@ def worker() -> None:
 
 
 @main.command()
-@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--generate", "count", type=int, help="Generate this many demo actions instead of reading FILE.")
-@click.option("--members", default=1000, show_default=True, help="Distinct members when generating.")
-@click.option("--rate", type=float, help="At most this many actions per second (default: as fast as possible).")
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--generate", "count", type=int, help="Generate this many demo actions instead of reading FILE."
+)
+@click.option(
+    "--members", default=1000, show_default=True, help="Distinct members when generating."
+)
+@click.option(
+    "--rate",
+    type=float,
+    help="At most this many actions per second (default: as fast as possible).",
+)
 @click.option("--seed", default=7, show_default=True, help="Random seed when generating.")
-def produce(file: Path | None, count: int | None, members: int, rate: float | None, seed: int) -> None:
+def produce(
+    file: Path | None, count: int | None, members: int, rate: float | None, seed: int
+) -> None:
     """Send actions to the actions topic from a JSONL FILE or from the generator.
 
     Each line of FILE is one action event (see the README); it is keyed by its member_id.
     """
-    from app.traffic import generate_actions, produce as send, read_jsonl
+    from app.traffic import generate_actions, read_jsonl
+    from app.traffic import produce as send
 
     settings = _settings()
     if (file is None) == (count is None):
@@ -101,7 +114,10 @@ def produce(file: Path | None, count: int | None, members: int, rate: float | No
         total = None
     else:
         assert count is not None
-        records = ((e.member_id.encode(), e.to_json()) for e in generate_actions(count, members=members, seed=seed))
+        records = (
+            (e.member_id.encode(), e.to_json())
+            for e in generate_actions(count, members=members, seed=seed)
+        )
         total = count
     with tqdm(total=total, unit="actions", desc="producing") as bar:
         try:
@@ -142,7 +158,8 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> N
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 def demo(port: int, broker_port: int, rate: float, members: int, duration: float | None) -> None:
     """Embedded broker + one worker + live demo traffic; watch a member's features change."""
-    from app.traffic import generate_actions, produce as send
+    from app.traffic import generate_actions
+    from app.traffic import produce as send
 
     with EmbeddedBroker(port=broker_port or None) as instance:
         data_dir = tempfile.mkdtemp(prefix="nearline-demo-")
@@ -167,7 +184,10 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
             click.echo(f"  metrics: {settings.web_url}/metrics    stop: Ctrl-C")
             click.echo("")
             count = int(rate * duration) if duration else None
-            records = ((e.member_id.encode(), e.to_json()) for e in generate_actions(count, members=members))
+            records = (
+                (e.member_id.encode(), e.to_json())
+                for e in generate_actions(count, members=members)
+            )
             with tqdm(total=count, unit="actions", desc="demo traffic") as bar:
                 asyncio.run(send(settings, records, rate=rate, progress=bar))
             time.sleep(1.0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +42,7 @@ CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 DurationList = Annotated[list[Duration], NoDecode, BeforeValidator(_split_list)]
 
 
-class Profile(str, Enum):
+class Profile(StrEnum):
     """Where nearline runs: the embedded single-machine stack, or a real cluster."""
 
     EMBEDDED = "embedded"

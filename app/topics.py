@@ -59,7 +59,11 @@ async def ensure_topics(settings: Settings) -> list[str]:
                 continue
             try:
                 await admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.config)]
+                    [
+                        NewTopic(
+                            spec.name, spec.partitions, spec.replication, topic_configs=spec.config
+                        )
+                    ]
                 )
                 created.append(spec.name)
             except TopicAlreadyExistsError:  # another worker won the race

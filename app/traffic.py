@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -29,7 +29,7 @@ def generate_actions(
     items: int = 5000,
     seed: int = 7,
     spread: float = 0.0,
-    clock: callable = time.time,  # type: ignore[valid-type]
+    clock: Callable[[], float] = time.time,
 ) -> Iterator[ActionEvent]:
     """``count`` actions (forever if None) by ``member-<n>`` on ``item-<n>``, event time now.
 

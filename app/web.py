@@ -89,7 +89,10 @@ async def member_features(request: Request) -> Response:
 
 
 async def _forward(request: Request, nearline: Nearline, owner: NotOwned) -> Response:
-    if request.headers.get(FORWARDED_HEADER) or owner.owner_url in (None, nearline.settings.web_url):
+    if request.headers.get(FORWARDED_HEADER) or owner.owner_url in (
+        None,
+        nearline.settings.web_url,
+    ):
         # No owner yet, or the owner thinks it is us: a rebalance is under way.
         return error(503, f"partition {owner.partition} is being rebalanced; retry shortly")
     url = f"{owner.owner_url}{request.url.path}"
@@ -101,8 +104,9 @@ async def _forward(request: Request, nearline: Nearline, owner: NotOwned) -> Res
         )
     except httpx.HTTPError as exc:
         return error(
-            503, f"the worker owning partition {owner.partition} ({owner.owner_url}) "
-            f"did not answer: {type(exc).__name__}"
+            503,
+            f"the worker owning partition {owner.partition} ({owner.owner_url}) "
+            f"did not answer: {type(exc).__name__}",
         )
     return Response(
         response.content,

@@ -8,6 +8,7 @@ import shutil
 import socket
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import faust
 import httpx
@@ -45,7 +46,7 @@ def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredent
 
 
 def _faust_app(settings: Settings) -> faust.App:
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if settings.embedded:
         # Quirks of the embedded broker (see ARCHITECTURE.md): one record per producer
         # batch keeps its "latest offset" exact for changelog recovery, and short
@@ -107,7 +108,9 @@ class Nearline:
         settings = self.settings
 
         async def ingest(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.take_events(settings.batch_max, settings.batch_within):
+            assert isinstance(stream, faust.Stream)  # take_events is not on StreamT
+            batches = stream.take_events(settings.batch_max, settings.batch_within)
+            async for events in batches:
                 await self.ingest.process(
                     [
                         SourceRecord(
@@ -122,7 +125,7 @@ class Nearline:
         async def sweep_retention() -> None:
             if self.faust.rebalancing or self.faust.in_recovery:
                 return
-            pruned, deleted = await self.store.sweep()
+            _, deleted = await self.store.sweep()
             self.metrics.members_expired.inc(deleted)
 
         self.faust.timer(timedelta(seconds=settings.sweep_interval), name="retention-sweep")(
@@ -155,7 +158,7 @@ class Nearline:
             return False, "starting: waiting for partitions"
         if app.rebalancing:
             return False, "rebalancing"
-        if app.in_recovery or not app.tables.recovery.completed.is_set():
+        if app.in_recovery or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return False, "recovering state from the changelog"
         return True, "ready"
 
@@ -163,14 +166,14 @@ class Nearline:
         lag: dict[int, int] = {}
         try:
             assignment = self.faust.consumer.assignment()
-        except Exception:  # noqa: BLE001 - the consumer is not up yet
+        except Exception:
             return lag
         for tp in assignment:
             if tp.topic != self.settings.topic_actions:
                 continue
             try:
                 highwater = self.faust.consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - no fetch for this partition yet
+            except Exception:
                 continue
             if highwater is None:
                 continue

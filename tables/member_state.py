@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from app import codec
@@ -19,7 +19,7 @@ from app.settings import Settings, format_duration
 __all__ = ["Applied", "MemberState", "RecentAction", "StatePolicy"]
 
 
-class Applied(str, Enum):
+class Applied(StrEnum):
     """What applying one event did."""
 
     APPLIED = "applied"
@@ -173,9 +173,7 @@ class MemberState:
     def features(self, member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
         """The served view as of ``as_of``: nothing older than the retention, nothing later."""
         horizon = as_of - policy.retention
-        recent = [
-            a.as_dict() for a in reversed(self.actions) if horizon < a.ts <= as_of
-        ]
+        recent = [a.as_dict() for a in reversed(self.actions) if horizon < a.ts <= as_of]
         counts: dict[str, dict[str, int]] = {}
         for window in policy.windows:
             totals = dict.fromkeys(policy.actions_of_interest, 0)

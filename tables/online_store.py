@@ -18,7 +18,7 @@ from typing import Any
 
 import faust
 import rocksdict
-from faust.types import TP
+from faust.types import TP, TableT
 
 from app.kafka import partition_for_key
 from tables.member_state import MemberState, StatePolicy
@@ -44,7 +44,7 @@ class OnlineStore:
     """Reads and batched writes of :class:`MemberState` values, keyed by member id."""
 
     def __init__(
-        self, app: faust.App, table: faust.Table, policy: StatePolicy, partitions: int
+        self, app: faust.App, table: TableT[bytes, bytes], policy: StatePolicy, partitions: int
     ) -> None:
         self.app = app
         self.table = table
@@ -79,7 +79,9 @@ class OnlineStore:
 
     def owned_partitions(self) -> list[int]:
         topic = self.changelog_topic
-        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
+        return sorted(
+            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic
+        )
 
     # -- reads -------------------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class OnlineStore:
         for meta in results:
             persisted[meta.partition] = max(meta.offset, persisted.get(meta.partition, -1))
         for partition, offset in persisted.items():
-            self.table.data.set_persisted_offset(TP(topic, partition), offset)
+            self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
 
     # -- retention ---------------------------------------------------------------------
 
@@ -145,6 +147,7 @@ class OnlineStore:
             updates: dict[bytes, MemberState | None] = {}
             seen = 0
             for key, raw in self._db(partition).items():
+                assert isinstance(key, bytes) and isinstance(raw, bytes)  # raw-mode RocksDB
                 if key.startswith(_FAUST_KEY_PREFIX):
                     continue
                 state = MemberState.from_bytes(raw)

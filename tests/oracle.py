@@ -38,7 +38,12 @@ def expected_features(
         ordered = sorted(member_events, key=lambda e: e["ts"])  # stable: arrival order on ties
         kept = ordered[-max_recent:]
         recent = [
-            {"event_id": e["event_id"], "item_id": e["item_id"], "action": e["action"], "ts": e["ts"]}
+            {
+                "event_id": e["event_id"],
+                "item_id": e["item_id"],
+                "action": e["action"],
+                "ts": e["ts"],
+            }
             for e in reversed(kept)
             if as_of - retention < e["ts"] <= as_of
         ]
@@ -58,7 +63,8 @@ def served_view(body: dict[str, Any]) -> dict[str, Any]:
     """The parts of a features response the oracle predicts."""
     return {
         "recent_actions": [
-            {k: a[k] for k in ("event_id", "item_id", "action", "ts")} for a in body["recent_actions"]
+            {k: a[k] for k in ("event_id", "item_id", "action", "ts")}
+            for a in body["recent_actions"]
         ],
         "counts": body["counts"],
     }

@@ -135,7 +135,9 @@ class Deployment:
         return asyncio.run(_consume(self.broker.bootstrap, topic, expected, timeout))
 
 
-async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+async def _produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=16, linger_ms=2)
     await producer.start()
     try:
@@ -183,7 +185,9 @@ def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
         worker.stop()
 
 
-def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.2, message: str = "") -> None:
+def wait_until(
+    predicate: Any, timeout: float = 30.0, interval: float = 0.2, message: str = ""
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

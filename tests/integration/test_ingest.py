@@ -19,7 +19,9 @@ INTEREST = ("view", "click", "apply", "save", "dismiss")
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "96h": 345600.0}
 
 
-def make_events(n: int, members: int, *, now: float, seed: int, spread: float = 90 * 3600) -> list[dict[str, Any]]:
+def make_events(
+    n: int, members: int, *, now: float, seed: int, spread: float = 90 * 3600
+) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     events = []
     for _ in range(n):
@@ -43,8 +45,13 @@ def records(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes | No
 
 def oracle(events: list[dict[str, Any]], as_of: float) -> dict[str, dict[str, Any]]:
     return expected_features(
-        events, as_of=as_of, windows=WINDOWS, retention=345600.0, bucket=60.0,
-        max_recent=100, actions_of_interest=INTEREST,
+        events,
+        as_of=as_of,
+        windows=WINDOWS,
+        retention=345600.0,
+        bucket=60.0,
+        max_recent=100,
+        actions_of_interest=INTEREST,
     )
 
 
@@ -60,7 +67,9 @@ def test_features_equal_the_oracle(deployment: Deployment) -> None:
     now = time.time()
     events = make_events(3000, members=60, now=now, seed=1)
     deployment.produce(records(events))
-    wait_until(lambda: worker.metric("nearline_events_in_total") >= len(events), message="all events read")
+    wait_until(
+        lambda: worker.metric("nearline_events_in_total") >= len(events), message="all events read"
+    )
     expected = oracle(events, as_of=now)
     assert_matches(worker.get, expected, now)
     unique_of_interest = len({e["event_id"] for e in events if e["action"] in INTEREST})
@@ -79,11 +88,67 @@ def test_malformed_events_go_to_the_dlq_and_the_stream_goes_on(deployment: Deplo
         ((b"m1", b"{not json"), "not_json"),
         ((b"m1", b"[1, 2]"), "not_object"),
         ((b"m1", codec.dumps({"event_id": "x", "member_id": "m1"})), "missing_field"),
-        ((b"m1", codec.dumps({"event_id": "x", "member_id": "m1", "item_id": "i", "action": "click", "ts": "yesterday"})), "bad_field"),
-        ((b"m1", codec.dumps({"event_id": "x", "member_id": "m1", "item_id": "i", "action": "click", "ts": now + 86400})), "future_ts"),
-        ((b"m1", codec.dumps({"event_id": "x", "member_id": "m1", "item_id": "i", "action": "click", "ts": now - 100 * 3600})), "expired_ts"),
+        (
+            (
+                b"m1",
+                codec.dumps(
+                    {
+                        "event_id": "x",
+                        "member_id": "m1",
+                        "item_id": "i",
+                        "action": "click",
+                        "ts": "yesterday",
+                    }
+                ),
+            ),
+            "bad_field",
+        ),
+        (
+            (
+                b"m1",
+                codec.dumps(
+                    {
+                        "event_id": "x",
+                        "member_id": "m1",
+                        "item_id": "i",
+                        "action": "click",
+                        "ts": now + 86400,
+                    }
+                ),
+            ),
+            "future_ts",
+        ),
+        (
+            (
+                b"m1",
+                codec.dumps(
+                    {
+                        "event_id": "x",
+                        "member_id": "m1",
+                        "item_id": "i",
+                        "action": "click",
+                        "ts": now - 100 * 3600,
+                    }
+                ),
+            ),
+            "expired_ts",
+        ),
         ((b"m1", b'{"pad": "' + b"x" * 20000 + b'"}'), "oversized"),
-        ((b"m2", codec.dumps({"event_id": "y", "member_id": "m1", "item_id": "i", "action": "click", "ts": now})), "key_mismatch"),
+        (
+            (
+                b"m2",
+                codec.dumps(
+                    {
+                        "event_id": "y",
+                        "member_id": "m1",
+                        "item_id": "i",
+                        "action": "click",
+                        "ts": now,
+                    }
+                ),
+            ),
+            "key_mismatch",
+        ),
         ((b"m1", None), "empty"),
     ]
     mixed: list[tuple[bytes | None, bytes | None]] = []

@@ -38,7 +38,9 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     events = make_events(6000, members=80, now=now, seed=3)
     producing = threading.Thread(target=deployment.produce, args=(records(events),))
     producing.start()
-    wait_until(lambda: worker.metric("nearline_events_applied_total") > 1500, message="ingest under way")
+    wait_until(
+        lambda: worker.metric("nearline_events_applied_total") > 1500, message="ingest under way"
+    )
     worker.kill()
     applied_before_crash = None  # the process is gone; its counters with it
     del applied_before_crash
@@ -46,9 +48,13 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     if not keep_local_state:
         shutil.rmtree(data_dir)
     producing.join()
-    restarted = deployment.worker("w1-restarted", NEARLINE_DATA_DIR=str(data_dir)).start().wait_ready()
+    restarted = (
+        deployment.worker("w1-restarted", NEARLINE_DATA_DIR=str(data_dir)).start().wait_ready()
+    )
     expected = oracle(events, as_of=now)
-    wait_until(lambda: matches(restarted, expected, now), timeout=60, message="state equal to the oracle")
+    wait_until(
+        lambda: matches(restarted, expected, now), timeout=60, message="state equal to the oracle"
+    )
     # And it stays equal: nothing arrives late and gets counted twice.
     time.sleep(2)
     assert matches(restarted, expected, now)
@@ -62,8 +68,13 @@ def test_two_workers_answer_every_member_identically(deployment: Deployment) -> 
     def split() -> bool:
         a = first.get("/readyz").json()
         b = second.get("/readyz").json()
-        return bool(a["ready"] and b["ready"] and a["partitions"] and b["partitions"]
-                    and sorted(a["partitions"] + b["partitions"]) == [0, 1, 2, 3])
+        return bool(
+            a["ready"]
+            and b["ready"]
+            and a["partitions"]
+            and b["partitions"]
+            and sorted(a["partitions"] + b["partitions"]) == [0, 1, 2, 3]
+        )
 
     wait_until(split, timeout=60, message="partitions split across both workers")
     now = time.time()
@@ -83,24 +94,37 @@ def test_two_workers_answer_every_member_identically(deployment: Deployment) -> 
 
 def test_old_events_are_absent_and_expire_while_running(deployment: Deployment) -> None:
     retention = 12.0
-    worker = deployment.worker(
-        NEARLINE_RETENTION="12s",
-        NEARLINE_WINDOWS="2s,6s,12s",
-        NEARLINE_BUCKET="1s",
-        NEARLINE_SWEEP_INTERVAL="1s",
-    ).start().wait_ready()
+    worker = (
+        deployment.worker(
+            NEARLINE_RETENTION="12s",
+            NEARLINE_WINDOWS="2s,6s,12s",
+            NEARLINE_BUCKET="1s",
+            NEARLINE_SWEEP_INTERVAL="1s",
+        )
+        .start()
+        .wait_ready()
+    )
     now = time.time()
     fresh = [
-        {"event_id": f"e{i}", "member_id": f"m{i % 5}", "item_id": f"i{i}", "action": "click", "ts": now - 1}
+        {
+            "event_id": f"e{i}",
+            "member_id": f"m{i % 5}",
+            "item_id": f"i{i}",
+            "action": "click",
+            "ts": now - 1,
+        }
         for i in range(20)
     ]
-    stale = [{"event_id": "old", "member_id": "m0", "item_id": "i", "action": "click", "ts": now - 60}]
+    stale = [
+        {"event_id": "old", "member_id": "m0", "item_id": "i", "action": "click", "ts": now - 60}
+    ]
     deployment.produce(records(fresh + stale))
     letters = deployment.consume(deployment.dlq, expected=1)
     assert dict(letters[0].headers)["nearline-reason"] == b"expired_ts"
     wait_until(lambda: worker.metric("nearline_events_applied_total") == 20)
     body = worker.get("/v1/members/m0/features").json()
     assert len(body["recent_actions"]) == 4 and body["counts"]["12s"]["click"] == 4
+
     # After the retention nothing is served, and the sweep deletes the members.
     def gone() -> bool:
         body = worker.get("/v1/members/m0/features").json()
@@ -108,9 +132,14 @@ def test_old_events_are_absent_and_expire_while_running(deployment: Deployment) 
 
     # Actions leave at the retention; counts when their 1s bucket has left the window.
     wait_until(gone, timeout=retention + 5, message="m0 no longer served")
-    wait_until(lambda: worker.metric("nearline_members_expired_total") == 5, timeout=10,
-               message="all five members deleted by the sweep")
-    changelog = deployment.consume(f"{deployment.settings['NEARLINE_APP_ID']}-members-changelog", expected=10**6, timeout=3)
+    wait_until(
+        lambda: worker.metric("nearline_members_expired_total") == 5,
+        timeout=10,
+        message="all five members deleted by the sweep",
+    )
+    changelog = deployment.consume(
+        f"{deployment.settings['NEARLINE_APP_ID']}-members-changelog", expected=10**6, timeout=3
+    )
     last_value = {m.key: m.value for m in changelog}
     assert set(last_value) == {f"m{i}".encode() for i in range(5)}
     assert all(value is None for value in last_value.values())  # tombstones: compaction drops them

