@@ -1,4 +1,4 @@
-"""The Helm chart: rendered offline with Helm's own Go SDK, linted, validated against Kubernetes schemas."""
+"""The Helm chart, rendered and linted by Helm's Go SDK, validated against Kubernetes schemas."""
 
 from __future__ import annotations
 
@@ -226,7 +226,9 @@ def test_changing_the_port_moves_probes_services_and_url(chart: helm.Chart) -> N
 
 def test_advertised_url_is_the_pods_headless_dns_name(manifests: list[Manifest]) -> None:
     statefulset = only(manifests, "StatefulSet")
-    headless = [m for m in manifests if m["kind"] == "Service" and m["spec"].get("clusterIP") == "None"]
+    headless = [
+        m for m in manifests if m["kind"] == "Service" and m["spec"].get("clusterIP") == "None"
+    ]
     assert len(headless) == 1
     headless_name = headless[0]["metadata"]["name"]
     assert statefulset["spec"]["serviceName"] == headless_name == f"{RELEASE}-nearline-headless"
@@ -277,7 +279,9 @@ def test_every_nearline_variable_is_a_setting_the_app_accepts(manifests: list[Ma
     for name in nearline_vars:
         var = env[name]
         value = var["value"] if "value" in var else f"secret-from-{name.lower()}"
-        overrides[name.removeprefix("NEARLINE_").lower()] = value.replace("$(POD_NAME)", "demo-nearline-0")
+        overrides[name.removeprefix("NEARLINE_").lower()] = value.replace(
+            "$(POD_NAME)", "demo-nearline-0"
+        )
     settings = load_settings(**overrides)
     assert settings.profile.value == "production"
     assert str(settings.data_dir) == env["NEARLINE_DATA_DIR"]["value"]
@@ -287,7 +291,9 @@ def test_every_nearline_variable_is_a_setting_the_app_accepts(manifests: list[Ma
 # --- secrets ---------------------------------------------------------------------------
 
 
-def test_no_secret_objects_and_credentials_come_from_secret_refs(production: list[Manifest]) -> None:
+def test_no_secret_objects_and_credentials_come_from_secret_refs(
+    production: list[Manifest],
+) -> None:
     assert [m for m in production if m["kind"] == "Secret"] == []
     expected = {
         "NEARLINE_KAFKA_SASL_PASSWORD": ("nearline-kafka-user", "password"),
@@ -374,9 +380,13 @@ def test_kafka_tls_files_are_mounted_from_secrets(chart: helm.Chart) -> None:
             r"replicaCount \(13\) must not exceed kafka\.topics\.partitions \(12\)",
         ),
         (
-            {"replicaCount": 4, "kafka": {"topics": {"partitions": 12}},
-             "autoscaling": {"hpa": {"enabled": True, "minReplicas": 4, "maxReplicas": 16}}},
-            r"autoscaling\.hpa\.maxReplicas \(16\) must not exceed kafka\.topics\.partitions \(12\)",
+            {
+                "replicaCount": 4,
+                "kafka": {"topics": {"partitions": 12}},
+                "autoscaling": {"hpa": {"enabled": True, "minReplicas": 4, "maxReplicas": 16}},
+            },
+            r"autoscaling\.hpa\.maxReplicas \(16\) must not exceed "
+            r"kafka\.topics\.partitions \(12\)",
         ),
     ],
 )
@@ -488,13 +498,17 @@ def test_topic_job_is_a_hook_creating_the_topics(production: list[Manifest]) -> 
     ]
     assert spec["member-actions"]["partitions"] == 12
     assert spec["member-actions"]["copartitioned"] is True
-    assert spec["member-actions"]["config"] == {"retention.ms": "345600000"}
+    assert spec["member-actions"]["config"] == {"retention.ms": "432000000"}
     assert spec["item-attributes"]["config"] == {"cleanup.policy": "compact"}
     assert spec["member-actions.dlq"]["partitions"] == 1
     assert {t["replication"] for t in spec.values()} == {3}
     # The Job connects exactly like the workers do.
     worker_env = env_of(worker_container(production))
-    for name in ("NEARLINE_BROKER_URL", "NEARLINE_KAFKA_SECURITY_PROTOCOL", "NEARLINE_KAFKA_SSL_CAFILE"):
+    for name in (
+        "NEARLINE_BROKER_URL",
+        "NEARLINE_KAFKA_SECURITY_PROTOCOL",
+        "NEARLINE_KAFKA_SSL_CAFILE",
+    ):
         assert env[name] == worker_env[name]
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/etc/nearline/tls/kafka"}
 
