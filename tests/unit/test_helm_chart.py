@@ -525,3 +525,30 @@ def test_notes_explain_how_to_reach_the_api(chart: helm.Chart) -> None:
     assert re.search(r"-d '\{.*\}'.*\n.*/v1/recommendations", notes)
     assert "Authorization: Bearer" in notes
     assert "nearline-api" in notes
+
+
+# --- documentation -------------------------------------------------------------------------
+
+
+def _documented_paths(values: Any, prefix: str = "") -> Iterator[str]:
+    """Leaf paths of the values, stopping at free-form maps and lists (documented as a whole)."""
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not path.endswith(("config", "resources")):
+            if path in {"affinity", "nodeSelector", "autoscaling.hpa.behavior"}:
+                yield path
+            else:
+                yield from _documented_paths(value, f"{path}.")
+        else:
+            yield path
+
+
+def test_every_value_is_documented_and_in_the_schema(chart: helm.Chart) -> None:
+    text = (CHART / "values.yaml").read_text()
+    params = set(re.findall(r"^\s*## @param (\S+) ", text, flags=re.MULTILINE))
+    paths = set(_documented_paths(chart.values))
+    assert paths - params == set()
+    assert params - paths == set()  # no documentation for a value that is gone
+    schema = chart.schema
+    assert schema is not None
+    assert set(chart.values) <= set(schema["properties"])
