@@ -55,6 +55,8 @@ def _identifier(body: dict[str, Any], name: str) -> str:
     value = body[name]
     if not isinstance(value, str) or not value:
         raise InvalidEvent("bad_field", f"{name} must be a non-empty string, got {value!r}")
+    if any(ord(char) < 32 for char in value):
+        raise InvalidEvent("bad_field", f"{name} must not contain control characters")
     if len(value) > _MAX_ID_LENGTH:
         raise InvalidEvent("bad_field", f"{name} is longer than {_MAX_ID_LENGTH} characters")
     return value

@@ -15,7 +15,7 @@ import httpx
 from faust.types import TP
 
 from agents.ingest import DeadLetter, IngestProcessor, SourceRecord
-from app.kafka import EMBEDDED_MAX_BATCH_BYTES, ssl_context
+from app.kafka import ssl_context
 from app.metrics import Metrics
 from app.settings import Settings
 from app.topics import ensure_topics, existing_topics
@@ -48,11 +48,10 @@ def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredent
 def _faust_app(settings: Settings) -> faust.App:
     options: dict[str, Any] = {}
     if settings.embedded:
-        # Quirks of the embedded broker (see ARCHITECTURE.md): one record per producer
-        # batch keeps its "latest offset" exact for changelog recovery, and short
-        # session timeouts let a restarted worker rejoin in seconds, not a minute.
+        # Quirks of the embedded broker (see ARCHITECTURE.md): short session timeouts let
+        # a restarted worker rejoin in seconds, not a minute. Its inexact "latest offset"
+        # is handled by OnlineStore's end markers, so the producer still batches.
         options.update(
-            producer_max_batch_size=EMBEDDED_MAX_BATCH_BYTES,
             broker_session_timeout=10.0,
             broker_heartbeat_interval=1.0,
         )
@@ -96,7 +95,11 @@ class Nearline:
             value_type=bytes,
         )
         self.store = OnlineStore(
-            self.faust, self.members, StatePolicy.from_settings(settings), settings.topic_partitions
+            self.faust,
+            self.members,
+            StatePolicy.from_settings(settings),
+            settings.topic_partitions,
+            exact_end_offsets=settings.embedded,
         )
         self.ingest = IngestProcessor(self.store, settings, self.metrics, self.send_dead_letters)
         self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
@@ -131,6 +134,22 @@ class Nearline:
         self.faust.timer(timedelta(seconds=settings.sweep_interval), name="retention-sweep")(
             sweep_retention
         )
+        self.faust.task(self._shorten_fetch_wait)
+
+    async def _shorten_fetch_wait(self) -> None:
+        """Apply NEARLINE_FETCH_MAX_WAIT to Faust's consumer, which hard-codes 1.5 s.
+
+        A broker that does not answer a fetch as soon as data arrives (the embedded one,
+        for a fetch spanning several topics) otherwise holds every fresh action that long.
+        """
+        for _ in range(600):
+            thread = getattr(self.faust.consumer, "_thread", None)
+            fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+            if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+                fetcher._fetch_max_wait_ms = int(self.settings.fetch_max_wait * 1000)
+                return
+            await asyncio.sleep(0.1)
+        log.warning("could not set the consumer's fetch wait; freshness may suffer")
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Original bytes to the DLQ, the reason and source position in headers."""
@@ -188,6 +207,13 @@ class Nearline:
         return TP(self.changelog_topic(), partition)
 
 
+class _Worker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # Faust's terminal spinner lowers the root logger to DEBUG to spin on every
+        # record; that makes aiokafka build a debug record per message sent.
+        self.spinner = None
+
+
 def _check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -220,5 +246,5 @@ def run_worker(settings: Settings) -> None:
     nearline = Nearline(settings)
     loop.run_until_complete(prepare(settings, nearline))
     web = WebServer(nearline.web, settings.web_host, settings.web_port)
-    worker = faust.Worker(nearline.faust, web, loglevel=settings.log_level.lower(), loop=loop)
+    worker = _Worker(nearline.faust, web, loglevel=settings.log_level.lower(), loop=loop)
     worker.execute_from_commandline()

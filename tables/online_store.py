@@ -28,6 +28,9 @@ __all__ = ["NotOwned", "OnlineStore"]
 log = logging.getLogger(__name__)
 
 _FAUST_KEY_PREFIX = b"__faust"
+#: Written alone after each batch when the broker needs it (see ``exact_end_offsets``).
+END_MARKER_KEY = b"\0nearline-end"
+_INTERNAL_PREFIXES = (_FAUST_KEY_PREFIX, b"\0")
 _SWEEP_YIELD_EVERY = 500
 
 
@@ -44,12 +47,23 @@ class OnlineStore:
     """Reads and batched writes of :class:`MemberState` values, keyed by member id."""
 
     def __init__(
-        self, app: faust.App, table: TableT[bytes, bytes], policy: StatePolicy, partitions: int
+        self,
+        app: faust.App,
+        table: TableT[bytes, bytes],
+        policy: StatePolicy,
+        partitions: int,
+        *,
+        exact_end_offsets: bool = False,
     ) -> None:
         self.app = app
         self.table = table
         self.policy = policy
         self.partitions = partitions
+        # The embedded broker reports a partition's end as "base offset of the last record
+        # batch + 1", and Faust's recovery reads up to that end. Ending every write with a
+        # one-record batch (a marker) makes that answer exact while the records before it
+        # are batched normally.
+        self.exact_end_offsets = exact_end_offsets
         # Held by every read-modify-write (ingest batch, retention sweep) until its
         # changelog records are acknowledged, so changelog order always equals write order.
         self.write_lock = asyncio.Lock()
@@ -130,7 +144,14 @@ class OnlineStore:
             return
         # The batch's source offsets are committed only after this returns, so a crash
         # before it re-reads the batch; MemberState.apply makes that re-read harmless.
-        results = await asyncio.gather(*sends)
+        results = list(await asyncio.gather(*sends))
+        if self.exact_end_offsets:
+            markers = [
+                await producer.send(topic, END_MARKER_KEY, b"", partition, None, None)
+                for partition, states in updates.items()
+                if states
+            ]
+            results.extend(await asyncio.gather(*markers))
         persisted: dict[int, int] = {}
         for meta in results:
             persisted[meta.partition] = max(meta.offset, persisted.get(meta.partition, -1))
@@ -148,7 +169,7 @@ class OnlineStore:
             seen = 0
             for key, raw in self._db(partition).items():
                 assert isinstance(key, bytes) and isinstance(raw, bytes)  # raw-mode RocksDB
-                if key.startswith(_FAUST_KEY_PREFIX):
+                if key.startswith(_INTERNAL_PREFIXES):
                     continue
                 state = MemberState.from_bytes(raw)
                 if state.prune(now, self.policy):

@@ -1,0 +1,169 @@
+"""Spine benchmarks: ingest rate, freshness (produce → visible over HTTP), features reads.
+
+Run: ``python -m bench.spine [--actions 200000] [--members 10000]``. Prints medians and p99s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import uuid
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from agents.events import ActionEvent
+from app.traffic import generate_actions
+from bench.harness import Stack, WorkerProcess, embedded_broker, machine, percentiles, preload
+
+
+def ingest(stack: Stack, actions: int, members: int) -> dict[str, Any]:
+    """Actions/s applied by one worker from a pre-loaded topic."""
+    stack.create_topics()
+    records = [
+        (e.member_id.encode(), e.to_json())
+        for e in generate_actions(actions, members=members, items=50_000, seed=11)
+    ]
+    produce_s = asyncio.run(preload(stack.broker.bootstrap, stack.topic, records))
+    started = time.perf_counter()
+    worker = stack.start_worker("ingest")
+    ready = time.perf_counter()
+    first = None
+    while True:
+        done = worker.metric("nearline_events_in_total")
+        if first is None and done > 0:
+            first = time.perf_counter()
+        if done >= actions:
+            break
+        time.sleep(0.05)
+    finished = time.perf_counter()
+    rss = worker.rss_mb()
+    applied = worker.metric("nearline_events_applied_total")
+    seconds = finished - (first or ready)
+    return {
+        "actions": actions,
+        "members": members,
+        "preload_s": round(produce_s, 2),
+        "startup_s": round(ready - started, 2),
+        "seconds": round(seconds, 2),
+        "actions_per_s": round(actions / seconds),
+        "applied": applied,
+        "rss_mb": round(rss),
+        "worker": worker,
+    }
+
+
+async def _freshness(
+    worker: WorkerProcess, bootstrap: str, topic: str, rate: float, seconds: float
+) -> dict[str, Any]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    await producer.start()
+    client = httpx.AsyncClient(timeout=5)
+    latencies: list[float] = []
+    background = generate_actions(None, members=5000, seed=12)
+    rng = random.Random(5)
+
+    async def probe(member: str, event: ActionEvent) -> None:
+        sent = time.perf_counter()
+        await (await producer.send(topic, event.to_json(), key=member.encode()))
+        url = f"{worker.url}/v1/members/{member}/features"
+        while time.perf_counter() - sent < 10:
+            body = (await client.get(url)).json()
+            if body["recent_actions"] and body["recent_actions"][0]["event_id"] == event.event_id:
+                latencies.append(time.perf_counter() - sent)
+                return
+            await asyncio.sleep(0.002)
+
+    probes = []
+    started = time.perf_counter()
+    sent = 0
+    try:
+        while (elapsed := time.perf_counter() - started) < seconds:
+            target = int(elapsed * rate)
+            while sent < target:
+                if sent % 50 == 0:  # one in fifty actions is a probe we time end to end
+                    member = f"probe-{rng.randrange(1000)}"
+                    event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
+                    probes.append(asyncio.ensure_future(probe(member, event)))
+                else:
+                    e = next(background)
+                    await producer.send(topic, e.to_json(), key=e.member_id.encode())
+                sent += 1
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*probes)
+    finally:
+        await client.aclose()
+        await producer.stop()
+    achieved = sent / (time.perf_counter() - started)
+    return {"rate": rate, "achieved_rate": round(achieved), **_ms(percentiles(latencies))}
+
+
+def _ms(stats: dict[str, float]) -> dict[str, float]:
+    return {k: (v if k == "n" else round(v * 1000, 2)) for k, v in stats.items()}
+
+
+async def _reads(
+    worker: WorkerProcess, members: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    """Open-loop GETs of random members' features at ``rate`` per second."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    client = httpx.AsyncClient(timeout=5, limits=limits)
+    rng = random.Random(9)
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(member: str) -> None:
+        nonlocal errors
+        t0 = time.perf_counter()
+        response = await client.get(f"{worker.url}/v1/members/{member}/features")
+        latencies.append(time.perf_counter() - t0)
+        errors += response.status_code != 200
+
+    for _ in range(50):  # warm-up: connections and caches
+        await one(f"member-{rng.randrange(members)}")
+    latencies.clear()
+    tasks = []
+    started = time.perf_counter()
+    issued = 0
+    while (elapsed := time.perf_counter() - started) < seconds:
+        while issued < int(elapsed * rate):
+            tasks.append(asyncio.ensure_future(one(f"member-{rng.randrange(members)}")))
+            issued += 1
+        await asyncio.sleep(0.0005)
+    await asyncio.gather(*tasks)
+    await client.aclose()
+    return {"rate": rate, "errors": errors, **_ms(percentiles(latencies))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--actions", type=int, default=200_000)
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--fresh-rate", type=float, nargs="+", default=[1000.0])
+    parser.add_argument("--read-rate", type=float, nargs="+", default=[200.0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    with embedded_broker() as broker:
+        stack = Stack(broker)
+        try:
+            result = ingest(stack, args.actions, args.members)
+            worker = result.pop("worker")
+            print(f"ingest: {result}")
+            for rate in args.read_rate:
+                reads = asyncio.run(_reads(worker, args.members, rate, args.seconds))
+                print(f"features read: {reads}")
+            for rate in args.fresh_rate:
+                fresh = asyncio.run(
+                    _freshness(worker, broker.bootstrap, stack.topic, rate, args.seconds)
+                )
+                print(f"freshness: {fresh}")
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
