@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 import httpx
+import uvloop
 from faust.types import TP
 
 from agents.ingest import DeadLetter, IngestProcessor, SourceRecord
@@ -241,6 +242,8 @@ async def prepare(settings: Settings, nearline: Nearline) -> None:
 def run_worker(settings: Settings) -> None:
     """Run one worker (ingest agent + HTTP API) until SIGINT/SIGTERM."""
     _check_port_free(settings.web_host, settings.web_port)
+    # uvloop for every loop of the worker (Faust's consumer thread makes its own).
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     nearline = Nearline(settings)
