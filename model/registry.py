@@ -1,0 +1,270 @@
+"""Versioned model files in ``model_dir`` and the active ranker a worker serves with.
+
+A version is two files: ``nearline-model-<version>.pt`` (state_dict and architecture) and
+``nearline-model-<version>.json`` (feature names, vectorizer config, training range,
+metrics, created_at). The JSON is written last, by atomic rename, so a version exists for
+readers only once both files are complete. Versions sort as strings; generated versions
+are UTC timestamps, so the greatest is the newest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+
+from model.exceptions import IncompatibleModelError, ModelFileError
+from model.heuristic import HeuristicRanker
+from model.ranker import Ranker
+from model.scorer import Backend, Scorer, ScorerConfig, TorchRanker
+from model.vectorizer import Vectorizer, VectorizerConfig
+
+__all__ = ["FORMAT", "ModelRegistry", "ModelVersion", "new_version"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+_PREFIX = "nearline-model-"
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_METADATA = re.compile(rf"^{_PREFIX}(?P<version>[A-Za-z0-9][A-Za-z0-9._-]*)\.json$")
+
+
+def new_version(now: float | None = None) -> str:
+    """``20251129T031500123456Z-1a2b``: sortable by time, unique across writers."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    return f"{moment:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A version found in ``model_dir``: its name and its metadata."""
+
+    version: str
+    weights: Path
+    metadata: dict[str, Any]
+
+
+class ModelRegistry:
+    """Reads and writes model versions; holds the :class:`Ranker` requests score with.
+
+    ``active`` is replaced by a single attribute assignment, so a request that read it
+    keeps a complete ranker to the end, and the next request sees the new one. Until a
+    compatible model is loaded, ``active`` is the heuristic.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | str | None,
+        vectorizer: Vectorizer,
+        backend: Backend = "auto",
+    ) -> None:
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.vectorizer = vectorizer
+        self.backend: Backend = backend
+        self.active: Ranker = HeuristicRanker(vectorizer.feature_names)
+        self._lock = threading.Lock()
+        self._listing: frozenset[tuple[str, int]] | None = None
+        self._refused: set[tuple[str, int]] = set()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def save(
+        self,
+        scorer: Scorer,
+        metadata: Mapping[str, Any],
+        version: str | None = None,
+    ) -> ModelVersion:
+        """Write a new version (weights first, metadata last) and return it."""
+        directory = self._require_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        version = version or new_version()
+        if not _VERSION.match(version):
+            raise ValueError(f"model version {version!r} must match {_VERSION.pattern}")
+        weights, meta_path = self._paths(version)
+        if meta_path.exists():
+            raise FileExistsError(f"model version {version} already exists in {directory}")
+        body = {
+            "format": FORMAT,
+            "scorer_config": scorer.config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in scorer.state_dict().items()},
+        }
+        _atomic_write(weights, lambda f: torch.save(body, f))
+        full = {
+            **metadata,
+            "format": FORMAT,
+            "version": version,
+            "feature_names": list(self.vectorizer.feature_names),
+            "vectorizer": self.vectorizer.config.to_dict(),
+            "scorer_config": scorer.config.to_dict(),
+            "created_at": metadata.get("created_at", time.time()),
+        }
+        payload = orjson.dumps(full, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        _atomic_write(meta_path, lambda f: f.write(payload))
+        log.info("model %s written to %s", version, directory)
+        return ModelVersion(version, weights, full)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        """Every complete version in ``model_dir``, oldest first."""
+        return sorted(version for version, _ in self._scan())
+
+    def read(self, version: str) -> tuple[Scorer, dict[str, Any]]:
+        """The scorer and metadata of one version; raises if incompatible or unreadable."""
+        weights, meta_path = self._paths(version)
+        try:
+            metadata = orjson.loads(meta_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ModelFileError(f"cannot read {meta_path}: {exc}") from exc
+        self.check_compatible(metadata, source=str(meta_path))
+        try:
+            body = torch.load(weights, map_location="cpu", weights_only=True)
+            config = ScorerConfig.from_dict(body["scorer_config"])
+            scorer = Scorer(config)
+            scorer.load_state_dict(body["state_dict"])
+        except Exception as exc:  # any failure here means the file is unusable
+            raise ModelFileError(f"cannot load weights {weights}: {exc}") from exc
+        if config.n_features != len(self.vectorizer.feature_names):
+            raise IncompatibleModelError(
+                f"{weights}: the network takes {config.n_features} features, "
+                f"the vectorizer produces {len(self.vectorizer.feature_names)}"
+            )
+        scorer.eval()
+        return scorer, metadata
+
+    def check_compatible(self, metadata: Mapping[str, Any], source: str = "model") -> None:
+        """Refuse a model trained on other features than this vectorizer produces."""
+        expected = list(self.vectorizer.feature_names)
+        found = list(metadata.get("feature_names") or [])
+        if found != expected:
+            missing = [n for n in expected if n not in found]
+            extra = [n for n in found if n not in expected]
+            detail = (
+                f"missing {missing[:5]}, unexpected {extra[:5]}"
+                if missing or extra
+                else "same names in another order"
+            )
+            raise IncompatibleModelError(
+                f"{source}: feature_names do not match the running vectorizer ({detail}); "
+                "retrain on examples produced with this configuration"
+            )
+        config = metadata.get("vectorizer")
+        if config is not None and VectorizerConfig.from_dict(config) != self.vectorizer.config:
+            raise IncompatibleModelError(
+                f"{source}: vectorizer config {config} differs from the running one "
+                f"{self.vectorizer.config.to_dict()}"
+            )
+
+    def load(self, version: str) -> Ranker:
+        """Load one version and make it active."""
+        scorer, _ = self.read(version)
+        ranker = TorchRanker(scorer, version, self.vectorizer.feature_names, self.backend)
+        self.active = ranker  # the swap: one reference assignment
+        log.info("model %s active (backend %s)", version, ranker.backend)
+        return ranker
+
+    def load_latest(self) -> Ranker:
+        """Activate the newest compatible version; the heuristic if there is none.
+
+        Incompatible or unreadable versions are logged and skipped, so a bad newest file
+        falls back to the previous good one.
+        """
+        with self._lock:
+            listing = self._scan()
+            self._listing = frozenset(listing)
+            for version, mtime in sorted(listing, reverse=True):
+                try:
+                    return self.load(version)
+                except (IncompatibleModelError, ModelFileError) as exc:
+                    self._refused.add((version, mtime))
+                    log.error("model %s refused: %s", version, exc)
+            return self.active
+
+    def maybe_reload(self) -> bool:
+        """Swap to a newer version if one appeared; True if the active ranker changed.
+
+        Costs one directory listing when nothing changed. A newer version that cannot be
+        used is logged once and the current ranker is kept.
+        """
+        if self.model_dir is None:
+            return False
+        with self._lock:
+            listing = self._scan()
+            snapshot = frozenset(listing)
+            if snapshot == self._listing:
+                return False
+            self._listing = snapshot
+            current = self.active.version
+            newer = [
+                (v, m)
+                for v, m in listing
+                if (v, m) not in self._refused
+                and (isinstance(self.active, HeuristicRanker) or v > current)
+            ]
+            for version, mtime in sorted(newer, reverse=True):
+                try:
+                    self.load(version)
+                    return True
+                except (IncompatibleModelError, ModelFileError) as exc:
+                    self._refused.add((version, mtime))
+                    log.error("model %s refused, keeping %s: %s", version, current, exc)
+            return False
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _require_dir(self) -> Path:
+        if self.model_dir is None:
+            raise ModelFileError("no model directory configured (NEARLINE_MODEL_DIR)")
+        return self.model_dir
+
+    def _paths(self, version: str) -> tuple[Path, Path]:
+        directory = self._require_dir()
+        return (
+            directory / f"{_PREFIX}{version}.pt",
+            directory / f"{_PREFIX}{version}.json",
+        )
+
+    def _scan(self) -> list[tuple[str, int]]:
+        """(version, metadata mtime) of every version whose metadata and weights exist."""
+        if self.model_dir is None:
+            return []
+        try:
+            entries = list(os.scandir(self.model_dir))
+        except FileNotFoundError:
+            return []
+        names = {entry.name for entry in entries}
+        found = []
+        for entry in entries:
+            match = _METADATA.match(entry.name)
+            if match and f"{_PREFIX}{match['version']}.pt" in names:
+                try:
+                    found.append((match["version"], entry.stat().st_mtime_ns))
+                except FileNotFoundError:
+                    continue  # deleted between listing and stat
+        return found
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same directory, then rename over ``path``."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
