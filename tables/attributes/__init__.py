@@ -1,0 +1,90 @@
+"""The attribute store: item and member attributes, two backends, a cache, the joins, a loader."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tables.attributes.aerospike import AerospikeAttributeStore
+from tables.attributes.cache import CachedAttributeStore
+from tables.attributes.embedded import EmbeddedAttributeStore
+from tables.attributes.exceptions import (
+    AttributeStoreError,
+    InvalidRecord,
+    LoadFailed,
+    StoreUnavailable,
+)
+from tables.attributes.join import (
+    Action,
+    JoinFields,
+    item_ids,
+    join_at_ingest,
+    join_at_read,
+    split_fields,
+)
+from tables.attributes.loader import LoadSummary, Sink, detect_format, load_file
+from tables.attributes.schema import (
+    KINDS,
+    AttributeRecord,
+    Geo,
+    ItemAttributes,
+    Kind,
+    MemberAttributes,
+    decode_record,
+    encode_record,
+    validate_item,
+    validate_member,
+    validate_record,
+)
+from tables.attributes.store import AttributeStore, StoreHealth
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+__all__ = [
+    "KINDS",
+    "Action",
+    "AerospikeAttributeStore",
+    "AttributeRecord",
+    "AttributeStore",
+    "AttributeStoreError",
+    "CachedAttributeStore",
+    "EmbeddedAttributeStore",
+    "Geo",
+    "InvalidRecord",
+    "ItemAttributes",
+    "JoinFields",
+    "Kind",
+    "LoadFailed",
+    "LoadSummary",
+    "MemberAttributes",
+    "Sink",
+    "StoreHealth",
+    "StoreUnavailable",
+    "decode_record",
+    "detect_format",
+    "encode_record",
+    "from_settings",
+    "item_ids",
+    "join_at_ingest",
+    "join_at_read",
+    "load_file",
+    "split_fields",
+    "validate_item",
+    "validate_member",
+    "validate_record",
+]
+
+
+def from_settings(settings: Settings) -> AttributeStore:
+    """The backend ``NEARLINE_ATTRIBUTE_STORE`` names, configured from ``settings``.
+
+    Uncached: wrap it in :meth:`CachedAttributeStore.from_settings` for ingest-time joins.
+    The embedded store opens its RocksDB now; the Aerospike store connects on first use.
+    """
+    if settings.attribute_store == "aerospike":
+        return AerospikeAttributeStore.from_settings(settings)
+    if settings.attribute_store == "embedded":
+        return EmbeddedAttributeStore.in_data_dir(settings.data_dir)
+    raise ValueError(
+        f"NEARLINE_ATTRIBUTE_STORE={settings.attribute_store!r}: use embedded or aerospike"
+    )

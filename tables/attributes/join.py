@@ -1,0 +1,132 @@
+"""The two joins of item attributes onto actions: copied in at ingest, or fetched at read.
+
+An action is a dict ``{"event_id", "item_id", "action", "ts", "attributes": {...},
+"joined": bool}``. Both joins are pure: they take the actions and the records one batch
+read returned, and give back new action dicts; the inputs are left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "Action",
+    "JoinFields",
+    "item_ids",
+    "join_at_ingest",
+    "join_at_read",
+    "split_fields",
+]
+
+Action = dict[str, Any]
+
+
+class _Attributes(Protocol):
+    def as_flat_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JoinFields:
+    """Which attributes are copied at ingest and which are fetched at read."""
+
+    ingest: tuple[str, ...]
+    read: tuple[str, ...]
+
+
+def split_fields(join_at_ingest: Iterable[str], join_at_read: Iterable[str]) -> JoinFields:
+    """The two field lists from settings, cleaned; an attribute may be in only one of them."""
+    ingest = _clean(join_at_ingest)
+    read = _clean(join_at_read)
+    both = [name for name in ingest if name in read]
+    if both:
+        raise ValueError(
+            f"attribute {both[0]!r} is listed in both NEARLINE_JOIN_AT_INGEST and "
+            "NEARLINE_JOIN_AT_READ; name each attribute in one of them"
+        )
+    return JoinFields(ingest, read)
+
+
+def _clean(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name.strip() for name in names if name.strip()))
+
+
+def item_ids(actions: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The distinct item ids of a batch of actions: the keys of its one store read."""
+    return list(dict.fromkeys(str(action["item_id"]) for action in actions))
+
+
+def join_at_ingest(
+    actions: Iterable[Mapping[str, Any]],
+    attrs_by_item: Mapping[str, _Attributes] | None,
+    fields: Sequence[str],
+) -> list[Action]:
+    """Copy ``fields`` of each action's item into its ``attributes``; set ``joined``.
+
+    ``joined`` is false when the item is not in ``attrs_by_item``; pass ``None`` when the
+    store was unavailable, so every action is stored unjoined and can be caught up at read
+    (:func:`join_at_read` with ``catch_up``). A found item that lacks one of the fields
+    (no geo, say) is still joined: there is nothing more to copy later.
+    """
+    flat_by_item: dict[str, dict[str, Any] | None] = {}
+    out: list[Action] = []
+    for action in actions:
+        flat = _flat(action["item_id"], attrs_by_item, flat_by_item)
+        joined: Action = dict(action)
+        attributes = dict(action.get("attributes") or {})
+        if flat is not None:
+            attributes.update((name, flat[name]) for name in fields if name in flat)
+        joined["attributes"] = attributes
+        joined["joined"] = flat is not None
+        out.append(joined)
+    return out
+
+
+def join_at_read(
+    actions: Iterable[Mapping[str, Any]],
+    attrs_by_item: Mapping[str, _Attributes] | None,
+    fields: Sequence[str],
+    *,
+    catch_up: Sequence[str] = (),
+) -> list[Action]:
+    """Add read-time ``fields`` to each action's ``attributes``; list the ones not found.
+
+    Every returned action has ``missing``: the names it should have and does not (its
+    item is unknown, the store was unavailable, or the item lacks that attribute), so a
+    reader can tell "no embedding" from "zero embedding". Actions stored with
+    ``joined: false`` also get the ``catch_up`` fields (the ingest-time ones) when the
+    store has them now; ``joined`` keeps recording what happened at ingest.
+    """
+    flat_by_item: dict[str, dict[str, Any] | None] = {}
+    out: list[Action] = []
+    for action in actions:
+        flat = _flat(action["item_id"], attrs_by_item, flat_by_item) or {}
+        wanted = list(fields)
+        if action.get("joined") is False:
+            wanted.extend(name for name in catch_up if name not in fields)
+        attributes = dict(action.get("attributes") or {})
+        missing = []
+        for name in wanted:
+            if name in flat:
+                attributes[name] = flat[name]
+            else:
+                missing.append(name)
+        read: Action = dict(action)
+        read["attributes"] = attributes
+        read["missing"] = missing
+        out.append(read)
+    return out
+
+
+def _flat(
+    item_id: Any,
+    attrs_by_item: Mapping[str, _Attributes] | None,
+    seen: dict[str, dict[str, Any] | None],
+) -> dict[str, Any] | None:
+    # A batch often holds many actions on the same item: flatten each record once.
+    key = str(item_id)
+    if key not in seen:
+        record = attrs_by_item.get(key) if attrs_by_item is not None else None
+        seen[key] = record.as_flat_dict() if record is not None else None
+    return seen[key]
