@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ __all__ = ["ActionEvent", "InvalidEvent", "parse_action"]
 
 _FIELDS = ("event_id", "member_id", "item_id", "action", "ts")
 _MAX_ID_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 class InvalidEvent(ValueError):
@@ -55,7 +57,7 @@ def _identifier(body: dict[str, Any], name: str) -> str:
     value = body[name]
     if not isinstance(value, str) or not value:
         raise InvalidEvent("bad_field", f"{name} must be a non-empty string, got {value!r}")
-    if any(ord(char) < 32 for char in value):
+    if _CONTROL.search(value):
         raise InvalidEvent("bad_field", f"{name} must not contain control characters")
     if len(value) > _MAX_ID_LENGTH:
         raise InvalidEvent("bad_field", f"{name} is longer than {_MAX_ID_LENGTH} characters")

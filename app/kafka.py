@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from functools import lru_cache
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
@@ -50,6 +51,10 @@ def client_options(settings: Settings, *, producer: bool = False) -> dict[str, A
     return options
 
 
+@lru_cache(maxsize=262_144)
 def partition_for_key(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java client, aiokafka) gives a keyed record."""
+    """The partition Kafka's default partitioner (Java client, aiokafka) gives a keyed record.
+
+    Memoized: aiokafka's murmur2 is pure Python, and the same members act again and again.
+    """
     return (murmur2(key) & 0x7FFFFFFF) % partitions

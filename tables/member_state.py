@@ -76,6 +76,23 @@ class RecentAction:
         return body
 
 
+#: One kept action as stored: [event_id, item_id, action, ts, attributes | None, joined].
+#: Plain lists, so decoding a member's value is one orjson call with no objects to build.
+ActionRow = list[Any]
+_EID, _ITEM, _ACTION, _TS, _ATTRS, _JOINED = range(6)
+
+
+def _row(action: RecentAction) -> ActionRow:
+    return [
+        action.event_id,
+        action.item_id,
+        action.action,
+        action.ts,
+        action.attributes or None,
+        action.joined,
+    ]
+
+
 @dataclass(slots=True)
 class MemberState:
     """Everything kept for one member; ``actions`` is sorted by event time, newest last."""
@@ -83,7 +100,7 @@ class MemberState:
     last_offset: int = -1
     last_event_ts: float | None = None
     last_applied_at: float | None = None
-    actions: list[RecentAction] = field(default_factory=list)
+    actions: list[ActionRow] = field(default_factory=list)
     buckets: dict[int, dict[str, int]] = field(default_factory=dict)
 
     # -- codec -------------------------------------------------------------------------
@@ -94,11 +111,8 @@ class MemberState:
                 "o": self.last_offset,
                 "t": self.last_event_ts,
                 "p": self.last_applied_at,
-                "a": [
-                    [a.event_id, a.item_id, a.action, a.ts, a.attributes or None, a.joined]
-                    for a in self.actions
-                ],
-                "b": [[k, counts] for k, counts in sorted(self.buckets.items())],
+                "a": self.actions,
+                "b": sorted(self.buckets.items()),
             }
         )
 
@@ -109,12 +123,16 @@ class MemberState:
             last_offset=body["o"],
             last_event_ts=body["t"],
             last_applied_at=body["p"],
-            actions=[
-                RecentAction(eid, item, action, ts, attrs or {}, joined)
-                for eid, item, action, ts, attrs, joined in body["a"]
-            ],
+            actions=body["a"],
             buckets={k: counts for k, counts in body["b"]},
         )
+
+    def recent_actions(self) -> list[RecentAction]:
+        """The kept actions, oldest first, as objects."""
+        return [
+            RecentAction(eid, item, action, ts, attrs or {}, joined)
+            for eid, item, action, ts, attrs, joined in self.actions
+        ]
 
     # -- updates -----------------------------------------------------------------------
 
@@ -130,9 +148,10 @@ class MemberState:
         if offset <= self.last_offset:
             return Applied.REPLAYED
         self.last_offset = offset
-        if any(kept.event_id == action.event_id for kept in self.actions):
+        event_id = action.event_id
+        if any(kept[_EID] == event_id for kept in self.actions):
             return Applied.DUPLICATE
-        self._insert(action, policy.max_recent_actions)
+        self._insert(_row(action), policy.max_recent_actions)
         counts = self.buckets.setdefault(policy.bucket_of(action.ts), {})
         counts[action.action] = counts.get(action.action, 0) + 1
         if self.last_event_ts is None or action.ts > self.last_event_ts:
@@ -140,15 +159,16 @@ class MemberState:
         self.last_applied_at = applied_at
         return Applied.APPLIED
 
-    def _insert(self, action: RecentAction, cap: int) -> None:
+    def _insert(self, row: ActionRow, cap: int) -> None:
         actions = self.actions
-        if not actions or action.ts >= actions[-1].ts:
-            actions.append(action)
+        ts = row[_TS]
+        if not actions or ts >= actions[-1][_TS]:
+            actions.append(row)
         else:  # late event: keep event-time order
             index = len(actions)
-            while index > 0 and actions[index - 1].ts > action.ts:
+            while index > 0 and actions[index - 1][_TS] > ts:
                 index -= 1
-            actions.insert(index, action)
+            actions.insert(index, row)
         if len(actions) > cap:
             del actions[: len(actions) - cap]
 
@@ -156,8 +176,8 @@ class MemberState:
         """Drop what is older than the retention; True if anything was dropped."""
         horizon = now - policy.retention
         changed = False
-        if self.actions and self.actions[0].ts <= horizon:
-            self.actions = [a for a in self.actions if a.ts > horizon]
+        if self.actions and self.actions[0][_TS] <= horizon:
+            self.actions = [a for a in self.actions if a[_TS] > horizon]
             changed = True
         expired = [k for k in self.buckets if (k + 1) * policy.bucket <= horizon]
         for k in expired:
@@ -173,7 +193,11 @@ class MemberState:
     def features(self, member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
         """The served view as of ``as_of``: nothing older than the retention, nothing later."""
         horizon = as_of - policy.retention
-        recent = [a.as_dict() for a in reversed(self.actions) if horizon < a.ts <= as_of]
+        recent = [
+            RecentAction(eid, item, action, ts, attrs or {}, joined).as_dict()
+            for eid, item, action, ts, attrs, joined in reversed(self.actions)
+            if horizon < ts <= as_of
+        ]
         counts: dict[str, dict[str, int]] = {}
         for window in policy.windows:
             totals = dict.fromkeys(policy.actions_of_interest, 0)

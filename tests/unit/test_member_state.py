@@ -79,7 +79,7 @@ def test_expired_history_is_pruned_and_not_served() -> None:
     later = T + 2 * 3600
     assert [a["event_id"] for a in state.features("m", later, POLICY)["recent_actions"]] == ["e1"]
     assert state.prune(later, POLICY) is True
-    assert [a.event_id for a in state.actions] == ["e1"]
+    assert [a.event_id for a in state.recent_actions()] == ["e1"]
     assert len(state.buckets) == 1
     assert state.prune(later, POLICY) is False
     assert state.prune(T + 200 * 3600, POLICY) is True and state.is_empty
