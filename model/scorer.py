@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -12,7 +13,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import mkldnn
 
 __all__ = ["Backend", "Scorer", "ScorerConfig", "TorchRanker", "configure_threads"]
 
@@ -135,7 +135,13 @@ class TorchRanker:
         self._dense = scorer.inference_module()
         self._mkldnn: nn.Module | None = None
         if backend != "default" and torch.backends.mkldnn.is_available():
-            self._mkldnn = mkldnn.to_mkldnn(scorer.inference_module())
+            with warnings.catch_warnings():
+                # torch.utils.mkldnn builds on torch.jit.script_method, deprecated in 2.x
+                # but still the documented conversion; the warning is noise for operators.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torch.utils import mkldnn
+
+                self._mkldnn = mkldnn.to_mkldnn(scorer.inference_module())
         if backend == "mkldnn" and self._mkldnn is None:
             raise RuntimeError("oneDNN (mkldnn) is not available in this torch build")
         self.backend: Literal["default", "mkldnn"] = "mkldnn" if backend == "mkldnn" else "default"
@@ -169,7 +175,7 @@ class TorchRanker:
                 out = self._dense(x)
             return out.reshape(-1).numpy().copy()
 
-    def _calibrate(self, rows: int, repeats: int = 30) -> Literal["default", "mkldnn"]:
+    def _calibrate(self, rows: int, repeats: int = 15) -> Literal["default", "mkldnn"]:
         sample = np.random.default_rng(0).standard_normal((rows, len(self._feature_names)))
         sample = sample.astype(np.float32)
         timings: dict[Literal["default", "mkldnn"], float] = {}

@@ -185,7 +185,7 @@ def test_nearest_km_agrees_with_haversine() -> None:
 
 
 def test_popularity_and_missing_flags(vectorizer: Vectorizer) -> None:
-    candidates = {
+    candidates: dict[str, dict[str, Any]] = {
         "a": {"popularity": 9.0, "embedding": unit(0)},
         "b": {"popularity": "lots", "embedding": [1.0] * (DIM - 1)},  # wrong type, wrong dim
         "c": {"popularity": float("nan"), "embedding": [float("nan")] * DIM},
