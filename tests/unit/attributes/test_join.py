@@ -1,0 +1,112 @@
+"""The two joins: attributes copied into actions at ingest, and fetched after a read."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tables.attributes import (
+    ItemAttributes,
+    item_ids,
+    join_at_ingest,
+    join_at_read,
+    split_fields,
+)
+from tests.unit.attributes.conftest import item
+
+
+def action(n: int, item_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"e{n}",
+        "item_id": item_id,
+        "action": "click",
+        "ts": 1_800_000_000.0 + n,
+        "attributes": {"source": "feed"},
+        **extra,
+    }
+
+
+ATTRS = {"j1": item("j1", company="acme"), "j2": ItemAttributes("j2", attributes={"company": "b"})}
+
+
+def test_split_fields_cleans_and_keeps_order() -> None:
+    fields = split_fields([" geo", "category", "", "geo"], ["embedding"])
+    assert fields.ingest == ("geo", "category")
+    assert fields.read == ("embedding",)
+
+
+def test_an_attribute_cannot_join_both_ways() -> None:
+    with pytest.raises(ValueError, match="'geo' is listed in both NEARLINE_JOIN_AT_INGEST"):
+        split_fields(["geo", "category"], ["embedding", "geo"])
+
+
+def test_item_ids_are_distinct_in_first_seen_order() -> None:
+    assert item_ids([action(1, "j2"), action(2, "j1"), action(3, "j2")]) == ["j2", "j1"]
+
+
+def test_join_at_ingest_copies_only_the_configured_fields() -> None:
+    [joined] = join_at_ingest([action(1, "j1")], ATTRS, ["geo", "category"])
+    assert joined["joined"] is True
+    assert joined["attributes"] == {
+        "source": "feed",
+        "geo": {"lat": 52.52, "lon": 13.405, "region": "Berlin"},
+        "category": "engineering",
+    }
+    assert "embedding" not in joined["attributes"] and "company" not in joined["attributes"]
+
+
+def test_an_item_without_a_field_is_still_joined() -> None:
+    [joined] = join_at_ingest([action(1, "j2")], ATTRS, ["geo", "company"])
+    assert joined["joined"] is True
+    assert joined["attributes"] == {"source": "feed", "company": "b"}
+
+
+def test_an_unknown_item_or_an_unavailable_store_leaves_the_action_unjoined() -> None:
+    unknown, known = join_at_ingest([action(1, "nope"), action(2, "j1")], ATTRS, ["geo"])
+    assert unknown["joined"] is False and unknown["attributes"] == {"source": "feed"}
+    assert known["joined"] is True
+    unavailable = join_at_ingest([action(1, "j1")], None, ["geo"])
+    assert unavailable[0]["joined"] is False
+
+
+def test_joins_do_not_touch_their_inputs() -> None:
+    actions = [action(1, "j1"), action(2, "nope")]
+    before = copy.deepcopy(actions)
+    join_at_read(join_at_ingest(actions, ATTRS, ["geo"]), ATTRS, ["embedding"])
+    assert actions == before
+
+
+def test_join_at_read_adds_fields_and_reports_what_is_missing() -> None:
+    stored = join_at_ingest([action(1, "j1"), action(2, "j2")], ATTRS, ["geo"])
+    full, partial = join_at_read(stored, ATTRS, ["embedding", "company"])
+    assert full["attributes"]["embedding"] == ATTRS["j1"].embedding
+    assert full["attributes"]["company"] == "acme"
+    assert full["attributes"]["geo"]["region"] == "Berlin"  # the ingest join is kept
+    assert full["missing"] == []
+    assert partial["missing"] == ["embedding"]
+    assert partial["attributes"]["company"] == "b"
+
+
+def test_join_at_read_with_nothing_found_flags_every_field() -> None:
+    [read] = join_at_read([action(1, "j1", joined=True)], {}, ["embedding"])
+    assert read["missing"] == ["embedding"]
+    assert "embedding" not in read["attributes"]
+
+
+def test_actions_stored_unjoined_catch_up_at_read() -> None:
+    stored = join_at_ingest([action(1, "j1"), action(2, "j2")], None, ["geo", "category"])
+    caught_up, still_short = join_at_read(
+        stored, ATTRS, ["embedding"], catch_up=["geo", "category"]
+    )
+    assert caught_up["attributes"]["geo"]["region"] == "Berlin"
+    assert caught_up["attributes"]["category"] == "engineering"
+    assert caught_up["missing"] == []
+    assert caught_up["joined"] is False  # still records what happened at ingest
+    assert still_short["missing"] == ["embedding", "geo", "category"]
+
+
+def test_joined_actions_do_not_catch_up() -> None:
+    [read] = join_at_read([action(1, "j1", joined=True)], ATTRS, [], catch_up=["category"])
+    assert "category" not in read["attributes"] and read["missing"] == []
