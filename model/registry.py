@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import torch
@@ -28,8 +28,11 @@ import torch
 from model.exceptions import IncompatibleModelError, ModelFileError
 from model.heuristic import HeuristicRanker
 from model.ranker import Ranker
-from model.scorer import Backend, Scorer, ScorerConfig, TorchRanker
+from model.scorer import Backend, Scorer, ScorerConfig, TorchRanker, configure_threads
 from model.vectorizer import Vectorizer, VectorizerConfig
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 __all__ = ["FORMAT", "ModelRegistry", "ModelVersion", "new_version"]
 
@@ -69,7 +72,10 @@ class ModelRegistry:
         model_dir: Path | str | None,
         vectorizer: Vectorizer,
         backend: Backend = "auto",
+        threads: int | None = None,
     ) -> None:
+        if threads is not None:
+            configure_threads(threads)
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.vectorizer = vectorizer
         self.backend: Backend = backend
@@ -77,6 +83,17 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._listing: frozenset[tuple[str, int]] | None = None
         self._refused: set[tuple[str, int]] = set()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, vectorizer: Vectorizer | None = None
+    ) -> ModelRegistry:
+        """``model_dir`` and ``torch_threads`` from settings; the vectorizer likewise."""
+        return cls(
+            settings.model_dir,
+            vectorizer or Vectorizer.from_settings(settings),
+            threads=settings.torch_threads,
+        )
 
     # -- writing ---------------------------------------------------------------------------
 

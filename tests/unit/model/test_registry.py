@@ -57,6 +57,18 @@ def test_save_writes_both_files_and_load_latest_picks_the_newest(
         registry.save(scorer_for(vectorizer, 3), {}, version="20250102-b")
 
 
+def test_from_settings_sets_dir_and_threads(tmp_path: Path) -> None:
+    from app.settings import load_settings
+
+    before = torch.get_num_threads()
+    try:
+        registry = ModelRegistry.from_settings(load_settings(model_dir=tmp_path, torch_threads=1))
+        assert registry.model_dir == tmp_path and torch.get_num_threads() == 1
+        assert registry.active.version == "heuristic-v1"
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_generated_versions_sort_by_time() -> None:
     assert new_version(1_700_000_000.0) < new_version(1_700_000_001.0)
 
