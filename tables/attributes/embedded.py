@@ -88,6 +88,17 @@ class EmbeddedAttributeStore(AttributeStore):
             batch.delete(key.encode(), handle)
         db.write(batch)
 
+    def compact(self) -> None:
+        """Flush memtables and compact every kind: after a bulk load, or to measure size."""
+        db = self._open()
+        db.flush()
+        for family in self._families.values():
+            family.compact_range(None, None)
+
+    def disk_bytes(self) -> int:
+        """Bytes in SST files: the store's size on disk once flushed (see :meth:`compact`)."""
+        return sum(path.stat().st_size for path in self.path.glob("*.sst"))
+
     async def health(self) -> StoreHealth:
         if self._db is None:
             return StoreHealth(False, self.backend, f"{self.path} is closed")

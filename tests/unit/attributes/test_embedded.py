@@ -60,3 +60,21 @@ def test_health_counts_records_per_kind(tmp_path: Path) -> None:
 
     detail = asyncio.run(scenario())
     assert "items≈2" in detail and "members≈1" in detail
+
+
+def test_compact_moves_records_into_sst_files_that_are_counted(tmp_path: Path) -> None:
+    store = EmbeddedAttributeStore.in_data_dir(tmp_path)
+
+    async def scenario() -> tuple[int, int, dict[str, ItemAttributes]]:
+        await store.put_many([item(f"j{n}", dim=64) for n in range(100)])
+        before = store.disk_bytes()
+        store.compact()
+        after = store.disk_bytes()
+        found = await store.get_many(["j7"])
+        await store.close()
+        return before, after, found
+
+    before, after, found = asyncio.run(scenario())
+    assert before == 0  # still in the memtable and the write-ahead log
+    assert after > 1000  # flushed: the records are in SST files now
+    assert found == {"j7": item("j7", dim=64)}
