@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents.events import ActionEvent, InvalidEvent, parse_action
 from app.kafka import partition_for_key
 from app.metrics import Metrics
 from app.settings import Settings
+from tables.attributes import AttributeStore, StoreUnavailable
 from tables.member_state import Applied, MemberState, RecentAction
 from tables.online_store import OnlineStore
 
@@ -96,12 +99,19 @@ class IngestProcessor:
         settings: Settings,
         metrics: Metrics,
         send_dead_letters: SendDeadLetters,
+        *,
+        attributes: AttributeStore | None = None,
+        ingest_fields: Sequence[str] = (),
+        join_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
         self.send_dead_letters = send_dead_letters
+        self.attributes = attributes
+        self.ingest_fields = tuple(ingest_fields) if attributes is not None else ()
+        self.join_timeout = join_timeout
         self.clock = clock
         self.next_offsets: dict[int, int] = {}  # per source partition, for the lag gauge
 
@@ -114,19 +124,26 @@ class IngestProcessor:
             self.metrics.events_dropped.labels("not_of_interest").inc(plan.not_of_interest)
         outcomes = {Applied.APPLIED: 0, Applied.REPLAYED: 0, Applied.DUPLICATE: 0}
         policy = self.store.policy
+        joined = await self._attributes_at_ingest(plan)
+        joining = bool(self.ingest_fields)
         async with self.store.write_lock:
             updates: dict[int, dict[bytes, MemberState | None]] = {}
             for (partition, key), events in plan.by_member.items():
                 state = self.store.load(partition, key) or MemberState()
                 changed = False
                 for offset, event in events:
+                    attributes = dict(event.attributes)
+                    found = joined.get(event.item_id) if joined is not None else None
+                    if found is not None:
+                        attributes.update(found)
                     outcome = state.apply(
                         RecentAction(
                             event.event_id,
                             event.item_id,
                             event.action,
                             event.ts,
-                            dict(event.attributes),
+                            attributes,
+                            (found is not None) if joining else None,
                         ),
                         offset=offset,
                         applied_at=now,
@@ -152,3 +169,30 @@ class IngestProcessor:
             )
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return plan
+
+    async def _attributes_at_ingest(self, plan: BatchPlan) -> dict[str, dict[str, Any]] | None:
+        """Ingest-time fields of every item in the batch, in one store read.
+
+        ``None`` when the store could not answer: the actions are stored unjoined, and the
+        read path fills them in once the store is back.
+        """
+        if not self.ingest_fields or self.attributes is None:
+            return {}
+        items = {event.item_id for events in plan.by_member.values() for _, event in events}
+        if not items:
+            return {}
+        try:
+            records = await asyncio.wait_for(self.attributes.get_many(items), self.join_timeout)
+        except (StoreUnavailable, TimeoutError) as exc:
+            self.metrics.attribute_joins.labels("store_unavailable").inc(len(items))
+            log.warning("attribute store unavailable at ingest (%s); storing unjoined", exc)
+            return None
+        fields = self.ingest_fields
+        joined: dict[str, dict[str, Any]] = {}
+        for item_id, record in records.items():
+            flat = record.as_flat_dict()
+            joined[item_id] = {name: flat[name] for name in fields if name in flat}
+        self.metrics.attribute_joins.labels("joined").inc(len(joined))
+        if len(joined) < len(items):
+            self.metrics.attribute_joins.labels("item_unknown").inc(len(items) - len(joined))
+        return joined

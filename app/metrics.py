@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -52,6 +52,25 @@ class Metrics:
         )
         self.members_expired = Counter(
             "nearline_members_expired", "Members deleted by the retention sweep.", registry=r
+        )
+        self.attribute_records = Counter(
+            "nearline_attribute_records",
+            "item-attributes records applied to the attribute store, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.attribute_joins = Counter(
+            "nearline_attribute_joins",
+            "Actions joined with item attributes at ingest, by outcome "
+            "(joined, item_unknown, store_unavailable).",
+            ["outcome"],
+            registry=r,
+        )
+        self.attribute_store_up = Gauge(
+            "nearline_attribute_store_up",
+            "1 when the attribute store answered its last health check.",
+            ["backend"],
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "nearline_ingest_batch_seconds",

@@ -33,6 +33,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_actions, n, r, {"retention.ms": retention_ms}),
         TopicSpec(settings.topic_dlq, n, r, {"retention.ms": str(14 * 86400 * 1000)}),
         TopicSpec(settings.topic_item_attributes, n, r, {"cleanup.policy": "compact"}),
+        TopicSpec(
+            f"{settings.topic_item_attributes}.dlq", n, r, {"retention.ms": str(14 * 86400 * 1000)}
+        ),
         TopicSpec(settings.topic_recommendations_log, n, r, {"retention.ms": retention_ms}),
         TopicSpec(settings.topic_training_examples, n, r, {"retention.ms": retention_ms}),
     ]

@@ -51,7 +51,13 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     nearline = _nearline(request)
     ready, reason = nearline.readiness()
-    body = {"ready": ready, "reason": reason, "partitions": nearline.store.owned_partitions()}
+    health = nearline.attribute_health
+    body = {
+        "ready": ready,
+        "reason": reason,
+        "partitions": nearline.store.owned_partitions(),
+        "attribute_store": {"backend": health.backend, "ok": health.ok, "detail": health.detail},
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -83,7 +89,7 @@ async def member_features(request: Request) -> Response:
     if isinstance(as_of, JSONResponse):
         return as_of
     try:
-        return JSONResponse(nearline.store.features(member_id, as_of))
+        return JSONResponse(await nearline.member_features(member_id, as_of))
     except NotOwned as exc:
         return await _forward(request, nearline, exc)
 

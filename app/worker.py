@@ -15,6 +15,7 @@ import httpx
 import uvloop
 from faust.types import TP
 
+from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor, SourceRecord
 from app.kafka import ssl_context
 from app.metrics import Metrics
@@ -22,6 +23,15 @@ from app.settings import Settings
 from app.topics import ensure_topics, existing_topics
 from app.web import create_web_app
 from app.web_server import WebServer, WebServerError
+from tables.attributes import (
+    CachedAttributeStore,
+    StoreHealth,
+    StoreUnavailable,
+    item_ids,
+    join_at_read,
+    split_fields,
+)
+from tables.attributes import from_settings as attribute_store_from_settings
 from tables.member_state import StatePolicy
 from tables.online_store import OnlineStore
 
@@ -102,7 +112,21 @@ class Nearline:
             settings.topic_partitions,
             exact_end_offsets=settings.embedded,
         )
-        self.ingest = IngestProcessor(self.store, settings, self.metrics, self.send_dead_letters)
+        self.join_fields = split_fields(settings.join_at_ingest, settings.join_at_read)
+        self.attributes = attribute_store_from_settings(settings)
+        self.attributes_cached = CachedAttributeStore.from_settings(self.attributes, settings)
+        self.attribute_health = StoreHealth(ok=True, backend=self.attributes.backend, detail="")
+        self.ingest = IngestProcessor(
+            self.store,
+            settings,
+            self.metrics,
+            self.send_dead_letters,
+            attributes=self.attributes_cached,
+            ingest_fields=self.join_fields.ingest,
+        )
+        self.attribute_feed = ItemAttributesFeed(
+            settings, self.attributes_cached, self.metrics, self.send_attribute_rejects
+        )
         self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
         self.web = create_web_app(self)
         self.metrics.track_lag(self.consumer_lag)
@@ -136,6 +160,18 @@ class Nearline:
             sweep_retention
         )
         self.faust.task(self._shorten_fetch_wait)
+
+        async def check_attribute_store() -> None:
+            try:
+                health = await asyncio.wait_for(self.attributes.health(), 5.0)
+            except Exception as exc:
+                health = StoreHealth(False, self.attributes.backend, f"health check: {exc}")
+            if health.ok != self.attribute_health.ok:
+                log.warning("attribute store %s: %s", "up" if health.ok else "DOWN", health.detail)
+            self.attribute_health = health
+            self.metrics.attribute_store_up.labels(health.backend).set(1 if health.ok else 0)
+
+        self.faust.timer(timedelta(seconds=5), name="attribute-store-health")(check_attribute_store)
 
     async def _shorten_fetch_wait(self) -> None:
         """Apply NEARLINE_FETCH_MAX_WAIT to Faust's consumer, which hard-codes 1.5 s.
@@ -171,6 +207,45 @@ class Nearline:
                 )
             )
         await asyncio.gather(*sends)
+
+    async def send_attribute_rejects(self, rejected: Sequence[tuple[Any, str]]) -> None:
+        """Invalid item-attributes records to their dead-letter topic, reason in headers."""
+        producer = self.faust.producer
+        sends = []
+        for record, reason in rejected:
+            headers = [
+                ("nearline-reason", b"invalid_item"),
+                ("nearline-detail", reason.encode()),
+                ("nearline-source-topic", record.topic.encode()),
+                ("nearline-source-partition", str(record.partition).encode()),
+                ("nearline-source-offset", str(record.offset).encode()),
+            ]
+            topic = f"{self.settings.topic_item_attributes}.dlq"
+            sends.append(await producer.send(topic, record.key, record.value, None, None, headers))
+        await asyncio.gather(*sends)
+
+    async def member_features(self, member_id: str, as_of: float) -> dict[str, Any]:
+        """Features of a member this worker owns, attributes joined at read.
+
+        Raises :class:`~tables.online_store.NotOwned` when another worker owns the member.
+        """
+        features = self.store.features(member_id, as_of)
+        fields = self.join_fields
+        actions = features["recent_actions"]
+        if not actions or not (fields.read or fields.ingest):
+            return features
+        try:
+            records = await asyncio.wait_for(
+                self.attributes.get_many(item_ids(actions)), self.settings.forward_timeout
+            )
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("attribute store unavailable at read: %s", exc)
+            records = None
+            features["attribute_store"] = "unavailable"
+        features["recent_actions"] = join_at_read(
+            actions, records, fields.read, catch_up=fields.ingest
+        )
+        return features
 
     def readiness(self) -> tuple[bool, str]:
         app = self.faust
@@ -249,5 +324,7 @@ def run_worker(settings: Settings) -> None:
     nearline = Nearline(settings)
     loop.run_until_complete(prepare(settings, nearline))
     web = WebServer(nearline.web, settings.web_host, settings.web_port)
-    worker = _Worker(nearline.faust, web, loglevel=settings.log_level.lower(), loop=loop)
+    worker = _Worker(
+        nearline.faust, web, nearline.attribute_feed, loglevel=settings.log_level.lower(), loop=loop
+    )
     worker.execute_from_commandline()

@@ -131,6 +131,9 @@ class Deployment:
     def produce(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
         asyncio.run(_produce(self.broker.bootstrap, self.topic, records))
 
+    def produce_to(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        asyncio.run(_produce(self.broker.bootstrap, topic, records))
+
     def consume(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
         return asyncio.run(_consume(self.broker.bootstrap, topic, expected, timeout))
 
