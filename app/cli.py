@@ -136,6 +136,53 @@ def topics() -> None:
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
+@main.group()
+def attributes() -> None:
+    """Item and member attributes: the store that joins enrich actions with."""
+
+
+@attributes.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["items", "members"]), default="items", show_default=True)
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Write to the attribute store itself instead of the item-attributes topic "
+    "(Aerospike, or the embedded store while no worker holds it). Members always load directly.",
+)
+@click.option("--batch-size", default=1000, show_default=True, help="Records per write.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def attributes_load(file: Path, kind: str, direct: bool, batch_size: int, quiet: bool) -> None:
+    """Load item or member attributes from a JSONL, CSV or Parquet FILE.
+
+    Bad records (wrong embedding dimension, NaN, missing id, bad JSON) are reported with
+    their line number and skipped; the rest loads. By default items go to the compacted
+    item-attributes topic, so every worker's store picks them up.
+    """
+    from app.loading import load_attributes
+    from tables.attributes import LoadFailed
+
+    settings = _settings()
+    try:
+        summary = asyncio.run(
+            load_attributes(
+                settings,
+                file,
+                kind=kind,  # type: ignore[arg-type]
+                direct=direct or kind == "members",
+                batch_size=batch_size,
+                progress=not quiet,
+            )
+        )
+    except LoadFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    for line, reason in summary.errors[:20]:
+        click.echo(f"  {file}:{line}: skipped: {reason}", err=True)
+    if len(summary.errors) > 20:
+        click.echo(f"  ... and {summary.skipped - 20} more skipped", err=True)
+    click.echo(f"loaded {summary.loaded} {kind}, skipped {summary.skipped}")
+
+
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

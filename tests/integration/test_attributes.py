@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +155,29 @@ def test_ingest_goes_on_while_aerospike_is_unreachable(
     wait_until(lambda: worker.get("/readyz").json()["attribute_store"]["ok"] is False, timeout=15)
     assert worker.metric("nearline_attribute_store_up") == 0
     assert worker.get("/readyz").status_code == 200  # still serving what it has
+
+
+def test_attributes_load_reports_bad_lines_and_feeds_every_worker(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    worker = deployment.worker(**JOINS).start().wait_ready()
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        '{"item_id": "a", "embedding": [0.1, 0.2, 0.3, 0.4], "attributes": {"category": "x"}}\n'
+        '{"item_id": "b", "embedding": [1, 2]}\n'
+        "not json\n"
+        '{"item_id": "c", "embedding": [0, 0, 0, NaN]}\n'
+        '{"item_id": "d", "geo": {"lat": 52.1, "lon": 4.3}}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "attributes", "load", "--quiet", str(items)],
+        env=worker.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "loaded 2 items, skipped 3" in done.stdout
+    assert f"{items}:2: skipped: embedding has dimension 2, expected 4" in done.stderr
+    assert f"{items}:3: skipped" in done.stderr and f"{items}:4: skipped" in done.stderr
+    wait_until(lambda: worker.metric('nearline_attribute_records_total{outcome="upserted"}') == 2)

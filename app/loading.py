@@ -1,0 +1,61 @@
+"""Loading attribute files into the store, directly or through the item-attributes topic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from app.kafka import client_options
+from app.settings import Settings
+from tables.attributes import AttributeRecord, Kind, LoadSummary, encode_record, load_file
+from tables.attributes import from_settings as attribute_store_from_settings
+
+__all__ = ["load_attributes"]
+
+
+async def load_attributes(
+    settings: Settings,
+    path: Path,
+    *,
+    kind: Kind = "items",
+    direct: bool = False,
+    batch_size: int = 1000,
+    progress: bool = True,
+) -> LoadSummary:
+    """Validate ``path`` and send its good records to the store or to the topic."""
+    if direct:
+        store = attribute_store_from_settings(settings)
+        try:
+            return await load_file(
+                path,
+                store.put_many,
+                embedding_dim=settings.embedding_dim,
+                kind=kind,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        finally:
+            await store.close()
+    producer = AIOKafkaProducer(**client_options(settings, producer=True), linger_ms=5)
+    await producer.start()
+
+    async def to_topic(records: list[AttributeRecord]) -> None:
+        sends = [
+            await producer.send(settings.topic_item_attributes, encode_record(r), key=r.id.encode())
+            for r in records
+        ]
+        for sent in sends:
+            await sent
+
+    try:
+        return await load_file(
+            path,
+            to_topic,
+            embedding_dim=settings.embedding_dim,
+            kind=kind,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    finally:
+        await producer.stop()
