@@ -1,0 +1,141 @@
+"""A local deployment in child processes: the embedded broker's topics plus `nearline worker`s.
+
+Used by the benchmarks and by `nearline simulate`: each stack has its own app id, topics
+and data directories, so several can share one broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from app.broker import EmbeddedBroker, free_port
+
+__all__ = ["Stack", "StackError", "WorkerProcess"]
+
+#: The directory that holds the ``app`` package: where ``python -m app.cli`` resolves.
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+class StackError(RuntimeError):
+    """A worker of the stack exited or did not become ready; the message has its log tail."""
+
+
+@dataclass
+class WorkerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    log: Path
+
+    def metric(self, name: str) -> float:
+        """Sum of a Prometheus metric over all its label sets, from ``/metrics``."""
+        total = 0.0
+        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if head == name or head.startswith(name + "{"):
+                total += float(value)
+        return total
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Stack:
+    """An embedded broker plus workers of one app id; ``settings`` become ``NEARLINE_*``."""
+
+    def __init__(
+        self,
+        broker: EmbeddedBroker,
+        partitions: int = 4,
+        prefix: str = "bench",
+        **settings: str,
+    ) -> None:
+        self.broker = broker
+        self.app_id = f"{prefix}{uuid.uuid4().hex[:6]}"
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"nearline-{prefix}-"))
+        self.env = {
+            **os.environ,
+            "NEARLINE_PROFILE": "embedded",
+            "NEARLINE_BROKER_URL": broker.url,
+            "NEARLINE_APP_ID": self.app_id,
+            "NEARLINE_TOPIC_ACTIONS": f"{self.app_id}-actions",
+            "NEARLINE_TOPIC_DLQ": f"{self.app_id}-actions.dlq",
+            "NEARLINE_TOPIC_ITEM_ATTRIBUTES": f"{self.app_id}-item-attributes",
+            "NEARLINE_TOPIC_RECOMMENDATIONS_LOG": f"{self.app_id}-recommendations-log",
+            "NEARLINE_TOPIC_TRAINING_EXAMPLES": f"{self.app_id}-training-examples",
+            "NEARLINE_TOPIC_PARTITIONS": str(partitions),
+            "NEARLINE_LOG_LEVEL": "WARNING",
+            **{f"NEARLINE_{k.upper()}": v for k, v in settings.items()},
+        }
+        self.topic = self.env["NEARLINE_TOPIC_ACTIONS"]
+        self.workers: list[WorkerProcess] = []
+
+    def settings_env(self) -> dict[str, str]:
+        """Only the ``NEARLINE_*`` variables the stack's workers run with."""
+        return {k: v for k, v in self.env.items() if k.startswith("NEARLINE_")}
+
+    def create_topics(self) -> None:
+        from app.settings import load_settings
+        from app.topics import ensure_topics
+
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            asyncio.run(ensure_topics(load_settings()))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def start_worker(self, name: str = "w1", timeout: float = 90.0) -> WorkerProcess:
+        port = free_port()
+        data_dir = self.tmp / name
+        log = self.tmp / f"{name}.log"
+        env = {**self.env, "NEARLINE_WEB_PORT": str(port), "NEARLINE_DATA_DIR": str(data_dir)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env=env,
+            cwd=_ROOT,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        worker = WorkerProcess(f"http://127.0.0.1:{port}", process, data_dir, log)
+        self.workers.append(worker)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StackError(f"worker exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{worker.url}/readyz", timeout=1).status_code == 200:
+                    return worker
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise StackError(f"worker not ready in {timeout}s: {log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
