@@ -127,10 +127,20 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     torch_threads: int = Field(default=1, ge=1)
     max_candidates: int = Field(default=1000, ge=1)
+    model_reload_interval: Duration = 10.0
+    outcome_horizon: Duration = 1800.0
+    unlabeled_as: str = "negative"
     topic_recommendations_log: str = "recommendations-log"
     topic_training_examples: str = "training-examples"
 
     log_level: str = "INFO"
+
+    @field_validator("unlabeled_as")
+    @classmethod
+    def _known_unlabeled(cls, value: str) -> str:
+        if value.lower() not in {"negative", "skip"}:
+            raise ValueError("must be negative (no reaction = label 0) or skip (not an example)")
+        return value.lower()
 
     @field_validator("attribute_store")
     @classmethod

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import math
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -15,6 +18,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import codec
+from app.openapi import openapi_document
+from app.recommend import RecommendationRequest
 from tables.online_store import NotOwned
 
 if TYPE_CHECKING:
@@ -25,6 +30,7 @@ __all__ = ["FORWARDED_HEADER", "JSONResponse", "create_web_app", "error"]
 #: Marks a request one worker forwarded to the owner of a partition, so it is never bounced on.
 FORWARDED_HEADER = "x-nearline-forwarded-by"
 _MAX_MEMBER_ID = 256
+MAX_BODY_BYTES = 1 << 20
 
 
 class JSONResponse(Response):
@@ -94,31 +100,124 @@ async def member_features(request: Request) -> Response:
         return await _forward(request, nearline, exc)
 
 
-async def _forward(request: Request, nearline: Nearline, owner: NotOwned) -> Response:
-    if request.headers.get(FORWARDED_HEADER) or owner.owner_url in (
-        None,
-        nearline.settings.web_url,
-    ):
+class _OwnerUnavailable(Exception):
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
+
+
+async def _ask_owner(
+    nearline: Nearline, owner: NotOwned, path: str, params: dict[str, str], forwarded: bool
+) -> httpx.Response:
+    """GET ``path`` from the worker owning the partition; raise with a 503 if impossible."""
+    if forwarded or owner.owner_url in (None, nearline.settings.web_url):
         # No owner yet, or the owner thinks it is us: a rebalance is under way.
-        return error(503, f"partition {owner.partition} is being rebalanced; retry shortly")
-    url = f"{owner.owner_url}{request.url.path}"
+        raise _OwnerUnavailable(
+            error(503, f"partition {owner.partition} is being rebalanced; retry shortly")
+        )
+    headers = {FORWARDED_HEADER: nearline.settings.web_url}
+    if nearline.settings.api_token:
+        headers["authorization"] = f"Bearer {nearline.settings.api_token}"
     try:
-        response = await nearline.http.get(
-            url,
-            params=dict(request.query_params),
-            headers={FORWARDED_HEADER: nearline.settings.web_url},
-        )
+        return await nearline.http.get(f"{owner.owner_url}{path}", params=params, headers=headers)
     except httpx.HTTPError as exc:
-        return error(
-            503,
-            f"the worker owning partition {owner.partition} ({owner.owner_url}) "
-            f"did not answer: {type(exc).__name__}",
+        raise _OwnerUnavailable(
+            error(
+                503,
+                f"the worker owning partition {owner.partition} ({owner.owner_url}) "
+                f"did not answer: {type(exc).__name__}",
+            )
+        ) from None
+
+
+async def _forward(request: Request, nearline: Nearline, owner: NotOwned) -> Response:
+    try:
+        response = await _ask_owner(
+            nearline,
+            owner,
+            request.url.path,
+            dict(request.query_params),
+            bool(request.headers.get(FORWARDED_HEADER)),
         )
+    except _OwnerUnavailable as exc:
+        return exc.response
     return Response(
         response.content,
         status_code=response.status_code,
         media_type=response.headers.get("content-type"),
     )
+
+
+async def recommendations(request: Request) -> Response:
+    """Rank the candidates for a member, with fresh features from the online store."""
+    nearline = _nearline(request)
+    settings = nearline.settings
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        return error(413, f"the body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}")
+    try:
+        body = codec.loads(raw)
+    except codec.DecodeError as exc:
+        return error(400, f"the body is not JSON: {exc}")
+    try:
+        ask = RecommendationRequest.model_validate(body)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        ]
+        return error(422, "invalid request: " + "; ".join(problems), problems=problems)
+    if len(ask.candidates) > settings.max_candidates:
+        return error(
+            400,
+            f"{len(ask.candidates)} candidates is over the limit of {settings.max_candidates} "
+            "(NEARLINE_MAX_CANDIDATES)",
+        )
+    as_of = ask.features_as_of if ask.features_as_of is not None else time.time()
+    try:
+        features = await nearline.member_features(ask.member_id, as_of)
+    except NotOwned as owner:
+        try:
+            answer = await _ask_owner(
+                nearline,
+                owner,
+                f"/v1/members/{quote(ask.member_id, safe='')}/features",
+                {"as_of": repr(as_of)},
+                bool(request.headers.get(FORWARDED_HEADER)),
+            )
+        except _OwnerUnavailable as exc:
+            return exc.response
+        if answer.status_code != 200:
+            return Response(answer.content, answer.status_code, media_type="application/json")
+        features = answer.json()
+    return JSONResponse(await nearline.recommender.recommend(ask, features))
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(_nearline(request).settings))
+
+
+class _BearerAuth:
+    """With NEARLINE_API_TOKEN set, every /v1 route needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.expected is not None
+            and scope["type"] == "http"
+            and scope["path"].startswith("/v1/")
+        ):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = JSONResponse(
+                    {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _Timing:
@@ -165,10 +264,15 @@ def create_web_app(nearline: Nearline) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/members/{member_id}/features", member_features, methods=["GET"]),
+        Route("/v1/recommendations", recommendations, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     web = Starlette(
         routes=routes,
-        middleware=[Middleware(_Timing, nearline=nearline)],
+        middleware=[
+            Middleware(_Timing, nearline=nearline),
+            Middleware(_BearerAuth, token=nearline.settings.api_token),
+        ],
         exception_handlers={404: _not_found, 405: _method_not_allowed},
     )
     web.state.nearline = nearline

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import shutil
 import socket
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -17,12 +18,16 @@ from faust.types import TP
 
 from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor, SourceRecord
+from agents.outcomes import OutcomeLabeler
+from app import codec
 from app.kafka import ssl_context
 from app.metrics import Metrics
+from app.recommend import Recommender
 from app.settings import Settings
 from app.topics import ensure_topics, existing_topics
 from app.web import create_web_app
 from app.web_server import WebServer, WebServerError
+from model.registry import ModelRegistry
 from tables.attributes import (
     CachedAttributeStore,
     StoreHealth,
@@ -78,6 +83,9 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.topic_replication,
         table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
+        # The outcomes agent holds responses unacknowledged until their horizon: a
+        # rebalance must not wait for them (their new owner re-reads them).
+        stream_wait_empty=False,
         autodiscover=False,
         **options,
     )
@@ -128,6 +136,25 @@ class Nearline:
             settings, self.attributes_cached, self.metrics, self.send_attribute_rejects
         )
         self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
+        self.models = ModelRegistry.from_settings(settings)
+        if settings.model_dir is not None:
+            settings.model_dir.mkdir(parents=True, exist_ok=True)
+            self.models.load_latest()
+        self.recommender = Recommender(self, self.models)
+        self.recommendations_log = self.faust.topic(
+            settings.topic_recommendations_log,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+        )
+        self.outcomes = OutcomeLabeler(
+            self.store,
+            self.send_examples,
+            horizon=settings.outcome_horizon,
+            unlabeled_as=settings.unlabeled_as,
+        )
         self.web = create_web_app(self)
         self.metrics.track_lag(self.consumer_lag)
         self._register_agents()
@@ -149,6 +176,29 @@ class Nearline:
                 )
 
         self.faust.agent(self.actions_topic, name="ingest")(ingest)
+
+        async def outcomes(stream: faust.StreamT[bytes]) -> None:
+            # Manual acks: a response is acknowledged only once its examples are written.
+            assert isinstance(stream, faust.Stream)
+            async for event in stream.noack().events():
+                self.outcomes.add(event)
+
+        self.faust.agent(self.recommendations_log, name="outcomes")(outcomes)
+
+        async def label_outcomes() -> None:
+            if not (self.faust.rebalancing or self.faust.in_recovery):
+                await self.outcomes.label_due(time.time())
+
+        self.faust.timer(
+            timedelta(seconds=min(5.0, max(0.5, settings.outcome_horizon / 4))),
+            name="label-outcomes",
+        )(label_outcomes)
+
+        @self.faust.on_partitions_revoked.connect  # type: ignore[arg-type]
+        async def forget_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+            self.outcomes.forget(
+                tp.partition for tp in revoked if tp.topic == settings.topic_recommendations_log
+            )
 
         async def sweep_retention() -> None:
             if self.faust.rebalancing or self.faust.in_recovery:
@@ -172,6 +222,14 @@ class Nearline:
             self.metrics.attribute_store_up.labels(health.backend).set(1 if health.ok else 0)
 
         self.faust.timer(timedelta(seconds=5), name="attribute-store-health")(check_attribute_store)
+
+        async def reload_model() -> None:
+            if self.settings.model_dir is not None and self.models.maybe_reload():
+                log.info("now ranking with model %s", self.models.active.version)
+
+        self.faust.timer(timedelta(seconds=settings.model_reload_interval), name="model-reload")(
+            reload_model
+        )
 
     async def _shorten_fetch_wait(self) -> None:
         """Apply NEARLINE_FETCH_MAX_WAIT to Faust's consumer, which hard-codes 1.5 s.
@@ -222,6 +280,26 @@ class Nearline:
             ]
             topic = f"{self.settings.topic_item_attributes}.dlq"
             sends.append(await producer.send(topic, record.key, record.value, None, None, headers))
+        await asyncio.gather(*sends)
+
+    async def log_recommendation(self, member_id: str, record: dict[str, Any]) -> None:
+        """Queue one response for the recommendations log (not awaited: off the hot path)."""
+        await self.faust.producer.send(
+            self.settings.topic_recommendations_log,
+            member_id.encode(),
+            codec.dumps(record),
+            None,
+            None,
+            None,
+        )
+
+    async def send_examples(self, member_id: str, examples: list[dict[str, Any]]) -> None:
+        producer = self.faust.producer
+        key = member_id.encode()
+        topic = self.settings.topic_training_examples
+        sends = [
+            await producer.send(topic, key, codec.dumps(e), None, None, None) for e in examples
+        ]
         await asyncio.gather(*sends)
 
     async def member_features(self, member_id: str, as_of: float) -> dict[str, Any]:

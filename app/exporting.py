@@ -1,0 +1,94 @@
+"""Exporting the training-examples topic to a Parquet file the trainer reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from tqdm import tqdm
+
+from agents.outcomes import feature_set_id
+from app import codec
+from app.kafka import client_options
+from app.settings import Settings
+from model.dataset import ExampleSet, write_examples
+
+__all__ = ["ExportError", "examples_to_set", "export_training", "read_topic"]
+
+
+class ExportError(ValueError):
+    """The examples cannot be exported as asked; the message says why."""
+
+
+async def read_topic(settings: Settings, topic: str, idle: float = 2.0) -> list[bytes]:
+    """Every value on ``topic`` from the beginning, stopping after ``idle`` quiet seconds."""
+    consumer = AIOKafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client_options(settings),
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ExportError(f"topic {topic!r} does not exist (is NEARLINE_BROKER_URL right?)")
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        await consumer.seek_to_beginning()
+        quiet_since = time.monotonic()
+        with tqdm(unit=" examples", desc=topic) as bar:
+            while time.monotonic() - quiet_since < idle:
+                batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+                got = [r.value for records in batch.values() for r in records if r.value]
+                if got:
+                    values.extend(got)
+                    bar.update(len(got))
+                    quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return values
+
+
+def examples_to_set(records: Sequence[dict[str, Any]], feature_names: Sequence[str]) -> ExampleSet:
+    """One row per (request, item), the last record winning; features must match."""
+    expected = feature_set_id(feature_names)
+    unique: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        if record.get("feature_set") != expected:
+            raise ExportError(
+                f"example of request {record.get('request_id')} was made with another feature "
+                "set than this version of nearline computes; export with the version that made it"
+            )
+        unique[(record["request_id"], record["item_id"])] = record
+    rows = sorted(unique.values(), key=lambda r: (r["ts"], r["request_id"]))
+
+    def strings(name: str) -> np.ndarray:
+        return np.array([str(r[name]) for r in rows], dtype=object)
+
+    features = np.array([r["features"] for r in rows], dtype=np.float32).reshape(
+        len(rows), len(feature_names)
+    )
+    return ExampleSet(
+        request_id=strings("request_id"),
+        member_id=strings("member_id"),
+        ts=np.array([r["ts"] for r in rows], dtype=np.float64),
+        model_version=strings("model_version"),
+        item_id=strings("item_id"),
+        features=features,
+        label=np.array([r["label"] for r in rows], dtype=np.int8),
+        feature_names=tuple(feature_names),
+    )
+
+
+async def export_training(
+    settings: Settings, out: Path, feature_names: Sequence[str]
+) -> ExampleSet:
+    values = await read_topic(settings, settings.topic_training_examples)
+    examples = examples_to_set([codec.loads(v) for v in values], feature_names)
+    write_examples(out, examples)
+    return examples
