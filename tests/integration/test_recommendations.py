@@ -13,9 +13,8 @@ import httpx
 import pytest
 
 from app import codec
-from model.dataset import read_examples
+from model.dataset import read_examples, write_examples
 from model.examples import WorldConfig, generate_examples
-from model.dataset import write_examples
 from model.vectorizer import Vectorizer, VectorizerConfig
 from tests.integration.conftest import Deployment, Worker, wait_until
 from tests.integration.test_attributes import JOINS, item
