@@ -118,7 +118,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                             "maxItems": settings.max_candidates,
                                             "items": id_string,
                                         },
-                                        "k": {"type": "integer", "minimum": 1, "nullable": True},
+                                        "k": {
+                                            "type": "integer",
+                                            "minimum": 1,
+                                            "maximum": settings.max_candidates,
+                                            "nullable": True,
+                                        },
                                         "context": {"type": "object", "nullable": True},
                                         "features_as_of": {
                                             "type": "number",

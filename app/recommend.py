@@ -30,7 +30,7 @@ class RecommendationRequest(BaseModel):
 
     member_id: str = Field(min_length=1, max_length=256)
     candidates: list[str] = Field(min_length=1)
-    k: int | None = Field(default=None, ge=1)
+    k: int | None = Field(default=None, ge=1, le=1_000_000)
     context: dict[str, Any] | None = None
     features_as_of: float | None = Field(
         default=None,

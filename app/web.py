@@ -165,6 +165,8 @@ async def recommendations(request: Request) -> Response:
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
         ]
         return error(422, "invalid request: " + "; ".join(problems), problems=problems)
+    if ask.k is not None and ask.k > settings.max_candidates:
+        return error(422, f"k must be at most {settings.max_candidates} (NEARLINE_MAX_CANDIDATES)")
     if len(ask.candidates) > settings.max_candidates:
         return error(
             400,
