@@ -97,6 +97,7 @@ class SimulationResult:
     actions_produced: int
     worker_metrics: dict[str, float]
     drift_events: dict[str, int]
+    time_scale: TimeScale
     worker_log: Path | None = None
 
 
@@ -143,6 +144,7 @@ def simulate(
         worker = stack.start_worker()
         driver = _Driver(config, world, stack, worker, progress)
         asyncio.run(driver.run())
+        _wait_ingested(worker, driver.actions_produced)
         metrics = {
             name: worker.metric(name)
             for name in (
@@ -175,8 +177,19 @@ def simulate(
         actions_produced=driver.actions_produced,
         worker_metrics=metrics,
         drift_events=drift,
+        time_scale=driver.scale,
         worker_log=log_path,
     )
+
+
+def _wait_ingested(worker: WorkerProcess, produced: int, timeout: float = 15.0) -> None:
+    """Let the worker read the last actions, so its counters describe the whole run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.metric("nearline_events_in_total") >= produced:
+            return
+        time.sleep(0.1)
+    log.warning("the worker had not read all %d actions %.0f s after the run", produced, timeout)
 
 
 class _Driver:
