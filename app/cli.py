@@ -322,5 +322,10 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
                 worker_process.kill()
 
 
+from app.simulation.cli import simulate  # noqa: E402
+
+main.add_command(simulate)
+
+
 if __name__ == "__main__":
     main()
