@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app import codec
 from model.registry import ModelRegistry
 from model.vectorizer import Vectorizer
-from tables.attributes import StoreUnavailable
+from tables.attributes import ItemAttributes, StoreUnavailable
 
 if TYPE_CHECKING:
     from app.worker import Nearline
@@ -51,10 +52,29 @@ class RecommendationRequest(BaseModel):
 class Recommender:
     """Scores candidates for a member with the active ranker and logs what it did."""
 
-    def __init__(self, nearline: Nearline, registry: ModelRegistry) -> None:
+    def __init__(
+        self, nearline: Nearline, registry: ModelRegistry, memo_size: int = 100_000
+    ) -> None:
         self.nearline = nearline
         self.registry = registry
         self.vectorizer: Vectorizer = registry.vectorizer
+        # Flattened candidates with float32 embeddings, per record object: the cache hands
+        # out the same object until the item changes, so a hit is always current.
+        self._memo: OrderedDict[str, tuple[ItemAttributes, dict[str, Any]]] = OrderedDict()
+        self._memo_size = memo_size
+
+    def _flat(self, record: ItemAttributes) -> dict[str, Any]:
+        hit = self._memo.get(record.item_id)
+        if hit is not None and hit[0] is record:
+            self._memo.move_to_end(record.item_id)
+            return hit[1]
+        flat = record.as_flat_dict()
+        if record.embedding is not None:
+            flat["embedding"] = np.asarray(record.embedding, dtype=np.float32)
+        self._memo[record.item_id] = (record, flat)
+        if len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return flat
 
     async def recommend(
         self, request: RecommendationRequest, features: dict[str, Any]
@@ -65,13 +85,13 @@ class Recommender:
         candidates = list(dict.fromkeys(request.candidates))
         store_ok = True
         try:
-            items = await nearline.attributes.get_many(candidates)
-            members = await nearline.attributes.get_many([request.member_id], kind="members")
+            items = await nearline.attributes_cached.get_many(candidates)
+            members = await nearline.attributes_cached.get_many([request.member_id], kind="members")
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("attribute store unavailable for recommendations: %s", exc)
             items, members, store_ok = {}, {}, False
         attributes = {
-            item_id: (items[item_id].as_flat_dict() if item_id in items else None)
+            item_id: (self._flat(items[item_id]) if item_id in items else None)
             for item_id in candidates
         }
         member = members.get(request.member_id)

@@ -12,7 +12,7 @@ import httpx
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -151,7 +151,10 @@ async def recommendations(request: Request) -> Response:
     """Rank the candidates for a member, with fresh features from the online store."""
     nearline = _nearline(request)
     settings = nearline.settings
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        return Response(status_code=499)  # the client is gone; nobody reads this
     if len(raw) > MAX_BODY_BYTES:
         return error(413, f"the body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}")
     try:

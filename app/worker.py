@@ -314,7 +314,7 @@ class Nearline:
             return features
         try:
             records = await asyncio.wait_for(
-                self.attributes.get_many(item_ids(actions)), self.settings.forward_timeout
+                self.attributes_cached.get_many(item_ids(actions)), self.settings.forward_timeout
             )
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("attribute store unavailable at read: %s", exc)

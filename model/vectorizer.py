@@ -94,7 +94,10 @@ class VectorizerConfig:
         return cls(**values)
 
     @classmethod
-    def from_settings(cls, settings: Settings, half_life_s: float = 6 * 3600.0) -> VectorizerConfig:
+    def from_settings(
+        cls, settings: Settings, half_life_s: float | None = None
+    ) -> VectorizerConfig:
+        """From settings; the recency half-life is NEARLINE_MODEL_HALF_LIFE unless given."""
         actions = tuple(settings.actions_of_interest)
         return cls(
             windows=tuple(settings.window_names),
@@ -102,7 +105,7 @@ class VectorizerConfig:
             engaged_actions=tuple(a for a in ("click", "apply", "save") if a in actions),
             dismiss_actions=tuple(a for a in ("dismiss",) if a in actions),
             view_actions=tuple(a for a in ("view",) if a in actions),
-            half_life_s=half_life_s,
+            half_life_s=settings.model_half_life if half_life_s is None else half_life_s,
             embedding_dim=settings.embedding_dim,
         )
 
@@ -202,7 +205,7 @@ class Vectorizer:
         self._no_history_value = math.log1p(longest)
 
     @classmethod
-    def from_settings(cls, settings: Settings, half_life_s: float = 6 * 3600.0) -> Vectorizer:
+    def from_settings(cls, settings: Settings, half_life_s: float | None = None) -> Vectorizer:
         return cls(VectorizerConfig.from_settings(settings, half_life_s=half_life_s))
 
     @property

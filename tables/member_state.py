@@ -206,12 +206,17 @@ class MemberState:
                     for name, n in bucket_counts.items():
                         totals[name] = totals.get(name, 0) + n
             counts[format_duration(window)] = totals
+        last_event_ts, last_applied_at = self.last_event_ts, self.last_applied_at
+        if last_event_ts is not None and last_event_ts > as_of:
+            # An earlier view must not leak how recent the member's later activity is.
+            last_event_ts = recent[0]["ts"] if recent else None
+            last_applied_at = None
         return {
             "member_id": member_id,
             "as_of": as_of,
             "known": bool(recent) or any(any(c.values()) for c in counts.values()),
-            "last_event_ts": self.last_event_ts,
-            "last_applied_at": self.last_applied_at,
+            "last_event_ts": last_event_ts,
+            "last_applied_at": last_applied_at,
             "recent_actions": recent,
             "counts": counts,
         }

@@ -91,6 +91,8 @@ def test_as_of_reads_ignore_later_events() -> None:
     state.apply(action(1, T - 10), offset=1, applied_at=T, policy=POLICY)
     view = state.features("m", T - 300, POLICY)
     assert [a["event_id"] for a in view["recent_actions"]] == ["e0"]
+    assert view["last_event_ts"] == T - 600 and view["last_applied_at"] is None
+    assert state.features("m", T - 700, POLICY)["last_event_ts"] is None
     assert view["counts"]["1h"]["click"] == 1
 
 

@@ -1,0 +1,109 @@
+"""Recommendations latency: 500 candidates per request, open-loop at fixed request rates.
+
+Run: ``python -m bench.recommendations [--rates 100 300] [--candidates 500]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from typing import Any
+
+import httpx
+
+from app.traffic import generate_actions
+from bench.harness import Stack, WorkerProcess, embedded_broker, machine, percentiles, preload
+from bench.joins import _items
+
+
+async def _load(
+    worker: WorkerProcess, rate: float, seconds: float, candidates: int, items: int, members: int
+) -> dict[str, Any]:
+    rng = random.Random(4)
+    client = httpx.AsyncClient(
+        timeout=10, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    )
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    versions: set[str] = set()
+
+    def body() -> dict[str, Any]:
+        return {
+            "member_id": f"member-{rng.randrange(members)}",
+            "candidates": [f"item-{i}" for i in rng.sample(range(items), candidates)],
+            "k": 20,
+        }
+
+    async def one(payload: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        response = await client.post(f"{worker.url}/v1/recommendations", json=payload)
+        latencies.append(time.perf_counter() - started)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        if response.status_code == 200:
+            versions.add(response.json()["model_version"])
+
+    for _ in range(30):  # warm-up
+        await one(body())
+    latencies.clear()
+    statuses.clear()
+    bodies = [body() for _ in range(int(rate * seconds))]
+    tasks = []
+    started = time.perf_counter()
+    for n, payload in enumerate(bodies):
+        delay = started + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(payload)))
+    await asyncio.gather(*tasks)
+    await client.aclose()
+    stats = percentiles(latencies)
+    return {
+        "rate": rate,
+        "candidates": candidates,
+        "statuses": statuses,
+        "model": sorted(versions),
+        "p50_ms": round(stats["p50"] * 1000, 2),
+        "p99_ms": round(stats["p99"] * 1000, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 300.0])
+    parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--items", type=int, default=5000)
+    parser.add_argument("--members", type=int, default=1000)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    with embedded_broker() as broker:
+        stack = Stack(broker, embedding_dim="64", join_at_read="embedding")
+        try:
+            stack.create_topics()
+            topic = stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"]
+            asyncio.run(preload(broker.bootstrap, topic, _items(args.items, 64)))
+            worker = stack.start_worker()
+            while (
+                worker.metric('nearline_attribute_records_total{outcome="upserted"}') < args.items
+            ):
+                time.sleep(0.1)
+            actions = [
+                (e.member_id.encode(), e.to_json())
+                for e in generate_actions(20_000, members=args.members, items=args.items)
+            ]
+            asyncio.run(preload(broker.bootstrap, stack.topic, actions))
+            while worker.metric("nearline_events_in_total") < len(actions):
+                time.sleep(0.1)
+            for rate in args.rates:
+                result = asyncio.run(
+                    _load(worker, rate, args.seconds, args.candidates, args.items, args.members)
+                )
+                print(result, flush=True)
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
