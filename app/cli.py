@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
+
+# One OpenBLAS thread unless told otherwise: nearline's matrices are small, and a second
+# BLAS thread spinning against the event loop on a busy core costs more than it saves.
+# It must be set before numpy loads, hence here, first.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import asyncio
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -255,6 +262,9 @@ def train(
     click.echo(report.summary())
 
 
+DEMO_ITEMS = 5000
+
+
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -277,7 +287,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> N
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 def demo(port: int, broker_port: int, rate: float, members: int, duration: float | None) -> None:
     """Embedded broker + one worker + live demo traffic; watch a member's features change."""
-    from app.traffic import generate_actions
+    from app.traffic import demo_items, generate_actions
     from app.traffic import produce as send
 
     with EmbeddedBroker(port=broker_port or None) as instance:
@@ -293,9 +303,14 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
         os.environ.update(env)
         settings = _settings()
         click.echo(f"broker on {instance.bootstrap}; starting a worker (state in {data_dir})")
-        worker_process = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+        worker_process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], env=env, start_new_session=True
+        )
         try:
             _wait_ready(settings.web_url, worker_process, timeout=60)
+            items = list(demo_items(DEMO_ITEMS, settings.embedding_dim))
+            asyncio.run(send(settings, items, topic=settings.topic_item_attributes))
+            click.echo(f"loaded {len(items)} demo items into the attribute store")
             url = f"{settings.web_url}/v1/members/member-1/features"
             click.echo("")
             click.echo(f"  ready. Watch a member's features change:  {url}")
@@ -307,11 +322,30 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
                 (e.member_id.encode(), e.to_json())
                 for e in generate_actions(count, members=members)
             )
+            # Ctrl-C ends the traffic loop gracefully; then the worker and broker stop.
+            stopping = threading.Event()
+            signal.signal(signal.SIGINT, lambda *_: stopping.set())
+            signal.signal(signal.SIGTERM, lambda *_: stopping.set())
             with tqdm(total=count, unit="actions", desc="demo traffic") as bar:
-                asyncio.run(send(settings, records, rate=rate, progress=bar))
+                asyncio.run(
+                    send(settings, records, rate=rate, progress=bar, should_stop=stopping.is_set)
+                )
+            if stopping.is_set():
+                click.echo("stopping")
+                return
             time.sleep(1.0)
             body = httpx.get(url, timeout=2).json()
             click.echo(f"member-1 now: {body['counts']}")
+            ranked = httpx.post(
+                f"{settings.web_url}/v1/recommendations",
+                json={
+                    "member_id": "member-1",
+                    "candidates": [f"item-{n}" for n in range(50)],
+                    "k": 5,
+                },
+                timeout=5,
+            ).json()
+            click.echo(f"top 5 of 50 candidates for member-1: {ranked['items']}")
         except KeyboardInterrupt:
             click.echo("stopping")
         finally:

@@ -54,6 +54,30 @@ def generate_actions(
         produced += 1
 
 
+def demo_items(count: int, embedding_dim: int, *, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) records for the item-attributes topic: ``item-<n>`` with the generator's
+    categories and companies, an embedding clustered by category, and a city."""
+    from app import codec
+
+    rng = random.Random(seed)
+    centres = [[rng.gauss(0, 1) for _ in range(embedding_dim)] for _ in _CATEGORIES]
+    cities = [(52.37, 4.90, "amsterdam"), (51.92, 4.48, "rotterdam"), (52.09, 5.12, "utrecht")]
+    for n in range(count):
+        centre = centres[n % len(_CATEGORIES)]
+        lat, lon, region = cities[n % len(cities)]
+        item_id = f"item-{n}"
+        body = {
+            "item_id": item_id,
+            "embedding": [round(c + rng.gauss(0, 0.5), 4) for c in centre],
+            "geo": {"lat": lat, "lon": lon, "region": region},
+            "attributes": {
+                "category": _CATEGORIES[n % len(_CATEGORIES)],
+                "company": _COMPANIES[n % len(_COMPANIES)],
+            },
+        }
+        yield item_id.encode(), codec.dumps(body)
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) pairs from a JSONL file of actions; the key is each line's member_id."""
     from app import codec
@@ -78,8 +102,10 @@ async def produce(
     *,
     rate: float | None = None,
     progress: object | None = None,
+    topic: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> int:
-    """Send (key, value) records to the actions topic, at most ``rate`` per second."""
+    """Send (key, value) records to the actions topic (or ``topic``), at most ``rate``/s."""
     producer = AIOKafkaProducer(**client_options(settings, producer=True), linger_ms=5)
     await producer.start()
     sent = 0
@@ -88,7 +114,9 @@ async def produce(
     try:
         iterator = records if hasattr(records, "__aiter__") else _aiter(records)  # type: ignore[arg-type]
         async for key, value in iterator:  # type: ignore[union-attr]
-            pending.append(await producer.send(settings.topic_actions, value, key=key))
+            if should_stop is not None and should_stop():
+                break
+            pending.append(await producer.send(topic or settings.topic_actions, value, key=key))
             sent += 1
             if progress is not None:
                 progress.update(1)  # type: ignore[attr-defined]
