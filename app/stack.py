@@ -64,6 +64,21 @@ class WorkerProcess:
                 self.process.wait()
 
 
+def isolated_env(broker_url: str, app_id: str, partitions: int = 4) -> dict[str, str]:
+    """``NEARLINE_*`` settings for a deployment of its own: app id and every topic unique."""
+    return {
+        "NEARLINE_PROFILE": "embedded",
+        "NEARLINE_BROKER_URL": broker_url,
+        "NEARLINE_APP_ID": app_id,
+        "NEARLINE_TOPIC_ACTIONS": f"{app_id}-actions",
+        "NEARLINE_TOPIC_DLQ": f"{app_id}-actions.dlq",
+        "NEARLINE_TOPIC_ITEM_ATTRIBUTES": f"{app_id}-item-attributes",
+        "NEARLINE_TOPIC_RECOMMENDATIONS_LOG": f"{app_id}-recommendations-log",
+        "NEARLINE_TOPIC_TRAINING_EXAMPLES": f"{app_id}-training-examples",
+        "NEARLINE_TOPIC_PARTITIONS": str(partitions),
+    }
+
+
 class Stack:
     """An embedded broker plus workers of one app id; ``settings`` become ``NEARLINE_*``."""
 
@@ -79,15 +94,7 @@ class Stack:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"nearline-{prefix}-"))
         self.env = {
             **os.environ,
-            "NEARLINE_PROFILE": "embedded",
-            "NEARLINE_BROKER_URL": broker.url,
-            "NEARLINE_APP_ID": self.app_id,
-            "NEARLINE_TOPIC_ACTIONS": f"{self.app_id}-actions",
-            "NEARLINE_TOPIC_DLQ": f"{self.app_id}-actions.dlq",
-            "NEARLINE_TOPIC_ITEM_ATTRIBUTES": f"{self.app_id}-item-attributes",
-            "NEARLINE_TOPIC_RECOMMENDATIONS_LOG": f"{self.app_id}-recommendations-log",
-            "NEARLINE_TOPIC_TRAINING_EXAMPLES": f"{self.app_id}-training-examples",
-            "NEARLINE_TOPIC_PARTITIONS": str(partitions),
+            **isolated_env(broker.url, self.app_id, partitions),
             "NEARLINE_LOG_LEVEL": "WARNING",
             **{f"NEARLINE_{k.upper()}": v for k, v in settings.items()},
         }

@@ -98,14 +98,7 @@ class Nearline:
         self.settings = settings
         self.metrics = Metrics()
         self.faust = _faust_app(settings)
-        self.actions_topic = self.faust.topic(
-            settings.topic_actions,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.topic_partitions,
-        )
+        self.actions_topic = self._raw_topic(settings.topic_actions)
         self.members = self.faust.Table(
             MEMBERS_TABLE,
             default=None,
@@ -141,14 +134,7 @@ class Nearline:
             settings.model_dir.mkdir(parents=True, exist_ok=True)
             self.models.load_latest()
         self.recommender = Recommender(self, self.models)
-        self.recommendations_log = self.faust.topic(
-            settings.topic_recommendations_log,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.topic_partitions,
-        )
+        self.recommendations_log = self._raw_topic(settings.topic_recommendations_log)
         self.outcomes = OutcomeLabeler(
             self.store,
             self.send_examples,
@@ -158,6 +144,17 @@ class Nearline:
         self.web = create_web_app(self)
         self.metrics.track_lag(self.consumer_lag)
         self._register_agents()
+
+    def _raw_topic(self, name: str) -> faust.TopicT:
+        """A topic read as raw bytes: validation happens in nearline, not in Faust's codecs."""
+        return self.faust.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=self.settings.topic_partitions,
+        )
 
     def _register_agents(self) -> None:
         settings = self.settings

@@ -19,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.broker import EmbeddedBroker, free_port
+from app.stack import isolated_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -170,18 +171,7 @@ async def _consume(bootstrap: str, topic: str, expected: int, timeout: float) ->
 @pytest.fixture
 def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
     name = f"t{uuid.uuid4().hex[:8]}"
-    settings = {
-        "NEARLINE_PROFILE": "embedded",
-        "NEARLINE_BROKER_URL": broker.url,
-        "NEARLINE_APP_ID": name,
-        "NEARLINE_TOPIC_ACTIONS": f"{name}-actions",
-        "NEARLINE_TOPIC_DLQ": f"{name}-actions.dlq",
-        "NEARLINE_TOPIC_ITEM_ATTRIBUTES": f"{name}-item-attributes",
-        "NEARLINE_TOPIC_RECOMMENDATIONS_LOG": f"{name}-recommendations-log",
-        "NEARLINE_TOPIC_TRAINING_EXAMPLES": f"{name}-training-examples",
-        "NEARLINE_TOPIC_PARTITIONS": "4",
-        "NEARLINE_LOG_LEVEL": "INFO",
-    }
+    settings = {**isolated_env(broker.url, name), "NEARLINE_LOG_LEVEL": "INFO"}
     deployed = Deployment(broker=broker, tmp=tmp_path, settings=settings)
     yield deployed
     for worker in deployed.workers:

@@ -9,6 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from app import codec
+from app.stack import isolated_env
 from tests.integration.conftest import Deployment, Worker
 
 pytestmark = pytest.mark.integration
@@ -22,18 +23,7 @@ def fuzzed_worker(broker, tmp_path_factory) -> Iterator[Worker]:  # type: ignore
     deployment = Deployment(
         broker=broker,
         tmp=tmp_path_factory.mktemp(name),
-        settings={
-            "NEARLINE_PROFILE": "embedded",
-            "NEARLINE_BROKER_URL": broker.url,
-            "NEARLINE_APP_ID": name,
-            "NEARLINE_TOPIC_ACTIONS": f"{name}-actions",
-            "NEARLINE_TOPIC_DLQ": f"{name}-actions.dlq",
-            "NEARLINE_TOPIC_ITEM_ATTRIBUTES": f"{name}-item-attributes",
-            "NEARLINE_TOPIC_RECOMMENDATIONS_LOG": f"{name}-recommendations-log",
-            "NEARLINE_TOPIC_TRAINING_EXAMPLES": f"{name}-training-examples",
-            "NEARLINE_TOPIC_PARTITIONS": "4",
-            "NEARLINE_MAX_CANDIDATES": "50",
-        },
+        settings={**isolated_env(broker.url, name), "NEARLINE_MAX_CANDIDATES": "50"},
     )
     worker = deployment.worker().start().wait_ready()
     now = __import__("time").time()
