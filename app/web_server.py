@@ -43,6 +43,9 @@ class WebServer(Service):
             log_level="warning",
             log_config=None,
             timeout_graceful_shutdown=5,
+            # Longer than clients' pools keep idle connections, so the server does not close
+            # one just as a client reuses it.
+            timeout_keep_alive=75,
         )
         self._server = _InWorkerServer(config)
         self._serving: asyncio.Task[None] | None = None

@@ -38,7 +38,13 @@ async def _load(
 
     async def one(payload: dict[str, Any]) -> None:
         started = time.perf_counter()
-        response = await client.post(f"{worker.url}/v1/recommendations", json=payload)
+        try:
+            response = await client.post(f"{worker.url}/v1/recommendations", json=payload)
+        except httpx.HTTPError as exc:  # counted, not fatal: an overloaded run still reports
+            latencies.append(time.perf_counter() - started)
+            name = type(exc).__name__
+            statuses[name] = statuses.get(name, 0) + 1  # type: ignore[index]
+            return
         latencies.append(time.perf_counter() - started)
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         if response.status_code == 200:

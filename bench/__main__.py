@@ -1,0 +1,156 @@
+"""The benchmark suite (`make bench`): nearline beside a peer on one broker and workload.
+
+Writes bench/results/latest.md and latest.json. Every figure names its command, warm-up
+and run count; all run on this machine's embedded broker, the load generator included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from app.traffic import generate_actions
+from bench.harness import REPO, Stack, embedded_broker, machine, preload
+from bench.joins import _items
+from bench.recommendations import _load as recommendations_load
+from bench.spine import _freshness, _reads, ingest
+
+RESULTS = REPO / "bench" / "results"
+
+
+def peer(broker: Any, topic: str, actions: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.peer_quix", broker.bootstrap, topic, str(actions)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"the peer produced no result: {done.stderr[-2000:]}")
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--actions", type=int, default=200_000)
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+
+    def row(figure: str, value: str, target: str, command: str, detail: Any) -> None:
+        rows.append(
+            {
+                "figure": figure,
+                "value": value,
+                "target": target,
+                "command": command,
+                "detail": detail,
+            }
+        )
+        print(f"{figure}: {value}  (target {target})", flush=True)
+
+    started = time.time()
+    with embedded_broker() as broker:
+        stack = Stack(broker)
+        try:
+            result = ingest(stack, args.actions, args.members)
+            worker = result.pop("worker")
+            theirs = peer(broker, stack.topic, args.actions)
+            ratio = result["actions_per_s"] / theirs["actions_per_s"]
+            row(
+                "ingest, one worker (nearline)",
+                f"{result['actions_per_s']:,} actions/s",
+                "≥ 1.0x peer",
+                "python -m bench",
+                result,
+            )
+            row(
+                "ingest, same topic (Quix Streams 3.28, RocksDB, changelog)",
+                f"{theirs['actions_per_s']:,} actions/s",
+                "—",
+                "python -m bench.peer_quix",
+                theirs,
+            )
+            row("nearline / peer", f"{ratio:.2f}x", "≥ 1.0x", "", {})
+            reads = asyncio.run(_reads(worker, args.members, 500.0, args.seconds))
+            row(
+                "features read at 500 req/s",
+                f"p50 {reads['p50']} ms, p99 {reads['p99']} ms",
+                "p99 < 5 ms",
+                "open loop, 50 warm-up requests",
+                reads,
+            )
+            for rate, target in ((1000.0, "p99 < 250 ms"), (5000.0, "p99 < 250 ms")):
+                fresh = asyncio.run(
+                    _freshness(worker, broker.bootstrap, stack.topic, rate, args.seconds)
+                )
+                row(
+                    f"freshness at {int(rate)} actions/s (achieved {fresh['achieved_rate']})",
+                    f"p50 {fresh['p50']} ms, p99 {fresh['p99']} ms",
+                    target,
+                    "1 in 50 actions is a probe polled over HTTP",
+                    fresh,
+                )
+            row("worker RSS after ingest", f"{result['rss_mb']} MB", "bounded", "", {})
+        finally:
+            stack.stop()
+        stack = Stack(broker, embedding_dim="64", join_at_read="embedding")
+        try:
+            stack.create_topics()
+            items = 5000
+            asyncio.run(
+                preload(
+                    broker.bootstrap, stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"], _items(items, 64)
+                )
+            )
+            worker = stack.start_worker()
+            while worker.metric('nearline_attribute_records_total{outcome="upserted"}') < items:
+                time.sleep(0.1)
+            actions = [
+                (e.member_id.encode(), e.to_json())
+                for e in generate_actions(20_000, members=1000, items=items)
+            ]
+            asyncio.run(preload(broker.bootstrap, stack.topic, actions))
+            while worker.metric("nearline_events_in_total") < len(actions):
+                time.sleep(0.1)
+            for rate in (100.0, 300.0):
+                recs = asyncio.run(
+                    recommendations_load(worker, rate, args.seconds, 500, items, 1000)
+                )
+                row(
+                    f"recommendations, 500 candidates, {int(rate)} req/s",
+                    f"p50 {recs['p50_ms']} ms, p99 {recs['p99_ms']} ms",
+                    "p99 < 20 ms at 300/s",
+                    "open loop, 30 warm-up requests",
+                    recs,
+                )
+        finally:
+            stack.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"Measured {stamp} on {machine()}; embedded broker; one run each; "
+        f"{time.time() - started:.0f} s in all.",
+        "",
+        "| figure | result | target |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {r['figure']} | {r['value']} | {r['target']} |" for r in rows]
+    (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "latest.json").write_text(
+        json.dumps({"when": stamp, "machine": machine(), "rows": rows}, indent=2, default=str)
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
