@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
 from app.kafka import client_options
 from app.settings import Settings
-from tables.attributes import AttributeRecord, Kind, LoadSummary, encode_record, load_file
+from tables.attributes import AttributeRecord, Kind, LoadSummary, Sink, encode_record, load_file
 from tables.attributes import from_settings as attribute_store_from_settings
 
 __all__ = ["load_attributes"]
@@ -24,19 +26,27 @@ async def load_attributes(
     progress: bool = True,
 ) -> LoadSummary:
     """Validate ``path`` and send its good records to the store or to the topic."""
+    async with _sink(settings, direct) as sink:
+        return await load_file(
+            path,
+            sink,
+            embedding_dim=settings.embedding_dim,
+            kind=kind,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+
+@asynccontextmanager
+async def _sink(settings: Settings, direct: bool) -> AsyncIterator[Sink]:
+    """Where records go: the attribute store itself, or the item-attributes topic."""
     if direct:
         store = attribute_store_from_settings(settings)
         try:
-            return await load_file(
-                path,
-                store.put_many,
-                embedding_dim=settings.embedding_dim,
-                kind=kind,
-                batch_size=batch_size,
-                progress=progress,
-            )
+            yield store.put_many
         finally:
             await store.close()
+        return
     producer = AIOKafkaProducer(**client_options(settings, producer=True), linger_ms=5)
     await producer.start()
 
@@ -49,13 +59,6 @@ async def load_attributes(
             await sent
 
     try:
-        return await load_file(
-            path,
-            to_topic,
-            embedding_dim=settings.embedding_dim,
-            kind=kind,
-            batch_size=batch_size,
-            progress=progress,
-        )
+        yield to_topic
     finally:
         await producer.stop()
