@@ -13,7 +13,7 @@ from agents.events import ActionEvent, InvalidEvent, parse_action
 from app.kafka import partition_for_key
 from app.metrics import Metrics
 from app.settings import Settings
-from tables.attributes import AttributeStore, StoreUnavailable
+from tables.attributes import AttributeStore, StoreUnavailable, ingest_fields
 from tables.member_state import Applied, MemberState, RecentAction
 from tables.online_store import OnlineStore
 
@@ -187,11 +187,7 @@ class IngestProcessor:
             self.metrics.attribute_joins.labels("store_unavailable").inc(len(items))
             log.warning("attribute store unavailable at ingest (%s); storing unjoined", exc)
             return None
-        fields = self.ingest_fields
-        joined: dict[str, dict[str, Any]] = {}
-        for item_id, record in records.items():
-            flat = record.as_flat_dict()
-            joined[item_id] = {name: flat[name] for name in fields if name in flat}
+        joined = ingest_fields(records, self.ingest_fields)
         self.metrics.attribute_joins.labels("joined").inc(len(joined))
         if len(joined) < len(items):
             self.metrics.attribute_joins.labels("item_unknown").inc(len(items) - len(joined))

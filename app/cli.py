@@ -139,7 +139,7 @@ def topics() -> None:
     """Create nearline's topics (partitions, retention, compaction) if they are missing."""
     from app.topics import ensure_topics
 
-    created = asyncio.run(ensure_topics(_settings()))
+    created = asyncio.run(ensure_topics(_settings())).created
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
@@ -265,20 +265,6 @@ def train(
 DEMO_ITEMS = 5000
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise click.ClickException("the worker exited during start-up; see its log above")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise click.ClickException(f"the worker was not ready within {timeout:.0f}s")
-
-
 @main.command()
 @click.option("--port", default=8080, show_default=True, help="HTTP port of the worker.")
 @click.option("--broker-port", default=0, help="Broker port (default: a free one).")
@@ -287,6 +273,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> N
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 def demo(port: int, broker_port: int, rate: float, members: int, duration: float | None) -> None:
     """Embedded broker + one worker + live demo traffic; watch a member's features change."""
+    from app.stack import StackError, wait_ready
     from app.traffic import demo_items, generate_actions
     from app.traffic import produce as send
 
@@ -307,7 +294,10 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
             [sys.executable, "-m", "app.cli", "worker"], env=env, start_new_session=True
         )
         try:
-            _wait_ready(settings.web_url, worker_process, timeout=60)
+            try:
+                wait_ready(settings.web_url, worker_process, timeout=60)
+            except StackError as exc:
+                raise click.ClickException(f"{exc}; see its log above") from None
             items = list(demo_items(DEMO_ITEMS, settings.embedding_dim))
             asyncio.run(send(settings, items, topic=settings.topic_item_attributes))
             click.echo(f"loaded {len(items)} demo items into the attribute store")

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app import codec
 from model.registry import ModelRegistry
 from model.vectorizer import Vectorizer
 from tables.attributes import ItemAttributes, StoreUnavailable
@@ -136,7 +135,3 @@ class Recommender:
             },
         )
         return response
-
-
-def encode_log(record: dict[str, Any]) -> bytes:
-    return codec.dumps(record)

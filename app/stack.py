@@ -31,6 +31,31 @@ class StackError(RuntimeError):
     """A worker of the stack exited or did not become ready; the message has its log tail."""
 
 
+def read_metric(url: str, name: str) -> float:
+    """Sum of a Prometheus metric over all its label sets, from a worker's ``/metrics``."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head == name or head.startswith(name + "{"):
+            total += float(value)
+    return total
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll ``/readyz`` until 200; :class:`StackError` if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError("the worker exited during start-up")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise StackError(f"the worker was not ready within {timeout:.0f}s")
+
+
 @dataclass
 class WorkerProcess:
     url: str
@@ -39,13 +64,7 @@ class WorkerProcess:
     log: Path
 
     def metric(self, name: str) -> float:
-        """Sum of a Prometheus metric over all its label sets, from ``/metrics``."""
-        total = 0.0
-        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
-            head, _, value = line.rpartition(" ")
-            if head == name or head.startswith(name + "{"):
-                total += float(value)
-        return total
+        return read_metric(self.url, name)
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as status:
@@ -109,13 +128,11 @@ class Stack:
         from app.settings import load_settings
         from app.topics import ensure_topics
 
-        saved = dict(os.environ)
-        os.environ.update(self.env)
-        try:
-            asyncio.run(ensure_topics(load_settings()))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        overrides = {
+            name.removeprefix("NEARLINE_").lower(): value
+            for name, value in self.settings_env().items()
+        }
+        asyncio.run(ensure_topics(load_settings(**overrides)))
 
     def start_worker(self, name: str = "w1", timeout: float = 90.0) -> WorkerProcess:
         port = free_port()
@@ -131,17 +148,11 @@ class Stack:
         )
         worker = WorkerProcess(f"http://127.0.0.1:{port}", process, data_dir, log)
         self.workers.append(worker)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise StackError(f"worker exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{worker.url}/readyz", timeout=1).status_code == 200:
-                    return worker
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise StackError(f"worker not ready in {timeout}s: {log.read_text()[-2000:]}")
+        try:
+            wait_ready(worker.url, process, timeout)
+        except StackError as exc:
+            raise StackError(f"{exc}: {log.read_text()[-2000:]}") from None
+        return worker
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -11,7 +11,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from app.kafka import client_options
 from app.settings import Settings
 
-__all__ = ["TopicSpec", "ensure_topics", "existing_topics", "topic_specs"]
+__all__ = ["EnsuredTopics", "TopicSpec", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-async def existing_topics(settings: Settings) -> set[str]:
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
+@dataclass(frozen=True)
+class EnsuredTopics:
+    created: list[str]
+    present: set[str]  # every topic on the cluster afterwards
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+async def ensure_topics(settings: Settings) -> EnsuredTopics:
+    """Create the topics that do not exist yet; say which were created and which exist."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     created: list[str] = []
@@ -75,4 +72,4 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await admin.close()
     if created:
         log.info("created topics %s", ", ".join(created))
-    return created
+    return EnsuredTopics(created, present | set(created))

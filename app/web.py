@@ -147,16 +147,31 @@ async def _forward(request: Request, nearline: Nearline, owner: NotOwned) -> Res
     )
 
 
+async def _body_up_to(request: Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` as soon as it grows past ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def recommendations(request: Request) -> Response:
     """Rank the candidates for a member, with fresh features from the online store."""
     nearline = _nearline(request)
     settings = nearline.settings
     try:
-        raw = await request.body()
+        raw = await _body_up_to(request, MAX_BODY_BYTES)
     except ClientDisconnect:
         return Response(status_code=499)  # the client is gone; nobody reads this
-    if len(raw) > MAX_BODY_BYTES:
-        return error(413, f"the body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}")
+    if raw is None:
+        return error(413, f"the body is over the limit of {MAX_BODY_BYTES} bytes")
     try:
         body = codec.loads(raw)
     except codec.DecodeError as exc:

@@ -7,7 +7,7 @@ import logging
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ from app.kafka import ssl_context
 from app.metrics import Metrics
 from app.recommend import Recommender
 from app.settings import Settings
-from app.topics import ensure_topics, existing_topics
+from app.topics import ensure_topics
 from app.web import create_web_app
 from app.web_server import WebServer, WebServerError
 from model.registry import ModelRegistry
@@ -243,44 +243,51 @@ class Nearline:
             await asyncio.sleep(0.1)
         log.warning("could not set the consumer's fetch wait; freshness may suffer")
 
+    async def _send_all(self, topic: str, records: Iterable[_Record]) -> None:
+        """Send (key, value, headers) records and wait until the broker has them all."""
+        producer = self.faust.producer
+        sends = [await producer.send(topic, k, v, None, None, h) for k, v, h in records]
+        await asyncio.gather(*sends)
+
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Original bytes to the DLQ, the reason and source position in headers."""
-        producer = self.faust.producer
-        sends = []
-        for letter in letters:
-            record = letter.record
-            headers = [
-                ("nearline-reason", letter.reason.encode()),
-                ("nearline-detail", letter.detail.encode()),
-                ("nearline-source-topic", self.settings.topic_actions.encode()),
-                ("nearline-source-partition", str(record.partition).encode()),
-                ("nearline-source-offset", str(record.offset).encode()),
-            ]
-            sends.append(
-                await producer.send(
-                    self.settings.topic_dlq, record.key, record.value, None, None, headers
+        source = self.settings.topic_actions
+        await self._send_all(
+            self.settings.topic_dlq,
+            (
+                (
+                    letter.record.key,
+                    letter.record.value,
+                    _dead_letter_headers(
+                        letter.reason,
+                        letter.detail,
+                        source,
+                        letter.record.partition,
+                        letter.record.offset,
+                    ),
                 )
-            )
-        await asyncio.gather(*sends)
+                for letter in letters
+            ),
+        )
 
     async def send_attribute_rejects(self, rejected: Sequence[tuple[Any, str]]) -> None:
         """Invalid item-attributes records to their dead-letter topic, reason in headers."""
-        producer = self.faust.producer
-        sends = []
-        for record, reason in rejected:
-            headers = [
-                ("nearline-reason", b"invalid_item"),
-                ("nearline-detail", reason.encode()),
-                ("nearline-source-topic", record.topic.encode()),
-                ("nearline-source-partition", str(record.partition).encode()),
-                ("nearline-source-offset", str(record.offset).encode()),
-            ]
-            topic = f"{self.settings.topic_item_attributes}.dlq"
-            sends.append(await producer.send(topic, record.key, record.value, None, None, headers))
-        await asyncio.gather(*sends)
+        await self._send_all(
+            f"{self.settings.topic_item_attributes}.dlq",
+            (
+                (
+                    record.key,
+                    record.value,
+                    _dead_letter_headers(
+                        "invalid_item", reason, record.topic, record.partition, record.offset
+                    ),
+                )
+                for record, reason in rejected
+            ),
+        )
 
     async def log_recommendation(self, member_id: str, record: dict[str, Any]) -> None:
-        """Queue one response for the recommendations log (not awaited: off the hot path)."""
+        """Queue one response for the recommendations log; its delivery is not awaited."""
         await self.faust.producer.send(
             self.settings.topic_recommendations_log,
             member_id.encode(),
@@ -291,13 +298,11 @@ class Nearline:
         )
 
     async def send_examples(self, member_id: str, examples: list[dict[str, Any]]) -> None:
-        producer = self.faust.producer
         key = member_id.encode()
-        topic = self.settings.topic_training_examples
-        sends = [
-            await producer.send(topic, key, codec.dumps(e), None, None, None) for e in examples
-        ]
-        await asyncio.gather(*sends)
+        await self._send_all(
+            self.settings.topic_training_examples,
+            ((key, codec.dumps(example), None) for example in examples),
+        )
 
     async def member_features(self, member_id: str, as_of: float) -> dict[str, Any]:
         """Features of a member this worker owns, attributes joined at read.
@@ -351,11 +356,20 @@ class Nearline:
             lag[tp.partition] = max(0, highwater - position)
         return lag
 
-    def changelog_topic(self) -> str:
-        return str(self.members.changelog_topic.get_topic_name())
 
-    def owner_tp(self, partition: int) -> TP:
-        return TP(self.changelog_topic(), partition)
+_Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+def _dead_letter_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    return [
+        ("nearline-reason", reason.encode()),
+        ("nearline-detail", detail.encode()),
+        ("nearline-source-topic", topic.encode()),
+        ("nearline-source-partition", str(partition).encode()),
+        ("nearline-source-offset", str(offset).encode()),
+    ]
 
 
 class _Worker(faust.Worker):
@@ -379,10 +393,9 @@ def _check_port_free(host: str, port: int) -> None:
 
 async def prepare(settings: Settings, nearline: Nearline) -> None:
     """Create missing topics; drop local state the broker no longer has a changelog for."""
-    await ensure_topics(settings)
-    topics = await existing_topics(settings)
+    topics = (await ensure_topics(settings)).present
     tabledir = nearline.faust.conf.tabledir
-    if nearline.changelog_topic() not in topics and tabledir.exists():
+    if nearline.store.changelog_topic not in topics and tabledir.exists():
         # A new (or restarted, memory-only) broker: the old RocksDB state would be
         # trusted by recovery although no changelog backs it any more.
         log.warning("changelog topic is new: discarding local state in %s", tabledir)

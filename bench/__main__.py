@@ -15,8 +15,9 @@ import sys
 import time
 from typing import Any
 
+from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import REPO, Stack, embedded_broker, machine, preload
+from bench.harness import REPO, Stack, machine, preload
 from bench.joins import _items
 from bench.recommendations import _load as recommendations_load
 from bench.spine import _freshness, _reads, ingest
@@ -59,7 +60,7 @@ def main() -> None:
         print(f"{figure}: {value}  (target {target})", flush=True)
 
     started = time.time()
-    with embedded_broker() as broker:
+    with EmbeddedBroker() as broker:
         stack = Stack(broker)
         try:
             result = ingest(stack, args.actions, args.members)

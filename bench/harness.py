@@ -7,14 +7,10 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from app.broker import EmbeddedBroker
 from app.stack import Stack, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +19,6 @@ __all__ = [
     "REPO",
     "Stack",
     "WorkerProcess",
-    "embedded_broker",
     "machine",
     "percentiles",
     "preload",
@@ -50,22 +45,13 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-@contextmanager
-def embedded_broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as broker:
-        yield broker
-
-
-async def preload(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], batched: bool = True
-) -> float:
+async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
     """Produce ``records`` as fast as possible; returns seconds taken.
 
     Pre-loading a source topic may batch normally: the embedded broker's offset quirk only
     matters to readers of a topic's end offset (changelog recovery), not to consumers.
     """
-    options: dict[str, Any] = {"linger_ms": 20} if batched else {"max_batch_size": 16}
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
     await producer.start()
     started = time.perf_counter()
     try:

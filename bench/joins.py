@@ -16,8 +16,9 @@ from typing import Any
 import rocksdict
 
 from app import codec
+from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import Stack, embedded_broker, machine, preload
+from bench.harness import Stack, machine, preload
 from bench.spine import _reads
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     rows = []
-    with embedded_broker() as broker:
+    with EmbeddedBroker() as broker:
         for dim in args.dims:
             for mode in ("ingest", "read"):
                 row = run(broker, dim, mode, args.actions, args.members, args.items)

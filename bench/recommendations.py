@@ -13,8 +13,9 @@ from typing import Any
 
 import httpx
 
+from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import Stack, WorkerProcess, embedded_broker, machine, percentiles, preload
+from bench.harness import Stack, WorkerProcess, machine, percentiles, preload
 from bench.joins import _items
 
 
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1000)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    with embedded_broker() as broker:
+    with EmbeddedBroker() as broker:
         stack = Stack(broker, embedding_dim="64", join_at_read="embedding")
         try:
             stack.create_topics()

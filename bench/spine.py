@@ -16,8 +16,9 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from agents.events import ActionEvent
+from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import Stack, WorkerProcess, embedded_broker, machine, percentiles, preload
+from bench.harness import Stack, WorkerProcess, machine, percentiles, preload
 
 
 def ingest(stack: Stack, actions: int, members: int) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    with embedded_broker() as broker:
+    with EmbeddedBroker() as broker:
         stack = Stack(broker)
         try:
             result = ingest(stack, args.actions, args.members)

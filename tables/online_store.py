@@ -165,24 +165,23 @@ class OnlineStore:
         now = time.time() if now is None else now
         pruned = deleted = 0
         for partition in self.owned_partitions():
-            updates: dict[bytes, MemberState | None] = {}
+            expired: list[bytes] = []
             seen = 0
             for key, raw in self._db(partition).items():
                 assert isinstance(key, bytes) and isinstance(raw, bytes)  # raw-mode RocksDB
                 if key.startswith(_INTERNAL_PREFIXES):
                     continue
-                state = MemberState.from_bytes(raw)
-                if state.prune(now, self.policy):
-                    updates[key] = None if state.is_empty else state
+                if MemberState.from_bytes(raw).prune(now, self.policy):
+                    expired.append(key)
                 seen += 1
                 if seen % _SWEEP_YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # keep serving while a large partition is swept
-            if not updates or not self.owns(partition):
+            if not expired or not self.owns(partition):
                 continue
             async with self.write_lock:
                 # Re-read: the ingest agent may have written these members while we yielded.
                 fresh: dict[bytes, MemberState | None] = {}
-                for key in updates:
+                for key in expired:
                     current = self.load(partition, key)
                     if current is None:
                         continue

@@ -16,6 +16,7 @@ from tables.attributes.exceptions import (
 from tables.attributes.join import (
     Action,
     JoinFields,
+    ingest_fields,
     item_ids,
     join_at_ingest,
     join_at_read,
@@ -64,6 +65,7 @@ __all__ = [
     "detect_format",
     "encode_record",
     "from_settings",
+    "ingest_fields",
     "item_ids",
     "join_at_ingest",
     "join_at_read",

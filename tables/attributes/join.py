@@ -14,6 +14,7 @@ from typing import Any, Protocol
 __all__ = [
     "Action",
     "JoinFields",
+    "ingest_fields",
     "item_ids",
     "join_at_ingest",
     "join_at_read",
@@ -57,6 +58,17 @@ def item_ids(actions: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(dict.fromkeys(str(action["item_id"]) for action in actions))
 
 
+def ingest_fields(
+    attrs_by_item: Mapping[str, _Attributes], fields: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The ``fields`` each found item has, by item id: what an ingest-time join copies."""
+    copied: dict[str, dict[str, Any]] = {}
+    for item_id, record in attrs_by_item.items():
+        flat = record.as_flat_dict()
+        copied[item_id] = {name: flat[name] for name in fields if name in flat}
+    return copied
+
+
 def join_at_ingest(
     actions: Iterable[Mapping[str, Any]],
     attrs_by_item: Mapping[str, _Attributes] | None,
@@ -69,16 +81,16 @@ def join_at_ingest(
     (:func:`join_at_read` with ``catch_up``). A found item that lacks one of the fields
     (no geo, say) is still joined: there is nothing more to copy later.
     """
-    flat_by_item: dict[str, dict[str, Any] | None] = {}
+    copied = ingest_fields(attrs_by_item or {}, fields)
     out: list[Action] = []
     for action in actions:
-        flat = _flat(action["item_id"], attrs_by_item, flat_by_item)
+        found = copied.get(str(action["item_id"]))
         joined: Action = dict(action)
         attributes = dict(action.get("attributes") or {})
-        if flat is not None:
-            attributes.update((name, flat[name]) for name in fields if name in flat)
+        if found is not None:
+            attributes.update(found)
         joined["attributes"] = attributes
-        joined["joined"] = flat is not None
+        joined["joined"] = found is not None
         out.append(joined)
     return out
 

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.broker import EmbeddedBroker, free_port
-from app.stack import isolated_env
+from app.stack import StackError, isolated_env, read_metric, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,18 +53,12 @@ class Worker:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Worker:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"worker not ready in {timeout}s: {self.log_tail()}")
+        assert self.process is not None
+        try:
+            wait_ready(self.url, self.process, timeout)
+        except StackError as exc:
+            raise AssertionError(f"{exc}: {self.log_tail()}") from None
+        return self
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -86,13 +80,7 @@ class Worker:
         return httpx.get(f"{self.url}{path}", params=params, timeout=5)
 
     def metric(self, name: str) -> float:
-        total = 0.0
-        for line in self.get("/metrics").text.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                head, _, value = line.rpartition(" ")
-                if head == name or head.startswith(name + "{"):
-                    total += float(value)
-        return total
+        return read_metric(self.url, name)
 
 
 @dataclass
@@ -130,13 +118,13 @@ class Deployment:
         return worker
 
     def produce(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
-        asyncio.run(_produce(self.broker.bootstrap, self.topic, records))
+        self.produce_to(self.topic, records)
 
     def produce_to(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
         asyncio.run(_produce(self.broker.bootstrap, topic, records))
 
     def consume(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
-        return asyncio.run(_consume(self.broker.bootstrap, topic, expected, timeout))
+        return asyncio.run(consume_topic(self.broker.bootstrap, topic, expected, timeout))
 
 
 async def _produce(
@@ -151,7 +139,10 @@ async def _produce(
         await producer.stop()
 
 
-async def _consume(bootstrap: str, topic: str, expected: int, timeout: float) -> list[Any]:
+async def consume_topic(
+    bootstrap: str, topic: str, expected: int, timeout: float = 30.0
+) -> list[Any]:
+    """Records of ``topic`` from the start, until ``expected`` arrived or ``timeout``."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )

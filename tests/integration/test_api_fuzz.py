@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -17,8 +19,6 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def fuzzed_worker(broker, tmp_path_factory) -> Iterator[Worker]:  # type: ignore[no-untyped-def]
-    import uuid
-
     name = f"fuzz{uuid.uuid4().hex[:6]}"
     deployment = Deployment(
         broker=broker,
@@ -26,7 +26,7 @@ def fuzzed_worker(broker, tmp_path_factory) -> Iterator[Worker]:  # type: ignore
         settings={**isolated_env(broker.url, name), "NEARLINE_MAX_CANDIDATES": "50"},
     )
     worker = deployment.worker().start().wait_ready()
-    now = __import__("time").time()
+    now = time.time()
     deployment.produce(
         [
             (

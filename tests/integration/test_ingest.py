@@ -84,71 +84,20 @@ def test_malformed_events_go_to_the_dlq_and_the_stream_goes_on(deployment: Deplo
     worker = deployment.worker().start().wait_ready()
     now = time.time()
     good = make_events(400, members=20, now=now, seed=2, spread=3600)
+
+    def event(**changes: object) -> bytes:
+        body = {"event_id": "x", "member_id": "m1", "item_id": "i", "action": "click", "ts": now}
+        return codec.dumps({**body, **changes})
+
     bad: list[tuple[tuple[bytes | None, bytes | None], str]] = [
         ((b"m1", b"{not json"), "not_json"),
         ((b"m1", b"[1, 2]"), "not_object"),
         ((b"m1", codec.dumps({"event_id": "x", "member_id": "m1"})), "missing_field"),
-        (
-            (
-                b"m1",
-                codec.dumps(
-                    {
-                        "event_id": "x",
-                        "member_id": "m1",
-                        "item_id": "i",
-                        "action": "click",
-                        "ts": "yesterday",
-                    }
-                ),
-            ),
-            "bad_field",
-        ),
-        (
-            (
-                b"m1",
-                codec.dumps(
-                    {
-                        "event_id": "x",
-                        "member_id": "m1",
-                        "item_id": "i",
-                        "action": "click",
-                        "ts": now + 86400,
-                    }
-                ),
-            ),
-            "future_ts",
-        ),
-        (
-            (
-                b"m1",
-                codec.dumps(
-                    {
-                        "event_id": "x",
-                        "member_id": "m1",
-                        "item_id": "i",
-                        "action": "click",
-                        "ts": now - 100 * 3600,
-                    }
-                ),
-            ),
-            "expired_ts",
-        ),
+        ((b"m1", event(ts="yesterday")), "bad_field"),
+        ((b"m1", event(ts=now + 86400)), "future_ts"),
+        ((b"m1", event(ts=now - 100 * 3600)), "expired_ts"),
         ((b"m1", b'{"pad": "' + b"x" * 20000 + b'"}'), "oversized"),
-        (
-            (
-                b"m2",
-                codec.dumps(
-                    {
-                        "event_id": "y",
-                        "member_id": "m1",
-                        "item_id": "i",
-                        "action": "click",
-                        "ts": now,
-                    }
-                ),
-            ),
-            "key_mismatch",
-        ),
+        ((b"m2", event(event_id="y")), "key_mismatch"),
         ((b"m1", None), "empty"),
     ]
     mixed: list[tuple[bytes | None, bytes | None]] = []

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
-from typing import Any
-
-from aiokafka import AIOKafkaConsumer
 
 from app import codec
 from app.broker import EmbeddedBroker
@@ -15,6 +11,7 @@ from app.simulation.behaviour import BehaviourModel
 from app.simulation.report import compare, permutation_p_values, write_report
 from app.simulation.runner import SimulationConfig, simulate
 from app.simulation.world import DAY, WorldConfig
+from tests.integration.conftest import consume_topic
 
 SECTIONS = (
     "## Results",
@@ -24,22 +21,6 @@ SECTIONS = (
     "## Run health",
     "## Parameters",
 )
-
-
-async def _read_log(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(codec.loads(message.value) for message in batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 def test_a_small_run_completes_and_reports(broker: EmbeddedBroker, tmp_path: Path) -> None:
@@ -59,13 +40,16 @@ def test_a_small_run_completes_and_reports(broker: EmbeddedBroker, tmp_path: Pat
     assert result.worker_metrics["nearline_events_dead_lettered_total"] == 0
 
     # The batch arm really read its features as of the daily cut-off, the NRT arm fresh.
-    log = asyncio.run(
-        _read_log(
-            broker.bootstrap,
-            result.worker_env["NEARLINE_TOPIC_RECOMMENDATIONS_LOG"],
-            len(result.sessions),
+    log = [
+        codec.loads(message.value)
+        for message in asyncio.run(
+            consume_topic(
+                broker.bootstrap,
+                result.worker_env["NEARLINE_TOPIC_RECOMMENDATIONS_LOG"],
+                len(result.sessions),
+            )
         )
-    )
+    ]
     assert len(log) == len(result.sessions)
     scale = result.time_scale
     arm = {f"member-{r.member}": r.arm for r in result.sessions}
