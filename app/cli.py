@@ -16,10 +16,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import httpx
+from aiokafka.errors import KafkaConnectionError
 from tqdm import tqdm
 
 from app.broker import BrokerError, EmbeddedBroker
@@ -28,11 +31,29 @@ from app.settings import Settings, SettingsError, load_settings
 __all__ = ["main"]
 
 
+T = TypeVar("T")
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _unreachable(settings: Settings) -> click.ClickException:
+    return click.ClickException(
+        f"cannot reach Kafka at {', '.join(settings.broker_url)}: is the broker running "
+        "(`nearline broker`), and is NEARLINE_BROKER_URL right?"
+    )
+
+
+def _run(work: Coroutine[Any, Any, T], settings: Settings) -> T:
+    """Run ``work``; an unreachable broker becomes a message that says what to check."""
+    try:
+        return asyncio.run(work)
+    except KafkaConnectionError:
+        raise _unreachable(settings) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,6 +106,8 @@ def worker() -> None:
         run_worker(settings)
     except WebServerError as exc:
         raise click.ClickException(str(exc)) from None
+    except KafkaConnectionError:
+        raise _unreachable(settings) from None
 
 
 @main.command()
@@ -128,7 +151,7 @@ def produce(
         total = count
     with tqdm(total=total, unit="actions", desc="producing") as bar:
         try:
-            sent = asyncio.run(send(settings, records, rate=rate, progress=bar))
+            sent = _run(send(settings, records, rate=rate, progress=bar), settings)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(f"sent {sent} actions to {settings.topic_actions}")
@@ -139,7 +162,8 @@ def topics() -> None:
     """Create nearline's topics (partitions, retention, compaction) if they are missing."""
     from app.topics import ensure_topics
 
-    created = asyncio.run(ensure_topics(_settings())).created
+    settings = _settings()
+    created = _run(ensure_topics(settings), settings).created
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
@@ -171,7 +195,7 @@ def attributes_load(file: Path, kind: str, direct: bool, batch_size: int, quiet:
 
     settings = _settings()
     try:
-        summary = asyncio.run(
+        summary = _run(
             load_attributes(
                 settings,
                 file,
@@ -179,7 +203,8 @@ def attributes_load(file: Path, kind: str, direct: bool, batch_size: int, quiet:
                 direct=direct or kind == "members",
                 batch_size=batch_size,
                 progress=not quiet,
-            )
+            ),
+            settings,
         )
     except LoadFailed as exc:
         raise click.ClickException(str(exc)) from None
@@ -206,7 +231,7 @@ def export_training(out: Path) -> None:
     settings = _settings()
     names = Vectorizer.from_settings(settings).feature_names
     try:
-        examples = asyncio.run(export(settings, out, names))
+        examples = _run(export(settings, out, names), settings)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     positives = int(examples.label.sum())

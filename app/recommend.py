@@ -57,6 +57,7 @@ class Recommender:
         self.nearline = nearline
         self.registry = registry
         self.vectorizer: Vectorizer = registry.vectorizer
+        self._feature_names = list(self.vectorizer.feature_names)  # logged with every response
         # Flattened candidates with float32 embeddings, per record object: the cache hands
         # out the same object until the item changes, so a hit is always current.
         self._memo: OrderedDict[str, tuple[ItemAttributes, dict[str, Any]]] = OrderedDict()
@@ -125,7 +126,7 @@ class Recommender:
                 "ts": now,
                 "features_as_of": features.get("as_of"),
                 "model_version": ranker.version,
-                "feature_names": list(self.vectorizer.feature_names),
+                "feature_names": self._feature_names,
                 "candidates": [
                     {"item_id": item_id, "features": matrix[i]}
                     for i, item_id in enumerate(candidates)
