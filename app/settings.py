@@ -90,7 +90,6 @@ class Settings(BaseSettings):
 
     # Ingest batching
     batch_max: int = Field(default=2000, ge=1)
-    batch_within: Duration = 0.02
     fetch_max_wait: Duration = 0.02
 
     # Local state

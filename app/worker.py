@@ -20,6 +20,7 @@ from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor, SourceRecord
 from agents.outcomes import OutcomeLabeler
 from app import codec
+from app.bulk import BulkChannel, BulkConsumer
 from app.kafka import ssl_context
 from app.metrics import Metrics
 from app.recommend import Recommender
@@ -99,6 +100,9 @@ class Nearline:
         self.metrics = Metrics()
         self.faust = _faust_app(settings)
         self.actions_topic = self._raw_topic(settings.topic_actions)
+        self.bulk = BulkChannel([settings.topic_actions])
+        # Faust builds its consumer from this class when the worker starts.
+        self.faust.transport.Consumer = BulkConsumer.delivering_to(self.bulk)  # type: ignore[misc]
         self.members = self.faust.Table(
             MEMBERS_TABLE,
             default=None,
@@ -159,20 +163,27 @@ class Nearline:
     def _register_agents(self) -> None:
         settings = self.settings
 
-        async def ingest(stream: faust.StreamT[bytes]) -> None:
-            assert isinstance(stream, faust.Stream)  # take_events is not on StreamT
-            batches = stream.take_events(settings.batch_max, settings.batch_within)
-            async for events in batches:
+        # The ingest agent takes the actions topic a fetch at a time (app/bulk.py): the
+        # records still come off Faust's consumer and commit through its book-keeping.
+        self.faust.topics.add(self.actions_topic)
+
+        async def ingest() -> None:
+            consumer = self.faust.consumer
+            assert isinstance(consumer, BulkConsumer)
+            async for fetch in self.bulk.batches(settings.batch_max):
+                if not consumer.is_current(fetch):
+                    continue  # made before a rebalance: Faust seeks back and reads it again
                 await self.ingest.process(
                     [
-                        SourceRecord(
-                            e.message.partition, e.message.offset, e.message.key, e.message.value
-                        )
-                        for e in events
+                        SourceRecord(r.partition, r.offset, r.key, r.value)
+                        for records in fetch.records.values()
+                        for r in records
                     ]
                 )
+                if consumer.is_current(fetch):
+                    consumer.ack_fetch(fetch.records)
 
-        self.faust.agent(self.actions_topic, name="ingest")(ingest)
+        self.faust.task(ingest)
 
         async def outcomes(stream: faust.StreamT[bytes]) -> None:
             # Manual acks: a response is acknowledged only once its examples are written.

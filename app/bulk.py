@@ -1,0 +1,132 @@
+"""Bulk delivery: one topic's records taken off Faust's consumer a fetch at a time.
+
+Faust hands every record to its streams one by one: a ``Message``, an ``Event``, a queue
+hop and, in the consumer's drain loop, four asyncio tasks per record. For the actions topic
+that machinery cost more than everything nearline does with a record. :class:`BulkConsumer`
+is Faust's own aiokafka consumer with one change: records of the *bulk topics* are taken
+out of each fetch whole and queued on a :class:`BulkChannel`; every other topic (changelogs
+in recovery, the recommendations log, item attributes) goes through Faust as before.
+
+What Faust does per record is kept per fetch: records of partitions that are not active
+(paused for recovery, revoked) are left to Faust, which drops them; a fetch made before a
+rebalance is dropped, not processed (Faust seeks back to the committed offsets, so it is
+read again); and offsets are acknowledged into Faust's own commit book-keeping only after
+the caller has applied them, so a crash or rebalance re-reads exactly the unapplied ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+from faust.types.tuples import ack_lock
+
+__all__ = ["BulkChannel", "BulkConsumer", "Fetch"]
+
+
+@dataclass(slots=True)
+class Fetch:
+    """Records of one or more fetches, by partition, made in one consumer generation."""
+
+    generation: int
+    records: dict[TP, list[Any]]  # aiokafka ConsumerRecords, in offset order per partition
+
+    def __len__(self) -> int:
+        return sum(len(records) for records in self.records.values())
+
+    def merge(self, other: Fetch) -> None:
+        for tp, records in other.records.items():
+            self.records.setdefault(tp, []).extend(records)
+
+
+class BulkChannel:
+    """A bounded queue of fetches of the bulk topics.
+
+    Bounded, so a consumer that runs ahead of processing waits for it (back-pressure)
+    instead of buffering the topic in memory.
+    """
+
+    def __init__(self, topics: Collection[str], *, max_fetches: int = 4) -> None:
+        self.topics = frozenset(topics)
+        self._queue: asyncio.Queue[Fetch] = asyncio.Queue(max_fetches)
+
+    async def put(self, fetch: Fetch) -> None:
+        await self._queue.put(fetch)
+
+    async def batches(self, max_records: int) -> AsyncIterator[Fetch]:
+        """Wait for a fetch, then add whatever else is queued from the same generation."""
+        queue = self._queue
+        while True:
+            batch = await queue.get()
+            while len(batch) < max_records and not queue.empty():
+                following = queue.get_nowait()
+                if following.generation != batch.generation:
+                    yield batch
+                    batch = following
+                    continue
+                batch.merge(following)
+            yield batch
+
+
+class BulkConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer, delivering the channel's topics a fetch at a time."""
+
+    bulk: BulkChannel | None = None
+
+    @classmethod
+    def delivering_to(cls, channel: BulkChannel) -> type[BulkConsumer]:
+        """This class bound to ``channel`` (Faust builds its consumer from a class)."""
+        return type(cls.__name__, (cls,), {"bulk": channel})
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        records, active = await super()._wait_next_records(timeout)
+        channel = self.bulk
+        if not records or channel is None:
+            return records, active
+        taken: dict[TP, list[Any]] = {}
+        rest: dict[TP, list[Any]] = {}
+        for tp, batch in records.items():
+            if tp.topic in channel.topics and (
+                active is None or tp in active or tp in self._buffered_partitions
+            ):
+                taken[tp] = batch
+            else:
+                rest[tp] = batch
+        if taken:
+            await channel.put(Fetch(self.app.consumer_generation_id, taken))
+        return rest, active
+
+    def is_current(self, fetch: Fetch) -> bool:
+        """Whether ``fetch`` was made in this consumer generation, with flow running."""
+        return self.flow_active and fetch.generation == self.app.consumer_generation_id
+
+    def ack_fetch(self, records: Mapping[TP, Sequence[Any]]) -> int:
+        """Acknowledge applied records for commit; returns how many offsets were new.
+
+        Offsets between the last record read and each partition's first record here (a
+        gap: control records, compaction) are acknowledged too, as Faust's drain loop does.
+        """
+        new_total = 0
+        with ack_lock:
+            for tp, batch in records.items():
+                if not batch:
+                    continue
+                first, last = batch[0].offset, batch[-1].offset
+                read = self._read_offset[tp]
+                low = first if read is None else min(first, read + 1)
+                committed = self._committed_offset[tp]
+                if committed is not None:
+                    low = max(low, committed)
+                index = self._acked_index[tp]
+                new = [offset for offset in range(low, last + 1) if offset not in index]
+                index.update(new)
+                self._acked[tp].extend(new)
+                new_total += len(new)
+                if read is None or last > read:
+                    self._read_offset[tp] = last
+            self._n_acked += new_total
+        return new_total
