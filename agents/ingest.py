@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agents.events import ActionEvent, InvalidEvent, parse_action
 from app.kafka import partition_for_key
@@ -17,14 +17,37 @@ from tables.attributes import AttributeStore, StoreUnavailable, ingest_fields
 from tables.member_state import Applied, MemberState, RecentAction
 from tables.online_store import OnlineStore
 
-__all__ = ["BatchPlan", "DeadLetter", "IngestProcessor", "SourceRecord", "plan_batch"]
+__all__ = [
+    "BatchPlan",
+    "DeadLetter",
+    "IngestProcessor",
+    "KafkaRecord",
+    "SourceRecord",
+    "plan_batch",
+]
 
 log = logging.getLogger(__name__)
+
+#: Records parsed, or members updated, between two yields to the event loop.
+_YIELD_EVERY = 1000
+
+
+class KafkaRecord(Protocol):
+    """What ingest needs of one Kafka record (aiokafka's ConsumerRecord has it)."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
-    """What ingest needs of one Kafka record."""
+    """A :class:`KafkaRecord` built by hand (tests, tools)."""
 
     partition: int
     offset: int
@@ -34,7 +57,7 @@ class SourceRecord:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    record: SourceRecord
+    record: KafkaRecord
     reason: str
     detail: str
 
@@ -49,10 +72,18 @@ class BatchPlan:
 
 
 def plan_batch(
-    records: Iterable[SourceRecord], settings: Settings, *, now: float, partitions: int
+    records: Iterable[KafkaRecord],
+    settings: Settings,
+    *,
+    now: float,
+    partitions: int,
+    into: BatchPlan | None = None,
 ) -> BatchPlan:
-    """Validate and group a batch; pure, so every rule is testable without a broker."""
-    plan = BatchPlan()
+    """Validate and group a batch, adding to ``into`` if given.
+
+    Pure, so every rule is testable without a broker.
+    """
+    plan = BatchPlan() if into is None else into
     interesting = frozenset(settings.actions_of_interest)
     for record in records:
         try:
@@ -115,10 +146,14 @@ class IngestProcessor:
         self.clock = clock
         self.next_offsets: dict[int, int] = {}  # per source partition, for the lag gauge
 
-    async def process(self, records: Sequence[SourceRecord]) -> BatchPlan:
+    async def process(self, records: Sequence[KafkaRecord]) -> BatchPlan:
         started = time.perf_counter()
         now = self.clock()
-        plan = plan_batch(records, self.settings, now=now, partitions=self.store.partitions)
+        plan = BatchPlan()
+        for start in range(0, len(records), _YIELD_EVERY):
+            chunk = records[start : start + _YIELD_EVERY]
+            plan_batch(chunk, self.settings, now=now, partitions=self.store.partitions, into=plan)
+            await asyncio.sleep(0)  # a large batch must not stall the web app
         self.metrics.events_in.inc(len(records))
         if plan.not_of_interest:
             self.metrics.events_dropped.labels("not_of_interest").inc(plan.not_of_interest)
@@ -128,7 +163,9 @@ class IngestProcessor:
         joining = bool(self.ingest_fields)
         async with self.store.write_lock:
             updates: dict[int, dict[bytes, MemberState | None]] = {}
-            for (partition, key), events in plan.by_member.items():
+            for n, ((partition, key), events) in enumerate(plan.by_member.items(), 1):
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # reads meanwhile see the states before the batch
                 state = self.store.load(partition, key) or MemberState()
                 changed = False
                 for offset, event in events:

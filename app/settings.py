@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     sweep_interval: Duration = 300.0
 
     # Ingest batching
-    batch_max: int = Field(default=2000, ge=1)
+    batch_max: int = Field(default=20000, ge=1)
     fetch_max_wait: Duration = 0.02
 
     # Local state

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from itertools import chain
 from typing import Any
 
 import faust
@@ -17,7 +18,7 @@ import uvloop
 from faust.types import TP
 
 from agents.attributes import ItemAttributesFeed
-from agents.ingest import DeadLetter, IngestProcessor, SourceRecord
+from agents.ingest import DeadLetter, IngestProcessor
 from agents.outcomes import OutcomeLabeler
 from app import codec
 from app.bulk import BulkChannel, BulkConsumer
@@ -84,6 +85,8 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.topic_replication,
         table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
+        # One fetch is at most one ingest batch (changelog recovery reads in these too).
+        broker_max_poll_records=settings.batch_max,
         # The outcomes agent holds responses unacknowledged until their horizon: a
         # rebalance must not wait for them (their new owner re-reads them).
         stream_wait_empty=False,
@@ -173,13 +176,7 @@ class Nearline:
             async for fetch in self.bulk.batches(settings.batch_max):
                 if not consumer.is_current(fetch):
                     continue  # made before a rebalance: Faust seeks back and reads it again
-                await self.ingest.process(
-                    [
-                        SourceRecord(r.partition, r.offset, r.key, r.value)
-                        for records in fetch.records.values()
-                        for r in records
-                    ]
-                )
+                await self.ingest.process(list(chain.from_iterable(fetch.records.values())))
                 if consumer.is_current(fetch):
                     consumer.ack_fetch(fetch.records)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any
 
 from app import codec
@@ -80,6 +81,7 @@ class RecentAction:
 #: Plain lists, so decoding a member's value is one orjson call with no objects to build.
 ActionRow = list[Any]
 _EID, _ITEM, _ACTION, _TS, _ATTRS, _JOINED = range(6)
+_event_id = itemgetter(_EID)
 
 
 def _row(action: RecentAction) -> ActionRow:
@@ -124,7 +126,7 @@ class MemberState:
             last_event_ts=body["t"],
             last_applied_at=body["p"],
             actions=body["a"],
-            buckets={k: counts for k, counts in body["b"]},
+            buckets=dict(body["b"]),
         )
 
     def recent_actions(self) -> list[RecentAction]:
@@ -149,7 +151,7 @@ class MemberState:
             return Applied.REPLAYED
         self.last_offset = offset
         event_id = action.event_id
-        if any(kept[_EID] == event_id for kept in self.actions):
+        if event_id in map(_event_id, self.actions):  # a C-level scan: this runs per event
             return Applied.DUPLICATE
         self._insert(_row(action), policy.max_recent_actions)
         counts = self.buckets.setdefault(policy.bucket_of(action.ts), {})
