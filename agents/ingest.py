@@ -154,7 +154,6 @@ class IngestProcessor:
             chunk = records[start : start + _YIELD_EVERY]
             plan_batch(chunk, self.settings, now=now, partitions=self.store.partitions, into=plan)
             await asyncio.sleep(0)  # a large batch must not stall the web app
-        self.metrics.events_in.inc(len(records))
         if plan.not_of_interest:
             self.metrics.events_dropped.labels("not_of_interest").inc(plan.not_of_interest)
         outcomes = {Applied.APPLIED: 0, Applied.REPLAYED: 0, Applied.DUPLICATE: 0}
@@ -196,6 +195,8 @@ class IngestProcessor:
             await self.send_dead_letters(plan.dead_letters)
             for letter in plan.dead_letters:
                 self.metrics.events_dead_lettered.labels(letter.reason).inc()
+        # Counted once handled, so "events in" reaching N means N records are applied.
+        self.metrics.events_in.inc(len(records))
         self.metrics.events_applied.inc(outcomes[Applied.APPLIED])
         for outcome in (Applied.REPLAYED, Applied.DUPLICATE):
             if outcomes[outcome]:

@@ -34,7 +34,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.events_in = Counter("nearline_events_in", "Action records read.", registry=r)
+        self.events_in = Counter(
+            "nearline_events_in",
+            "Action records read and handled (applied, dropped or dead-lettered).",
+            registry=r,
+        )
         self.events_applied = Counter(
             "nearline_events_applied", "Actions applied to the online store.", registry=r
         )
