@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import shutil
 import socket
@@ -87,6 +88,10 @@ def _faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         # One fetch is at most one ingest batch (changelog recovery reads in these too).
         broker_max_poll_records=settings.batch_max,
+        # An ingest batch writes megabytes of changelog; 16 KiB producer batches (Faust's
+        # default) made that one small produce request after another.
+        producer_max_batch_size=1 << 20,
+        producer_max_request_size=4 << 20,
         # The outcomes agent holds responses unacknowledged until their horizon: a
         # rebalance must not wait for them (their new owner re-reads them).
         stream_wait_empty=False,
@@ -419,6 +424,11 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop(loop)
     nearline = Nearline(settings)
     loop.run_until_complete(prepare(settings, nearline))
+    # An ingest batch decodes hundreds of thousands of short-lived lists and dicts (member
+    # states, events); with the default thresholds the cyclic GC ran every few hundred of
+    # them and re-scanned everything alive. Objects from start-up are frozen out of it.
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 100)
     web = WebServer(nearline.web, settings.web_host, settings.web_port)
     worker = _Worker(
         nearline.faust, web, nearline.attribute_feed, loglevel=settings.log_level.lower(), loop=loop
