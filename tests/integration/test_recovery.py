@@ -91,6 +91,38 @@ def test_two_workers_answer_every_member_identically(deployment: Deployment) -> 
     assert second.metric("nearline_events_applied_total") > 0
 
 
+def test_workers_joining_and_leaving_mid_stream_lose_nothing(deployment: Deployment) -> None:
+    """Rebalances while ingesting: fetches made before one are dropped and read again."""
+    first = deployment.worker("w1").start().wait_ready()
+    now = time.time()
+    events = make_events(8000, members=80, now=now, seed=5)
+
+    def produce_steadily() -> None:  # ~20 s of traffic, so both rebalances fall inside it
+        batch = records(events)
+        for start in range(0, len(batch), 200):
+            deployment.produce(batch[start : start + 200])
+            time.sleep(0.5)
+
+    producing = threading.Thread(target=produce_steadily)
+    producing.start()
+    wait_until(
+        lambda: first.metric("nearline_events_applied_total") > 500, message="ingest under way"
+    )
+    second = deployment.worker("w2").start().wait_ready()
+    wait_until(
+        lambda: second.metric("nearline_events_applied_total") > 0, message="w2 took partitions"
+    )
+    second.stop()  # leaves again: its partitions move back to the first worker
+    assert producing.is_alive(), "traffic ended before the rebalances; slow it down"
+    producing.join()
+    expected = oracle(events, as_of=now)
+    wait_until(
+        lambda: matches(first, expected, now), timeout=90, message="state equal to the oracle"
+    )
+    time.sleep(2)
+    assert matches(first, expected, now)
+
+
 def test_old_events_are_absent_and_expire_while_running(deployment: Deployment) -> None:
     retention = 12.0
     worker = (
