@@ -42,6 +42,8 @@ def test_a_valid_event_round_trips() -> None:
         (body(member_id=""), "bad_field"),
         (body(item_id=7), "bad_field"),
         (body(member_id="m" * 300), "bad_field"),
+        (body(item_id="i\n1"), "bad_field"),
+        (body(ts=float("nan")), "bad_field"),
         (body(attributes=[1]), "bad_field"),
         (body(ts=NOW + 3600), "future_ts"),
         (body(ts=NOW - 97 * 3600), "expired_ts"),
@@ -57,3 +59,9 @@ def test_bad_events_are_rejected_with_a_reason(raw: bytes | None, reason: str) -
 
 def test_small_clock_skew_is_tolerated() -> None:
     assert parse_action(body(ts=NOW + 200), **LIMITS).ts == NOW + 200
+
+
+def test_an_integer_ts_and_null_attributes_are_accepted() -> None:
+    event = parse_action(body(ts=int(NOW) - 10, attributes=None), **LIMITS)
+    assert event == ActionEvent("e1", "m1", "i1", "click", NOW - 10, {})
+    assert isinstance(event.ts, float)
