@@ -19,6 +19,7 @@ from typing import Any
 from faust.types import EventT
 
 from app import codec
+from model.feature_log import logged_rows
 from tables.member_state import ActionRow
 from tables.online_store import OnlineStore
 
@@ -50,9 +51,10 @@ def label_examples(
         if start < ts <= end:
             reactions.setdefault(item_id, set()).add(action)
     fingerprint = feature_set_id(record["feature_names"])
+    item_ids, matrix = logged_rows(record)
     examples = []
-    for candidate in record["candidates"]:
-        seen = reactions.get(candidate["item_id"], set())
+    for item_id, features in zip(item_ids, matrix, strict=True):
+        seen = reactions.get(item_id, set())
         if seen & POSITIVE:
             label, outcome = 1, sorted(seen & POSITIVE)[0]
         elif seen & NEGATIVE:
@@ -67,8 +69,8 @@ def label_examples(
                 "member_id": record["member_id"],
                 "ts": record["ts"],
                 "model_version": record["model_version"],
-                "item_id": candidate["item_id"],
-                "features": candidate["features"],
+                "item_id": item_id,
+                "features": features,
                 "feature_set": fingerprint,
                 "label": label,
                 "outcome": outcome,
@@ -79,8 +81,10 @@ def label_examples(
 
 @dataclass
 class _Pending:
+    # Only what orders the queue: the record is decoded again when labelled, so a waiting
+    # response costs its message bytes, not a decoded copy as well.
     event: EventT
-    record: dict[str, Any]
+    member_id: str
     due: float
 
 
@@ -109,12 +113,15 @@ class OutcomeLabeler:
         try:
             record = codec.loads(event.message.value or b"")
             due = float(record["ts"]) + self.horizon
+            member_id = record["member_id"]
+            if not isinstance(member_id, str):
+                raise TypeError("member_id is not a string")
         except (ValueError, KeyError, TypeError):
             log.warning("skipping an unreadable recommendations-log record")
             event.ack()
             return
         self._pending.setdefault(event.message.partition, deque()).append(
-            _Pending(event, record, due)
+            _Pending(event, member_id, due)
         )
 
     @property
@@ -134,10 +141,15 @@ class OutcomeLabeler:
                 continue
             while queue and queue[0].due <= now:
                 pending = queue[0]
-                member = pending.record["member_id"]
+                member = pending.member_id
                 state = self.store.load(partition, member.encode())
                 actions = state.actions if state is not None else []
-                examples = label_examples(pending.record, actions, self.horizon, self.unlabeled_as)
+                try:
+                    record = codec.loads(pending.event.message.value or b"")
+                    examples = label_examples(record, actions, self.horizon, self.unlabeled_as)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("skipping a recommendations-log record with bad features: %s", exc)
+                    examples = []
                 if examples:
                     await self.send_examples(member, examples)
                 queue.popleft()

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.feature_log import log_record
+from model.item_rows import ItemRows
 from model.registry import ModelRegistry
 from model.vectorizer import Vectorizer
-from tables.attributes import ItemAttributes, StoreUnavailable
+from tables.attributes import ItemAttributes, Kind, StoreUnavailable
 
 if TYPE_CHECKING:
     from app.worker import Nearline
@@ -58,23 +59,14 @@ class Recommender:
         self.registry = registry
         self.vectorizer: Vectorizer = registry.vectorizer
         self._feature_names = list(self.vectorizer.feature_names)  # logged with every response
-        # Flattened candidates with float32 embeddings, per record object: the cache hands
-        # out the same object until the item changes, so a hit is always current.
-        self._memo: OrderedDict[str, tuple[ItemAttributes, dict[str, Any]]] = OrderedDict()
-        self._memo_size = memo_size
+        # Each candidate's half of the vectorizer, computed once per attribute record and
+        # trusted as long as the attribute cache would hand out that record.
+        self.items = ItemRows(self.vectorizer, capacity=memo_size)
+        nearline.attributes_cached.watch(self._attributes_changed)
 
-    def _flat(self, record: ItemAttributes) -> dict[str, Any]:
-        hit = self._memo.get(record.item_id)
-        if hit is not None and hit[0] is record:
-            self._memo.move_to_end(record.item_id)
-            return hit[1]
-        flat = record.as_flat_dict()
-        if record.embedding is not None:
-            flat["embedding"] = np.asarray(record.embedding, dtype=np.float32)
-        self._memo[record.item_id] = (record, flat)
-        if len(self._memo) > self._memo_size:
-            self._memo.popitem(last=False)
-        return flat
+    def _attributes_changed(self, kind: Kind, ids: list[str] | None) -> None:
+        if kind == "items":
+            self.items.forget(ids)
 
     async def recommend(
         self, request: RecommendationRequest, features: dict[str, Any]
@@ -83,31 +75,42 @@ class Recommender:
         nearline = self.nearline
         now = time.time()
         candidates = list(dict.fromkeys(request.candidates))
+        cache = nearline.attributes_cached
         store_ok = True
-        try:
-            items = await nearline.attributes_cached.get_many(candidates)
-            members = await nearline.attributes_cached.get_many([request.member_id], kind="members")
-        except (StoreUnavailable, TimeoutError) as exc:
-            log.warning("attribute store unavailable for recommendations: %s", exc)
-            items, members, store_ok = {}, {}, False
-        attributes = {
-            item_id: (self._flat(items[item_id]) if item_id in items else None)
-            for item_id in candidates
-        }
-        member = members.get(request.member_id)
-        member_attributes = member.as_flat_dict() if member is not None else None
+
+        async def fetch(ids: list[str]) -> dict[str, tuple[ItemAttributes | None, float]]:
+            nonlocal store_ok
+            try:
+                found = await cache.get_many_until(ids)  # items: item records only
+                return cast("dict[str, tuple[ItemAttributes | None, float]]", found)
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.warning("attribute store unavailable for recommendations: %s", exc)
+                store_ok = False
+                return {}  # unknown for this request; rows already known are still used
+
+        rows, absent = await self.items.fetch_rows(candidates, fetch, cache.clock())
+        member_attributes = None
+        if store_ok:
+            try:
+                members = await cache.get_many([request.member_id], kind="members")
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.warning("attribute store unavailable for recommendations: %s", exc)
+                members, store_ok = {}, False
+            member = members.get(request.member_id)
+            member_attributes = member.as_flat_dict() if member is not None else None
         ranker = self.registry.active  # read once: a hot reload cannot change it mid-request
-        matrix = self.vectorizer.transform(features, attributes, now, member_attributes)
+        matrix = self.vectorizer.transform_rows(features, rows, now, member_attributes)
         scores = np.asarray(ranker.score(matrix), dtype=np.float64)
-        order = np.argsort(-scores, kind="stable")
         k = min(request.k or len(candidates), len(candidates))
+        order = np.argsort(-scores, kind="stable")[:k]  # ties keep the candidates' order
+        unknown = set(absent)
         ranked = [
             {
                 "item_id": candidates[i],
                 "score": round(float(scores[i]), 6),
-                **({"unknown": True} if attributes[candidates[i]] is None else {}),
+                **({"unknown": True} if candidates[i] in unknown else {}),
             }
-            for i in order[:k]
+            for i in order
         ]
         request_id = uuid.uuid4().hex
         response: dict[str, Any] = {
@@ -120,19 +123,17 @@ class Recommender:
             response["attribute_store"] = "unavailable"
         await nearline.log_recommendation(
             request.member_id,
-            {
-                "request_id": request_id,
-                "member_id": request.member_id,
-                "ts": now,
-                "features_as_of": features.get("as_of"),
-                "model_version": ranker.version,
-                "feature_names": self._feature_names,
-                "candidates": [
-                    {"item_id": item_id, "features": matrix[i]}
-                    for i, item_id in enumerate(candidates)
-                ],
-                "ranked": [entry["item_id"] for entry in ranked],
-                "context": request.context or {},
-            },
+            log_record(
+                request_id=request_id,
+                member_id=request.member_id,
+                ts=now,
+                features_as_of=features.get("as_of"),
+                model_version=ranker.version,
+                feature_names=self._feature_names,
+                item_ids=candidates,
+                matrix=matrix,
+                ranked=[entry["item_id"] for entry in ranked],
+                context=request.context or {},
+            ),
         )
         return response

@@ -1,7 +1,12 @@
 """The one feature vectorizer: member features x candidate attributes -> float32 matrix.
 
-Serving and training both call :meth:`Vectorizer.transform`; the recommendations log keeps
-its rows, and training learns from exactly those rows, so the two can never drift apart.
+Serving and training both call :meth:`Vectorizer.transform_rows` (training through
+:meth:`Vectorizer.transform`); the recommendations log keeps its rows, and training learns
+from exactly those rows, so the two can never drift apart. The per-candidate half of the
+work (unit embedding, geo position, codes of category, company and region, popularity) is
+:class:`CandidateRows`: serving computes it once per item (:mod:`model.item_rows`) and
+gathers it per request, so a request does numpy work on arrays, not Python work per
+candidate.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from app.settings import parse_duration
 if TYPE_CHECKING:
     from app.settings import Settings
 
-__all__ = ["Vectorizer", "VectorizerConfig", "haversine_km", "nearest_km"]
+__all__ = [
+    "CandidateRows",
+    "Vectorizer",
+    "VectorizerConfig",
+    "Vocabulary",
+    "haversine_km",
+    "nearest_km",
+]
 
 _EARTH_RADIUS_KM = 6371.0088
 
@@ -135,7 +147,12 @@ def nearest_km(
     Works on 3-D unit vectors: the nearest point is the largest dot product, so the
     trigonometry runs once per candidate instead of once per candidate x point.
     """
-    dots = (_unit_sphere(lat, lon) @ _unit_sphere(point_lat, point_lon).T).max(axis=1)
+    return _nearest_unit_km(_unit_sphere(lat, lon), _unit_sphere(point_lat, point_lon))
+
+
+def _nearest_unit_km(positions: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """:func:`nearest_km` on unit-sphere positions ``[n, 3]`` and points ``[k, 3]``."""
+    dots = (points @ positions.T).max(axis=0)
     chord = np.sqrt(np.clip(2.0 - 2.0 * dots, 0.0, 4.0))
     return 2 * _EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
 
@@ -169,6 +186,107 @@ class _Group:
     items: set[str] = field(default_factory=set)
     categories: set[str] = field(default_factory=set)
     companies: set[str] = field(default_factory=set)
+
+
+class Vocabulary:
+    """Integer codes for string attribute values (category, company, region).
+
+    With codes, "is this candidate's category one the member engaged with" is an integer
+    comparison over all candidates at once. Anything but a ``str`` has code -1 (absent).
+    """
+
+    __slots__ = ("_codes",)
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def encode(self, values: Iterable[Any]) -> np.ndarray:
+        """Codes of ``values``, new strings added."""
+        codes = self._codes
+        out = []
+        for value in values:
+            if value.__class__ is str:
+                code = codes.get(value)
+                if code is None:
+                    code = codes[value] = len(codes)
+                out.append(code)
+            else:
+                out.append(-1)
+        return np.array(out, dtype=np.int32)
+
+    def known(self, values: Iterable[str]) -> np.ndarray:
+        """Codes of those ``values`` that have one; a string never coded matches nothing."""
+        codes = self._codes
+        return np.array([codes[v] for v in values if v in codes], dtype=np.int32)
+
+
+#: The array fields of :class:`CandidateRows`, in declaration order.
+_ROW_ARRAYS = (
+    "unknown",
+    "unit",
+    "embedding_ok",
+    "xyz",
+    "has_geo",
+    "region",
+    "category",
+    "company",
+    "log_popularity",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateRows:
+    """What the vectorizer needs of each candidate, as parallel arrays (one entry each).
+
+    Made from attribute dicts by :meth:`Vectorizer.candidate_rows`; the codes are those
+    of ``vocabulary``.
+    """
+
+    item_ids: Sequence[str]
+    vocabulary: Vocabulary
+    unknown: np.ndarray  # bool: no attributes at all
+    unit: np.ndarray  # float32 [n, dim]: unit-length embedding, zeros where unusable
+    embedding_ok: np.ndarray  # bool: the embedding was usable
+    xyz: np.ndarray  # float64 [n, 3]: position on the unit sphere, zeros where no geo
+    has_geo: np.ndarray  # bool: valid coordinates
+    region: np.ndarray  # int32 code of geo.region, -1 if none
+    category: np.ndarray  # int32 code, -1 if not a string
+    company: np.ndarray  # int32 code, -1 if not a string
+    log_popularity: np.ndarray  # float32 log1p(max(popularity, 0)), NaN if absent
+
+    def __len__(self) -> int:
+        return len(self.unknown)
+
+    def take(self, index: np.ndarray, item_ids: Sequence[str]) -> CandidateRows:
+        """The rows at ``index`` (copies), named ``item_ids``."""
+        arrays = {name: getattr(self, name)[index] for name in _ROW_ARRAYS}
+        return CandidateRows(item_ids=item_ids, vocabulary=self.vocabulary, **arrays)
+
+    def put(self, index: np.ndarray | Sequence[int], rows: CandidateRows) -> None:
+        """Overwrite the rows at ``index`` (distinct positions) with ``rows``, in place."""
+        if rows.vocabulary is not self.vocabulary:
+            raise ValueError("rows coded with another vocabulary")
+        for name in _ROW_ARRAYS:
+            getattr(self, name)[index] = getattr(rows, name)
+
+    def resized(self, size: int) -> CandidateRows:
+        """A copy with ``size`` rows: the first ones kept, new ones as an unknown item's."""
+        keep = min(size, len(self))
+        arrays = {}
+        for name in _ROW_ARRAYS:
+            old = getattr(self, name)
+            new = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
+            new[:keep] = old[:keep]
+            arrays[name] = new
+        arrays["unknown"][keep:] = True
+        arrays["region"][keep:] = -1
+        arrays["category"][keep:] = -1
+        arrays["company"][keep:] = -1
+        arrays["log_popularity"][keep:] = np.nan
+        return CandidateRows(item_ids=(), vocabulary=self.vocabulary, **arrays)
 
 
 class Vectorizer:
@@ -230,8 +348,94 @@ class Vectorizer:
         member_attributes: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
         """A float32 ``[len(candidates), len(feature_names)]`` matrix, one row per candidate."""
-        n = len(candidates)
-        out = np.zeros((n, len(self._names)), dtype=np.float32)
+        rows = self.candidate_rows(list(candidates), list(candidates.values()), Vocabulary())
+        return self.transform_rows(features, rows, now, member_attributes)
+
+    def transform_ordered(
+        self,
+        features: Mapping[str, Any],
+        item_ids: Sequence[str],
+        attributes: Mapping[str, Mapping[str, Any] | None],
+        now: float,
+        member_attributes: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
+        """Like :meth:`transform` for an explicit candidate order; unknown ids get ``{}``."""
+        ordered = {item_id: attributes.get(item_id) or {} for item_id in item_ids}
+        return self.transform(features, ordered, now, member_attributes)
+
+    def candidate_rows(
+        self,
+        item_ids: Sequence[str],
+        attributes: Sequence[Mapping[str, Any] | None],
+        vocabulary: Vocabulary,
+    ) -> CandidateRows:
+        """The per-candidate half of the work, on attribute dicts: what :class:`ItemRows`
+        does once per item, and :meth:`transform` once per call.
+
+        A candidate without attributes (``None`` or ``{}``) is unknown. Column by column
+        with comprehensions: an explicit loop with branches costs several times more.
+        """
+        n = len(item_ids)
+        rows = [attrs or _EMPTY for attrs in attributes]
+        # One pass with all lookups, transposed by zip: cheaper than a pass per attribute.
+        categories, companies, geos, embeddings, popularity = (
+            zip(
+                *[
+                    (
+                        attrs.get("category"),
+                        attrs.get("company"),
+                        attrs.get("geo"),
+                        attrs.get("embedding"),
+                        attrs.get("popularity"),
+                    )
+                    for attrs in rows
+                ],
+                strict=True,
+            )
+            if n
+            else ((), (), (), (), ())
+        )
+        unit, embedding_ok = _embedding_matrix(embeddings, self.config.embedding_dim)
+        lat, lon = _coordinates(geos)
+        has_geo = ~np.isnan(lat)
+        xyz = np.zeros((n, 3), dtype=np.float64)
+        xyz[has_geo] = _unit_sphere(lat[has_geo], lon[has_geo])
+        pop = _numbers(list(popularity))
+        has_popularity = ~np.isnan(pop)
+        log_popularity = np.full(n, np.nan, dtype=np.float32)
+        log_popularity[has_popularity] = np.log1p(np.maximum(pop[has_popularity], 0.0))
+        return CandidateRows(
+            item_ids=item_ids,
+            vocabulary=vocabulary,
+            unknown=_flags(attrs is _EMPTY for attrs in rows),
+            unit=unit,
+            embedding_ok=embedding_ok,
+            xyz=xyz,
+            has_geo=has_geo,
+            region=vocabulary.encode(
+                g.get("region") if g.__class__ is dict else None for g in geos
+            ),
+            category=vocabulary.encode(categories),
+            company=vocabulary.encode(companies),
+            log_popularity=log_popularity,
+        )
+
+    def transform_rows(
+        self,
+        features: Mapping[str, Any],
+        rows: CandidateRows,
+        now: float,
+        member_attributes: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
+        """:meth:`transform` on candidates already turned into :class:`CandidateRows`.
+
+        Only the member's recent actions are walked in Python; every per-candidate column
+        is a numpy operation.
+        """
+        n = len(rows)
+        # Built transposed, a feature per row: writing a contiguous row is several times
+        # cheaper than writing a strided column of the [n, features] result.
+        out = np.zeros((len(self._names), n), dtype=np.float32)
         idx = self._index
         dim = self.config.embedding_dim
 
@@ -283,66 +487,44 @@ class Vectorizer:
 
         # Member-level columns, broadcast to every row.
         if last_ts is not None:
-            out[:, idx["has_history"]] = 1.0
-            out[:, idx["log_seconds_since_last_action"]] = math.log1p(max(now - last_ts, 0.0))
+            out[idx["has_history"]] = 1.0
+            out[idx["log_seconds_since_last_action"]] = math.log1p(max(now - last_ts, 0.0))
         else:
-            out[:, idx["log_seconds_since_last_action"]] = self._no_history_value
+            out[idx["log_seconds_since_last_action"]] = self._no_history_value
         counts_by_window = features.get("counts") or {}
         member_counts = [
             math.log1p(max(_number((counts_by_window.get(w) or {}).get(a)) or 0.0, 0.0))
             for w in self.config.windows
             for a in self.config.actions
         ]
-        out[:, self._counts_slice] = np.asarray(member_counts, dtype=np.float32)
+        out[self._counts_slice] = np.asarray(member_counts, dtype=np.float32)[:, None]
 
-        # Candidate attributes, column by column with comprehensions: an explicit loop with
-        # branches and numpy item assignment costs several times more per candidate, and
-        # columns whose history set is empty are skipped outright.
-        item_ids = list(candidates)
-        rows = [attrs or _EMPTY for attrs in candidates.values()]
-        unknown = _flags(attrs is _EMPTY for attrs in rows)
-        # One pass with all lookups, transposed by zip: cheaper than a pass per attribute.
-        categories, companies, geos, embeddings, popularity = (
-            zip(
-                *[
-                    (
-                        attrs.get("category"),
-                        attrs.get("company"),
-                        attrs.get("geo"),
-                        attrs.get("embedding"),
-                        attrs.get("popularity"),
-                    )
-                    for attrs in rows
-                ],
-                strict=True,
-            )
-            if n
-            else ((), (), (), (), ())
-        )
-        columns = (
-            ("item_engaged", item_ids, engaged.items),
-            ("item_dismissed", item_ids, dismissed.items),
-            ("item_viewed", item_ids, viewed.items),
-            ("category_engaged", categories, engaged.categories),
-            ("category_dismissed", categories, dismissed.categories),
-            ("company_engaged", companies, engaged.companies),
-            ("company_dismissed", companies, dismissed.companies),
-        )
-        for name, values, seen in columns:
+        # Candidate columns; those whose history set is empty stay zero.
+        item_ids = rows.item_ids
+        for name, seen in (
+            ("item_engaged", engaged.items),
+            ("item_dismissed", dismissed.items),
+            ("item_viewed", viewed.items),
+        ):
             if seen:
-                out[:, idx[name]] = _flags(value in seen for value in values)
-        out[:, idx["category_missing"]] = _flags(c.__class__ is not str for c in categories)
-        out[:, idx["company_missing"]] = _flags(c.__class__ is not str for c in companies)
-        out[:, idx["candidate_unknown"]] = unknown
-        if regions:
-            out[:, idx["same_region"]] = _flags(
-                g.__class__ is dict and g.get("region") in regions for g in geos
-            )
+                out[idx[name]] = np.fromiter(map(seen.__contains__, item_ids), bool, n)
+        for name, codes, seen in (
+            ("category_engaged", rows.category, engaged.categories),
+            ("category_dismissed", rows.category, dismissed.categories),
+            ("company_engaged", rows.company, engaged.companies),
+            ("company_dismissed", rows.company, dismissed.companies),
+            ("same_region", rows.region, regions),
+        ):
+            if seen:
+                out[idx[name]] = _member_of(codes, rows.vocabulary.known(seen))
+        out[idx["category_missing"]] = rows.category < 0
+        out[idx["company_missing"]] = rows.company < 0
+        out[idx["candidate_unknown"]] = rows.unknown
 
         # Embedding similarities: one matrix product against every usable recent item,
         # then per-group reductions over its column slices.
-        cand, cand_ok = _embedding_matrix(embeddings, dim)
-        out[:, idx["embedding_missing"]] = ~cand_ok
+        cand, cand_ok = rows.unit, rows.embedding_ok
+        out[idx["embedding_missing"]] = ~cand_ok
         groups = (
             (engaged, "sim_engaged_wmean", "sim_engaged_max", "has_engaged_embedding"),
             (dismissed, "sim_dismissed_wmean", "sim_dismissed_max", "has_dismissed_embedding"),
@@ -353,50 +535,38 @@ class Vectorizer:
             member, member_ok = _embedding_matrix(history_rows, dim)
             weights = np.array([w for group, *_ in groups for w in group.weights], dtype=np.float32)
             weights *= member_ok
-            cosine = cand @ member.T  # missing rows are zero vectors: zero similarity
+            # [history, n]: a recent item per row, so the reductions run down columns.
+            cosine = member @ cand.T  # missing rows are zero vectors: zero similarity
             start = 0
             for group, mean_name, max_name, flag in groups:
                 end = start + len(group.rows)
                 total = float(weights[start:end].sum())
                 if total > 0.0:
-                    block = cosine[:, start:end]
-                    out[:, idx[mean_name]] = block @ weights[start:end] / total
+                    block = cosine[start:end]
+                    out[idx[mean_name]] = weights[start:end] @ block / total
                     if max_name is not None:
                         ok = member_ok[start:end]
-                        best = (block if ok.all() else block[:, ok]).max(axis=1)
-                        out[:, idx[max_name]] = np.where(cand_ok, best, 0.0)
+                        best = (block if ok.all() else block[ok]).max(axis=0)
+                        out[idx[max_name]] = np.where(cand_ok, best, 0.0)
                     if flag is not None:
-                        out[:, idx[flag]] = 1.0
+                        out[idx[flag]] = 1.0
                 start = end
 
         # Geo distance to the nearest recently engaged (or home) location.
-        lat, lon = _coordinates(geos)
-        has_geo = ~np.isnan(lat)
+        has_geo = rows.has_geo
         if geo_points and has_geo.any():
             points = np.asarray(geo_points, dtype=np.float64)
-            km = nearest_km(lat[has_geo], lon[has_geo], points[:, 0], points[:, 1])
-            out[has_geo, idx["log_geo_km"]] = np.log1p(km)
-            out[:, idx["geo_missing"]] = ~has_geo
+            km = _nearest_unit_km(rows.xyz[has_geo], _unit_sphere(points[:, 0], points[:, 1]))
+            out[idx["log_geo_km"], has_geo] = np.log1p(km)
+            out[idx["geo_missing"]] = ~has_geo
         else:
-            out[:, idx["geo_missing"]] = 1.0
+            out[idx["geo_missing"]] = 1.0
 
-        pop = _numbers(list(popularity))
-        has_popularity = ~np.isnan(pop)
-        out[has_popularity, idx["log_popularity"]] = np.log1p(np.maximum(pop[has_popularity], 0.0))
-        out[:, idx["popularity_missing"]] = ~has_popularity
-        return out
-
-    def transform_ordered(
-        self,
-        features: Mapping[str, Any],
-        item_ids: Sequence[str],
-        attributes: Mapping[str, Mapping[str, Any] | None],
-        now: float,
-        member_attributes: Mapping[str, Any] | None = None,
-    ) -> np.ndarray:
-        """Like :meth:`transform` for an explicit candidate order; unknown ids get ``{}``."""
-        ordered = {item_id: attributes.get(item_id) or {} for item_id in item_ids}
-        return self.transform(features, ordered, now, member_attributes)
+        log_popularity = rows.log_popularity
+        has_popularity = ~np.isnan(log_popularity)
+        out[idx["log_popularity"], has_popularity] = log_popularity[has_popularity]
+        out[idx["popularity_missing"]] = ~has_popularity
+        return np.ascontiguousarray(out.T)
 
 
 def _sized(value: Any, dim: int) -> bool:
@@ -407,6 +577,16 @@ def _sized(value: Any, dim: int) -> bool:
 
 def _flags(values: Iterable[bool]) -> np.ndarray:
     return np.fromiter(values, dtype=bool)
+
+
+def _member_of(codes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which ``codes`` are among ``wanted``; a compare per code beats np.isin for a few."""
+    if len(wanted) > 16:
+        return np.isin(codes, wanted)
+    found = np.zeros(len(codes), dtype=bool)
+    for code in wanted.tolist():
+        found |= codes == code
+    return found
 
 
 def _numbers(values: list[Any]) -> np.ndarray:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
-from cachetools import TTLCache
-
-from tables.attributes.schema import AttributeRecord, Kind
+from tables.attributes.schema import KINDS, AttributeRecord, Kind
 from tables.attributes.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
     from app.settings import Settings
 
-__all__ = ["CachedAttributeStore"]
+__all__ = ["CachedAttributeStore", "Watcher"]
+
+#: Told which ids of a kind were written or deleted through the cache (``None``: all).
+Watcher = Callable[[Kind, "list[str] | None"], None]
 
 # Remembered for ids the backend does not have, so a stream of actions on an unknown item
 # costs one backend read per TTL instead of one per batch.
@@ -27,7 +29,13 @@ class CachedAttributeStore(AttributeStore):
     ``get_many`` serves what it can from the cache and asks the backend for the misses in a
     single call. Absent ids are cached too. Writes made through this object update the
     cache at once; writes made elsewhere (another worker) show up within ``ttl`` seconds.
-    A backend failure is not cached: the next call asks again.
+    A backend failure is not cached: the next call asks again. A cache hit hands out the
+    same record object as the previous one, so callers can memoize work per record.
+
+    Every entry lives ``ttl`` seconds from when it was written, so the entries in write
+    order are also in expiry order: when full, the oldest written (expired or not) goes
+    first, and a lookup costs one dict read and one comparison (a recommendation looks up
+    hundreds of candidates; cachetools' TTLCache cost ~2 µs each).
     """
 
     def __init__(
@@ -40,10 +48,13 @@ class CachedAttributeStore(AttributeStore):
     ) -> None:
         self.inner = backend
         self.backend = f"{backend.backend}+cache"
-        self.maxsize = maxsize
-        self._cache: TTLCache[tuple[Kind, str], object] | None = (
-            TTLCache(maxsize=maxsize, ttl=ttl, timer=clock) if maxsize > 0 else None
-        )
+        self.maxsize = max(0, maxsize)
+        self.ttl = ttl
+        #: The clock of the times :meth:`get_many_until` gives.
+        self.clock = clock
+        self._watchers: list[Watcher] = []
+        # (kind, id) -> (expires at, record or _ABSENT), oldest written first.
+        self._cache: OrderedDict[tuple[Kind, str], tuple[float, object]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -52,55 +63,91 @@ class CachedAttributeStore(AttributeStore):
         return cls(backend, maxsize=settings.attribute_cache_size, ttl=settings.attribute_cache_ttl)
 
     def __len__(self) -> int:
-        return len(self._cache) if self._cache is not None else 0
+        return len(self._cache)
 
     async def _get_many(self, ids: list[str], kind: Kind) -> dict[str, AttributeRecord]:
-        cache = self._cache
-        if cache is None:
+        entries = await self.get_many_until(ids, kind)
+        return {key: record for key, (record, _) in entries.items() if record is not None}
+
+    async def get_many_until(
+        self, ids: Sequence[str], kind: Kind = "items"
+    ) -> dict[str, tuple[AttributeRecord | None, float]]:
+        """Each of the distinct ``ids`` with its record (``None``: the store has none) and
+        the :attr:`clock` time until which this cache gives that answer.
+
+        For callers that keep something derived from a record: it stays good until then,
+        or until a write through this cache names the id (see :meth:`watch`).
+        """
+        now = self.clock()
+        if not self.maxsize:
             self.misses += len(ids)
-            return dict(await self.inner.get_many(ids, kind))
-        found: dict[str, AttributeRecord] = {}
+            fetched = await self.inner.get_many(ids, kind)
+            return {record_id: (fetched.get(record_id), now) for record_id in ids}
+        cache = self._cache
+        found: dict[str, tuple[AttributeRecord | None, float]] = {}
         missing: list[str] = []
         for record_id in ids:
-            cached = cache.get((kind, record_id))
-            if cached is None:
+            entry = cache.get((kind, record_id))
+            if entry is None or entry[0] <= now:
                 missing.append(record_id)
-            elif cached is not _ABSENT:
-                found[record_id] = cast(AttributeRecord, cached)
+            else:
+                value = entry[1]
+                found[record_id] = (
+                    None if value is _ABSENT else cast(AttributeRecord, value),
+                    entry[0],
+                )
         self.hits += len(ids) - len(missing)
         self.misses += len(missing)
         if missing:
-            fetched: Mapping[str, AttributeRecord] = await self.inner.get_many(missing, kind)
+            fetched = await self.inner.get_many(missing, kind)
             for record_id in missing:
                 record = fetched.get(record_id)
-                cache[(kind, record_id)] = _ABSENT if record is None else record
-                if record is not None:
-                    found[record_id] = record
+                until = self._remember(kind, record_id, _ABSENT if record is None else record)
+                found[record_id] = (record, until)
         return found
+
+    def watch(self, watcher: Watcher) -> None:
+        """Call ``watcher(kind, ids)`` after every write or delete through this cache, with
+        the ids it changed (``None``: all of them, on :meth:`clear`)."""
+        self._watchers.append(watcher)
+
+    def _changed(self, kind: Kind, ids: list[str] | None) -> None:
+        for watcher in self._watchers:
+            watcher(kind, ids)
+
+    def _remember(self, kind: Kind, record_id: str, value: object) -> float:
+        cache = self._cache
+        key = (kind, record_id)
+        cache.pop(key, None)  # re-inserted at the end: write order stays expiry order
+        now = self.clock()
+        until = now + self.ttl
+        cache[key] = (until, value)
+        while cache and (len(cache) > self.maxsize or next(iter(cache.values()))[0] <= now):
+            cache.popitem(last=False)
+        return until
 
     async def _put_many(self, records: Mapping[Kind, Sequence[AttributeRecord]]) -> None:
         await self.inner.put_many([record for group in records.values() for record in group])
-        if self._cache is not None:
-            for kind, group in records.items():
+        for kind, group in records.items():
+            if self.maxsize:
                 for record in group:
-                    self._cache[(kind, record.id)] = record
+                    self._remember(kind, record.id, record)
+            self._changed(kind, [record.id for record in group])
 
     async def _delete_many(self, ids: list[str], kind: Kind) -> None:
         try:
             await self.inner.delete_many(ids, kind)
         finally:
             # Even when the delete failed part way, some ids may be gone: forget them all.
-            self._forget(ids, kind)
-
-    def _forget(self, ids: Iterable[str], kind: Kind) -> None:
-        if self._cache is not None:
             for record_id in ids:
                 self._cache.pop((kind, record_id), None)
+            self._changed(kind, ids)
 
     def clear(self) -> None:
         """Forget everything, e.g. after the backend was reloaded from a file."""
-        if self._cache is not None:
-            self._cache.clear()
+        self._cache.clear()
+        for kind in KINDS:
+            self._changed(kind, None)
 
     async def health(self) -> StoreHealth:
         inner = await self.inner.health()

@@ -15,6 +15,7 @@ import pytest
 from app import codec
 from model.dataset import read_examples, write_examples
 from model.examples import WorldConfig, generate_examples
+from model.feature_log import logged_rows
 from model.vectorizer import Vectorizer, VectorizerConfig
 from tests.integration.conftest import Deployment, Worker, wait_until
 from tests.integration.test_attributes import JOINS, item
@@ -81,9 +82,11 @@ def test_fresh_actions_change_the_ranking_and_every_response_is_logged(
     logged = records[after["request_id"]]
     assert logged["member_id"] == "m1" and logged["model_version"] == "heuristic-v1"
     assert logged["ranked"] == [i["item_id"] for i in after["items"]]
-    names = logged["feature_names"]
-    assert [c["item_id"] for c in logged["candidates"]] == ["y", "x", "unknown-item"]
-    assert all(len(c["features"]) == len(names) for c in logged["candidates"])
+    item_ids, matrix = logged_rows(logged)
+    assert item_ids == ["y", "x", "unknown-item"]
+    assert matrix.shape == (3, len(logged["feature_names"]))
+    unknown = matrix[:, logged["feature_names"].index("candidate_unknown")]
+    assert unknown.tolist() == [0.0, 0.0, 1.0]
 
 
 def test_outcomes_become_training_examples_and_export(

@@ -122,3 +122,34 @@ def test_health_passes_the_backend_state_through() -> None:
     backend.fail = True
     health = asyncio.run(store.health())
     assert not health.ok and health.backend == "memory" and "cache 0/100" in health.detail
+
+
+def test_when_full_the_oldest_written_entry_goes_first_and_expired_ones_are_dropped() -> None:
+    backend, clock = seeded(), FakeClock()
+    store = cached(backend, clock, maxsize=2)
+
+    async def scenario() -> None:
+        await store.get_many(["j1"])
+        clock.now += 1
+        await store.get_many(["j2"])
+        await store.get_many(["j1"])  # a hit does not make j1 younger
+        await store.get_many(["j3"])  # evicts j1, the oldest written
+        assert len(backend.reads) == 3
+        await store.get_many(["j2", "j3"])
+        assert len(backend.reads) == 3
+        await store.get_many(["j1"])
+        assert backend.reads[-1] == ["j1"]
+        clock.now += 61
+        await store.put_many([item("new")])  # everything else has expired by now
+        assert len(store) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_hit_is_the_same_record_object_until_the_item_changes() -> None:
+    backend, clock = seeded(), FakeClock()
+    store = cached(backend, clock)
+    first = asyncio.run(store.get_many(["j1"]))["j1"]
+    assert asyncio.run(store.get_many(["j1"]))["j1"] is first
+    asyncio.run(store.put_many([item("j1", category="sales")]))
+    assert asyncio.run(store.get_many(["j1"]))["j1"] is not first
