@@ -18,6 +18,7 @@ from typing import Any
 
 import faust
 import rocksdict
+from aiokafka import AIOKafkaProducer
 from faust.types import TP, TableT
 
 from app.kafka import partition_for_key
@@ -122,41 +123,59 @@ class OnlineStore:
 
         Call with :attr:`write_lock` held, around the reads the new states came from.
         """
-        sends = []
-        producer = self.app.producer
-        topic = self.changelog_topic
+        producer = self._producer()
+        sent: list[tuple[asyncio.Future[Any], int]] = []
         for partition, states in updates.items():
             if not states:
                 continue
             batch = rocksdict.WriteBatch(raw_mode=True)
-            encoded: list[tuple[bytes, bytes | None]] = []
+            records: list[tuple[bytes, bytes | None]] = []
             for key, state in states.items():
                 value = None if state is None else state.to_bytes()
                 if value is None:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-                encoded.append((key, value))
+                records.append((key, value))
             self._db(partition).write(batch)
-            for key, value in encoded:
-                sends.append(await producer.send(topic, key, value, partition, None, None))
-        if not sends:
+            sent += await self._send(producer, partition, records)
+            if self.exact_end_offsets:
+                # A batch of its own, after the records': a partition's batches are sent
+                # and stored in order, so the marker lands last.
+                sent += await self._send(producer, partition, [(END_MARKER_KEY, b"")])
+        if not sent:
             return
         # The batch's source offsets are committed only after this returns, so a crash
         # before it re-reads the batch; MemberState.apply makes that re-read harmless.
-        results = list(await asyncio.gather(*sends))
-        if self.exact_end_offsets:
-            markers = [
-                await producer.send(topic, END_MARKER_KEY, b"", partition, None, None)
-                for partition, states in updates.items()
-                if states
-            ]
-            results.extend(await asyncio.gather(*markers))
+        results = await asyncio.gather(*(future for future, _ in sent))
         persisted: dict[int, int] = {}
-        for meta in results:
-            persisted[meta.partition] = max(meta.offset, persisted.get(meta.partition, -1))
+        for meta, (_, count) in zip(results, sent, strict=True):
+            last = meta.offset + count - 1
+            persisted[meta.partition] = max(last, persisted.get(meta.partition, -1))
+        topic = self.changelog_topic
         for partition, offset in persisted.items():
             self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
+
+    def _producer(self) -> AIOKafkaProducer:
+        # Faust's producer sends one record at a time, a future each; changelog records go
+        # straight to its aiokafka producer in whole batches instead.
+        return self.app.producer._ensure_producer()  # type: ignore[attr-defined,no-any-return]
+
+    async def _send(
+        self, producer: AIOKafkaProducer, partition: int, records: list[tuple[bytes, bytes | None]]
+    ) -> list[tuple[asyncio.Future[Any], int]]:
+        """Queue ``records`` for one changelog partition; (future, count) per producer batch."""
+        topic = self.changelog_topic
+        sent = []
+        batch, count = producer.create_batch(), 0
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+                batch, count = producer.create_batch(), 0
+                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+            count += 1
+        sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+        return sent
 
     # -- retention ---------------------------------------------------------------------
 
