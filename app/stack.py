@@ -134,7 +134,10 @@ class Stack:
         }
         asyncio.run(ensure_topics(load_settings(**overrides)))
 
-    def start_worker(self, name: str = "w1", timeout: float = 90.0) -> WorkerProcess:
+    def start_worker(
+        self, name: str = "w1", timeout: float = 90.0, *, wait: bool = True
+    ) -> WorkerProcess:
+        """Start a worker; unless ``wait`` is False, return once its ``/readyz`` says 200."""
         port = free_port()
         data_dir = self.tmp / name
         log = self.tmp / f"{name}.log"
@@ -148,6 +151,8 @@ class Stack:
         )
         worker = WorkerProcess(f"http://127.0.0.1:{port}", process, data_dir, log)
         self.workers.append(worker)
+        if not wait:
+            return worker
         try:
             wait_ready(worker.url, process, timeout)
         except StackError as exc:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -19,7 +22,12 @@ from aiokafka import AIOKafkaProducer
 from agents.events import ActionEvent
 from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import Stack, WorkerProcess, machine, percentiles, preload
+from bench.harness import REPO, Stack, WorkerProcess, machine, percentiles, preload
+
+#: Probe actions per second in the freshness runs: 1 in 50 at 1k/s, 1 in 250 at 5k/s.
+PROBES_PER_S = 20.0
+#: Seconds of load before freshness probes count.
+FRESHNESS_WARMUP = 2.0
 
 
 def ingest(stack: Stack, actions: int, members: int) -> dict[str, Any]:
@@ -59,47 +67,72 @@ def ingest(stack: Stack, actions: int, members: int) -> dict[str, Any]:
 
 
 async def _freshness(
-    worker: WorkerProcess, bootstrap: str, topic: str, rate: float, seconds: float
+    worker: WorkerProcess,
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    *,
+    probes_per_s: float = PROBES_PER_S,
+    warmup: float = FRESHNESS_WARMUP,
 ) -> dict[str, Any]:
+    """Produce → visible over HTTP for probe actions, while ``python -m bench.load`` (a
+    process of its own) keeps the topic at ``rate`` actions/s in all, probes included.
+
+    Probes of the first ``warmup`` seconds are not counted; ``achieved_rate`` is what the
+    broker acknowledged per second, load and probes together.
+    """
+    load = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "bench.load", bootstrap, topic),
+            *("--rate", str(rate - probes_per_s), "--seconds", str(warmup + seconds)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert load.stdout is not None
+    if not await asyncio.to_thread(load.stdout.readline):
+        _, err = load.communicate()
+        raise RuntimeError(f"the load generator did not start: {err[-2000:]}")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     await producer.start()
     client = httpx.AsyncClient(timeout=5)
     latencies: list[float] = []
-    background = generate_actions(None, members=5000, seed=12)
     rng = random.Random(5)
 
-    async def probe(member: str, event: ActionEvent) -> None:
+    async def probe(member: str, event: ActionEvent, counted: bool) -> None:
         sent = time.perf_counter()
         await (await producer.send(topic, event.to_json(), key=member.encode()))
         url = f"{worker.url}/v1/members/{member}/features"
         while time.perf_counter() - sent < 10:
             body = (await client.get(url)).json()
             if body["recent_actions"] and body["recent_actions"][0]["event_id"] == event.event_id:
-                latencies.append(time.perf_counter() - sent)
+                if counted:
+                    latencies.append(time.perf_counter() - sent)
                 return
             await asyncio.sleep(0.002)
 
-    probes = []
+    probes: list[asyncio.Future[None]] = []
     started = time.perf_counter()
-    sent = 0
     try:
-        while (elapsed := time.perf_counter() - started) < seconds:
-            target = int(elapsed * rate)
-            while sent < target:
-                if sent % 50 == 0:  # one in fifty actions is a probe we time end to end
-                    member = f"probe-{rng.randrange(1000)}"
-                    event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
-                    probes.append(asyncio.ensure_future(probe(member, event)))
-                else:
-                    e = next(background)
-                    await producer.send(topic, e.to_json(), key=e.member_id.encode())
-                sent += 1
-            await asyncio.sleep(0.001)
+        while (elapsed := time.perf_counter() - started) < warmup + seconds:
+            while len(probes) < int(elapsed * probes_per_s):
+                member = f"probe-{rng.randrange(1000)}"
+                event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
+                probes.append(asyncio.ensure_future(probe(member, event, elapsed >= warmup)))
+            await asyncio.sleep(0.005)
         await asyncio.gather(*probes)
+        probe_rate = len(probes) / (warmup + seconds)
     finally:
         await client.aclose()
         await producer.stop()
-    achieved = sent / (time.perf_counter() - started)
+        out, err = await asyncio.to_thread(load.communicate)
+    if load.returncode:
+        raise RuntimeError(f"the load generator failed: {err[-2000:]}")
+    background = json.loads(out.splitlines()[-1])
+    achieved = background["achieved_rate"] + probe_rate
     return {"rate": rate, "achieved_rate": round(achieved), **_ms(percentiles(latencies))}
 
 

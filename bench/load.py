@@ -1,0 +1,83 @@
+"""Background action load from a process of its own, paced to a steady rate.
+
+Run: ``python -m bench.load BOOTSTRAP TOPIC --rate 5000 --seconds 12``. Prints one JSON line
+once connected (``{"ready": true}``), produces ``rate`` actions per second in a batch every
+few milliseconds for ``seconds``, then prints one JSON line: actions sent and delivered,
+and the achieved rate (delivered actions per second, first send to last acknowledgement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from app.kafka import partition_for_key
+from app.traffic import generate_actions
+
+#: Seconds between two batches: the pacing granularity, and the most a batch waits.
+TICK = 0.005
+
+
+def produce_paced(
+    bootstrap: str, topic: str, rate: float, seconds: float, members: int, seed: int
+) -> dict[str, Any]:
+    """Produce actions at ``rate`` per second for ``seconds``; counts what the broker acked."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    partitions = len(producer.list_topics(topic, timeout=10).topics[topic].partitions)
+    print(json.dumps({"ready": True}), flush=True)
+    acked = {"delivered": 0, "failed": 0, "last": 0.0}
+
+    def on_delivery(error: KafkaError | None, message: Message) -> None:
+        acked["failed" if error else "delivered"] += 1
+        acked["last"] = time.perf_counter()
+
+    actions = generate_actions(None, members=members, seed=seed)
+    sent = 0
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        while sent < int(elapsed * rate):
+            event = next(actions)
+            key = event.member_id.encode()
+            producer.produce(
+                topic,
+                event.to_json(),
+                key,
+                partition_for_key(key, partitions),
+                on_delivery=on_delivery,
+            )
+            sent += 1
+        producer.poll(0)
+        time.sleep(TICK)
+    producer.flush(30)
+    span = max(acked["last"], started + seconds) - started
+    return {
+        "rate": rate,
+        "sent": sent,
+        "delivered": acked["delivered"],
+        "failed": acked["failed"],
+        "seconds": round(span, 2),
+        "achieved_rate": round(acked["delivered"] / span),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bootstrap", help="host:port of the broker")
+    parser.add_argument("topic")
+    parser.add_argument("--rate", type=float, default=5000.0, help="actions per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--members", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=12)
+    args = parser.parse_args()
+    result = produce_paced(
+        args.bootstrap, args.topic, args.rate, args.seconds, args.members, args.seed
+    )
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
