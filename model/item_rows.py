@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,26 +30,18 @@ class _Record(Protocol):
 Fetch = Callable[[list[str]], Awaitable[Mapping[str, "tuple[_Record | None, float]"]]]
 
 
-class _Entry:
-    __slots__ = ("record", "slot", "until")
-
-    def __init__(self, record: _Record | None, slot: int, until: float) -> None:
-        self.record = record
-        self.slot = slot  # 0 for an item the store does not have
-        self.until = until
-
-
 class ItemRows:
     """The candidate half of the vectorizer for recently requested items, one slot each.
 
     A request for 500 candidates would otherwise read 500 attribute dicts in Python and
     normalize 500 embeddings; here each item's :class:`~model.vectorizer.CandidateRows` row
-    is computed when its record is first seen, and a request gathers its candidates' slots
-    with numpy indexing. A row is trusted until the time its record came with (the
-    attribute cache's expiry) or until :meth:`forget` names the item (a write through the
-    cache); then the record is read again and the row recomputed only if the record is
-    different. Slot 0 is an unknown item's row. At most ``capacity`` items are kept, the
-    ones stored longest ago dropped first; dropped items are computed again when asked.
+    is computed when its record is first seen, and a request finds its candidates' slots
+    (one dict lookup each, in C) and gathers their rows with numpy indexing. A row is
+    trusted until the time its record came with (the attribute cache's expiry) or until
+    :meth:`forget` names the item (a write through the cache); then the record is read
+    again and the row recomputed only if the record is different. Items the store does not
+    have get a slot too, holding an unknown item's row. At most ``capacity`` items are
+    kept, the ones stored longest ago dropped first; they are simply read again when asked.
     """
 
     def __init__(self, vectorizer: Vectorizer, capacity: int = 100_000) -> None:
@@ -62,23 +55,26 @@ class ItemRows:
 
     def _start_over(self) -> None:
         self.vocabulary = Vocabulary()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._slot_of: OrderedDict[str, int] = OrderedDict()  # oldest stored first
         self._free: list[int] = []
-        self._rows = self.vectorizer.candidate_rows([], [], self.vocabulary).resized(
-            min(self.capacity, _FIRST_SIZE) + 1
-        )
-        self._used = 1  # slot 0: the unknown item
+        size = min(self.capacity, _FIRST_SIZE) + 1
+        # Slot 0 is never any item's: an unknown item's row, never trusted.
+        self._rows = self.vectorizer.candidate_rows([], [], self.vocabulary).resized(size)
+        self._until = np.full(size, -math.inf)
+        self._found = np.zeros(size, dtype=bool)
+        self._records: list[_Record | None] = [None] * size
+        self._used = 1
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._slot_of)
 
     def forget(self, item_ids: Sequence[str] | None = None) -> None:
         """Stop trusting the rows of ``item_ids`` (all rows if ``None``) until read again."""
-        entries = self._entries
-        chosen = entries.values() if item_ids is None else map(entries.get, item_ids)
-        for entry in chosen:
-            if entry is not None:
-                entry.until = -math.inf
+        if item_ids is None:
+            self._until[:] = -math.inf
+            return
+        slots = [slot for slot in map(self._slot_of.get, item_ids) if slot is not None]
+        self._until[slots] = -math.inf
 
     async def fetch_rows(
         self, item_ids: Sequence[str], fetch: Fetch, now: float
@@ -89,122 +85,127 @@ class ItemRows:
         """
         if len(self.vocabulary) > self.max_vocabulary:
             self._start_over()
-        entries = self._entries
-        slots: list[int] = []
-        stale: list[int] = []
-        for position, item_id in enumerate(item_ids):
-            entry = entries.get(item_id)
-            if entry is not None and entry.until > now:
-                slots.append(entry.slot)
-            else:
-                slots.append(0)
-                stale.append(position)
+        n = len(item_ids)
+        slots = np.fromiter(map(self._slot_of.get, item_ids, itertools.repeat(0)), np.intp, n)
+        trusted = self._until[slots] > now
         # Copied before awaiting: another request may reuse slots meanwhile.
-        rows = self._rows.take(np.array(slots, dtype=np.intp), item_ids)
-        absent = [item_id for item_id, slot in zip(item_ids, slots, strict=True) if not slot]
-        if not stale:
-            return rows, absent
+        rows = self._rows.take(slots, item_ids)
+        if trusted.all():
+            found = self._found[slots]
+            return rows, [] if found.all() else _ids_at(item_ids, ~found)
+        known = self._found[slots] & trusted
+        stale = np.flatnonzero(~trusted).tolist()
         fetched = await fetch([item_ids[p] for p in stale])
-        found: dict[int, tuple[_Record, float]] = {}
+        records: dict[int, tuple[_Record, float]] = {}
+        gone: dict[str, float] = {}
         for position in stale:
-            record, until = fetched.get(item_ids[position], (None, -math.inf))
+            answer = fetched.get(item_ids[position])
+            if answer is None:
+                continue
+            record, until = answer
             if record is not None:
-                found[position] = (record, until)
-            elif item_ids[position] in fetched:
-                self._remember_absent(item_ids[position], until)
-        self._complete(rows, found)
-        known = {item_ids[p] for p in found}
-        return rows, [item_id for item_id in absent if item_id not in known]
+                records[position] = (record, until)
+                known[position] = True
+            else:
+                gone[item_ids[position]] = until
+        unknown = [p for p in stale if p not in records]
+        if unknown:  # the store has no such item, or could not answer
+            blank = self.vectorizer.candidate_rows(
+                [item_ids[p] for p in unknown], [None] * len(unknown), rows.vocabulary
+            )
+            rows.put(unknown, blank)
+        self._complete(rows, records, gone)
+        return rows, _ids_at(item_ids, ~known)
 
-    def gather(self, item_ids: Sequence[str], records: Mapping[str, _Record]) -> CandidateRows:
-        """Rows for the distinct ``item_ids`` given their current ``records`` (absent: unknown)."""
-        if len(self.vocabulary) > self.max_vocabulary:
-            self._start_over()
-        rows = self._rows.take(np.zeros(len(item_ids), dtype=np.intp), item_ids)
-        found: dict[int, tuple[_Record, float]] = {}
-        for position, item_id in enumerate(item_ids):
-            record = records.get(item_id)
-            if record is not None:
-                found[position] = (record, math.inf)
-        self._complete(rows, found)
-        return rows
-
-    def _complete(self, rows: CandidateRows, found: dict[int, tuple[_Record, float]]) -> None:
-        """Fill ``rows`` at the positions of ``found`` from their records: a stored row if
-        the record is the same (or equal), else computed now and stored."""
+    def _complete(
+        self,
+        rows: CandidateRows,
+        records: dict[int, tuple[_Record, float]],
+        gone: dict[str, float],
+    ) -> None:
+        """Fill ``rows`` at the positions of ``records``: a stored row if the record is the
+        same (or equal), else computed now and stored; remember the ids that are ``gone``."""
         if rows.vocabulary is not self.vocabulary:
             # The vocabulary started over while this request awaited its records: code
             # them with the request's own vocabulary and keep nothing.
-            self._compute(rows, found, store=False)
+            self._compute(rows, records, store=False)
             return
         reused_at: list[int] = []
         reused_slots: list[int] = []
         new: dict[int, tuple[_Record, float]] = {}
-        for position, (record, until) in found.items():
-            entry = self._entries.get(record.item_id)
-            if (
-                entry is not None
-                and entry.slot
-                and (entry.record is record or entry.record == record)
-            ):
-                entry.record, entry.until = record, until
+        for position, (record, until) in records.items():
+            slot = self._slot_of.get(record.item_id, 0)
+            old = self._records[slot]
+            if old is not None and (old is record or old == record):
+                self._records[slot] = record
+                self._until[slot] = until
                 reused_at.append(position)
-                reused_slots.append(entry.slot)
+                reused_slots.append(slot)
             else:
                 new[position] = (record, until)
         if reused_at:
             rows.put(reused_at, self._rows.take(np.array(reused_slots, dtype=np.intp), ()))
+        for item_id, until in gone.items():
+            slot = self._store(item_id, None, until)
+            self._rows.put([slot], self._rows.take(np.zeros(1, dtype=np.intp), ()))
         if new:
             self._compute(rows, new, store=True)
 
     def _compute(
-        self, rows: CandidateRows, found: dict[int, tuple[_Record, float]], *, store: bool
+        self, rows: CandidateRows, records: dict[int, tuple[_Record, float]], *, store: bool
     ) -> None:
-        records = [record for record, _ in found.values()]
+        fresh = [record for record, _ in records.values()]
         computed = self.vectorizer.candidate_rows(
-            [record.item_id for record in records],
-            [record.as_flat_dict() for record in records],
+            [record.item_id for record in fresh],
+            [record.as_flat_dict() for record in fresh],
             rows.vocabulary,
         )
-        rows.put(list(found), computed)
+        rows.put(list(records), computed)
         if not store:
             return
-        # Never more than the capacity at once, so no slot is handed out twice in one call.
-        keep = min(len(records), self.capacity)
-        kept = list(found.values())[len(records) - keep :]
-        slots = [self._store(record, until) for record, until in kept]
-        index = np.arange(len(records) - keep, len(records))
-        self._rows.put(slots, computed.take(index, ()))
-        self.compiled += keep
+        assigned = [
+            self._store(record.item_id, record, until) for record, until in records.values()
+        ]
+        # More new items than the capacity: later ones took the slots of earlier ones;
+        # write only the rows whose item still owns its slot.
+        owned = [
+            i
+            for i, (record, slot) in enumerate(zip(fresh, assigned, strict=True))
+            if self._slot_of.get(record.item_id) == slot
+        ]
+        self._rows.put([assigned[i] for i in owned], computed.take(np.array(owned, np.intp), ()))
+        self.compiled += len(owned)
 
-    def _remember_absent(self, item_id: str, until: float) -> None:
-        self._insert(item_id, _Entry(None, 0, until))
-
-    def _store(self, record: _Record, until: float) -> int:
-        """A slot for ``record``'s item (its old one if it had one), entered as newest."""
-        old = self._entries.get(record.item_id)
-        slot = old.slot if old is not None else 0
-        entry = _Entry(record, slot, until)
-        self._insert(record.item_id, entry)
-        if not entry.slot:
-            entry.slot = self._new_slot()
-        return entry.slot
-
-    def _insert(self, item_id: str, entry: _Entry) -> None:
-        entries = self._entries
-        old = entries.pop(item_id, None)
-        if old is not None and old.slot and not entry.slot and entry.record is None:
-            self._free.append(old.slot)  # the item is gone from the store
-        while len(entries) >= self.capacity:
-            _, dropped = entries.popitem(last=False)
-            if dropped.slot:
-                self._free.append(dropped.slot)
-        entries[item_id] = entry
+    def _store(self, item_id: str, record: _Record | None, until: float) -> int:
+        """``item_id``'s slot (its old one if it had one), entered as the newest."""
+        slot_of = self._slot_of
+        slot = slot_of.pop(item_id, 0)
+        while len(slot_of) >= self.capacity:
+            _, dropped = slot_of.popitem(last=False)
+            self._records[dropped] = None
+            self._until[dropped] = -math.inf
+            self._free.append(dropped)
+        if not slot:
+            slot = self._new_slot()
+        slot_of[item_id] = slot
+        self._records[slot] = record
+        self._found[slot] = record is not None
+        self._until[slot] = until
+        return slot
 
     def _new_slot(self) -> int:
         if self._free:
             return self._free.pop()
-        if self._used == len(self._rows):
-            self._rows = self._rows.resized(min(2 * len(self._rows), self.capacity + 1))
+        size = len(self._until)
+        if self._used == size:
+            grown = min(2 * size, self.capacity + 1)
+            self._rows = self._rows.resized(grown)
+            self._until = np.concatenate([self._until, np.full(grown - size, -math.inf)])
+            self._found = np.concatenate([self._found, np.zeros(grown - size, dtype=bool)])
+            self._records.extend([None] * (grown - size))
         self._used += 1
         return self._used - 1
+
+
+def _ids_at(item_ids: Sequence[str], mask: np.ndarray) -> list[str]:
+    return [item_ids[p] for p in np.flatnonzero(mask).tolist()]

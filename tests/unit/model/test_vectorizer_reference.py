@@ -6,6 +6,7 @@ on random, partly malformed inputs both must agree to float32 rounding.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -159,6 +160,15 @@ def _record(rng: random.Random, item_id: str) -> ItemAttributes:
     return ItemAttributes(item_id, embedding, geo, attributes)
 
 
+def gather(rows: ItemRows, item_ids: list[str], records: dict[str, ItemAttributes]) -> Any:
+    """Rows given the current records; each answer is stale at once, so every call checks."""
+
+    async def fetch(ids: list[str]) -> dict[str, tuple[ItemAttributes | None, float]]:
+        return {item_id: (records.get(item_id), 0.0) for item_id in ids}
+
+    return asyncio.run(rows.fetch_rows(item_ids, fetch, now=1.0))[0]
+
+
 def test_item_rows_give_the_reference_matrix_across_changes_and_evictions(
     config: VectorizerConfig,
 ) -> None:
@@ -181,7 +191,7 @@ def test_item_rows_give_the_reference_matrix_across_changes_and_evictions(
         member = _member_attributes(rng)
         flat = {i: (records[i].as_flat_dict() if i in records else None) for i in item_ids}
         expected = reference.transform(features, flat, NOW, member)
-        gathered = rows.gather(item_ids, records)
+        gathered = gather(rows, item_ids, records)
         assert list(gathered.item_ids) == item_ids
         assert_same(fast.transform_rows(features, gathered, NOW, member), expected)
     assert len(rows) <= 40
@@ -192,12 +202,12 @@ def test_item_rows_compile_an_item_once_per_record(config: VectorizerConfig) -> 
     rows = ItemRows(vectorizer, capacity=10)
     rng = random.Random(1)
     records = {f"i{i}": _record(rng, f"i{i}") for i in range(3)}
-    rows.gather(list(records), records)
+    gather(rows, list(records), records)
     assert rows.compiled == 3
-    rows.gather(list(records), records)
+    gather(rows, list(records), records)
     assert rows.compiled == 3
     changed = dict(records, i1=_record(random.Random(99), "i1"))
-    rows.gather(list(changed), changed)
+    gather(rows, list(changed), changed)
     assert rows.compiled == 4
 
 
@@ -213,7 +223,7 @@ def test_item_rows_start_over_when_the_vocabulary_outgrows_them(config: Vectoriz
     for n in range(60):
         record = ItemAttributes(f"i{n}", None, None, {"category": f"c-{n}", "company": f"co-{n}"})
         expected = reference.transform(features, {record.item_id: record.as_flat_dict()}, NOW)
-        gathered = rows.gather([record.item_id], {record.item_id: record})
+        gathered = gather(rows, [record.item_id], {record.item_id: record})
         got = vectorizer.transform_rows(features, gathered, NOW)
         assert_same(got, expected)
     assert len(rows.vocabulary) <= rows.max_vocabulary + 2 * 4
