@@ -262,7 +262,8 @@ class CandidateRows:
 
     def take(self, index: np.ndarray, item_ids: Sequence[str]) -> CandidateRows:
         """The rows at ``index`` (copies), named ``item_ids``."""
-        arrays = {name: getattr(self, name)[index] for name in _ROW_ARRAYS}
+        # ndarray.take: several times faster than fancy indexing for the 2-D arrays.
+        arrays = {name: getattr(self, name).take(index, axis=0) for name in _ROW_ARRAYS}
         return CandidateRows(item_ids=item_ids, vocabulary=self.vocabulary, **arrays)
 
     def put(self, index: np.ndarray | Sequence[int], rows: CandidateRows) -> None:
@@ -500,14 +501,14 @@ class Vectorizer:
         out[self._counts_slice] = np.asarray(member_counts, dtype=np.float32)[:, None]
 
         # Candidate columns; those whose history set is empty stay zero.
-        item_ids = rows.item_ids
-        for name, seen in (
-            ("item_engaged", engaged.items),
-            ("item_dismissed", dismissed.items),
-            ("item_viewed", viewed.items),
-        ):
-            if seen:
-                out[idx[name]] = np.fromiter(map(seen.__contains__, item_ids), bool, n)
+        if engaged.items or dismissed.items or viewed.items:
+            position = dict(zip(rows.item_ids, range(n), strict=True))
+            for name, seen in (
+                ("item_engaged", engaged.items),
+                ("item_dismissed", dismissed.items),
+                ("item_viewed", viewed.items),
+            ):
+                out[idx[name], [position[i] for i in seen if i in position]] = 1.0
         for name, codes, seen in (
             ("category_engaged", rows.category, engaged.categories),
             ("category_dismissed", rows.category, dismissed.categories),
@@ -556,9 +557,13 @@ class Vectorizer:
         has_geo = rows.has_geo
         if geo_points and has_geo.any():
             points = np.asarray(geo_points, dtype=np.float64)
-            km = _nearest_unit_km(rows.xyz[has_geo], _unit_sphere(points[:, 0], points[:, 1]))
-            out[idx["log_geo_km"], has_geo] = np.log1p(km)
-            out[idx["geo_missing"]] = ~has_geo
+            points = _unit_sphere(points[:, 0], points[:, 1])
+            if has_geo.all():  # the usual case: no masked copies
+                out[idx["log_geo_km"]] = np.log1p(_nearest_unit_km(rows.xyz, points))
+            else:
+                km = _nearest_unit_km(rows.xyz[has_geo], points)
+                out[idx["log_geo_km"], has_geo] = np.log1p(km)
+                out[idx["geo_missing"]] = ~has_geo
         else:
             out[idx["geo_missing"]] = 1.0
 
