@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import rocksdict
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -87,6 +88,8 @@ class BulkConsumer(AIOKafkaConsumer):
         channel = self.bulk
         if not records or channel is None:
             return records, active
+        if self.app.in_recovery:
+            records = self._recover_in_bulk(records, active)
         taken: dict[TP, list[Any]] = {}
         rest: dict[TP, list[Any]] = {}
         for tp, batch in records.items():
@@ -99,6 +102,40 @@ class BulkConsumer(AIOKafkaConsumer):
         if taken:
             await channel.put(Fetch(self.app.consumer_generation_id, taken))
         return rest, active
+
+    def _recover_in_bulk(self, records: Mapping[TP, list[Any]], active: Any) -> dict[TP, list[Any]]:
+        """Write changelog records of partitions in active recovery straight to RocksDB.
+
+        Faust's recovery takes one record at a time (~90 µs each here). This writes all but
+        the last record of each partition in one ``WriteBatch``, as Faust's own
+        ``apply_changelog_batch`` would, and moves recovery's offsets past them; the last
+        record goes through Faust, which so still sees recovery through to its end.
+        """
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        rest: dict[TP, list[Any]] = {}
+        for tp, batch in records.items():
+            in_active_recovery = tp in recovery.active_tps and (active is None or tp in active)
+            seen = recovery.active_offsets.get(tp)
+            head = [r for r in batch[:-1] if seen is None or r.offset > seen]
+            if not in_active_recovery or not head:
+                rest[tp] = batch
+                continue
+            # Records Faust has buffered are older than these: they must land first.
+            recovery.flush_buffers()
+            write = rocksdict.WriteBatch(raw_mode=True)
+            for record in head:
+                if record.value is None:
+                    write.delete(record.key)
+                else:
+                    write.put(record.key, record.value)
+            store = recovery.tp_to_table[tp].data
+            store._db_for_partition(tp.partition).write(write)
+            last = head[-1].offset
+            store.set_persisted_offset(tp, last)
+            recovery.active_offsets[tp] = last
+            self._read_offset[tp] = last
+            rest[tp] = batch[-1:]
+        return rest
 
     def is_current(self, fetch: Fetch) -> bool:
         """Whether ``fetch`` was made in this consumer generation, with flow running."""
