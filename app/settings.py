@@ -94,6 +94,10 @@ class Settings(BaseSettings):
 
     # Local state
     data_dir: Path = Path("./data")
+    # RocksDB memory per owned partition: Faust's defaults (3 x 64 MiB memtables and a
+    # 2 GiB block cache each) let a worker grow to gigabytes.
+    rocksdb_write_buffer_mb: int = Field(default=16, ge=1)
+    rocksdb_block_cache_mb: int = Field(default=64, ge=1)
 
     # Web
     web_host: str = "127.0.0.1"

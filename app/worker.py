@@ -117,6 +117,12 @@ class Nearline:
             partitions=settings.topic_partitions,
             key_type=bytes,  # bytes in and out: MemberState has its own codec
             value_type=bytes,
+            options={
+                "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
+                "max_write_buffer_number": 3,
+                "block_cache_size": settings.rocksdb_block_cache_mb << 20,
+                "block_cache_compressed_size": 0,
+            },
         )
         self.store = OnlineStore(
             self.faust,
