@@ -110,19 +110,27 @@ class OutcomeLabeler:
         self.examples_written = 0
 
     def add(self, event: EventT) -> None:
+        message = event.message
         try:
-            record = codec.loads(event.message.value or b"")
-            due = float(record["ts"]) + self.horizon
-            member_id = record["member_id"]
-            if not isinstance(member_id, str):
-                raise TypeError("member_id is not a string")
+            member_id, due = self._member_and_due(message.key, message.timestamp, message.value)
         except (ValueError, KeyError, TypeError):
             log.warning("skipping an unreadable recommendations-log record")
             event.ack()
             return
-        self._pending.setdefault(event.message.partition, deque()).append(
-            _Pending(event, member_id, due)
-        )
+        self._pending.setdefault(message.partition, deque()).append(_Pending(event, member_id, due))
+
+    def _member_and_due(
+        self, key: bytes | None, timestamp: float | None, value: bytes | None
+    ) -> tuple[str, float]:
+        # Records are keyed by member and stamped with the request time (whole ms): enough
+        # to queue one without decoding it; it is decoded when labelled.
+        if key and timestamp:
+            return key.decode(), timestamp + 0.001 + self.horizon
+        record = codec.loads(value or b"")
+        member_id = record["member_id"]
+        if not isinstance(member_id, str):
+            raise TypeError("member_id is not a string")
+        return member_id, float(record["ts"]) + self.horizon
 
     @property
     def waiting(self) -> int:

@@ -306,13 +306,17 @@ class Nearline:
         )
 
     async def log_recommendation(self, member_id: str, record: dict[str, Any]) -> None:
-        """Queue one response for the recommendations log; its delivery is not awaited."""
+        """Queue one response for the recommendations log; its delivery is not awaited.
+
+        Keyed by member and timestamped with the request time: the outcomes agent queues
+        it by those without decoding it.
+        """
         await self.faust.producer.send(
             self.settings.topic_recommendations_log,
             member_id.encode(),
             codec.dumps(record),
             None,
-            None,
+            record["ts"],
             None,
         )
 
