@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from model.feature_log import log_record
 from model.item_rows import ItemRows
@@ -23,6 +23,8 @@ __all__ = ["RecommendationRequest", "Recommender"]
 
 log = logging.getLogger(__name__)
 
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
 
 class RecommendationRequest(BaseModel):
     """The body of ``POST /v1/recommendations``."""
@@ -30,7 +32,8 @@ class RecommendationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     member_id: str = Field(min_length=1, max_length=256)
-    candidates: list[str] = Field(min_length=1)
+    # Checked item by item in pydantic's core: a Python validator cost ~30 us per 500.
+    candidates: list[ItemId] = Field(min_length=1)
     k: int | None = Field(default=None, ge=1, le=1_000_000)
     context: dict[str, Any] | None = None
     features_as_of: float | None = Field(
@@ -39,14 +42,6 @@ class RecommendationRequest(BaseModel):
         description="Read the member's features as of this Unix time (e.g. a daily batch "
         "cut-off); events after it are ignored. Default: now.",
     )
-
-    @field_validator("candidates")
-    @classmethod
-    def _candidate_ids(cls, value: list[str]) -> list[str]:
-        for item_id in value:
-            if not item_id or len(item_id) > 256:
-                raise ValueError("every candidate must be an item id of 1 to 256 characters")
-        return value
 
 
 class Recommender:
