@@ -9,11 +9,11 @@ member, like the actions, so Faust gives both partitions to the same worker).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections import deque
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from faust.types import EventT
@@ -79,20 +79,15 @@ def label_examples(
     return examples
 
 
-@dataclass
-class _Pending:
-    # Only what orders the queue: the record is decoded again when labelled, so a waiting
-    # response costs its message bytes, not a decoded copy as well.
-    event: EventT
-    member_id: str
-    due: float
-
-
 SendExamples = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
 
 
 class OutcomeLabeler:
-    """Holds logged responses until their horizon, then writes their examples and acks."""
+    """Labels each logged response once its horizon has passed, then acknowledges it.
+
+    The recommendations log itself is the queue: the agent takes the next response only
+    after this one is labelled, so waiting responses cost broker storage, not worker memory.
+    """
 
     def __init__(
         self,
@@ -101,29 +96,50 @@ class OutcomeLabeler:
         *,
         horizon: float,
         unlabeled_as: str,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.send_examples = send_examples
         self.horizon = horizon
         self.unlabeled_as = unlabeled_as
-        self._pending: dict[int, deque[_Pending]] = {}
+        self.clock = clock
+        self.sleep = sleep
         self.examples_written = 0
 
-    def add(self, event: EventT) -> None:
+    async def handle(self, event: EventT) -> int:
+        """Wait for the response's horizon, write its examples; returns how many."""
         message = event.message
         try:
             member_id, due = self._member_and_due(message.key, message.timestamp, message.value)
         except (ValueError, KeyError, TypeError):
             log.warning("skipping an unreadable recommendations-log record")
             event.ack()
-            return
-        self._pending.setdefault(message.partition, deque()).append(_Pending(event, member_id, due))
+            return 0
+        delay = due - self.clock()
+        if delay > 0:
+            await self.sleep(delay)
+        if not self.store.owns(message.partition):
+            return 0  # revoked while waiting: the new owner reads it again, unacknowledged
+        state = self.store.load(message.partition, member_id.encode())
+        actions = state.actions if state is not None else []
+        try:
+            record = codec.loads(message.value or b"")
+            examples = label_examples(record, actions, self.horizon, self.unlabeled_as)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping a recommendations-log record with bad features: %s", exc)
+            examples = []
+        if examples:
+            await self.send_examples(member_id, examples)
+        event.ack()
+        self.examples_written += len(examples)
+        return len(examples)
 
     def _member_and_due(
         self, key: bytes | None, timestamp: float | None, value: bytes | None
     ) -> tuple[str, float]:
         # Records are keyed by member and stamped with the request time (whole ms): enough
-        # to queue one without decoding it; it is decoded when labelled.
+        # to know when one is due without decoding it.
         if key and timestamp:
             return key.decode(), timestamp + 0.001 + self.horizon
         record = codec.loads(value or b"")
@@ -131,37 +147,3 @@ class OutcomeLabeler:
         if not isinstance(member_id, str):
             raise TypeError("member_id is not a string")
         return member_id, float(record["ts"]) + self.horizon
-
-    @property
-    def waiting(self) -> int:
-        return sum(len(queue) for queue in self._pending.values())
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Revoked partitions: their new owner re-reads the unacknowledged responses."""
-        for partition in partitions:
-            self._pending.pop(partition, None)
-
-    async def label_due(self, now: float) -> int:
-        """Write the examples of every response whose horizon has passed; returns how many."""
-        written = 0
-        for partition, queue in list(self._pending.items()):
-            if not self.store.owns(partition):
-                continue
-            while queue and queue[0].due <= now:
-                pending = queue[0]
-                member = pending.member_id
-                state = self.store.load(partition, member.encode())
-                actions = state.actions if state is not None else []
-                try:
-                    record = codec.loads(pending.event.message.value or b"")
-                    examples = label_examples(record, actions, self.horizon, self.unlabeled_as)
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("skipping a recommendations-log record with bad features: %s", exc)
-                    examples = []
-                if examples:
-                    await self.send_examples(member, examples)
-                queue.popleft()
-                pending.event.ack()
-                written += len(examples)
-        self.examples_written += written
-        return written

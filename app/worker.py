@@ -7,7 +7,6 @@ import gc
 import logging
 import shutil
 import socket
-import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from itertools import chain
@@ -16,7 +15,6 @@ from typing import Any
 import faust
 import httpx
 import uvloop
-from faust.types import TP
 
 from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor
@@ -95,6 +93,9 @@ def _faust_app(settings: Settings) -> faust.App:
         # The outcomes agent holds responses unacknowledged until their horizon: a
         # rebalance must not wait for them (their new owner re-reads them).
         stream_wait_empty=False,
+        # Read-ahead of Faust streams (only the outcomes agent's): responses wait for their
+        # horizon in the topic, not in memory.
+        stream_buffer_maxsize=256,
         autodiscover=False,
         **options,
     )
@@ -194,27 +195,13 @@ class Nearline:
         self.faust.task(ingest)
 
         async def outcomes(stream: faust.StreamT[bytes]) -> None:
-            # Manual acks: a response is acknowledged only once its examples are written.
+            # Manual acks: a response is acknowledged only once its examples are written, so
+            # after a crash or rebalance its partition's owner reads exactly the waiting ones.
             assert isinstance(stream, faust.Stream)
             async for event in stream.noack().events():
-                self.outcomes.add(event)
+                await self.outcomes.handle(event)
 
         self.faust.agent(self.recommendations_log, name="outcomes")(outcomes)
-
-        async def label_outcomes() -> None:
-            if not (self.faust.rebalancing or self.faust.in_recovery):
-                await self.outcomes.label_due(time.time())
-
-        self.faust.timer(
-            timedelta(seconds=min(5.0, max(0.5, settings.outcome_horizon / 4))),
-            name="label-outcomes",
-        )(label_outcomes)
-
-        @self.faust.on_partitions_revoked.connect  # type: ignore[arg-type]
-        async def forget_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
-            self.outcomes.forget(
-                tp.partition for tp in revoked if tp.topic == settings.topic_recommendations_log
-            )
 
         async def sweep_retention() -> None:
             if self.faust.rebalancing or self.faust.in_recovery:

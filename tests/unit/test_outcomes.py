@@ -1,4 +1,4 @@
-"""The outcomes agent's queue: responses wait for their horizon, then become examples."""
+"""The outcomes agent: responses wait for their horizon, then become examples."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 
 from agents.outcomes import OutcomeLabeler
 from app import codec
@@ -66,25 +67,43 @@ def logged(member: str, ts: float, items: list[str]) -> bytes:
     return codec.dumps(record)
 
 
-def test_responses_wait_for_their_horizon_then_become_examples() -> None:
-    store = Store({"m1": [["e1", "x", "apply", NOW + 5, {}, True]], "m2": []})
-    sent: list[tuple[str, list[dict[str, Any]]]] = []
+class Clock:
+    """Time that moves only when the labeler sleeps."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def labeler_with(store: Any, sent: list[Any], horizon: float) -> tuple[OutcomeLabeler, Clock]:
+    clock = Clock(NOW)
 
     async def send(member: str, examples: list[dict[str, Any]]) -> None:
         sent.append((member, examples))
 
-    labeler = OutcomeLabeler(store, send, horizon=60.0, unlabeled_as="negative")  # type: ignore[arg-type]
-    # Queued by key and timestamp (whole ms), or by the decoded record when there are none.
+    labeler = OutcomeLabeler(
+        store, send, horizon=horizon, unlabeled_as="negative", clock=clock, sleep=clock.sleep
+    )
+    return labeler, clock
+
+
+def test_responses_wait_for_their_horizon_then_become_examples() -> None:
+    store = Store({"m1": [["e1", "x", "apply", NOW + 5, {}, True]], "m2": []})
+    sent: list[tuple[str, list[dict[str, Any]]]] = []
+    labeler, clock = labeler_with(store, sent, horizon=60.0)
+    # Due by key and timestamp (whole ms), or by the decoded record when there are none.
     first = Event(Message(b"m1", logged("m1", NOW, ["x", "y"]), NOW))
     second = Event(Message(None, logged("m2", NOW + 30, ["z"]), None))
-    bad = Event(Message(None, b"not json", None))
-    for event in (first, second, bad):
-        labeler.add(event)  # type: ignore[arg-type]
-    assert bad.acked and labeler.waiting == 2
 
-    assert asyncio.run(labeler.label_due(NOW + 59)) == 0
-    assert asyncio.run(labeler.label_due(NOW + 61)) == 2
-    assert first.acked and not second.acked
+    assert asyncio.run(labeler.handle(first)) == 2  # type: ignore[arg-type]
+    assert first.acked and clock.slept == [pytest.approx(60.001)]
     member, examples = sent[0]
     assert member == "m1"
     assert [(e["item_id"], e["label"], e["outcome"]) for e in examples] == [
@@ -92,19 +111,35 @@ def test_responses_wait_for_their_horizon_then_become_examples() -> None:
         ("y", 0, "none"),
     ]
     assert [list(e["features"]) for e in examples] == [[0.0, 1.0], [2.0, 3.0]]
-    assert asyncio.run(labeler.label_due(NOW + 91)) == 1 and second.acked
+    assert asyncio.run(labeler.handle(second)) == 1 and second.acked  # type: ignore[arg-type]
+    assert clock.slept[1] == pytest.approx(30.0 - 0.001)  # due 90 s after NOW
+
+
+def test_an_unreadable_record_is_acknowledged_without_waiting() -> None:
+    sent: list[Any] = []
+    labeler, clock = labeler_with(Store(), sent, horizon=60.0)
+    bad = Event(Message(None, b"not json", None))
+    assert asyncio.run(labeler.handle(bad)) == 0  # type: ignore[arg-type]
+    assert bad.acked and clock.slept == [] and sent == []
 
 
 def test_a_record_whose_features_cannot_be_read_is_skipped_and_acknowledged() -> None:
     sent: list[Any] = []
-
-    async def send(member: str, examples: list[dict[str, Any]]) -> None:
-        sent.append(examples)
-
-    labeler = OutcomeLabeler(Store(), send, horizon=1.0, unlabeled_as="negative")  # type: ignore[arg-type]
+    labeler, _ = labeler_with(Store(), sent, horizon=1.0)
     body = codec.loads(logged("m1", NOW, ["x"]))
     body["features"]["base64"] = "!!"
     event = Event(Message(b"m1", codec.dumps(body), NOW))
-    labeler.add(event)  # type: ignore[arg-type]
-    assert asyncio.run(labeler.label_due(NOW + 2)) == 0
-    assert event.acked and sent == [] and labeler.waiting == 0
+    assert asyncio.run(labeler.handle(event)) == 0  # type: ignore[arg-type]
+    assert event.acked and sent == []
+
+
+def test_a_response_whose_partition_moved_while_waiting_is_left_for_its_new_owner() -> None:
+    class Revoked(Store):
+        def owns(self, partition: int) -> bool:
+            return False
+
+    sent: list[Any] = []
+    labeler, _ = labeler_with(Revoked({"m1": []}), sent, horizon=60.0)
+    event = Event(Message(b"m1", logged("m1", NOW, ["x"]), NOW))
+    assert asyncio.run(labeler.handle(event)) == 0  # type: ignore[arg-type]
+    assert not event.acked and sent == []
