@@ -1,6 +1,7 @@
 """The peer: per-member windowed counts with Quix Streams (RocksDB state, changelog on).
 
-Run as a process of its own by ``bench.ingest``: ``python -m bench.peer_quix BOOTSTRAP TOPIC N``.
+Run as a process of its own by the suite (``python -m bench``):
+``python -m bench.peer_quix BOOTSTRAP TOPIC N``.
 Prints one JSON line: actions, seconds from the first record to the N-th, actions/s.
 """
 
