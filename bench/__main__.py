@@ -17,7 +17,7 @@ from typing import Any
 
 from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import REPO, Stack, machine, preload
+from bench.harness import REPO, WARMUP, Stack, machine, preload
 from bench.joins import _items
 from bench.recommendations import _load as recommendations_load
 from bench.recovery import recovery
@@ -102,7 +102,8 @@ def main() -> None:
                 "features read at 500 req/s",
                 f"p50 {reads['p50']} ms, p99 {reads['p99']} ms",
                 "p99 < 5 ms",
-                f"open loop (aiohttp), random members, 50 warm-up requests, {args.seconds:.0f} s",
+                f"open loop (aiohttp), random members; {WARMUP:.0f} s warm-up at the rate, then "
+                f"{args.seconds:.0f} s",
                 reads,
                 reads["p99"] < 5,
             )
@@ -156,8 +157,9 @@ def main() -> None:
                     f"recommendations, 500 candidates, {int(rate)} req/s",
                     f"p50 {recs['p50_ms']} ms, p99 {recs['p99_ms']} ms",
                     "p99 < 20 ms at 300/s",
-                    f"python -m bench.recommendations: open loop, 30 warm-up requests, "
-                    f"{args.seconds:.0f} s; 64-dim embeddings joined at read, heuristic ranker",
+                    f"python -m bench.recommendations: open loop; {WARMUP:.0f} s warm-up at "
+                    f"the rate, then {args.seconds:.0f} s; 64-dim embeddings joined at read, "
+                    "heuristic ranker",
                     recs,
                     recs["p99_ms"] < 20 if rate == 300.0 else None,
                 )

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -17,9 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 __all__ = [
     "REPO",
+    "WARMUP",
     "Stack",
     "WorkerProcess",
     "machine",
+    "open_loop",
     "percentiles",
     "preload",
 ]
@@ -43,6 +46,38 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         "p99": at(0.99),
         "max": ordered[-1],
     }
+
+
+#: Seconds of load at the measured rate before latencies count: connections opened, caches
+#: and the worker's allocator warm, as in a service that has been up for a while.
+WARMUP = 2.0
+
+
+async def open_loop(
+    send: Callable[[int], Awaitable[object]], rate: float, seconds: float, warmup: float = WARMUP
+) -> list[float]:
+    """Start ``send(n)`` at ``rate`` per second, not waiting for answers (an open loop).
+
+    Runs ``warmup + seconds``; returns the latencies of the requests after the warm-up.
+    """
+    latencies: list[float] = []
+    counted_from = int(rate * warmup)
+
+    async def timed(n: int) -> None:
+        started = time.perf_counter()
+        await send(n)
+        if n >= counted_from:
+            latencies.append(time.perf_counter() - started)
+
+    tasks = []
+    begin = time.perf_counter()
+    for n in range(int(rate * (warmup + seconds))):
+        delay = begin + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(timed(n)))
+    await asyncio.gather(*tasks)
+    return latencies
 
 
 async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:

@@ -16,7 +16,7 @@ import aiohttp
 from app import codec
 from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import Stack, WorkerProcess, machine, percentiles, preload
+from bench.harness import WARMUP, Stack, WorkerProcess, machine, open_loop, percentiles, preload
 from bench.joins import _items
 
 
@@ -35,7 +35,6 @@ async def _load(
         headers={"content-type": "application/json"},
     )
     url = f"{worker.url}/v1/recommendations"
-    latencies: list[float] = []
     statuses: dict[int | str, int] = {}
     versions: set[str] = set()
 
@@ -48,34 +47,21 @@ async def _load(
             }
         )
 
-    async def one(payload: bytes) -> None:
-        started = time.perf_counter()
+    bodies = [body() for _ in range(int(rate * (WARMUP + seconds)))]
+
+    async def one(n: int) -> None:
         try:
-            async with client.post(url, data=payload) as response:
+            async with client.post(url, data=bodies[n]) as response:
                 content = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:  # counted: an overloaded run reports
-            latencies.append(time.perf_counter() - started)
             name = type(exc).__name__
             statuses[name] = statuses.get(name, 0) + 1
             return
-        latencies.append(time.perf_counter() - started)
         statuses[response.status] = statuses.get(response.status, 0) + 1
         if response.status == 200:
             versions.add(codec.loads(content)["model_version"])
 
-    for _ in range(30):  # warm-up
-        await one(body())
-    latencies.clear()
-    statuses.clear()
-    bodies = [body() for _ in range(int(rate * seconds))]
-    tasks = []
-    started = time.perf_counter()
-    for n, payload in enumerate(bodies):
-        delay = started + n / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(payload)))
-    await asyncio.gather(*tasks)
+    latencies = await open_loop(one, rate, seconds)
     await client.close()
     stats = percentiles(latencies)
     return {

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from agents.events import ActionEvent
 from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import REPO, Stack, WorkerProcess, machine, percentiles, preload
+from bench.harness import REPO, Stack, WorkerProcess, machine, open_loop, percentiles, preload
 
 #: Probe actions per second in the freshness runs: 1 in 50 at 1k/s, 1 in 250 at 5k/s.
 PROBES_PER_S = 20.0
@@ -165,29 +165,16 @@ async def _reads(
         connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=5)
     )
     rng = random.Random(9)
-    latencies: list[float] = []
     errors = 0
 
-    async def one(member: str) -> None:
+    async def one(_: int) -> None:
         nonlocal errors
-        t0 = time.perf_counter()
+        member = f"member-{rng.randrange(members)}"
         async with client.get(f"{worker.url}/v1/members/{member}/features") as response:
             await response.read()
-        latencies.append(time.perf_counter() - t0)
         errors += response.status != 200
 
-    for _ in range(50):  # warm-up: connections and caches
-        await one(f"member-{rng.randrange(members)}")
-    latencies.clear()
-    tasks = []
-    started = time.perf_counter()
-    issued = 0
-    while (elapsed := time.perf_counter() - started) < seconds:
-        while issued < int(elapsed * rate):
-            tasks.append(asyncio.ensure_future(one(f"member-{rng.randrange(members)}")))
-            issued += 1
-        await asyncio.sleep(0.0005)
-    await asyncio.gather(*tasks)
+    latencies = await open_loop(one, rate, seconds)
     await client.close()
     return {"rate": rate, "errors": errors, **_ms(percentiles(latencies))}
 
