@@ -97,16 +97,17 @@ def main() -> None:
                 theirs,
             )
             row("nearline / peer", f"{ratio:.2f}x", "≥ 1.0x", "the two rows above", {}, ratio >= 1)
-            reads = asyncio.run(_reads(worker, args.members, 500.0, args.seconds))
-            row(
-                "features read at 500 req/s",
-                f"p50 {reads['p50']} ms, p99 {reads['p99']} ms",
-                "p99 < 5 ms",
-                f"open loop (aiohttp), random members; {WARMUP:.0f} s warm-up at the rate, then "
-                f"{args.seconds:.0f} s",
-                reads,
-                reads["p99"] < 5,
-            )
+            for when in ("right after the ingest", "a second run, right after the first"):
+                reads = asyncio.run(_reads(worker, args.members, 500.0, args.seconds))
+                row(
+                    f"features read at 500 req/s, {when}",
+                    f"p50 {reads['p50']} ms, p99 {reads['p99']} ms",
+                    "p99 < 5 ms",
+                    f"open loop (aiohttp), random members; {WARMUP:.0f} s warm-up at the rate, "
+                    f"then {args.seconds:.0f} s",
+                    reads,
+                    reads["p99"] < 5,
+                )
             for rate, target in ((1000.0, "p99 < 250 ms"), (5000.0, "p99 < 250 ms")):
                 fresh = asyncio.run(
                     _freshness(worker, broker.bootstrap, stack.topic, rate, args.seconds)
