@@ -131,6 +131,9 @@ def main() -> None:
             )
         finally:
             stack.stop()
+    # Recommendations on a broker of their own, as `python -m bench.recommendations` runs
+    # them, not on one holding the peer's, the ingest's and the freshness runs' data.
+    with EmbeddedBroker() as broker:
         stack = Stack(broker, embedding_dim="64", join_at_read="embedding")
         try:
             stack.create_topics()
