@@ -3,9 +3,11 @@
 Faust hands every record to its streams one by one: a ``Message``, an ``Event``, a queue
 hop and, in the consumer's drain loop, four asyncio tasks per record. For the actions topic
 that machinery cost more than everything nearline does with a record. :class:`BulkConsumer`
-is Faust's own aiokafka consumer with one change: records of the *bulk topics* are taken
-out of each fetch whole and queued on a :class:`BulkChannel`; every other topic (changelogs
-in recovery, the recommendations log, item attributes) goes through Faust as before.
+is Faust's own aiokafka consumer with two changes: records of the *bulk topics* are taken
+out of each fetch whole and queued on a :class:`BulkChannel`, and changelog records of
+partitions being recovered go to RocksDB a fetch at a time (all but the last of each
+partition, which Faust applies as before). Every other topic (the recommendations log) goes
+through Faust unchanged.
 
 What Faust does per record is kept per fetch: records of partitions that are not active
 (paused for recovery, revoked) are left to Faust, which drops them; a fetch made before a
