@@ -146,12 +146,7 @@ class IngestProcessor:
         self.clock = clock
         self.next_offsets: dict[int, int] = {}  # per source partition, for the lag gauge
 
-    async def process(self, records: Sequence[KafkaRecord]) -> asyncio.Future[None]:
-        """Apply a batch; the states are readable on return.
-
-        The returned future completes once the batch's changelog records are written: only
-        then may its source offsets be committed.
-        """
+    async def process(self, records: Sequence[KafkaRecord]) -> BatchPlan:
         started = time.perf_counter()
         now = self.clock()
         plan = BatchPlan()
@@ -195,7 +190,7 @@ class IngestProcessor:
                 if changed:
                     state.prune(now, policy)
                     updates.setdefault(partition, {})[key] = state
-            durable = await self.store.stage(updates)
+            await self.store.write(updates)
         if plan.dead_letters:
             await self.send_dead_letters(plan.dead_letters)
             for letter in plan.dead_letters:
@@ -211,7 +206,7 @@ class IngestProcessor:
                 record.offset + 1, self.next_offsets.get(record.partition, 0)
             )
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        return durable
+        return plan
 
     async def _attributes_at_ingest(self, plan: BatchPlan) -> dict[str, dict[str, Any]] | None:
         """Ingest-time fields of every item in the batch, in one store read.

@@ -20,7 +20,7 @@ from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor
 from agents.outcomes import OutcomeLabeler
 from app import codec
-from app.bulk import BulkChannel, BulkConsumer, Fetch
+from app.bulk import BulkChannel, BulkConsumer
 from app.kafka import ssl_context
 from app.metrics import Metrics
 from app.recommend import Recommender
@@ -182,31 +182,17 @@ class Nearline:
         # records still come off Faust's consumer and commit through its book-keeping.
         self.faust.topics.add(self.actions_topic)
 
-        # Batches applied, in order, with their changelog writes still in flight: the next
-        # batch is applied meanwhile, and at most this many wait (back-pressure).
-        applied: asyncio.Queue[tuple[Fetch, asyncio.Future[None]]] = asyncio.Queue(4)
-
         async def ingest() -> None:
             consumer = self.faust.consumer
             assert isinstance(consumer, BulkConsumer)
             async for fetch in self.bulk.batches(settings.batch_max):
                 if not consumer.is_current(fetch):
                     continue  # made before a rebalance: Faust seeks back and reads it again
-                records = list(chain.from_iterable(fetch.records.values()))
-                await applied.put((fetch, await self.ingest.process(records)))
-
-        async def commit_applied() -> None:
-            consumer = self.faust.consumer
-            assert isinstance(consumer, BulkConsumer)
-            while True:
-                fetch, durable = await applied.get()
-                # A failed changelog write stops the worker here: nothing after it commits.
-                await durable
+                await self.ingest.process(list(chain.from_iterable(fetch.records.values())))
                 if consumer.is_current(fetch):
                     consumer.ack_fetch(fetch.records)
 
         self.faust.task(ingest)
-        self.faust.task(commit_applied)
 
         async def outcomes(stream: faust.StreamT[bytes]) -> None:
             # Manual acks: a response is acknowledged only once its examples are written, so

@@ -66,8 +66,7 @@ class OnlineStore:
         # are batched normally.
         self.exact_end_offsets = exact_end_offsets
         # Held by every read-modify-write (ingest batch, retention sweep) until its
-        # changelog records are queued: the producer sends a partition's batches in order,
-        # so changelog order always equals write order.
+        # changelog records are acknowledged, so changelog order always equals write order.
         self.write_lock = asyncio.Lock()
 
     @property
@@ -124,17 +123,6 @@ class OnlineStore:
 
         Call with :attr:`write_lock` held, around the reads the new states came from.
         """
-        await (await self.stage(updates))
-
-    async def stage(
-        self, updates: Mapping[int, Mapping[bytes, MemberState | None]]
-    ) -> asyncio.Future[None]:
-        """Store new states (``None`` deletes) and queue their changelog records.
-
-        Reads see the new states at once. The returned future completes when the changelog
-        has them all: only then may the source offsets they came from be committed.
-        Call with :attr:`write_lock` held, around the reads the new states came from.
-        """
         producer = self._producer()
         sent: list[tuple[asyncio.Future[Any], int]] = []
         for partition, states in updates.items():
@@ -155,21 +143,18 @@ class OnlineStore:
                 # A batch of its own, after the records': a partition's batches are sent
                 # and stored in order, so the marker lands last.
                 sent += await self._send(producer, partition, [(END_MARKER_KEY, b"")])
-        return asyncio.ensure_future(self._confirm(sent))
-
-    async def _confirm(self, sent: list[tuple[asyncio.Future[Any], int]]) -> None:
-        # A crash before this completes re-reads the batch from its source (its offsets are
-        # not committed yet); MemberState.apply makes that re-read harmless.
+        if not sent:
+            return
+        # The batch's source offsets are committed only after this returns, so a crash
+        # before it re-reads the batch; MemberState.apply makes that re-read harmless.
         results = await asyncio.gather(*(future for future, _ in sent))
         persisted: dict[int, int] = {}
         for meta, (_, count) in zip(results, sent, strict=True):
             last = meta.offset + count - 1
             persisted[meta.partition] = max(last, persisted.get(meta.partition, -1))
-        topic, data = self.changelog_topic, self.table.data
+        topic = self.changelog_topic
         for partition, offset in persisted.items():
-            tp = TP(topic, partition)
-            if offset > (data.persisted_offset(tp) or -1):  # type: ignore[attr-defined]
-                data.set_persisted_offset(tp, offset)  # type: ignore[attr-defined]
+            self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
 
     def _producer(self) -> AIOKafkaProducer:
         # Faust's producer sends one record at a time, a future each; changelog records go
