@@ -95,15 +95,17 @@ class BulkConsumer(AIOKafkaConsumer):
         taken: dict[TP, list[Any]] = {}
         rest: dict[TP, list[Any]] = {}
         for tp, batch in records.items():
-            if tp.topic in channel.topics and (
-                active is None or tp in active or tp in self._buffered_partitions
-            ):
+            if tp.topic in channel.topics and self._delivers(tp, active):
                 taken[tp] = batch
             else:
                 rest[tp] = batch
         if taken:
             await channel.put(Fetch(self.app.consumer_generation_id, taken))
         return rest, active
+
+    def _delivers(self, tp: TP, active: Any) -> bool:
+        """Faust's own test in ``getmany``: records of other partitions are dropped."""
+        return active is None or tp in active or tp in self._buffered_partitions
 
     def _recover_in_bulk(self, records: Mapping[TP, list[Any]], active: Any) -> dict[TP, list[Any]]:
         """Write changelog records of partitions in active recovery straight to RocksDB.
@@ -116,7 +118,7 @@ class BulkConsumer(AIOKafkaConsumer):
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]
         rest: dict[TP, list[Any]] = {}
         for tp, batch in records.items():
-            in_active_recovery = tp in recovery.active_tps and (active is None or tp in active)
+            in_active_recovery = tp in recovery.active_tps and self._delivers(tp, active)
             seen = recovery.active_offsets.get(tp)
             head = [r for r in batch[:-1] if seen is None or r.offset > seen]
             if not in_active_recovery or not head:

@@ -66,6 +66,18 @@ class WorkerProcess:
     def metric(self, name: str) -> float:
         return read_metric(self.url, name)
 
+    def wait_for_metric(
+        self, name: str, at_least: float, *, every: float = 0.1, timeout: float = 600.0
+    ) -> None:
+        """Poll until ``name`` reaches ``at_least``; :class:`StackError` if the worker exits."""
+        deadline = time.monotonic() + timeout
+        while self.metric(name) < at_least:
+            if self.process.poll() is not None:
+                raise StackError(f"the worker exited (see {self.log}) before {name} >= {at_least}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} did not reach {at_least} in {timeout:.0f} s")
+            time.sleep(every)
+
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as status:
             for line in status:

@@ -16,10 +16,9 @@ import time
 from typing import Any
 
 from app.broker import EmbeddedBroker
-from app.traffic import generate_actions
-from bench.harness import REPO, WARMUP, Stack, machine, preload
-from bench.joins import _items
+from bench.harness import REPO, WARMUP, Stack, machine
 from bench.recommendations import _load as recommendations_load
+from bench.recommendations import recommendation_stack, start_worker
 from bench.recovery import recovery
 from bench.spine import (
     FRESHNESS_WARMUP,
@@ -134,25 +133,10 @@ def main() -> None:
     # Recommendations on a broker of their own, as `python -m bench.recommendations` runs
     # them, not on one holding the peer's, the ingest's and the freshness runs' data.
     with EmbeddedBroker() as broker:
-        stack = Stack(broker, embedding_dim="64", join_at_read="embedding")
+        stack = recommendation_stack(broker)
         try:
-            stack.create_topics()
             items = 5000
-            asyncio.run(
-                preload(
-                    broker.bootstrap, stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"], _items(items, 64)
-                )
-            )
-            worker = stack.start_worker()
-            while worker.metric('nearline_attribute_records_total{outcome="upserted"}') < items:
-                time.sleep(0.1)
-            actions = [
-                (e.member_id.encode(), e.to_json())
-                for e in generate_actions(20_000, members=1000, items=items)
-            ]
-            asyncio.run(preload(broker.bootstrap, stack.topic, actions))
-            while worker.metric("nearline_events_in_total") < len(actions):
-                time.sleep(0.1)
+            worker = start_worker(stack, items, 1000)
             for rate in (100.0, 300.0):
                 recs = asyncio.run(
                     recommendations_load(worker, rate, args.seconds, 500, items, 1000)

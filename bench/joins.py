@@ -61,16 +61,14 @@ def run(broker: Any, dim: int, mode: str, actions: int, members: int, items: int
         topic = stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"]
         asyncio.run(preload(broker.bootstrap, topic, _items(items, dim)))
         worker = stack.start_worker()
-        while worker.metric('nearline_attribute_records_total{outcome="upserted"}') < items:
-            time.sleep(0.1)
+        worker.wait_for_metric('nearline_attribute_records_total{outcome="upserted"}', items)
         records = [
             (e.member_id.encode(), e.to_json())
             for e in generate_actions(actions, members=members, items=items, seed=5)
         ]
         asyncio.run(preload(broker.bootstrap, stack.topic, records))
         started = time.perf_counter()
-        while worker.metric("nearline_events_in_total") < actions:
-            time.sleep(0.05)
+        worker.wait_for_metric("nearline_events_in_total", actions, every=0.05)
         ingest_s = time.perf_counter() - started
         reads = asyncio.run(_reads(worker, members, 100.0, 6.0))
         worker.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import time
 from typing import Any
 
 import aiohttp
@@ -18,6 +17,27 @@ from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
 from bench.harness import WARMUP, Stack, WorkerProcess, machine, open_loop, percentiles, preload
 from bench.joins import _items
+
+
+def recommendation_stack(broker: EmbeddedBroker) -> Stack:
+    """The stack the latency is measured on: 64-dim embeddings joined at read."""
+    return Stack(broker, embedding_dim="64", join_at_read="embedding")
+
+
+def start_worker(stack: Stack, items: int, members: int, actions: int = 20_000) -> WorkerProcess:
+    """Topics, ``items`` item attributes and ``actions`` over ``members``, all applied."""
+    stack.create_topics()
+    topic = stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"]
+    asyncio.run(preload(stack.broker.bootstrap, topic, _items(items, 64)))
+    worker = stack.start_worker()
+    worker.wait_for_metric('nearline_attribute_records_total{outcome="upserted"}', items)
+    records = [
+        (e.member_id.encode(), e.to_json())
+        for e in generate_actions(actions, members=members, items=items)
+    ]
+    asyncio.run(preload(stack.broker.bootstrap, stack.topic, records))
+    worker.wait_for_metric("nearline_events_in_total", len(records))
+    return worker
 
 
 async def _load(
@@ -84,23 +104,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     with EmbeddedBroker() as broker:
-        stack = Stack(broker, embedding_dim="64", join_at_read="embedding")
+        stack = recommendation_stack(broker)
         try:
-            stack.create_topics()
-            topic = stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"]
-            asyncio.run(preload(broker.bootstrap, topic, _items(args.items, 64)))
-            worker = stack.start_worker()
-            while (
-                worker.metric('nearline_attribute_records_total{outcome="upserted"}') < args.items
-            ):
-                time.sleep(0.1)
-            actions = [
-                (e.member_id.encode(), e.to_json())
-                for e in generate_actions(20_000, members=args.members, items=args.items)
-            ]
-            asyncio.run(preload(broker.bootstrap, stack.topic, actions))
-            while worker.metric("nearline_events_in_total") < len(actions):
-                time.sleep(0.1)
+            worker = start_worker(stack, args.items, args.members)
             for rate in args.rates:
                 result = asyncio.run(
                     _load(worker, rate, args.seconds, args.candidates, args.items, args.members)
