@@ -8,12 +8,13 @@ timer labels the responses whose horizon has passed with the member's actions (t
 store of the same partition, plus every action recorded for members with pending
 responses), writes one example set per response and deletes it.
 
-Exactly one example set per response, across crashes too: before a labelling pass sends
-anything it stores the training-examples partition's end offset (the ``i`` key of the
-state). A pass that finished deletes that key with its responses; one that was cut short
-leaves it, and the next pass (on this worker or, after a rebalance, on the partition's new
-owner, which restores it from the changelog) first reads the training-examples partition
-from that offset and skips the responses whose examples are already there.
+Exactly one example set per response, across crashes too. A response is labelled only once
+its offset in the log is committed, so it is never read again after it was deleted. Before
+a labelling pass sends anything it stores the training-examples partition's end offset (the
+``i`` key of the state). A pass that finished deletes that key with its responses; one cut
+short leaves it, and the next pass (on this worker or, after a rebalance, on the partition's
+new owner, which restores it from the changelog) first reads the training-examples
+partition from that offset and skips the responses whose examples are already there.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ class OutcomeJoiner:
         examples: ExamplesTopic,
         metrics: Metrics,
         *,
+        committed: Callable[[int], int | None],
         horizon: float,
         unlabeled_as: str,
         max_per_pass: int = 500,
@@ -147,6 +149,7 @@ class OutcomeJoiner:
         self.store = store
         self.examples = examples
         self.metrics = metrics
+        self.committed = committed
         self.horizon_ms = round(horizon * 1000)
         self.horizon = horizon
         self.unlabeled_as = unlabeled_as
@@ -262,7 +265,11 @@ class OutcomeJoiner:
         if marker is not None:
             start = int(codec.loads(marker)["offset"])
             written = await self.examples.request_ids_since(partition, start)
-        due = pending.due(partition, now_ms, self.max_per_pass)
+        found = pending.due(partition, now_ms, self.max_per_pass)
+        # Only responses whose log offset is committed: one labelled and deleted before its
+        # offset was committed would be read again after a crash, and labelled twice.
+        committed = self.committed(partition)
+        due = [r for r in found if committed is not None and r.offset < committed]
         if not due:
             if marker is not None:
                 async with pending.write_lock:
@@ -328,7 +335,7 @@ class OutcomeJoiner:
             self.metrics.responses.labels("already_written").inc(skipped)
         if unreadable:
             self.metrics.responses.labels("unreadable").inc(unreadable)
-        return len(due), len(due) >= self.max_per_pass
+        return len(due), len(found) >= self.max_per_pass and len(due) == len(found)
 
     def _actions(self, partition: int, member: bytes) -> list[Reacted]:
         """The member's actions: the online store's recent ones and every recorded reaction."""

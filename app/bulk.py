@@ -183,6 +183,10 @@ class BulkConsumer(AIOKafkaConsumer):
             rest[tp] = batch[-1:]
         return rest
 
+    def committed_position(self, tp: TP) -> int | None:
+        """The offset the group has committed for ``tp``: the next one it would read."""
+        return self._committed_offset.get(tp)
+
     def is_current(self, fetch: Fetch) -> bool:
         """Whether ``fetch`` was made in this consumer generation, with flow running."""
         return self.flow_active and fetch.generation == self.app.consumer_generation_id

@@ -103,7 +103,7 @@ class LagMonitor:
     @staticmethod
     def _position(consumer: BulkConsumer, tp: TP) -> int:
         applied = consumer.applied_position.get(tp)
-        committed = consumer._committed_offset.get(tp)
+        committed = consumer.committed_position(tp)
         return max(applied or 0, committed or 0)
 
     def snapshot(self) -> list[PartitionLag]:

@@ -17,6 +17,7 @@ import faust
 import httpx
 import uvloop
 from aiokafka import AIOKafkaConsumer
+from faust.types import TP
 
 from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor
@@ -164,6 +165,7 @@ class Nearline:
             self.store,
             self.examples_topic,
             self.metrics,
+            committed=self._log_committed,
             horizon=settings.outcome_horizon,
             unlabeled_as=settings.unlabeled_as,
         )
@@ -206,6 +208,10 @@ class Nearline:
         consumer = self.faust.consumer
         assert isinstance(consumer, BulkConsumer)
         return consumer
+
+    def _log_committed(self, partition: int) -> int | None:
+        tp = TP(self.settings.topic_recommendations_log, partition)
+        return self._bulk_consumer().committed_position(tp)
 
     def _lag_counts(self) -> bool:
         """Whether lag can mean a stall now: not while partitions move or state recovers."""

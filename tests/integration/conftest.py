@@ -41,10 +41,10 @@ class Worker:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Worker:
+    def start(self, module: str = "app.cli") -> Worker:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+            [sys.executable, "-m", module, "worker"],
             env=self.env,
             cwd=REPO,
             stdout=log,

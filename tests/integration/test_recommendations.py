@@ -102,7 +102,9 @@ def test_outcomes_become_training_examples_and_export(
     )
     example_set = codec.loads(record.value)
     assert example_set["request_id"] == response["request_id"]
-    labelled = zip(example_set["item_ids"], example_set["labels"], example_set["outcomes"])
+    labelled = zip(
+        example_set["item_ids"], example_set["labels"], example_set["outcomes"], strict=True
+    )
     assert {item: (label, outcome) for item, label, outcome in labelled} == {
         "x": (1, "apply"),
         "y": (0, "dismiss"),

@@ -37,6 +37,7 @@ class LocalTable(ChangelogTable):
             for p in range(partitions)
         }
         self.revoked: set[int] = set()
+        self.committed: int | None = 1 << 40  # the log's committed offset, every partition
 
     def db(self, partition: int) -> rocksdict.Rdict:
         return self._dbs[partition]
@@ -142,6 +143,7 @@ def joiner_with(
         store,  # type: ignore[arg-type]
         topic,
         Metrics(),
+        committed=lambda partition: table.committed,
         horizon=HORIZON,
         unlabeled_as=unlabeled_as,
         max_per_pass=3,
@@ -253,7 +255,7 @@ def test_a_pass_cut_short_after_sending_is_not_written_twice(table: LocalTable) 
 
 def test_an_unreadable_record_is_not_stored(table: LocalTable) -> None:
     topic = ExamplesTopic()
-    joiner, clock = joiner_with(table, Store(), topic)
+    joiner, _ = joiner_with(table, Store(), topic)
     asyncio.run(joiner.add([LogRecord(0, 0, None, b"not json", None)]))
     assert list(table.db(0).keys()) == []
 
@@ -277,3 +279,21 @@ def test_a_partition_revoked_during_a_pass_is_left_to_its_new_owner(table: Local
 
     asyncio.run(run())
     assert [s["request_id"] for s in topic.sets()] == ["r0"]
+
+
+def test_a_response_is_labelled_only_once_its_log_offset_is_committed(table: LocalTable) -> None:
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic)
+    table.committed = None
+
+    async def run() -> None:
+        await joiner.add([record(n, "m1", NOW, ["x"]) for n in range(3)])
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 0  # nothing committed yet
+        table.committed = 2
+        assert await joiner.label_due() == 2
+        table.committed = 3
+        assert await joiner.label_due() == 1
+
+    asyncio.run(run())
+    assert [s["request_id"] for s in topic.sets()] == ["r0", "r1", "r2"]
