@@ -136,9 +136,7 @@ class Soak:
 
     async def freshness(self, client: aiohttp.ClientSession) -> Samples:
         """Produce → visible over HTTP, for probe actions among the load."""
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.stack.broker.bootstrap, linger_ms=1, enable_idempotence=True
-        )
+        producer = AIOKafkaProducer(bootstrap_servers=self.stack.broker.bootstrap, linger_ms=1)
         await producer.start()
         rng = random.Random(5)
 
