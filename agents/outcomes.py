@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 POSITIVE = frozenset({"click", "apply", "save"})
 NEGATIVE = frozenset({"dismiss"})
+_LABELLING = POSITIVE | NEGATIVE
 
 #: A member's action as the labels need it: (item_id, action, event time).
 Reacted = tuple[str, str, float]
@@ -228,7 +229,10 @@ class OutcomeJoiner:
                 for member in self.pending.members_waiting(partition, members):
                     values = updates.setdefault(partition, {})
                     for event_id, item_id, action, ts in events[(partition, member)]:
-                        values[reaction_key(member, ts, event_id)] = reaction_value(item_id, action)
+                        if action in _LABELLING:  # a view labels nothing
+                            values[reaction_key(member, ts, event_id)] = reaction_value(
+                                item_id, action
+                            )
             if updates:
                 await self.pending.write(updates)
 
