@@ -19,6 +19,7 @@ partition from that offset and skips the responses whose examples are already th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 POSITIVE = frozenset({"click", "apply", "save"})
 NEGATIVE = frozenset({"dismiss"})
 _LABELLING = POSITIVE | NEGATIVE
+#: Responses labelled between two yields to the event loop.
+_YIELD_EVERY = 16
 
 #: A member's action as the labels need it: (item_id, action, event time).
 Reacted = tuple[str, str, float]
@@ -287,7 +290,9 @@ class OutcomeJoiner:
 
         sets: list[tuple[bytes, bytes]] = []
         skipped = unreadable = 0
-        for response in due:
+        for n, response in enumerate(due, 1):
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a response costs ~0.1-0.5 ms: keep serving meanwhile
             try:
                 record = codec.loads(response.record)
                 if record["request_id"] in written:

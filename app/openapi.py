@@ -171,7 +171,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 }
             },
             "/healthz": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {
+                        "200": {"description": "alive and making progress"},
+                        "503": {"description": "stalled: a partition with lag applies nothing"},
+                    },
+                }
             },
             "/readyz": {
                 "get": {
