@@ -8,7 +8,8 @@ SIGKILLed and restarted on its port and data dir; at 60 % a second worker joins,
 it leaves. Latencies are reported over the whole soak, and apart for the requests outside
 the chaos windows (from each event until the workers are ready again with no lag).
 Afterwards every member's counts are compared with what the broker acknowledged (actions
-lost, counted twice), and every logged response with the example sets written for it. Writes bench/results/soak.json and soak.png (lag and RSS over time).
+lost, counted twice), and every logged response with the example sets written for it.
+Writes bench/results/soak.json and soak.png (lag and RSS over time).
 """
 
 from __future__ import annotations
