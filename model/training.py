@@ -1,9 +1,10 @@
 """Train the scorer on logged examples, pass it through the promotion gate, write a version.
 
-``python -m model.training EXAMPLES.parquet --model-dir DIR`` trains on the earlier
-requests, early-stops on the NDCG@10 of the later ones, compares the candidate with the
-ranker now served (the heuristic or the active model) on those requests, and writes
-``nearline-model-<version>.{pt,json}`` to DIR: published if the gate passed (or
+``python -m model.training EXAMPLES.parquet --model-dir DIR`` splits the requests by
+time: the earliest train, the next ones stop training early (on NDCG@10), the latest
+validate. On those the candidate is compared with the ranker now served (the heuristic or
+the active model), and the version is written to
+DIR as ``nearline-model-<version>.{pt,json}``: published if the gate passed (or
 ``force``), saved as rejected otherwise.
 
 Three losses: ``pointwise`` (binary cross-entropy per candidate, positives weighted up to
@@ -301,7 +302,11 @@ def train(
     rules = rules or GateRules(seed=config.seed)
     source, feature_names, train_set, validation = _prepare(examples, registry, config, vectorizer)
     started = time.time()
-    scorer, best_epoch, history = fit_scorer(train_set, validation, config)
+    # Early stopping picks the best of many epochs on its own held-out requests (the latest
+    # of the training part): picked on the gate's requests, a model that learned nothing
+    # could look better than it is, by the luck of the pick.
+    fit_part, stopping = split_by_time(train_set, config.validation_fraction)
+    scorer, best_epoch, history = fit_scorer(fit_part, stopping, config)
     labels, groups = validation.label, validation.request_id
     candidate_scores = _scores(scorer, validation.features)
     heuristic_scores = HeuristicRanker(feature_names).score(validation.features)
