@@ -266,7 +266,7 @@ _MODEL_DIR = click.option(
 @click.option(
     "--loss",
     type=click.Choice(["pointwise", "listwise", "pairwise"]),
-    default="listwise",
+    default="pairwise",
     show_default=True,
     help="pointwise: cross-entropy per candidate (class-weighted); listwise: softmax over "
     "each request's candidates; pairwise: BPR, positives over sampled negatives.",

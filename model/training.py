@@ -11,7 +11,9 @@ Three losses: ``pointwise`` (binary cross-entropy per candidate, positives weigh
 balance the classes), ``listwise`` (softmax over each request's candidates, the positives'
 log-probability maximised) and ``pairwise`` (BPR: each positive should outscore sampled
 negatives of the same request). The last two learn what is served, an order within a
-request, instead of a probability per row.
+request, instead of a probability per row. Pairwise is the default: compared on
+validation NDCG@10, it was ahead where positives are rare (the simulator's logged examples
+with every unreacted candidate a negative) and level with the others elsewhere.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class TrainingConfig:
     dropout: float = 0.1
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
-    loss: Loss = "listwise"
+    # Pairwise won the comparison on the ranking metric (see the README's training section).
+    loss: Loss = "pairwise"
     requests_per_batch: int = 16
     # Pointwise only: positives weighted by negatives/positives (at most this), so a 1 %
     # positive rate does not teach the network that "no" is always right.

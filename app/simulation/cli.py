@@ -86,9 +86,17 @@ _BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
 @click.option(
     "--loss",
     type=click.Choice(["pointwise", "listwise", "pairwise"]),
-    default="listwise",
+    default="pairwise",
     show_default=True,
     help="With --train: the training loss.",
+)
+@click.option(
+    "--unlabeled-as",
+    type=click.Choice(["skip", "negative"]),
+    default="skip",
+    show_default=True,
+    help="The worker's NEARLINE_UNLABELED_AS: skip = only candidates the member reacted to "
+    "become examples; negative = every other candidate, shown or not, is a negative.",
 )
 @click.option("--seed", default=7, show_default=True, help="Seed of the world and behaviour.")
 @click.option(
@@ -148,6 +156,7 @@ def simulate(
     train: bool,
     force: bool,
     loss: str,
+    unlabeled_as: str,
     seed: int,
     interest_weight: float,
     geo_weight: float,
@@ -213,6 +222,7 @@ def simulate(
             train=train,
             force=force,
             training_loss=loss,
+            unlabeled_as=unlabeled_as,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -244,8 +254,10 @@ def _train_and_compare(config: SimulationConfig, out: Path, quiet: bool) -> None
     try:
         click.echo("run 1/2: warm-up with the heuristic, training, measured days")
         trained = run(config, progress=not quiet, keep_log=out / "trained" / "worker.log")
-        if trained.training is not None:
+        if trained.training is not None and trained.training.report is not None:
             click.echo(trained.training.report.summary())
+        elif trained.training is not None:
+            click.echo(f"no model trained: {trained.training.error}")
         click.echo(f"run 2/2: the same world with the heuristic (pause {trained.pause:.1f} s)")
         baseline_config = replace(config, train=False, force=False, pause=trained.pause)
         baseline = run(

@@ -539,24 +539,22 @@ def write_training_report(
         "",
     ]
     if training is not None:
-        report = training.report
         lines += [
             "## Training and the gate",
             "",
-            f"{training.examples} examples of {training.requests} warm-up responses, "
-            f"{report.loss} loss, {training.seconds:.1f} s (export, training, the worker "
-            f"switching). Validation: the latest {report.validation_rows} rows. The examples "
-            "are in `trained/warmup-examples.parquet` (`nearline train --compare-losses` "
-            "reads them).",
-            "",
-            "```",
-            report.summary(),
-            "```",
+            f"{training.examples} examples of {training.requests} warm-up responses "
+            f"(unlabeled candidates: {cfg.unlabeled_as}), {training.seconds:.1f} s (export, "
+            "training, the worker switching). The examples are in "
+            "`trained/warmup-examples.parquet` (`nearline train --compare-losses` reads them).",
             "",
         ]
+        if training.report is not None:
+            lines += ["```", training.report.summary(), "```", ""]
+        else:
+            lines += [f"No model could be trained: {training.error}", ""]
         if not training.published:
             lines += [
-                "The gate refused the model, so the *trained* run's measured days were ranked "
+                "No model was published, so the *trained* run's measured days were ranked "
                 "by the heuristic too: the two runs differ only by chance and timing.",
                 "",
             ]

@@ -79,8 +79,13 @@ class SimulationConfig:
     # through; ``force`` publishes the model even if the gate refuses it.
     train: bool = False
     force: bool = False
-    training_loss: str = "listwise"
+    training_loss: str = "pairwise"
     training_epochs: int = 30
+    # How the worker labels a candidate nobody reacted to (NEARLINE_UNLABELED_AS). "skip":
+    # only what the member clicked, applied to, saved or dismissed becomes an example. With
+    # "negative" every candidate not shown is a negative, which teaches a model to imitate
+    # the heuristic that chose what was shown, and judges it on that.
+    unlabeled_as: str = "skip"
     # Wall seconds between the warm-up and the measured days (train: at least what
     # training took); a baseline run gets the trained run's pause.
     pause: float = 0.0
@@ -104,6 +109,7 @@ class SimulationConfig:
             "force": self.force,
             "training_loss": self.training_loss,
             "training_epochs": self.training_epochs,
+            "unlabeled_as": self.unlabeled_as,
             "pause": round(self.pause, 3),
         }
 
@@ -165,10 +171,11 @@ class TrainingOutcome:
     examples: int
     requests: int
     data: ExampleSet  # the warm-up's examples as exported
-    report: TrainingReport
+    report: TrainingReport | None  # None if no model could be trained (see error)
     published: bool
     served_version: str  # what the measured days were ranked with
     seconds: float
+    error: str | None = None
 
 
 @dataclass
@@ -202,6 +209,7 @@ def _worker_settings(config: SimulationConfig, scale: TimeScale) -> dict[str, st
         "embedding_dim": str(config.world.embedding_dim),
         "max_recent_actions": str(history_cap(config)),
         "max_candidates": str(max(1000, config.world.candidates)),
+        "unlabeled_as": config.unlabeled_as,
     }
     if config.model_dir is not None:
         settings["model_dir"] = str(config.model_dir)
@@ -377,6 +385,7 @@ class _Driver:
     async def _train(self, client: httpx.AsyncClient, responses: int) -> None:
         """Export the warm-up's examples, train through the gate, wait for the worker."""
         from app.exporting import examples_to_set, read_topic
+        from model.exceptions import ModelError
         from model.heuristic import HEURISTIC_VERSION
         from model.registry import ModelRegistry
         from model.training import train
@@ -392,33 +401,40 @@ class _Driver:
         warmup_end = self.scale.wall(self.config.world.warmup_days * DAY)
         await asyncio.sleep(max(warmup_end - time.time(), 0.0) + settings.outcome_horizon)
         vectorizer = Vectorizer.from_settings(settings)
+        # The outcomes agent labels one response after another; once the topic holds the
+        # same number of examples on two reads in a row, it has caught up.
         deadline = time.monotonic() + 60.0
-        while True:
+        values: list[bytes] = []
+        while time.monotonic() < deadline:
+            before = len(values)
             values = await read_topic(settings, settings.topic_training_examples, idle=1.0)
-            examples = examples_to_set([codec.loads(v) for v in values], vectorizer.feature_names)
-            if examples.n_requests >= responses or time.monotonic() > deadline:
+            if values and len(values) == before:
                 break
-        if examples.n_requests < responses:
-            log.warning("%d of %d warm-up responses labelled", examples.n_requests, responses)
+        examples = examples_to_set([codec.loads(v) for v in values], vectorizer.feature_names)
         registry = ModelRegistry(settings.model_dir, vectorizer, backend="default")
-        report = await asyncio.to_thread(
-            train, examples, registry, self._training_config(), force=self.config.force
-        )
-        served = (
-            report.version.version if report.published and report.version else HEURISTIC_VERSION
-        )
-        if report.published:
+        report: TrainingReport | None = None
+        error = None
+        try:
+            report = await asyncio.to_thread(
+                train, examples, registry, self._training_config(), force=self.config.force
+            )
+        except ModelError as exc:
+            error = str(exc)
+            log.error("simulation: no model trained: %s", exc)
+        published = report is not None and report.published and report.version is not None
+        served = report.version.version if published and report and report.version else None
+        if served is not None:
             await self._wait_served(client, served)
         self.training = TrainingOutcome(
             examples=len(examples),
             requests=examples.n_requests,
             data=examples,
             report=report,
-            published=report.published,
-            served_version=served,
+            published=served is not None,
+            served_version=served or HEURISTIC_VERSION,
             seconds=time.monotonic() - started,
+            error=error,
         )
-        log.info("simulation: %s", report.summary())
 
     def _training_config(self) -> TrainingConfig:
         from model.training import TrainingConfig
