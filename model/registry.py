@@ -269,8 +269,13 @@ class ModelRegistry:
 
     def _candidates(self, listing: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Versions to try serving, in order: the active file's version and its history,
-        or without the file every version not marked rejected, newest first."""
-        served = self.served()
+        or without the file every version not marked rejected, newest first. Nothing if
+        the active file is unreadable (logged): the current ranker stays."""
+        try:
+            served = self.served()
+        except ModelFileError as exc:
+            log.error("%s", exc)
+            return []
         mtimes = dict(listing)
         if served.pinned:
             order = [served.version, *served.previous]
