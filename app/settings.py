@@ -138,6 +138,7 @@ class Settings(BaseSettings):
     max_candidates: int = Field(default=1000, ge=1)
     model_reload_interval: Duration = 10.0
     model_half_life: Duration = 6 * 3600.0
+    model_short_window: Duration = 1800.0
     outcome_horizon: Duration = 1800.0
     outcome_label_interval: Duration = 1.0
     unlabeled_as: str = "negative"
