@@ -1,11 +1,16 @@
-"""The ingest agent: validate member actions, keep those of interest, apply them in batches."""
+"""The ingest agent: validate member actions, keep those of interest, apply them in batches.
+
+An action read on another partition than its key's (a producer with another partitioner,
+e.g. librdkafka's default CRC32) is valid: it is forwarded, unchanged, to the repartition
+topic at its owner's partition, and applied when the owner reads it there.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,7 +19,7 @@ from app.kafka import partition_for_key
 from app.metrics import Metrics
 from app.settings import Settings
 from tables.attributes import AttributeStore, StoreUnavailable, ingest_fields
-from tables.member_state import Applied, MemberState, RecentAction
+from tables.member_state import Applied, MemberState, RecentAction, Source
 from tables.online_store import OnlineStore
 
 __all__ = [
@@ -36,13 +41,19 @@ class KafkaRecord(Protocol):
     """What ingest needs of one Kafka record (aiokafka's ConsumerRecord has it)."""
 
     @property
+    def topic(self) -> str: ...
+    @property
     def partition(self) -> int: ...
     @property
     def offset(self) -> int: ...
     @property
+    def timestamp(self) -> int: ...  # milliseconds; negative when the record has none
+    @property
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,9 @@ class SourceRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    topic: str = "member-actions"
+    timestamp: int = -1
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +76,23 @@ class DeadLetter:
     detail: str
 
 
+#: One valid event of a member: where it was read (source, offset) and what it is.
+PlannedEvent = tuple[Source, int, ActionEvent]
+
+
 @dataclass(slots=True)
 class BatchPlan:
-    """A batch sorted out: valid events per member (in offset order), dead letters, drops."""
+    """A batch sorted out: valid events per member (in offset order per source), records
+    to repartition by their owner's partition, dead letters, drops."""
 
-    by_member: dict[tuple[int, bytes], list[tuple[int, ActionEvent]]] = field(default_factory=dict)
+    by_member: dict[tuple[int, bytes], list[PlannedEvent]] = field(default_factory=dict)
+    forwards: dict[int, list[KafkaRecord]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     not_of_interest: int = 0
+
+    @property
+    def forwarded(self) -> int:
+        return sum(map(len, self.forwards.values()))
 
 
 def plan_batch(
@@ -79,12 +103,17 @@ def plan_batch(
     partitions: int,
     into: BatchPlan | None = None,
 ) -> BatchPlan:
-    """Validate and group a batch, adding to ``into`` if given.
+    """Validate and group a batch of the actions and repartition topics, adding to ``into``.
 
     Pure, so every rule is testable without a broker.
     """
     plan = BatchPlan() if into is None else into
     interesting = frozenset(settings.actions_of_interest)
+    sources = {
+        settings.topic_actions: Source.ACTIONS,
+        settings.topic_repartition: Source.REPARTITION,
+    }
+    from_record = settings.ts_from_record
     for record in records:
         try:
             event = parse_action(
@@ -93,6 +122,7 @@ def plan_batch(
                 max_bytes=settings.max_event_bytes,
                 retention=settings.retention,
                 max_future_skew=settings.max_future_skew,
+                record_timestamp_ms=record.timestamp if from_record else None,
             )
             key = event.member_id.encode()
             if record.key != key:
@@ -101,12 +131,16 @@ def plan_batch(
                     f"record key {record.key!r} is not the member_id {event.member_id!r}; "
                     "key every action by its member id",
                 )
-            expected = partition_for_key(key, partitions)
-            if record.partition != expected:
+            source = sources[record.topic]
+            owner = partition_for_key(key, partitions)
+            if record.partition != owner and source is Source.REPARTITION:
+                # Forwards go to the owner's partition; this one was written with another
+                # partition count, and forwarding it again could go round for ever.
                 raise InvalidEvent(
                     "wrong_partition",
-                    f"member {event.member_id!r} belongs in partition {expected}, not "
-                    f"{record.partition}; produce with Kafka's default partitioner",
+                    f"member {event.member_id!r} belongs in partition {owner} of "
+                    f"{record.topic}, not {record.partition}: the topic was written with "
+                    "another partition count; give it NEARLINE_TOPIC_PARTITIONS partitions",
                 )
         except InvalidEvent as exc:
             plan.dead_letters.append(DeadLetter(record, exc.reason, exc.detail))
@@ -114,11 +148,17 @@ def plan_batch(
         if event.action not in interesting:
             plan.not_of_interest += 1
             continue
-        plan.by_member.setdefault((record.partition, key), []).append((record.offset, event))
+        if record.partition != owner:
+            plan.forwards.setdefault(owner, []).append(record)
+            continue
+        plan.by_member.setdefault((owner, key), []).append((source, record.offset, event))
     return plan
 
 
 SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
+#: Sends records, unchanged, to the given partitions of the repartition topic; returns
+#: once the broker has acknowledged them all.
+SendRepartitioned = Callable[[Mapping[int, Sequence[KafkaRecord]]], Awaitable[None]]
 
 
 class IngestProcessor:
@@ -130,6 +170,7 @@ class IngestProcessor:
         settings: Settings,
         metrics: Metrics,
         send_dead_letters: SendDeadLetters,
+        send_repartitioned: SendRepartitioned,
         *,
         attributes: AttributeStore | None = None,
         ingest_fields: Sequence[str] = (),
@@ -140,11 +181,13 @@ class IngestProcessor:
         self.settings = settings
         self.metrics = metrics
         self.send_dead_letters = send_dead_letters
+        self.send_repartitioned = send_repartitioned
         self.attributes = attributes
         self.ingest_fields = tuple(ingest_fields) if attributes is not None else ()
         self.join_timeout = join_timeout
         self.clock = clock
-        self.next_offsets: dict[int, int] = {}  # per source partition, for the lag gauge
+        # Per (topic, partition) read, for the lag gauge.
+        self.next_offsets: dict[tuple[str, int], int] = {}
 
     async def process(self, records: Sequence[KafkaRecord]) -> BatchPlan:
         started = time.perf_counter()
@@ -156,6 +199,12 @@ class IngestProcessor:
             await asyncio.sleep(0)  # a large batch must not stall the web app
         if plan.not_of_interest:
             self.metrics.events_dropped.labels("not_of_interest").inc(plan.not_of_interest)
+        # Sent while this batch is applied; awaited before returning, because the caller
+        # acknowledges the source offsets then: a crash before the broker has them re-reads
+        # them, and a forward sent twice that way is a repeated event id, counted once.
+        forwarding = (
+            asyncio.ensure_future(self.send_repartitioned(plan.forwards)) if plan.forwards else None
+        )
         outcomes = {Applied.APPLIED: 0, Applied.REPLAYED: 0, Applied.DUPLICATE: 0}
         policy = self.store.policy
         joined = await self._attributes_at_ingest(plan)
@@ -167,7 +216,7 @@ class IngestProcessor:
                     await asyncio.sleep(0)  # reads meanwhile see the states before the batch
                 state = self.store.load(partition, key) or MemberState()
                 changed = False
-                for offset, event in events:
+                for source, offset, event in events:
                     attributes = dict(event.attributes)
                     found = joined.get(event.item_id) if joined is not None else None
                     if found is not None:
@@ -184,6 +233,7 @@ class IngestProcessor:
                         offset=offset,
                         applied_at=now,
                         policy=policy,
+                        source=source,
                     )
                     outcomes[outcome] += 1
                     changed = changed or outcome is not Applied.REPLAYED
@@ -195,16 +245,21 @@ class IngestProcessor:
             await self.send_dead_letters(plan.dead_letters)
             for letter in plan.dead_letters:
                 self.metrics.events_dead_lettered.labels(letter.reason).inc()
-        # Counted once handled, so "events in" reaching N means N records are applied.
-        self.metrics.events_in.inc(len(records))
+        forwarded = plan.forwarded
+        if forwarding is not None:
+            await forwarding
+            self.metrics.events_repartitioned.inc(forwarded)
+        # Counted once handled, so "events in" reaching N means N records are applied; a
+        # repartitioned record is handled when its owner reads it from the repartition topic.
+        self.metrics.events_in.inc(len(records) - forwarded)
         self.metrics.events_applied.inc(outcomes[Applied.APPLIED])
         for outcome in (Applied.REPLAYED, Applied.DUPLICATE):
             if outcomes[outcome]:
                 self.metrics.events_dropped.labels(outcome.value).inc(outcomes[outcome])
+        next_offsets = self.next_offsets
         for record in records:
-            self.next_offsets[record.partition] = max(
-                record.offset + 1, self.next_offsets.get(record.partition, 0)
-            )
+            tp = (record.topic, record.partition)
+            next_offsets[tp] = max(record.offset + 1, next_offsets.get(tp, 0))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return plan
 
@@ -216,7 +271,7 @@ class IngestProcessor:
         """
         if not self.ingest_fields or self.attributes is None:
             return {}
-        items = {event.item_id for events in plan.by_member.values() for _, event in events}
+        items = {event.item_id for events in plan.by_member.values() for _, _, event in events}
         if not items:
             return {}
         try:

@@ -7,7 +7,7 @@ import gc
 import logging
 import shutil
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from itertools import chain
 from typing import Any
@@ -17,11 +17,11 @@ import httpx
 import uvloop
 
 from agents.attributes import ItemAttributesFeed
-from agents.ingest import DeadLetter, IngestProcessor
+from agents.ingest import DeadLetter, IngestProcessor, KafkaRecord
 from agents.outcomes import OutcomeLabeler
 from app import codec
 from app.bulk import BulkChannel, BulkConsumer
-from app.kafka import ssl_context
+from app.kafka import send_in_batches, ssl_context
 from app.metrics import Metrics
 from app.recommend import Recommender
 from app.settings import Settings
@@ -109,7 +109,10 @@ class Nearline:
         self.metrics = Metrics()
         self.faust = _faust_app(settings)
         self.actions_topic = self._raw_topic(settings.topic_actions)
-        self.bulk = BulkChannel([settings.topic_actions])
+        # Co-partitioned with the actions (same partition count, same subscribers), so the
+        # owner of a partition reads both topics' records for it.
+        self.repartition_topic = self._raw_topic(settings.topic_repartition)
+        self.bulk = BulkChannel([settings.topic_actions, settings.topic_repartition])
         # Faust builds its consumer from this class when the worker starts.
         self.faust.transport.Consumer = BulkConsumer.delivering_to(self.bulk)  # type: ignore[misc]
         self.members = self.faust.Table(
@@ -141,6 +144,7 @@ class Nearline:
             settings,
             self.metrics,
             self.send_dead_letters,
+            self.send_repartitioned,
             attributes=self.attributes_cached,
             ingest_fields=self.join_fields.ingest,
         )
@@ -181,6 +185,7 @@ class Nearline:
         # The ingest agent takes the actions topic a fetch at a time (app/bulk.py): the
         # records still come off Faust's consumer and commit through its book-keeping.
         self.faust.topics.add(self.actions_topic)
+        self.faust.topics.add(self.repartition_topic)
 
         async def ingest() -> None:
             consumer = self.faust.consumer
@@ -255,9 +260,22 @@ class Nearline:
         sends = [await producer.send(topic, k, v, None, None, h) for k, v, h in records]
         await asyncio.gather(*sends)
 
+    async def send_repartitioned(self, forwards: Mapping[int, Sequence[KafkaRecord]]) -> None:
+        """Records, unchanged, to their owners' partitions of the repartition topic."""
+        producer = self.faust.producer._ensure_producer()  # type: ignore[attr-defined]
+        topic = self.settings.topic_repartition
+        sent = []
+        for partition, records in forwards.items():
+            sent += await send_in_batches(
+                producer,
+                topic,
+                partition,
+                ((r.key, r.value, r.timestamp, list(r.headers)) for r in records),
+            )
+        await asyncio.gather(*(future for future, _ in sent))
+
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Original bytes to the DLQ, the reason and source position in headers."""
-        source = self.settings.topic_actions
         await self._send_all(
             self.settings.topic_dlq,
             (
@@ -267,7 +285,7 @@ class Nearline:
                     _dead_letter_headers(
                         letter.reason,
                         letter.detail,
-                        source,
+                        letter.record.topic,
                         letter.record.partition,
                         letter.record.offset,
                     ),
@@ -362,7 +380,7 @@ class Nearline:
                 continue
             if highwater is None:
                 continue
-            position = self.ingest.next_offsets.get(tp.partition, 0)
+            position = self.ingest.next_offsets.get((tp.topic, tp.partition), 0)
             lag[tp.partition] = max(0, highwater - position)
         return lag
 

@@ -21,7 +21,7 @@ import rocksdict
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, TableT
 
-from app.kafka import partition_for_key
+from app.kafka import OutgoingRecord, partition_for_key, send_in_batches
 from tables.member_state import MemberState, StatePolicy
 
 __all__ = ["NotOwned", "OnlineStore"]
@@ -129,20 +129,22 @@ class OnlineStore:
             if not states:
                 continue
             batch = rocksdict.WriteBatch(raw_mode=True)
-            records: list[tuple[bytes, bytes | None]] = []
+            records: list[OutgoingRecord] = []
             for key, state in states.items():
                 value = None if state is None else state.to_bytes()
                 if value is None:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-                records.append((key, value))
+                records.append((key, value, None, None))
             self._db(partition).write(batch)
-            sent += await self._send(producer, partition, records)
+            topic = self.changelog_topic
+            sent += await send_in_batches(producer, topic, partition, records)
             if self.exact_end_offsets:
                 # A batch of its own, after the records': a partition's batches are sent
                 # and stored in order, so the marker lands last.
-                sent += await self._send(producer, partition, [(END_MARKER_KEY, b"")])
+                marker: OutgoingRecord = (END_MARKER_KEY, b"", None, None)
+                sent += await send_in_batches(producer, topic, partition, [marker])
         if not sent:
             return
         # The batch's source offsets are committed only after this returns, so a crash
@@ -160,22 +162,6 @@ class OnlineStore:
         # Faust's producer sends one record at a time, a future each; changelog records go
         # straight to its aiokafka producer in whole batches instead.
         return self.app.producer._ensure_producer()  # type: ignore[attr-defined,no-any-return]
-
-    async def _send(
-        self, producer: AIOKafkaProducer, partition: int, records: list[tuple[bytes, bytes | None]]
-    ) -> list[tuple[asyncio.Future[Any], int]]:
-        """Queue ``records`` for one changelog partition; (future, count) per producer batch."""
-        topic = self.changelog_topic
-        sent = []
-        batch, count = producer.create_batch(), 0
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                sent.append((await producer.send_batch(batch, topic, partition=partition), count))
-                batch, count = producer.create_batch(), 0
-                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
-            count += 1
-        sent.append((await producer.send_batch(batch, topic, partition=partition), count))
-        return sent
 
     # -- retention ---------------------------------------------------------------------
 
