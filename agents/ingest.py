@@ -83,10 +83,11 @@ PlannedEvent = tuple[Source, int, ActionEvent]
 @dataclass(slots=True)
 class BatchPlan:
     """A batch sorted out: valid events per member (in offset order per source), records
-    to repartition by their owner's partition, dead letters, drops."""
+    to repartition (with the member id as key) by their owner's partition, dead letters,
+    drops."""
 
     by_member: dict[tuple[int, bytes], list[PlannedEvent]] = field(default_factory=dict)
-    forwards: dict[int, list[KafkaRecord]] = field(default_factory=dict)
+    forwards: dict[int, list[tuple[bytes, KafkaRecord]]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     not_of_interest: int = 0
 
@@ -125,11 +126,12 @@ def plan_batch(
                 record_timestamp_ms=record.timestamp if from_record else None,
             )
             key = event.member_id.encode()
-            if record.key != key:
+            # No key at all (a producer's default) is no contradiction: the member id is it.
+            if record.key != key and record.key is not None:
                 raise InvalidEvent(
                     "key_mismatch",
                     f"record key {record.key!r} is not the member_id {event.member_id!r}; "
-                    "key every action by its member id",
+                    "key every action by its member id (or send it without a key)",
                 )
             source = sources[record.topic]
             owner = partition_for_key(key, partitions)
@@ -149,16 +151,16 @@ def plan_batch(
             plan.not_of_interest += 1
             continue
         if record.partition != owner:
-            plan.forwards.setdefault(owner, []).append(record)
+            plan.forwards.setdefault(owner, []).append((key, record))
             continue
         plan.by_member.setdefault((owner, key), []).append((source, record.offset, event))
     return plan
 
 
 SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
-#: Sends records, unchanged, to the given partitions of the repartition topic; returns
-#: once the broker has acknowledged them all.
-SendRepartitioned = Callable[[Mapping[int, Sequence[KafkaRecord]]], Awaitable[None]]
+#: Sends records to the given partitions of the repartition topic, keyed by the given key
+#: (the member id) and otherwise unchanged; returns once the broker has acknowledged all.
+SendRepartitioned = Callable[[Mapping[int, Sequence[tuple[bytes, KafkaRecord]]]], Awaitable[None]]
 
 
 class IngestProcessor:

@@ -260,8 +260,10 @@ class Nearline:
         sends = [await producer.send(topic, k, v, None, None, h) for k, v, h in records]
         await asyncio.gather(*sends)
 
-    async def send_repartitioned(self, forwards: Mapping[int, Sequence[KafkaRecord]]) -> None:
-        """Records, unchanged, to their owners' partitions of the repartition topic."""
+    async def send_repartitioned(
+        self, forwards: Mapping[int, Sequence[tuple[bytes, KafkaRecord]]]
+    ) -> None:
+        """Records to their owners' partitions of the repartition topic, keyed by member."""
         producer = self.faust.producer._ensure_producer()  # type: ignore[attr-defined]
         topic = self.settings.topic_repartition
         sent = []
@@ -270,7 +272,7 @@ class Nearline:
                 producer,
                 topic,
                 partition,
-                ((r.key, r.value, r.timestamp, list(r.headers)) for r in records),
+                ((key, r.value, r.timestamp, list(r.headers)) for key, r in records),
             )
         await asyncio.gather(*(future for future, _ in sent))
 

@@ -145,6 +145,8 @@ def test_actions_on_other_partitions_are_repartitioned_not_dead_lettered(
     now = time.time()
     events = make_events(2000, members=40, now=now, seed=6)
     placed = misplaced(events, deployment.partitions)
+    # Every fifth without a key (a producer's default): the member id is its key.
+    placed = [(None, *r[1:]) if i % 5 == 0 else r for i, r in enumerate(placed)]
     deployment.produce(placed)
     wait_until(
         lambda: worker.metric("nearline_events_in_total") >= len(events), message="all handled"
@@ -154,15 +156,16 @@ def test_actions_on_other_partitions_are_repartitioned_not_dead_lettered(
     assert worker.metric("nearline_events_applied_total") == unique_of_interest
     assert worker.metric("nearline_events_dead_lettered_total") == 0
     # Only actions of interest are worth forwarding; the rest are dropped where they are.
-    moved = [
-        (key, value)
-        for (key, value, partition), event in zip(placed, events, strict=True)
-        if event["action"] in INTEREST
-        and partition != partition_for_key(key, deployment.partitions)
-    ]
+    moved = []
+    for (_, value, partition), event in zip(placed, events, strict=True):
+        member = event["member_id"].encode()
+        owner = partition_for_key(member, deployment.partitions)
+        if event["action"] in INTEREST and partition != owner:
+            moved.append((member, value))
     assert worker.metric("nearline_events_repartitioned_total") == len(moved)
     topic = f"{deployment.settings['NEARLINE_APP_ID']}-{deployment.topic}-repartition"
     forwarded = deployment.consume(topic, expected=len(moved))
-    assert sorted((m.key, m.value) for m in forwarded) == sorted(moved)  # bytes unchanged
+    # Values unchanged, keyed by member (also those sent without a key) ...
+    assert sorted((m.key, m.value) for m in forwarded) == sorted(moved)
     for message in forwarded:  # ... and each at its owner's partition
         assert message.partition == partition_for_key(message.key, deployment.partitions)

@@ -57,9 +57,9 @@ async def _forwarded_then_applied() -> None:
     metrics = Metrics()
     store = DictStore()
     acknowledged = asyncio.Event()
-    sent: list[dict[int, list[SourceRecord]]] = []
+    sent: list[dict[int, list[tuple[bytes, SourceRecord]]]] = []
 
-    async def send_repartitioned(forwards: dict[int, list[SourceRecord]]) -> None:
+    async def send_repartitioned(forwards: dict[int, list[tuple[bytes, SourceRecord]]]) -> None:
         sent.append(forwards)
         await acknowledged.wait()  # the broker's acknowledgement, when the test says so
 
@@ -74,7 +74,7 @@ async def _forwarded_then_applied() -> None:
     # The direct action is applied, the misplaced one is on its way, and the batch is not
     # done (its offsets cannot be acknowledged) until the broker has the forward.
     assert not processing.done()
-    assert sent == [{partition_for_key(b"a", 4): [batch[0]]}]
+    assert sent == [{partition_for_key(b"a", 4): [(b"a", batch[0])]}]
     assert store.load(partition_for_key(b"b", 4), b"b") is not None
     assert store.load(partition_for_key(b"a", 4), b"a") is None
     acknowledged.set()

@@ -49,10 +49,21 @@ def test_a_valid_action_on_another_partition_is_forwarded_to_its_owner() -> None
     )
     uninteresting = SourceRecord((owner + 1) % 4, 2, b"a", record(2, "a", "view").value)
     plan = plan_batch([misplaced, uninteresting], SETTINGS, now=time.time(), partitions=4)
-    assert plan.forwards == {owner: [misplaced]}  # the record itself: key, value, headers kept
+    # The record itself (value, timestamp, headers), keyed by its member.
+    assert plan.forwards == {owner: [(b"a", misplaced)]}
     assert plan.forwarded == 1
     assert not plan.dead_letters and not plan.by_member
     assert plan.not_of_interest == 1  # not worth forwarding
+
+
+def test_an_action_without_a_key_is_keyed_by_its_member() -> None:
+    owner = partition_for_key(b"a", 4)
+    here = SourceRecord(owner, 0, None, record(0, "a").value)
+    elsewhere = SourceRecord((owner + 1) % 4, 1, None, record(1, "a").value)
+    plan = plan_batch([here, elsewhere], SETTINGS, now=time.time(), partitions=4)
+    assert [offset for _, offset, _ in plan.by_member[(owner, b"a")]] == [0]
+    assert plan.forwards == {owner: [(b"a", elsewhere)]}
+    assert not plan.dead_letters
 
 
 def test_the_repartition_topic_is_a_source_of_its_own() -> None:
