@@ -76,8 +76,9 @@ class DeadLetter:
     detail: str
 
 
-#: One valid event of a member: where it was read (source, offset) and what it is.
-PlannedEvent = tuple[Source, int, ActionEvent]
+#: One valid event of a member: where it was read (a :class:`Source` as a plain int, and
+#: the offset) and what it is.
+PlannedEvent = tuple[int, int, ActionEvent]
 
 
 @dataclass(slots=True)
@@ -110,9 +111,12 @@ def plan_batch(
     """
     plan = BatchPlan() if into is None else into
     interesting = frozenset(settings.actions_of_interest)
+    # Plain ints, not the enum members: a tuple holding only ints and events (gc=False
+    # structs) is left alone by the cyclic GC; with an enum member in it, 100k tuples per
+    # batch were tracked and made planning ~1.5 µs per action slower.
     sources = {
-        settings.topic_actions: Source.ACTIONS,
-        settings.topic_repartition: Source.REPARTITION,
+        settings.topic_actions: int(Source.ACTIONS),
+        settings.topic_repartition: int(Source.REPARTITION),
     }
     from_record = settings.ts_from_record
     for record in records:
@@ -135,7 +139,7 @@ def plan_batch(
                 )
             source = sources[record.topic]
             owner = partition_for_key(key, partitions)
-            if record.partition != owner and source is Source.REPARTITION:
+            if record.partition != owner and source == Source.REPARTITION:
                 # Forwards go to the owner's partition; this one was written with another
                 # partition count, and forwarding it again could go round for ever.
                 raise InvalidEvent(

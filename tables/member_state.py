@@ -191,10 +191,10 @@ class MemberState:
         offset: int,
         applied_at: float,
         policy: StatePolicy,
-        source: Source = Source.ACTIONS,
+        source: int = Source.ACTIONS,
     ) -> Applied:
-        """Apply one event read at ``offset`` of ``source``; idempotent for re-reads and
-        for ids seen within the dedupe window, whatever their event time."""
+        """Apply one event read at ``offset`` of ``source`` (a :class:`Source`); idempotent
+        for re-reads and for ids seen within the dedupe window, whatever their event time."""
         offsets = self.last_offsets
         if offset <= offsets[source]:
             return Applied.REPLAYED
