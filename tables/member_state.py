@@ -13,7 +13,7 @@ late or old the original event was.
 from __future__ import annotations
 
 import math
-from base64 import b64decode, b64encode
+from binascii import a2b_base64, b2a_base64
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from hashlib import blake2b
@@ -156,7 +156,10 @@ class MemberState:
                 "p": self.last_applied_at,
                 "a": self.actions,
                 "b": sorted(self.buckets.items()),
-                "d": [[k, b64encode(ids).decode()] for k, ids in sorted(self.seen.items())],
+                "d": [
+                    [k, b2a_base64(ids, newline=False).decode()]
+                    for k, ids in sorted(self.seen.items())
+                ],
             }
         )
 
@@ -172,7 +175,7 @@ class MemberState:
             last_applied_at=body["p"],
             actions=body["a"],
             buckets=dict(body["b"]),
-            seen={k: bytearray(b64decode(ids)) for k, ids in body.get("d", ())},
+            seen={k: bytearray(a2b_base64(ids)) for k, ids in body.get("d", ())},
         )
 
     def recent_actions(self) -> list[RecentAction]:
@@ -202,7 +205,7 @@ class MemberState:
         digest = event_id_hash(action.event_id)
         if self._has_seen(digest):
             return Applied.DUPLICATE
-        arrival = math.floor(applied_at / policy.dedupe_bucket)
+        arrival = math.floor(applied_at * DEDUPE_BUCKETS_PER_WINDOW / policy.dedupe_window)
         ids = self.seen.get(arrival)
         if ids is None:
             self.seen[arrival] = bytearray(digest)
@@ -256,12 +259,13 @@ class MemberState:
         seen = self.seen
         size = policy.dedupe_bucket
         horizon = now - policy.dedupe_window
-        expired = [k for k in seen if (k + 1) * size <= horizon]
-        for k in expired:
-            del seen[k]
+        forgot = False
+        while seen and (oldest := min(seen)) * size + size <= horizon:
+            del seen[oldest]
+            forgot = True
         excess = sum(map(len, seen.values())) - policy.dedupe_max_ids * _HASH_BYTES
         if excess <= 0:
-            return bool(expired)
+            return forgot
         for k in sorted(seen):
             ids = seen[k]
             if len(ids) <= excess:
