@@ -10,11 +10,12 @@ responses), writes one example set per response and deletes it.
 
 Exactly one example set per response, across crashes too. A response is labelled only once
 its offset in the log is committed, so it is never read again after it was deleted. Before
-a labelling pass sends anything it stores the training-examples partition's end offset (the
-``i`` key of the state). A pass that finished deletes that key with its responses; one cut
-short leaves it, and the next pass (on this worker or, after a rebalance, on the partition's
-new owner, which restores it from the changelog) first reads the training-examples
-partition from that offset and skips the responses whose examples are already there.
+a labelling pass sends anything it stores the keys of its responses and the
+training-examples partition's end offset (the ``i`` key of the state). A pass that finished
+deletes that key with its responses; one cut short leaves it, and the next pass (on this
+worker or, after a rebalance, on the partition's new owner, which restores it from the
+changelog) first reads the training-examples partition from that offset and deletes those
+of its responses whose example sets are already there; the others are labelled as usual.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from model.feature_log import encode_matrix, logged_rows
 from tables.online_store import OnlineStore
 from tables.pending import (
     IN_PROGRESS_KEY,
+    DueResponse,
     PendingResponses,
     due_key,
+    member_of,
     reaction_key,
     reaction_value,
 )
@@ -170,7 +173,7 @@ class OutcomeJoiner:
                 for key, value in responses.items():
                     if table.get(partition, key) is not None:
                         continue  # re-read after a crash: stored already
-                    member = key[17:]
+                    member = member_of(key)
                     if member not in counts:
                         counts[member] = self.pending.pending_of(partition, member)
                     counts[member] += 1
@@ -251,41 +254,28 @@ class OutcomeJoiner:
     async def _label_partition(self, partition: int) -> tuple[int, bool]:
         """One pass over at most ``max_per_pass`` due responses: (labelled, more are due)."""
         pending = self.pending
-        now_ms = int(self.clock() * 1000)
-        marker = pending.in_progress(partition)
-        written: set[str] = set()
-        start: int | None = None
-        if marker is not None:
-            start = int(codec.loads(marker)["offset"])
-            written = await self.examples.request_ids_since(partition, start)
-        found = pending.due(partition, now_ms, self.max_per_pass)
+        if pending.in_progress(partition) is not None:
+            await self._resolve_cut_short(partition)
+        found = pending.due(partition, int(self.clock() * 1000), self.max_per_pass)
         # Only responses whose log offset is committed: one labelled and deleted before its
         # offset was committed would be read again after a crash, and labelled twice.
         committed = self.committed(partition)
         due = [r for r in found if committed is not None and r.offset < committed]
         if not due:
-            if marker is not None:
-                async with pending.write_lock:
-                    await pending.write({partition: {IN_PROGRESS_KEY: None}})
             return 0, False
         end = await self.examples.end_offset(partition)
-        if start is not None:
-            end = min(end, start)  # a pass cut short may have written from ``start`` on
+        marker = {"offset": end, "keys": [r.key.hex() for r in due]}
         async with pending.write_lock:
-            await pending.write({partition: {IN_PROGRESS_KEY: codec.dumps({"offset": end})}})
+            await pending.write({partition: {IN_PROGRESS_KEY: codec.dumps(marker)}})
 
         sets: list[tuple[bytes, bytes]] = []
-        skipped = unreadable = 0
+        unreadable = 0
         for n, response in enumerate(due, 1):
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a response costs ~0.1-0.5 ms: keep serving meanwhile
             try:
-                record = codec.loads(response.record)
-                if record["request_id"] in written:
-                    skipped += 1
-                    continue
                 example_set = label_response(
-                    record,
+                    codec.loads(response.record),
                     self._actions(partition, response.member),
                     self.horizon,
                     self.unlabeled_as,
@@ -303,34 +293,72 @@ class OutcomeJoiner:
             await self.examples.send(partition, sets)
         if not pending.owns(partition):
             return 0, False  # revoked meanwhile: the new owner resolves the pass from its marker
-
         async with pending.write_lock:
-            updates: dict[bytes, bytes | None] = {IN_PROGRESS_KEY: None}
-            done_by_member: dict[bytes, int] = {}
-            for response in due:
-                updates[response.key] = None
-                done_by_member[response.member] = done_by_member.get(response.member, 0) + 1
-            # No response still pending was requested before this, so older reactions
-            # can no longer label anything.
-            cutoff_ms = due[-1].due_ms - 1 - self.horizon_ms
-            for member, done in done_by_member.items():
-                left = pending.pending_of(partition, member) - done
-                count_key = pending.count_key(member)
-                if left > 0:
-                    updates[count_key] = str(left).encode()
-                    until: int | None = cutoff_ms
-                else:
-                    updates[count_key] = None
-                    until = None
-                for key in pending.reaction_keys(partition, member, until):
-                    updates[key] = None
-            await pending.write({partition: updates})
-        self.metrics.responses.labels("labelled").inc(len(due) - skipped - unreadable)
-        if skipped:
-            self.metrics.responses.labels("already_written").inc(skipped)
+            await pending.write({partition: self._deletions(partition, due)})
+        self.metrics.responses.labels("labelled").inc(len(due) - unreadable)
         if unreadable:
             self.metrics.responses.labels("unreadable").inc(unreadable)
         return len(due), len(found) >= self.max_per_pass and len(due) == len(found)
+
+    async def _resolve_cut_short(self, partition: int) -> None:
+        """Settle a pass that was cut short: delete its responses whose sets were written.
+
+        Its marker names its responses and the examples partition's end before it sent
+        anything; a set written from there on carries its response's request id. The
+        others stay pending and are labelled as any other.
+        """
+        pending = self.pending
+        marker = codec.loads(pending.in_progress(partition) or b"{}")
+        written = await self.examples.request_ids_since(partition, int(marker["offset"]))
+        settled = []
+        for key in marker["keys"]:
+            response = pending.response(partition, bytes.fromhex(key))
+            if response is None:
+                continue  # deleted before the cut
+            try:
+                request_id = codec.loads(response.record)["request_id"]
+            except (ValueError, KeyError, TypeError):
+                continue  # unreadable: labelled (and skipped) as any other
+            if request_id in written:
+                settled.append(response)
+        async with pending.write_lock:
+            await pending.write({partition: self._deletions(partition, settled)})
+        if settled:
+            self.metrics.responses.labels("already_written").inc(len(settled))
+
+    def _deletions(
+        self, partition: int, responses: Sequence[DueResponse]
+    ) -> dict[bytes, bytes | None]:
+        """Writes that delete ``responses`` (labelled, earliest due first) and the marker.
+
+        Also the members' counts, and their reactions that can no longer label anything:
+        every response still pending was requested after these were.
+        """
+        if not responses:
+            return {IN_PROGRESS_KEY: None}
+        pending = self.pending
+        updates: dict[bytes, bytes | None] = {}
+        done_by_member: dict[bytes, int] = {}
+        for response in responses:
+            updates[response.key] = None
+            done_by_member[response.member] = done_by_member.get(response.member, 0) + 1
+        cutoff_ms = max(r.due_ms for r in responses) - 1 - self.horizon_ms
+        for member, done in done_by_member.items():
+            left = pending.pending_of(partition, member) - done
+            count_key = pending.count_key(member)
+            if left > 0:
+                updates[count_key] = str(left).encode()
+                until: int | None = cutoff_ms
+            else:
+                updates[count_key] = None
+                until = None
+            for key in pending.reaction_keys(partition, member, until):
+                updates[key] = None
+        # The marker goes last. A broker whose end offset is the start of its last record
+        # batch (the embedded one) lets recovery restore only part of a batch cut short by a
+        # crash; a part without the marker's deletion leaves the marker to settle the rest.
+        updates[IN_PROGRESS_KEY] = None
+        return updates
 
     def _actions(self, partition: int, member: bytes) -> list[Reacted]:
         """The member's actions: the online store's recent ones and every recorded reaction."""

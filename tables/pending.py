@@ -49,6 +49,16 @@ class Reaction:
     ts: float
 
 
+def _due_response(key: bytes, value: bytes) -> DueResponse:
+    due_ms, offset = _U64.unpack_from(key, 1)[0], _U64.unpack_from(key, 9)[0]
+    return DueResponse(key, due_ms, offset, key[_DUE_HEAD:], value)
+
+
+def member_of(key: bytes) -> bytes:
+    """The member of a ``d`` key."""
+    return key[_DUE_HEAD:]
+
+
 def due_key(due_ms: int, offset: int, member: bytes) -> bytes:
     return _DUE + _U64.pack(due_ms) + _U64.pack(offset) + member
 
@@ -87,18 +97,15 @@ class PendingResponses:
         """Up to ``limit`` responses due at ``now_ms``, earliest first."""
         found = []
         for key, value in self.table.scan(partition, _DUE, _DUE + _U64.pack(now_ms + 1)):
-            found.append(
-                DueResponse(
-                    key,
-                    _U64.unpack_from(key, 1)[0],
-                    _U64.unpack_from(key, 9)[0],
-                    key[_DUE_HEAD:],
-                    value,
-                )
-            )
+            found.append(_due_response(key, value))
             if len(found) >= limit:
                 break
         return found
+
+    def response(self, partition: int, key: bytes) -> DueResponse | None:
+        """The response stored under ``key`` (a ``d`` key), if it is still pending."""
+        value = self.table.get(partition, key)
+        return None if value is None else _due_response(key, value)
 
     def earliest_due_ms(self, partition: int) -> int | None:
         for key, _ in self.table.scan(partition, _DUE, _DUE + b"\xff"):
