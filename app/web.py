@@ -25,7 +25,14 @@ from tables.online_store import NotOwned
 if TYPE_CHECKING:
     from app.worker import Nearline
 
-__all__ = ["FORWARDED_HEADER", "JSONResponse", "create_web_app", "error"]
+__all__ = [
+    "FORWARDED_HEADER",
+    "JSONResponse",
+    "create_web_app",
+    "error",
+    "forward_to_owner",
+    "invalid_request",
+]
 
 #: Marks a request one worker forwarded to the owner of a partition, so it is never bounced on.
 FORWARDED_HEADER = "x-nearline-forwarded-by"
@@ -44,6 +51,12 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     """A client-facing error body: ``{"error": message, ...}``."""
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def invalid_request(exc: ValidationError) -> JSONResponse:
+    """A 422 listing every problem pydantic found, each as ``field: message``."""
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+    return error(422, "invalid request: " + "; ".join(problems), problems=problems)
 
 
 def _nearline(request: Request) -> Nearline:
@@ -97,7 +110,7 @@ async def member_features(request: Request) -> Response:
     try:
         return JSONResponse(await nearline.member_features(member_id, as_of))
     except NotOwned as exc:
-        return await _forward(request, nearline, exc)
+        return await forward_to_owner(request, nearline, exc)
 
 
 class _OwnerUnavailable(Exception):
@@ -129,7 +142,8 @@ async def _ask_owner(
         ) from None
 
 
-async def _forward(request: Request, nearline: Nearline, owner: NotOwned) -> Response:
+async def forward_to_owner(request: Request, nearline: Nearline, owner: NotOwned) -> Response:
+    """Answer ``request`` with what the worker owning the partition answers to it."""
     try:
         response = await _ask_owner(
             nearline,
@@ -179,10 +193,7 @@ async def recommendations(request: Request) -> Response:
     try:
         ask = RecommendationRequest.model_validate(body)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        ]
-        return error(422, "invalid request: " + "; ".join(problems), problems=problems)
+        return invalid_request(exc)
     if ask.k is not None and ask.k > settings.max_candidates:
         return error(422, f"k must be at most {settings.max_candidates} (NEARLINE_MAX_CANDIDATES)")
     if len(ask.candidates) > settings.max_candidates:
@@ -279,6 +290,9 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def create_web_app(nearline: Nearline) -> Starlette:
+    # Imported here: the console's routes build on this module's responses and forwarding.
+    from app.console.routes import console_routes
+
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -286,6 +300,7 @@ def create_web_app(nearline: Nearline) -> Starlette:
         Route("/v1/members/{member_id}/features", member_features, methods=["GET"]),
         Route("/v1/recommendations", recommendations, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *console_routes(),
     ]
     web = Starlette(
         routes=routes,

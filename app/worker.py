@@ -7,6 +7,7 @@ import gc
 import logging
 import shutil
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from itertools import chain
@@ -21,6 +22,7 @@ from agents.ingest import DeadLetter, IngestProcessor
 from agents.outcomes import OutcomeLabeler
 from app import codec
 from app.bulk import BulkChannel, BulkConsumer
+from app.console.timeline import IngestTimeline
 from app.kafka import ssl_context
 from app.metrics import Metrics
 from app.recommend import Recommender
@@ -160,6 +162,7 @@ class Nearline:
             horizon=settings.outcome_horizon,
             unlabeled_as=settings.unlabeled_as,
         )
+        self.timeline = IngestTimeline()  # the console's ingest rate and freshness
         self.web = create_web_app(self)
         self.metrics.track_lag(self.consumer_lag)
         self._register_agents()
@@ -188,7 +191,9 @@ class Nearline:
             async for fetch in self.bulk.batches(settings.batch_max):
                 if not consumer.is_current(fetch):
                     continue  # made before a rebalance: Faust seeks back and reads it again
-                await self.ingest.process(list(chain.from_iterable(fetch.records.values())))
+                records = list(chain.from_iterable(fetch.records.values()))
+                plan = await self.ingest.process(records)
+                self.timeline.record_batch(time.time(), len(records), plan)
                 if consumer.is_current(fetch):
                     consumer.ack_fetch(fetch.records)
 

@@ -1,0 +1,397 @@
+// The nearline console: polls this worker's /v1 API and draws what it says. No build step.
+"use strict";
+
+const state = {
+  config: null,
+  token: sessionStorage.getItem("nearline-token"),
+  member: null,
+  candidates: [],
+  seenEvents: new Set(),
+  lastApplied: undefined,
+  ranking: null,       // [{item_id, score, category}, ...] shown as "now"
+  before: null,        // the ranking before the last change
+  lag: [],             // total lag at each poll since the page opened
+  generation: 0,       // bumped when polling stops (token refused): stale timers end
+};
+
+const $ = (id) => document.getElementById(id);
+
+class AuthError extends Error {}
+
+async function api(path) {
+  const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+  const response = await fetch(path, { headers });
+  if (response.status === 401) throw new AuthError("the API token was refused");
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || `${path}: HTTP ${response.status}`);
+  return body;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function hue(text) {
+  let h = 0;
+  for (const c of String(text)) h = (h * 31 + c.charCodeAt(0)) % 360;
+  return h;
+}
+
+function chip(text, className) {
+  const node = el("span", `chip ${className || ""}`, text);
+  if (!className) node.style.setProperty("--hue", hue(text));
+  return node;
+}
+
+function clock(ts) {
+  const d = new Date(ts * 1000);
+  return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "—";
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 120) return `${seconds.toFixed(1)} s`;
+  return `${Math.round(seconds / 60)} min`;
+}
+
+function status(text, bad) {
+  const node = $("status");
+  node.textContent = text;
+  node.className = bad ? "bad" : "muted";
+}
+
+// -- the member view ---------------------------------------------------------------------
+
+function renderFeatures(features) {
+  const actions = features.recent_actions || [];
+  $("timeline-count").textContent = actions.length;
+  $("last-event").textContent = features.last_event_ts
+    ? `${clock(features.last_event_ts)} (${duration(Date.now() / 1000 - features.last_event_ts)} ago)`
+    : "—";
+  $("last-freshness").textContent =
+    features.last_event_ts && features.last_applied_at
+      ? duration(Math.max(0, features.last_applied_at - features.last_event_ts))
+      : "—";
+
+  const counts = $("counts");
+  counts.replaceChildren();
+  const windows = Object.keys(features.counts || {});
+  const names = windows.length ? Object.keys(features.counts[windows[0]]) : [];
+  const head = el("tr");
+  head.append(el("th", "", "window"), ...names.map((n) => el("th", "", n)));
+  counts.append(head);
+  for (const w of windows) {
+    const row = el("tr");
+    row.append(el("td", "", w), ...names.map((n) => el("td", "", features.counts[w][n])));
+    counts.append(row);
+  }
+
+  const timeline = $("timeline");
+  const first = state.seenEvents.size === 0;
+  const rows = actions.map((action) => {
+    const row = el("li");
+    row.dataset.event = action.event_id;
+    if (!first && !state.seenEvents.has(action.event_id)) row.classList.add("new");
+    const attributes = el("span");
+    for (const [name, value] of Object.entries(action.attributes || {})) {
+      if (name === "embedding") attributes.append(chip(`embedding·${value.length}`, "plain"));
+      else if (name === "geo") attributes.append(chip(value.region || `${value.lat},${value.lon}`, "plain"));
+      else attributes.append(chip(value));
+    }
+    for (const name of action.missing || []) attributes.append(chip(`missing ${name}`, "missing"));
+    if (action.joined === false) attributes.append(chip("not joined", "missing"));
+    row.append(
+      el("span", "time", clock(action.ts)),
+      el("span", `action ${action.action}`, action.action),
+      el("span", "", action.item_id),
+      attributes,
+    );
+    return row;
+  });
+  timeline.replaceChildren(...rows);
+  state.seenEvents = new Set(actions.map((a) => a.event_id));
+}
+
+function sameOrder(a, b) {
+  return a && b && a.length === b.length && a.every((item, i) => item.item_id === b[i].item_id);
+}
+
+function renderRanking() {
+  const now = state.ranking || [];
+  const before = state.before;
+  const previous = new Map((before || []).map((item, i) => [item.item_id, i]));
+  const rows = (list, marks) =>
+    list.map((item, i) => {
+      const row = el("li");
+      row.dataset.item = item.item_id;
+      row.dataset.category = item.category || "";
+      let move = el("span", "move", "");
+      if (marks && before) {
+        const was = previous.get(item.item_id);
+        if (was === undefined) move = el("span", "move new", "new");
+        else if (was > i) move = el("span", "move up", `▲${was - i}`);
+        else if (was < i) move = el("span", "move down", `▼${i - was}`);
+        if (was !== i) row.classList.add("moved");
+      }
+      row.append(
+        el("span", "pos", i + 1),
+        el("span", "", item.item_id),
+        el("span", "", ""),
+        el("span", "score", item.score.toFixed(3)),
+        move,
+      );
+      if (item.category) row.children[2].append(chip(item.category));
+      if (item.unknown) row.children[2].append(chip("unknown", "missing"));
+      return row;
+    });
+  $("ranking-now").replaceChildren(...rows(now, true));
+  $("ranking-before").replaceChildren(...(before ? rows(before, false) : [el("li", "muted", "no change yet")]));
+}
+
+async function refreshRanking(features) {
+  const query = encodeURIComponent(state.candidates.join(","));
+  const path = `/v1/console/members/${encodeURIComponent(state.member)}/ranking?candidates=${query}`;
+  const ranked = await api(path);
+  $("ranking-model").textContent = `${ranked.ranker} · ${ranked.model_version}`;
+  if (state.ranking && !sameOrder(state.ranking, ranked.items)) {
+    state.before = state.ranking;
+    $("ranking-changed").textContent = `changed at ${clock(Date.now() / 1000)}`;
+  }
+  state.ranking = ranked.items;
+  renderRanking();
+}
+
+async function refreshMember() {
+  if (!state.member) return;
+  const features = await api(`/v1/members/${encodeURIComponent(state.member)}/features`);
+  renderFeatures(features);
+  // Re-rank only when the member's state changed: a ranking costs the worker far more
+  // than a features read, and an unchanged member ranks the same.
+  if (features.last_applied_at !== state.lastApplied || !state.ranking) {
+    await refreshRanking(features);
+    state.lastApplied = features.last_applied_at;
+  }
+}
+
+function watch(member) {
+  state.member = member;
+  state.seenEvents = new Set();
+  state.lastApplied = undefined;
+  state.ranking = state.before = null;
+  $("ranking-changed").textContent = "";
+  $("member-input").value = member;
+  const url = new URL(location.href);
+  url.searchParams.set("member", member);
+  history.replaceState(null, "", url);
+  return refreshMember();
+}
+
+// -- the system view ---------------------------------------------------------------------
+
+function drawChart(canvas, series, { ymin = 0, format = (v) => String(Math.round(v)) } = {}) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth, height = canvas.clientHeight;
+  canvas.width = width * ratio;
+  canvas.height = height * ratio;
+  const g = canvas.getContext("2d");
+  g.scale(ratio, ratio);
+  g.clearRect(0, 0, width, height);
+  const values = series.flatMap((s) => s.values.filter((v) => v !== null));
+  const top = Math.max(ymin + 1e-9, ...values);
+  const left = 44, bottom = height - 4;
+  g.strokeStyle = "#e3e6ea";
+  g.fillStyle = "#6b7280";
+  g.font = "10px system-ui, sans-serif";
+  g.beginPath();
+  g.moveTo(left, 4); g.lineTo(width, 4);
+  g.moveTo(left, bottom); g.lineTo(width, bottom);
+  g.stroke();
+  g.fillText(format(top), 2, 12);
+  g.fillText(format(ymin), 2, bottom);
+  for (const s of series) {
+    const n = s.values.length;
+    if (n < 2) continue;
+    g.strokeStyle = s.color;
+    g.lineWidth = 1.5;
+    g.beginPath();
+    let drawing = false;
+    s.values.forEach((v, i) => {
+      if (v === null) { drawing = false; return; }
+      const x = left + ((width - left) * i) / (n - 1);
+      const y = bottom - ((bottom - 4) * (v - ymin)) / (top - ymin);
+      if (drawing) g.lineTo(x, y); else g.moveTo(x, y);
+      drawing = true;
+    });
+    g.stroke();
+  }
+}
+
+function table(node, header, rows) {
+  const head = el("tr");
+  head.append(...header.map((h) => el("th", "", h)));
+  node.replaceChildren(head, ...rows.map((cells) => {
+    const row = el("tr");
+    row.append(...cells.map((c) => (c instanceof Node ? (() => { const td = el("td"); td.append(c); return td; })() : el("td", "", c))));
+    return row;
+  }));
+  if (!rows.length) node.append(el("tr")).append(el("td", "muted", "none"));
+}
+
+function ms(seconds) {
+  return seconds === null || seconds === undefined ? "—" : `${Math.round(seconds * 1000)} ms`;
+}
+
+function renderSystem(s) {
+  $("worker").textContent = s.worker;
+  const ready = $("ready");
+  ready.textContent = s.ready ? "ready" : s.reason;
+  ready.className = `pill ${s.ready ? "good" : "bad"}`;
+  $("model-pill").textContent = `${s.model.ranker} · ${s.model.version}`;
+
+  const rate = s.ingest.per_s;
+  $("ingest-rate").textContent = rate >= 100 ? Math.round(rate).toLocaleString() : rate.toFixed(1);
+  $("ingest-rate").dataset.value = rate;
+  $("fresh-p50").textContent = ms(s.freshness["1m"].p50);
+  $("fresh-p99").textContent = ms(s.freshness["1m"].p99);
+  $("fresh-5m").textContent = `${ms(s.freshness["5m"].p50)} / ${ms(s.freshness["5m"].p99)}`;
+  const lags = Object.entries(s.lag);
+  const totalLag = lags.reduce((sum, [, v]) => sum + v, 0);
+  $("lag-total").textContent = totalLag.toLocaleString();
+  const dlq = Object.entries(s.dead_letters);
+  $("dlq-total").textContent = dlq.reduce((sum, [, v]) => sum + v, 0).toLocaleString();
+
+  state.lag.push(totalLag);
+  if (state.lag.length > 120) state.lag.shift();
+  drawChart($("chart-ingest"), [{ values: s.series.ingest_per_s, color: "#2f6fed" }]);
+  const toMs = (values) => values.map((v) => (v === null ? null : v * 1000));
+  drawChart($("chart-freshness"), [
+    { values: toMs(s.series.freshness_p50), color: "#2f6fed" },
+    { values: toMs(s.series.freshness_p99), color: "#b45309" },
+  ]);
+  drawChart($("chart-lag"), [{ values: state.lag, color: "#7c3aed" }]);
+
+  table($("partitions"), ["partition", "owner", "lag"], s.partitions.map((p) => {
+    let owner;
+    if (p.here) owner = el("span", "good", "this worker");
+    else if (p.owner) {
+      owner = el("a", "", p.owner);
+      owner.href = `${p.owner}/console`;
+    } else owner = el("span", "muted", "unassigned");
+    return [String(p.partition), owner, p.here ? (s.lag[p.partition] ?? "—") : "—"];
+  }));
+  table($("dead-letters"), ["reason", "records"], dlq.map(([k, v]) => [k, v]));
+  table($("dropped"), ["reason", "actions"], Object.entries(s.ingest.dropped).map(([k, v]) => [k, v]));
+  const store = s.attribute_store;
+  const storeNode = $("attribute-store");
+  storeNode.textContent = `${store.backend}: ${store.ok ? "up" : "DOWN"}${store.detail ? ` (${store.detail})` : ""}`;
+  storeNode.className = store.ok ? "good" : "bad";
+
+  const model = $("model");
+  const facts = [["version", s.model.version], ["ranker", s.model.ranker]];
+  if (s.model.created_at) facts.push(["trained", new Date(s.model.created_at * 1000).toLocaleString()]);
+  const metrics = s.model.metrics;
+  if (metrics && metrics.validation) {
+    const m = metrics.validation, h = metrics.heuristic_validation || {};
+    facts.push(["AUC (heuristic)", `${m.auc?.toFixed(4)} (${h.auc?.toFixed(4) ?? "—"})`]);
+    facts.push(["NDCG@10 (heuristic)", `${m.ndcg_at_10?.toFixed(4)} (${h.ndcg_at_10?.toFixed(4) ?? "—"})`]);
+    facts.push(["validation rows", m.rows]);
+  } else if (s.model.ranker === "heuristic") {
+    facts.push(["metrics", "none until a model is trained"]);
+  }
+  model.replaceChildren(...facts.map(([k, v]) => {
+    const div = el("div");
+    div.append(el("dt", "", k), el("dd", "", v));
+    return div;
+  }));
+
+  const list = $("recent-members");
+  list.replaceChildren(...s.recent_members.map((m) => { const o = el("option"); o.value = m; return o; }));
+  if (!state.member && s.recent_members.length) {
+    state.member = s.recent_members[0];
+    $("member-input").value = state.member;
+  }
+}
+
+async function refreshSystem() {
+  renderSystem(await api("/v1/console/system"));
+}
+
+// -- start-up ----------------------------------------------------------------------------
+
+// Short polling, one request at a time per view, paused while the tab is hidden. (Server-
+// sent events cannot carry the Authorization header; a poll a second is cheap enough.)
+function every(ms, work) {
+  const generation = state.generation;
+  const tick = async () => {
+    if (generation !== state.generation) return;
+    if (!document.hidden) {
+      try {
+        await work();
+        status(`updated ${clock(Date.now() / 1000)}`);
+      } catch (error) {
+        if (error instanceof AuthError) return askToken(error.message);
+        status(String(error.message || error), true);
+      }
+    }
+    if (generation === state.generation) setTimeout(tick, ms);
+  };
+  tick();
+}
+
+function askToken(message) {
+  state.generation += 1;
+  sessionStorage.removeItem("nearline-token");
+  state.token = null;
+  $("main").hidden = true;
+  $("token-form").hidden = false;
+  $("token-error").textContent = message || "";
+  $("token-input").focus();
+}
+
+function start() {
+  $("token-form").hidden = true;
+  $("main").hidden = false;
+  const wanted = new URL(location.href).searchParams.get("member");
+  if (wanted && !state.member) {
+    state.member = wanted;
+    $("member-input").value = wanted;
+  }
+  every(state.config.poll_ms, refreshSystem);
+  every(state.config.poll_ms, refreshMember);
+}
+
+async function main() {
+  state.config = await (await fetch("/console/config.json")).json();
+  state.candidates = JSON.parse(localStorage.getItem("nearline-candidates") || "null") || state.config.candidates;
+  $("candidates").value = state.candidates.join(", ");
+  $("candidate-count").textContent = state.candidates.length;
+
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.token = $("token-input").value.trim();
+    sessionStorage.setItem("nearline-token", state.token);
+    start();
+  });
+  $("member-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const member = $("member-input").value.trim();
+    if (member) watch(member).catch((e) => status(String(e.message || e), true));
+  });
+  $("candidates-apply").addEventListener("click", () => {
+    const list = $("candidates").value.split(/[\s,]+/).filter(Boolean).slice(0, state.config.max_candidates);
+    state.candidates = list.length ? list : state.config.candidates;
+    localStorage.setItem("nearline-candidates", JSON.stringify(state.candidates));
+    $("candidate-count").textContent = state.candidates.length;
+    state.ranking = state.before = null;
+    if (state.member) refreshRanking().catch((e) => status(String(e.message || e), true));
+  });
+
+  if (state.config.token_required && !state.token) askToken();
+  else start();
+}
+
+main();
