@@ -120,12 +120,15 @@ function sameOrder(a, b) {
   return a && b && a.length === b.length && a.every((item, i) => item.item_id === b[i].item_id);
 }
 
+// Rows of each ranking shown; moves are counted over the whole ranking.
+const SHOWN = 12;
+
 function renderRanking() {
   const now = state.ranking || [];
   const before = state.before;
   const previous = new Map((before || []).map((item, i) => [item.item_id, i]));
   const rows = (list, marks) =>
-    list.map((item, i) => {
+    list.slice(0, SHOWN).map((item, i) => {
       const row = el("li");
       row.dataset.item = item.item_id;
       row.dataset.category = item.category || "";
@@ -238,7 +241,11 @@ function table(node, header, rows) {
     row.append(...cells.map((c) => (c instanceof Node ? (() => { const td = el("td"); td.append(c); return td; })() : el("td", "", c))));
     return row;
   }));
-  if (!rows.length) node.append(el("tr")).append(el("td", "muted", "none"));
+  if (!rows.length) {
+    const row = el("tr");
+    row.append(el("td", "muted", "none"));
+    node.append(row);
+  }
 }
 
 function ms(seconds) {
