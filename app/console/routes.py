@@ -53,10 +53,10 @@ def _total(counter: Counter) -> float:
 
 
 def parse_candidates(raw: str | None) -> list[str]:
-    """``candidates=a,b,c`` from the query string; the demo's catalogue sample if absent."""
-    if raw is None:
-        return list(DEMO_CATALOGUE_SAMPLE)
-    return [part.strip() for part in raw.split(",") if part.strip()]
+    """``candidates=a,b,c`` from the query string; the demo's catalogue sample if it names
+    none."""
+    named = [part.strip() for part in (raw or "").split(",") if part.strip()]
+    return named or list(DEMO_CATALOGUE_SAMPLE)
 
 
 async def _root(request: Request) -> Response:

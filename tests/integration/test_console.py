@@ -18,7 +18,7 @@ from app.settings import load_settings
 from app.stack import isolated_env
 from app.traffic import demo_items, demo_traffic, produce
 from tests.integration.browser import Chromium
-from tests.integration.conftest import REPO, Deployment, Worker, consume_topic, wait_until
+from tests.integration.conftest import REPO, Deployment, Worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -187,7 +187,8 @@ def test_console_in_a_browser_follows_a_member_and_the_system(
             after = await _ranking(browser)
             assert after != before
             assert await _ranking(browser, "before") == before, "the previous ranking beside"
-            assert await browser.evaluate("document.querySelectorAll('#ranking-now li.moved').length")
+            moved = "document.querySelectorAll('#ranking-now li.moved').length"
+            assert await browser.evaluate(moved) > 0, "moved items are marked"
 
             # The system view shows the demo traffic coming in.
             rate = await browser.wait_for(
