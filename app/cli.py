@@ -299,7 +299,7 @@ DEMO_ITEMS = 5000
 def demo(port: int, broker_port: int, rate: float, members: int, duration: float | None) -> None:
     """Embedded broker + one worker + live demo traffic; watch it in the console.
 
-    One demo member (member-shifting) moves from one job category to the next every 20 of
+    One demo member (member-shifting) moves from one job category to the next every 30 of
     their actions; the console shows their ranking follow.
     """
     from app.stack import StackError, wait_ready
@@ -335,7 +335,7 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
             url = f"{settings.web_url}/v1/members/{DEMO_SHIFTING_MEMBER}/features"
             click.echo("")
             click.echo(f"  ready. Open the console:  {console}")
-            click.echo(f"  {DEMO_SHIFTING_MEMBER} changes job category every 20 of their actions")
+            click.echo(f"  {DEMO_SHIFTING_MEMBER} changes job category every 30 of their actions")
             click.echo(f"  the same as JSON:  watch -n1 curl -s {url}")
             click.echo(f"  metrics: {settings.web_url}/metrics    stop: Ctrl-C")
             click.echo("")

@@ -82,7 +82,7 @@ def generate_actions(
 def shifting_interest(
     member_id: str = DEMO_SHIFTING_MEMBER,
     *,
-    phase: int = 20,
+    phase: int = 30,
     items: int = 5000,
     seed: int = 7,
     clock: Callable[[], float] = time.time,
@@ -91,7 +91,9 @@ def shifting_interest(
 
     In each phase they view, click, save and apply to items of the category of the
     phase, and now and then dismiss one of the category they have left: their ranking
-    of a mixed catalogue follows them from one category to the next.
+    of a mixed catalogue follows them from one category to the next. A phase is long
+    enough (30 of the 100 recent actions kept by default) that a category's dismisses
+    have left the member's recent actions by the time it comes round again.
     """
     rng = random.Random(seed)
     categories = len(_CATEGORIES)

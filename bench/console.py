@@ -1,0 +1,126 @@
+"""Does the console cost the API anything? Features-read latency with the console open vs closed.
+
+Run: ``python -m bench.console [--actions 50000] [--members 10000] [--rounds 2]``.
+
+One worker ingests pre-loaded actions and the demo's items, the demo traffic keeps coming
+(20 actions/s, its shifting member among them), and reads of random members' features are
+driven open-loop at 500/s (the suite's features-read load) in alternating runs: no browser,
+then headless Chromium showing the console on the shifting member (the system view and the
+member view polling every second, re-ranking as the member acts), and so on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from app.broker import EmbeddedBroker
+from app.settings import load_settings
+from app.traffic import DEMO_SHIFTING_MEMBER, demo_items, demo_traffic, produce
+from bench.harness import WARMUP, Stack, WorkerProcess, machine, preload
+from bench.spine import _reads, ingest, preload_actions
+from tests.integration.browser import Chromium
+
+CONSOLE_ROUTE = 'nearline_http_request_seconds_count{route="/v1/console'
+
+
+def _requests(worker: WorkerProcess, prefix: str) -> int:
+    """Requests served so far on the routes whose histogram line starts with ``prefix``."""
+    text = httpx.get(f"{worker.url}/metrics", timeout=5).text
+    return int(
+        sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(prefix))
+    )
+
+
+@contextmanager
+def _demo_traffic(stack: Stack, rate: float) -> Iterator[None]:
+    settings = load_settings(
+        **{k.removeprefix("NEARLINE_").lower(): v for k, v in stack.settings_env().items()}
+    )
+    records = ((e.member_id.encode(), e.to_json()) for e in demo_traffic(None, members=20))
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=lambda: asyncio.run(produce(settings, records, rate=rate, should_stop=stop.is_set))
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+async def _reads_with_console(
+    worker: WorkerProcess, members: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    async with Chromium() as browser:
+        await browser.goto(f"{worker.url}/console?member={DEMO_SHIFTING_MEMBER}")
+        await browser.wait_for(
+            "document.querySelectorAll('#ranking-now li[data-item]').length > 0 && "
+            "Number(document.getElementById('ingest-rate').dataset.value) > 0",
+            what="the console showing a ranking and the ingest rate",
+        )
+        before = _requests(worker, CONSOLE_ROUTE)
+        reads = await _reads(worker, members, rate, seconds)
+        reads["console_requests"] = _requests(worker, CONSOLE_ROUTE) - before
+        reads["page_errors"] = list(browser.errors)
+    return reads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--actions", type=int, default=50_000)
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=500.0, help="features reads per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2, help="closed/open pairs")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    results: list[dict[str, Any]] = []
+    with EmbeddedBroker() as broker:
+        stack = Stack(broker, prefix="console")
+        try:
+            preload_actions(stack, args.actions, args.members)
+            items = list(demo_items(5000, 64))
+            asyncio.run(
+                preload(broker.bootstrap, stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"], items)
+            )
+            result = ingest(stack, args.actions, args.members)
+            worker: WorkerProcess = result.pop("worker")
+            worker.wait_for_metric('nearline_attribute_records_total{outcome="upserted"}', 5000)
+            print(f"ingest: {result['actions_per_s']:,} actions/s; demo traffic at 20/s from now")
+            with _demo_traffic(stack, 20.0):
+                for n in range(args.rounds):
+                    for console in (False, True):
+                        if console:
+                            reads = asyncio.run(
+                                _reads_with_console(worker, args.members, args.rate, args.seconds)
+                            )
+                        else:
+                            reads = asyncio.run(
+                                _reads(worker, args.members, args.rate, args.seconds)
+                            )
+                        reads.update(round=n + 1, console="open" if console else "closed")
+                        results.append(reads)
+                        print(json.dumps(reads), flush=True)
+        finally:
+            stack.stop()
+    for state in ("closed", "open"):
+        runs = [r for r in results if r["console"] == state]
+        p99s = ", ".join(f"{r['p99']}" for r in runs)
+        p50s = ", ".join(f"{r['p50']}" for r in runs)
+        print(
+            f"features read at {args.rate:.0f}/s, console {state}: p50 {p50s} ms; p99 {p99s} ms "
+            f"({WARMUP:.0f} s warm-up, then {args.seconds:.0f} s per run)"
+        )
+
+
+if __name__ == "__main__":
+    main()
