@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from app import codec
+from app.kafka import partition_for_key
 from app.settings import load_settings
 from app.stack import isolated_env
 from app.traffic import demo_items, demo_traffic, produce
@@ -207,3 +208,52 @@ def test_console_in_a_browser_follows_a_member_and_the_system(
 
     with running_demo_traffic(deployment):
         asyncio.run(scenario())
+
+
+def test_every_worker_serves_the_console_and_ranks_members_owned_elsewhere(
+    deployment: Deployment,
+) -> None:
+    first = deployment.worker("w1").start().wait_ready()
+    second = deployment.worker("w2").start().wait_ready()
+
+    def owners() -> dict[str, dict[int, str]]:
+        views = {w.url: w.get("/v1/console/system").json() for w in (first, second)}
+        return {
+            url: {p["partition"]: p["owner"] for p in view["partitions"] if view["ready"]}
+            for url, view in views.items()
+        }
+
+    def split() -> bool:
+        seen = owners()
+        here = {url: {p for p, o in parts.items() if o == url} for url, parts in seen.items()}
+        return bool(
+            all(here.values())
+            and sorted(here[first.url] | here[second.url]) == [0, 1, 2, 3]
+            and seen[first.url] == seen[second.url]  # both say where every partition is
+        )
+
+    wait_until(split, timeout=60, message="partitions split, and each worker knows the other's")
+    deployment.produce_to(
+        deployment.settings["NEARLINE_TOPIC_ITEM_ATTRIBUTES"], list(demo_items(40, 64))
+    )
+    for worker in (first, second):  # the embedded store: every worker keeps a full copy
+        wait_until(
+            lambda w=worker: w.metric('nearline_attribute_records_total{outcome="upserted"}') >= 40
+        )
+    mine = owners()[first.url]
+    member = next(
+        m
+        for m in (f"elsewhere-{n}" for n in range(100))
+        if mine[partition_for_key(m.encode(), 4)] == second.url
+    )
+    deployment.produce([action(member, 30, "apply"), action(member, 31, "dismiss")])
+    wait_until(
+        lambda: len(first.get(f"/v1/members/{member}/features").json()["recent_actions"]) == 2,
+        message="both actions applied by the owner",
+    )
+    path = f"/v1/console/members/{member}/ranking"
+    forwarded, local = first.get(path).json(), second.get(path).json()
+    owner_state = second.get(f"/v1/members/{member}/features").json()
+    assert forwarded["last_applied_at"] == owner_state["last_applied_at"] is not None
+    assert forwarded["items"] == local["items"]
+    assert forwarded["items"][0]["category"] == "engineering"  # item-30's; item-31's dismissed
