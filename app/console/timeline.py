@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from itertools import chain, islice
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,22 +20,33 @@ __all__ = ["FRESHNESS_EDGES", "IngestTimeline", "freshness_sample", "percentile_
 #: lands in the last bucket.
 FRESHNESS_EDGES = np.logspace(-3, 3.6, 133)
 
-#: Events per batch whose freshness is measured: a batch of 20,000 costs the same as one
-#: of 256, and each sample stands for its share of the batch.
-SAMPLES_PER_BATCH = 256
+#: Members per batch whose events' freshness is measured, and events per such member: a
+#: batch of 20,000 actions costs the same as one of 256, and each sample is weighted by
+#: what it stands for.
+SAMPLED_MEMBERS = 256
+EVENTS_PER_MEMBER = 4
 
 
-def freshness_sample(plan: BatchPlan, limit: int = SAMPLES_PER_BATCH) -> tuple[list[float], int]:
-    """Event times of up to ``limit`` events of a batch spread evenly over it, and how many
-    valid events the batch had (the dead-lettered and the not of interest excluded)."""
-    events = plan.by_member.values()
-    total = sum(map(len, events))
-    if not total:
-        return [], 0
-    step = max(1, total // limit)
-    # islice steps through the chained lists in C; only the sampled events reach Python.
-    picked = islice(chain.from_iterable(events), 0, None, step)
-    return [event.ts for _, event in islice(picked, limit)], total
+def freshness_sample(
+    plan: BatchPlan, members: int = SAMPLED_MEMBERS, per_member: int = EVENTS_PER_MEMBER
+) -> tuple[list[float], list[float]]:
+    """Event times of a sample of a batch's valid events, and the weight of each: how many
+    of the batch's events it stands for.
+
+    Every ``step``-th member is taken, and up to ``per_member`` of their events spread over
+    them: only the sampled members' lists are touched, which matters at 10,000 members a
+    batch (touching every list cost ~3 ms a batch, reading cold memory).
+    """
+    step = max(1, len(plan.by_member) // members)
+    times: list[float] = []
+    weights: list[float] = []
+    for events in islice(plan.by_member.values(), 0, None, step):
+        taken = events[:: max(1, len(events) // per_member)][:per_member]
+        weight = step * len(events) / len(taken)
+        for _, event in taken:
+            times.append(event.ts)
+            weights.append(weight)
+    return times, weights
 
 
 def percentile_of(histogram: np.ndarray, q: float) -> float | None:
@@ -79,23 +90,28 @@ class IngestTimeline:
         return slot
 
     def record(
-        self, now: float, handled: int, event_times: Sequence[float], represents: int
+        self,
+        now: float,
+        handled: int,
+        event_times: Sequence[float],
+        weights: Sequence[float] | None = None,
     ) -> None:
-        """A batch applied at ``now``: ``handled`` records, and the event times of a sample
-        standing for ``represents`` valid events."""
+        """A batch applied at ``now``: ``handled`` records, and the event times of events
+        applied (each standing for its weight in events; 1 if no weights are given)."""
         slot = self._slot(now)
         self._handled[slot] += handled
-        if event_times and represents:
+        if len(event_times):
             ages = now - np.asarray(event_times, dtype=np.float64)
             buckets = np.searchsorted(FRESHNESS_EDGES, ages, side="left")
             np.minimum(buckets, len(FRESHNESS_EDGES) - 1, out=buckets)
-            weights = np.bincount(buckets, minlength=len(FRESHNESS_EDGES))
-            self._freshness[slot] += weights * (represents / len(event_times))
+            self._freshness[slot] += np.bincount(
+                buckets, weights=weights, minlength=len(FRESHNESS_EDGES)
+            )
 
     def record_batch(self, now: float, handled: int, plan: BatchPlan) -> None:
         """What one applied ingest batch adds: its records, a freshness sample, members."""
-        event_times, represents = freshness_sample(plan)
-        self.record(now, handled, event_times, represents)
+        event_times, weights = freshness_sample(plan)
+        self.record(now, handled, event_times, weights)
         self.saw_members(now, (key.decode() for _, key in islice(plan.by_member, 64)))
 
     def saw_members(self, now: float, member_ids: Iterable[str]) -> None:

@@ -27,8 +27,8 @@ NOW = 1_800_000_000.0
 def test_ingest_rate_counts_the_complete_seconds_of_the_window() -> None:
     timeline = IngestTimeline(seconds=60)
     for second in range(20):
-        timeline.record(NOW - 20 + second + 0.5, 100, [], 0)
-    timeline.record(NOW + 0.2, 5000, [], 0)  # the current second is not complete: not counted
+        timeline.record(NOW - 20 + second + 0.5, 100, [])
+    timeline.record(NOW + 0.2, 5000, [])  # the current second is not complete: not counted
     assert timeline.ingest_rate(NOW + 0.3, seconds=10) == 100.0
     assert timeline.ingest_rate(NOW + 0.3, seconds=20) == 100.0
     assert timeline.ingest_rate(NOW + 40, seconds=10) == 0.0  # nothing since
@@ -36,8 +36,8 @@ def test_ingest_rate_counts_the_complete_seconds_of_the_window() -> None:
 
 def test_a_slot_from_an_earlier_lap_starts_afresh() -> None:
     timeline = IngestTimeline(seconds=10)
-    timeline.record(NOW, 7, [NOW - 1.0], 1)
-    timeline.record(NOW + 10, 3, [], 0)  # same slot, ten seconds later
+    timeline.record(NOW, 7, [NOW - 1.0])
+    timeline.record(NOW + 10, 3, [])  # same slot, ten seconds later
     assert timeline.ingest_rate(NOW + 11, seconds=1) == 3.0
     assert timeline.freshness(NOW + 11, 5)["events"] == 0
 
@@ -47,7 +47,7 @@ def test_freshness_percentiles_are_within_the_bucket_resolution() -> None:
     ages = rng.lognormal(mean=np.log(0.05), sigma=1.0, size=20_000)
     timeline = IngestTimeline()
     for chunk in np.array_split(ages, 100):
-        timeline.record(NOW, len(chunk), (NOW - chunk).tolist(), len(chunk))
+        timeline.record(NOW, len(chunk), (NOW - chunk).tolist())
     stats = timeline.freshness(NOW + 1, 60)
     assert stats["events"] == 20_000
     for q, key in ((0.5, "p50"), (0.99, "p99")):
@@ -57,7 +57,7 @@ def test_freshness_percentiles_are_within_the_bucket_resolution() -> None:
 
 def test_a_sample_stands_for_its_whole_batch() -> None:
     timeline = IngestTimeline()
-    timeline.record(NOW, 10_000, [NOW - 0.010, NOW - 0.500], 10_000)
+    timeline.record(NOW, 10_000, [NOW - 0.010, NOW - 0.500], [5_000, 5_000])
     stats = timeline.freshness(NOW + 1, 60)
     assert stats["events"] == 10_000
     assert stats["p50"] == pytest.approx(0.010, rel=0.07)
@@ -67,7 +67,7 @@ def test_a_sample_stands_for_its_whole_batch() -> None:
 def test_events_from_the_future_or_older_than_an_hour_land_in_the_end_buckets() -> None:
     histogram = np.zeros(len(FRESHNESS_EDGES))
     timeline = IngestTimeline()
-    timeline.record(NOW, 2, [NOW + 5.0, NOW - 86_400.0], 2)
+    timeline.record(NOW, 2, [NOW + 5.0, NOW - 86_400.0])
     stats = timeline.freshness(NOW + 1, 60)
     assert stats["p50"] is not None and stats["p50"] <= 0.001
     assert stats["p99"] is not None and stats["p99"] >= FRESHNESS_EDGES[-2]
@@ -76,8 +76,8 @@ def test_events_from_the_future_or_older_than_an_hour_land_in_the_end_buckets() 
 
 def test_series_for_the_charts() -> None:
     timeline = IngestTimeline()
-    timeline.record(NOW - 3.5, 40, [NOW - 3.6], 1)
-    timeline.record(NOW - 1.5, 20, [NOW - 1.7], 1)
+    timeline.record(NOW - 3.5, 40, [NOW - 3.6])
+    timeline.record(NOW - 1.5, 20, [NOW - 1.7])
     series = timeline.series(NOW, seconds=10, step=5)
     assert series["t"][0] == int(NOW) - 10 and len(series["ingest_per_s"]) == 10
     assert series["ingest_per_s"][-4:] == [40, 0, 20, 0]  # seconds NOW-4 .. NOW-1
@@ -96,18 +96,29 @@ def _plan(actions: int, members: int) -> object:
     return plan_batch(records, settings, now=NOW, partitions=4)
 
 
-def test_a_batch_is_sampled_evenly_and_its_members_remembered() -> None:
-    plan = _plan(5000, 300)
-    times, represents = freshness_sample(plan, limit=256)  # type: ignore[arg-type]
-    assert represents == sum(len(events) for events in plan.by_member.values())  # type: ignore[attr-defined]
-    assert 0 < len(times) <= 256 and set(times) == {NOW}
+def test_a_batch_is_sampled_by_member_and_the_weights_add_up() -> None:
+    plan = _plan(20_000, 10_000)
+    valid = sum(len(events) for events in plan.by_member.values())  # type: ignore[attr-defined]
+    times, weights = freshness_sample(plan, members=256, per_member=4)  # type: ignore[arg-type]
+    assert len(times) == len(weights) <= 256 * 4 and set(times) == {NOW}
+    # Every 39th member stands for 39: the weights estimate the batch's size.
+    assert sum(weights) == pytest.approx(valid, rel=0.1)
+    hot = _plan(2000, 1)  # one member with every event: 4 of them, each worth 500
+    times, weights = freshness_sample(hot)  # type: ignore[arg-type]
+    assert len(times) == 4 and sum(weights) == pytest.approx(2000)
+
+
+def test_a_small_batch_is_measured_whole_and_its_members_remembered() -> None:
     small = _plan(10, 3)
-    times, represents = freshness_sample(small)  # type: ignore[arg-type]
-    assert len(times) == represents == 10
+    times, weights = freshness_sample(small)  # type: ignore[arg-type]
+    valid = sum(len(events) for events in small.by_member.values())  # type: ignore[attr-defined]
+    assert sum(weights) == valid and len(times) <= valid
     timeline = IngestTimeline(recent_members=5)
     timeline.record_batch(NOW + 0.02, 10, small)  # type: ignore[arg-type]
     assert timeline.ingest_rate(NOW + 1.5, seconds=1) == 10.0
-    assert timeline.freshness(NOW + 1, 60)["p50"] == pytest.approx(0.02, rel=0.07)
+    stats = timeline.freshness(NOW + 1, 60)
+    assert stats["events"] == valid
+    assert stats["p50"] == pytest.approx(0.02, rel=0.07)
     assert sorted(timeline.recent_members()) == sorted(
         key.decode()
         for _, key in small.by_member  # type: ignore[attr-defined]
