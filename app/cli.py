@@ -303,7 +303,13 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
     their actions; the console shows their ranking follow.
     """
     from app.stack import StackError, wait_ready
-    from app.traffic import DEMO_CATALOGUE_SAMPLE, DEMO_SHIFTING_MEMBER, demo_items, demo_traffic
+    from app.traffic import (
+        DEMO_CATALOGUE_SAMPLE,
+        DEMO_MALFORMED_EVERY,
+        DEMO_SHIFTING_MEMBER,
+        demo_items,
+        demo_records,
+    )
     from app.traffic import produce as send
 
     with EmbeddedBroker(port=broker_port or None) as instance:
@@ -335,14 +341,15 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
             url = f"{settings.web_url}/v1/members/{DEMO_SHIFTING_MEMBER}/features"
             click.echo("")
             click.echo(f"  ready. Open the console:  {console}")
-            click.echo(f"  {DEMO_SHIFTING_MEMBER} changes job category every 30 of their actions")
+            click.echo(f"  {DEMO_SHIFTING_MEMBER} changes job category every 30 of their actions;")
+            click.echo(
+                f"  one record in {DEMO_MALFORMED_EVERY} is malformed (see the dead letters)"
+            )
             click.echo(f"  the same as JSON:  watch -n1 curl -s {url}")
             click.echo(f"  metrics: {settings.web_url}/metrics    stop: Ctrl-C")
             click.echo("")
             count = int(rate * duration) if duration else None
-            records = (
-                (e.member_id.encode(), e.to_json()) for e in demo_traffic(count, members=members)
-            )
+            records = demo_records(count, members=members)
             # Ctrl-C ends the traffic loop gracefully; then the worker and broker stop.
             stopping = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stopping.set())

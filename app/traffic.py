@@ -17,7 +17,9 @@ from app.settings import Settings
 
 __all__ = [
     "DEMO_CATALOGUE_SAMPLE",
+    "DEMO_MALFORMED_EVERY",
     "DEMO_SHIFTING_MEMBER",
+    "demo_records",
     "demo_traffic",
     "generate_actions",
     "produce",
@@ -120,6 +122,20 @@ def demo_traffic(
     while count is None or produced < count:
         produced += 1
         yield next(shifting) if produced % every == 0 else next(crowd)
+
+
+#: One record in this many of :func:`demo_records` is malformed, to show the dead-letter queue.
+DEMO_MALFORMED_EVERY = 500
+
+
+def demo_records(count: int | None, *, members: int) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) records of :func:`demo_traffic`, one in :data:`DEMO_MALFORMED_EVERY`
+    of them not JSON (it goes to the dead-letter topic as ``not_json``)."""
+    for n, event in enumerate(demo_traffic(count, members=members), 1):
+        if n % DEMO_MALFORMED_EVERY == 0:
+            yield event.member_id.encode(), b"{this record is not JSON"
+        else:
+            yield event.member_id.encode(), event.to_json()
 
 
 def demo_items(count: int, embedding_dim: int, *, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:

@@ -15,7 +15,9 @@ from app.kafka import partition_for_key
 from app.settings import load_settings
 from app.traffic import (
     DEMO_CATALOGUE_SAMPLE,
+    DEMO_MALFORMED_EVERY,
     DEMO_SHIFTING_MEMBER,
+    demo_records,
     demo_traffic,
     generate_actions,
     shifting_interest,
@@ -166,3 +168,9 @@ def test_demo_traffic_mixes_in_the_shifting_member() -> None:
     assert len(members) == 100
     assert members.count(DEMO_SHIFTING_MEMBER) == 10
     assert all(m == DEMO_SHIFTING_MEMBER for m in members[9::10])
+
+
+def test_demo_records_include_a_malformed_one_now_and_then() -> None:
+    records = list(demo_records(2 * DEMO_MALFORMED_EVERY, members=20))
+    bad = [n for n, (_, value) in enumerate(records, 1) if not value.startswith(b'{"')]
+    assert bad == [DEMO_MALFORMED_EVERY, 2 * DEMO_MALFORMED_EVERY]
