@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,6 +48,16 @@ def _served(worker: WorkerProcess, route: str) -> tuple[int, float]:
     return int(count), seconds
 
 
+def _server_ms(worker: WorkerProcess, path: str, route: str, requests: int = 200) -> float:
+    """Mean time the worker spends on one request to ``path``, asked one at a time."""
+    count, spent = _served(worker, route)
+    with httpx.Client(base_url=worker.url, timeout=5) as client:
+        for _ in range(requests):
+            client.get(path).raise_for_status()
+    count_after, spent_after = _served(worker, route)
+    return round(1000 * (spent_after - spent) / (count_after - count), 3)
+
+
 @contextmanager
 def _demo_traffic(stack: Stack, rate: float) -> Iterator[None]:
     settings = load_settings(
@@ -76,7 +87,10 @@ async def _reads_with_console(
             what="the console showing a ranking and the ingest rate",
         )
         count, spent = _served(worker, CONSOLE_ROUTES)
+        cpu = browser.cpu_seconds()
         reads = await _reads(worker, members, rate, seconds)
+        # Chromium shares the two cores with the worker and the load generator.
+        reads["chromium_cpu_share"] = round((browser.cpu_seconds() - cpu) / (WARMUP + seconds), 3)
         count_after, spent_after = _served(worker, CONSOLE_ROUTES)
         reads["console_requests"] = count_after - count
         reads["console_ms_per_request"] = round(
@@ -109,6 +123,27 @@ def main() -> None:
             worker.wait_for_metric('nearline_attribute_records_total{outcome="upserted"}', 5000)
             print(f"ingest: {result['actions_per_s']:,} actions/s; demo traffic at 20/s from now")
             with _demo_traffic(stack, 20.0):
+                member = DEMO_SHIFTING_MEMBER
+                features = f"{worker.url}/v1/members/{member}/features"
+                deadline = time.monotonic() + 60
+                while len(httpx.get(features, timeout=5).json()["recent_actions"]) < 20:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{member} has no 20 actions after 60 s of demo traffic")
+                    time.sleep(0.5)  # until the watched member has a history worth ranking
+                costs = {
+                    "features read": _server_ms(
+                        worker, f"/v1/members/{member}/features", 'route="/v1/members/'
+                    ),
+                    "console system view": _server_ms(
+                        worker, "/v1/console/system", 'route="/v1/console/system"'
+                    ),
+                    "console ranking (24 candidates)": _server_ms(
+                        worker,
+                        f"/v1/console/members/{member}/ranking",
+                        'route="/v1/console/members/',
+                    ),
+                }
+                print(f"worker time per request, one at a time, ms: {json.dumps(costs)}")
                 # Reads right after a large ingest have their own, worse tail (see the
                 # README's benchmarks): one run to settle, not counted.
                 settle = asyncio.run(_reads(worker, args.members, args.rate, args.seconds))

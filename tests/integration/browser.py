@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -189,6 +190,23 @@ class Chromium:
     async def type_text(self, text: str) -> None:
         """Type into the focused element, as a keyboard would."""
         await self.send("Input.insertText", text=text)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by this browser's processes."""
+        profile = f"--user-data-dir={self._profile.name}".encode()
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if profile not in (proc / "cmdline").read_bytes():
+                    continue
+                fields = (proc / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # exited meanwhile
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return total
 
     async def screenshot(self, path: Path) -> Path:
         shot = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)

@@ -68,6 +68,9 @@ function status(text, bad) {
 
 function renderFeatures(features) {
   const actions = features.recent_actions || [];
+  const unchanged =
+    features.last_applied_at === state.renderedApplied && actions.length === state.seenEvents.size;
+  state.renderedApplied = features.last_applied_at;
   $("timeline-count").textContent = actions.length;
   $("last-event").textContent = features.last_event_ts
     ? `${clock(features.last_event_ts)} (${duration(Date.now() / 1000 - features.last_event_ts)} ago)`
@@ -90,6 +93,7 @@ function renderFeatures(features) {
     counts.append(row);
   }
 
+  if (unchanged) return; // the counts and timeline are already on the page
   const timeline = $("timeline");
   const first = state.seenEvents.size === 0;
   const rows = actions.map((action) => {
@@ -183,7 +187,7 @@ async function refreshMember() {
 function watch(member) {
   state.member = member;
   state.seenEvents = new Set();
-  state.lastApplied = undefined;
+  state.lastApplied = state.renderedApplied = undefined;
   state.ranking = state.before = null;
   $("ranking-changed").textContent = "";
   $("member-input").value = member;
