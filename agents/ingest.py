@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -119,6 +119,10 @@ def plan_batch(
 
 
 SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
+#: Told every valid action of a batch, per (partition, member): (event_id, item_id, action, ts).
+RecordReactions = Callable[
+    [Mapping[tuple[int, bytes], list[tuple[str, str, str, float]]]], Awaitable[None]
+]
 
 
 class IngestProcessor:
@@ -133,6 +137,7 @@ class IngestProcessor:
         *,
         attributes: AttributeStore | None = None,
         ingest_fields: Sequence[str] = (),
+        record_reactions: RecordReactions | None = None,
         join_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -142,6 +147,7 @@ class IngestProcessor:
         self.send_dead_letters = send_dead_letters
         self.attributes = attributes
         self.ingest_fields = tuple(ingest_fields) if attributes is not None else ()
+        self.record_reactions = record_reactions
         self.join_timeout = join_timeout
         self.clock = clock
         self.next_offsets: dict[int, int] = {}  # per source partition, for the lag gauge
@@ -191,6 +197,15 @@ class IngestProcessor:
                     state.prune(now, policy)
                     updates.setdefault(partition, {})[key] = state
             await self.store.write(updates)
+        if self.record_reactions is not None and plan.by_member:
+            # Every valid action, whatever apply() said of it: a re-read after a crash must
+            # still reach the outcomes join, and its writes are idempotent.
+            await self.record_reactions(
+                {
+                    member: [(e.event_id, e.item_id, e.action, e.ts) for _, e in events]
+                    for member, events in plan.by_member.items()
+                }
+            )
         if plan.dead_letters:
             await self.send_dead_letters(plan.dead_letters)
             for letter in plan.dead_letters:

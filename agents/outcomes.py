@@ -1,10 +1,20 @@
-"""The outcomes agent: joins logged recommendations with later actions into training examples.
+"""The outcomes join: logged recommendations and the member's later actions, into training examples.
 
-The recommendations log is its own state. A logged response stays unacknowledged until its
-horizon has passed and its examples are written, so after a crash or a rebalance the
-worker that owns the partition re-reads exactly the responses still waiting. The member's
-later actions come from the online store of the same partition (the log is keyed by
-member, like the actions, so Faust gives both partitions to the same worker).
+A windowed stream-stream join kept in state, as Kafka Streams and Samza do it. A logged
+response is read off the recommendations log, stored in a changelog-backed RocksDB table
+(:class:`~tables.pending.PendingResponses`) keyed by its due time, and acknowledged at once;
+nothing waits inside a stream, so the consumer that also reads the actions is never held. A
+timer labels the responses whose horizon has passed with the member's actions (the online
+store of the same partition, plus every action recorded for members with pending
+responses), writes one example set per response and deletes it.
+
+Exactly one example set per response, across crashes too. A response is labelled only once
+its offset in the log is committed, so it is never read again after it was deleted. Before
+a labelling pass sends anything it stores the training-examples partition's end offset (the
+``i`` key of the state). A pass that finished deletes that key with its responses; one cut
+short leaves it, and the next pass (on this worker or, after a rebalance, on the partition's
+new owner, which restores it from the changelog) first reads the training-examples
+partition from that offset and skips the responses whose examples are already there.
 """
 
 from __future__ import annotations
@@ -13,22 +23,38 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
-
-from faust.types import EventT
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from app import codec
-from model.feature_log import logged_rows
-from tables.member_state import ActionRow
+from app.metrics import Metrics
+from model.feature_log import encode_matrix, logged_rows
 from tables.online_store import OnlineStore
+from tables.pending import (
+    IN_PROGRESS_KEY,
+    PendingResponses,
+    due_key,
+    reaction_key,
+    reaction_value,
+)
 
-__all__ = ["OutcomeLabeler", "feature_set_id", "label_examples"]
+__all__ = [
+    "ExamplesTopic",
+    "OutcomeJoiner",
+    "feature_set_id",
+    "label_response",
+]
 
 log = logging.getLogger(__name__)
 
 POSITIVE = frozenset({"click", "apply", "save"})
 NEGATIVE = frozenset({"dismiss"})
+_LABELLING = POSITIVE | NEGATIVE
+#: Responses labelled between two yields to the event loop.
+_YIELD_EVERY = 16
+
+#: A member's action as the labels need it: (item_id, action, event time).
+Reacted = tuple[str, str, float]
 
 
 def feature_set_id(feature_names: Iterable[str]) -> str:
@@ -36,114 +62,295 @@ def feature_set_id(feature_names: Iterable[str]) -> str:
     return hashlib.sha1("\n".join(feature_names).encode()).hexdigest()[:12]
 
 
-def label_examples(
-    record: dict[str, Any], actions: Sequence[ActionRow], horizon: float, unlabeled_as: str
-) -> list[dict[str, Any]]:
-    """One example per logged candidate, labelled by what the member did within the horizon.
+def label_response(
+    record: Mapping[str, Any], actions: Iterable[Reacted], horizon: float, unlabeled_as: str
+) -> dict[str, Any] | None:
+    """The example set of one logged response: its candidates labelled by what followed.
 
-    Positive: a click, apply or save on the item after the request; negative: a dismiss
-    (or, with ``unlabeled_as="negative"``, no reaction at all). The features are the ones
-    logged at request time, so the example is point-in-time correct.
+    Positive: a click, apply or save on the item after the request and within the horizon;
+    negative: a dismiss (or, with ``unlabeled_as="negative"``, no reaction at all). The
+    features are the rows logged at request time, so the examples are point-in-time
+    correct. ``None`` when no candidate makes an example.
     """
     start, end = record["ts"], record["ts"] + horizon
     reactions: dict[str, set[str]] = {}
-    for _event_id, item_id, action, ts, _attrs, _joined in actions:
+    for item_id, action, ts in actions:
         if start < ts <= end:
             reactions.setdefault(item_id, set()).add(action)
-    fingerprint = feature_set_id(record["feature_names"])
     item_ids, matrix = logged_rows(record)
-    examples = []
-    for item_id, features in zip(item_ids, matrix, strict=True):
-        seen = reactions.get(item_id, set())
-        if seen & POSITIVE:
-            label, outcome = 1, sorted(seen & POSITIVE)[0]
-        elif seen & NEGATIVE:
+    keep, labels, outcomes = [], [], []
+    for row, item_id in enumerate(item_ids):
+        seen = reactions.get(item_id, ())
+        positive = POSITIVE.intersection(seen)
+        if positive:
+            label, outcome = 1, sorted(positive)[0]
+        elif NEGATIVE.intersection(seen):
             label, outcome = 0, "dismiss"
         elif unlabeled_as == "negative":
             label, outcome = 0, "none"
         else:
             continue
-        examples.append(
-            {
-                "request_id": record["request_id"],
-                "member_id": record["member_id"],
-                "ts": record["ts"],
-                "model_version": record["model_version"],
-                "item_id": item_id,
-                "features": features,
-                "feature_set": fingerprint,
-                "label": label,
-                "outcome": outcome,
-            }
-        )
-    return examples
+        keep.append(row)
+        labels.append(label)
+        outcomes.append(outcome)
+    if not keep:
+        return None
+    return {
+        "request_id": record["request_id"],
+        "member_id": record["member_id"],
+        "ts": record["ts"],
+        "model_version": record["model_version"],
+        "feature_set": feature_set_id(record["feature_names"]),
+        "item_ids": [item_ids[row] for row in keep],
+        "labels": labels,
+        "outcomes": outcomes,
+        "features": encode_matrix(matrix[keep]),
+    }
 
 
-SendExamples = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
+class ExamplesTopic(Protocol):
+    """The training-examples topic, as the join writes and checks it."""
+
+    async def end_offset(self, partition: int) -> int: ...
+
+    async def request_ids_since(self, partition: int, offset: int) -> set[str]: ...
+
+    async def send(self, partition: int, records: Sequence[tuple[bytes, bytes]]) -> None: ...
 
 
-class OutcomeLabeler:
-    """Labels each logged response once its horizon has passed, then acknowledges it.
+class LogRecord(Protocol):
+    """What the join needs of one recommendations-log record (an aiokafka ConsumerRecord)."""
 
-    The recommendations log itself is the queue: the agent takes the next response only
-    after this one is labelled, so waiting responses cost broker storage, not worker memory.
-    """
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int | None: ...
+
+
+class OutcomeJoiner:
+    """Stores logged responses, records reactions to them, and labels them when due."""
 
     def __init__(
         self,
+        pending: PendingResponses,
         store: OnlineStore,
-        send_examples: SendExamples,
+        examples: ExamplesTopic,
+        metrics: Metrics,
         *,
+        committed: Callable[[int], int | None],
         horizon: float,
         unlabeled_as: str,
+        max_per_pass: int = 500,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self.pending = pending
         self.store = store
-        self.send_examples = send_examples
+        self.examples = examples
+        self.metrics = metrics
+        self.committed = committed
+        self.horizon_ms = round(horizon * 1000)
         self.horizon = horizon
         self.unlabeled_as = unlabeled_as
+        self.max_per_pass = max_per_pass
         self.clock = clock
-        self.sleep = sleep
-        self.examples_written = 0
 
-    async def handle(self, event: EventT) -> int:
-        """Wait for the response's horizon, write its examples; returns how many."""
-        message = event.message
-        try:
-            member_id, due = self._member_and_due(message.key, message.timestamp, message.value)
-        except (ValueError, KeyError, TypeError):
-            log.warning("skipping an unreadable recommendations-log record")
-            event.ack()
-            return 0
-        delay = due - self.clock()
-        if delay > 0:
-            await self.sleep(delay)
-        if not self.store.owns(message.partition):
-            return 0  # revoked while waiting: the new owner reads it again, unacknowledged
-        state = self.store.load(message.partition, member_id.encode())
-        actions = state.actions if state is not None else []
-        try:
-            record = codec.loads(message.value or b"")
-            examples = label_examples(record, actions, self.horizon, self.unlabeled_as)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("skipping a recommendations-log record with bad features: %s", exc)
-            examples = []
-        if examples:
-            await self.send_examples(member_id, examples)
-        event.ack()
-        self.examples_written += len(examples)
-        return len(examples)
+    # -- the recommendations log -------------------------------------------------------
 
-    def _member_and_due(
-        self, key: bytes | None, timestamp: float | None, value: bytes | None
-    ) -> tuple[str, float]:
+    async def add(self, records: Sequence[LogRecord]) -> int:
+        """Store logged responses until their horizon; returns how many were new."""
+        keyed: dict[int, dict[bytes, bytes]] = {}
+        for record in records:
+            found = self._member_and_due(record)
+            if found is None:
+                self.metrics.responses.labels("unreadable").inc()
+                continue
+            member, due_ms = found
+            keyed.setdefault(record.partition, {})[due_key(due_ms, record.offset, member)] = (
+                record.value or b""
+            )
+        new = 0
+        async with self.pending.write_lock:
+            updates: dict[int, dict[bytes, bytes | None]] = {}
+            for partition, responses in keyed.items():
+                table = self.pending.table
+                counts: dict[bytes, int] = {}
+                values: dict[bytes, bytes | None] = {}
+                for key, value in responses.items():
+                    if table.get(partition, key) is not None:
+                        continue  # re-read after a crash: stored already
+                    member = key[17:]
+                    if member not in counts:
+                        counts[member] = self.pending.pending_of(partition, member)
+                    counts[member] += 1
+                    values[key] = value
+                for member, count in counts.items():
+                    values[self.pending.count_key(member)] = str(count).encode()
+                new += len(values) - len(counts)
+                updates[partition] = values
+            await self.pending.write(updates)
+        self.metrics.responses.labels("stored").inc(new)
+        return new
+
+    def _member_and_due(self, record: LogRecord) -> tuple[bytes, int] | None:
         # Records are keyed by member and stamped with the request time (whole ms): enough
         # to know when one is due without decoding it.
-        if key and timestamp:
-            return key.decode(), timestamp + 0.001 + self.horizon
-        record = codec.loads(value or b"")
-        member_id = record["member_id"]
-        if not isinstance(member_id, str):
-            raise TypeError("member_id is not a string")
-        return member_id, float(record["ts"]) + self.horizon
+        if record.key and record.timestamp:
+            return record.key, record.timestamp + 1 + self.horizon_ms
+        try:
+            body = codec.loads(record.value or b"")
+            member, ts = body["member_id"], float(body["ts"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(member, str) or not member:
+            return None
+        return member.encode(), int(ts * 1000) + 1 + self.horizon_ms
+
+    # -- actions -----------------------------------------------------------------------
+
+    async def record_reactions(
+        self, events: Mapping[tuple[int, bytes], Sequence[tuple[str, str, str, float]]]
+    ) -> None:
+        """Keep the actions of members with pending responses, so every one is labelled.
+
+        ``events``: per (partition, member) the valid actions of a batch as
+        (event_id, item_id, action, ts). Idempotent: re-reads write the same keys.
+        """
+        by_partition: dict[int, list[bytes]] = {}
+        for partition, member in events:
+            by_partition.setdefault(partition, []).append(member)
+        async with self.pending.write_lock:
+            updates: dict[int, dict[bytes, bytes | None]] = {}
+            for partition, members in by_partition.items():
+                if not self.pending.owns(partition):
+                    continue
+                for member in self.pending.members_waiting(partition, members):
+                    values = updates.setdefault(partition, {})
+                    for event_id, item_id, action, ts in events[(partition, member)]:
+                        if action in _LABELLING:  # a view labels nothing
+                            values[reaction_key(member, ts, event_id)] = reaction_value(
+                                item_id, action
+                            )
+            if updates:
+                await self.pending.write(updates)
+
+    # -- labelling ---------------------------------------------------------------------
+
+    async def label_due(self) -> int:
+        """Label every due response of the partitions owned here; returns how many."""
+        labelled = 0
+        for partition in self.pending.owned_partitions():
+            while True:
+                done, more = await self._label_partition(partition)
+                labelled += done
+                if not more:
+                    break
+        return labelled
+
+    def oldest_due_seconds(self) -> float:
+        """How far behind labelling is: seconds since the earliest pending response was due."""
+        now_ms = self.clock() * 1000
+        behind = 0.0
+        for partition in self.pending.owned_partitions():
+            due = self.pending.earliest_due_ms(partition)
+            if due is not None:
+                behind = max(behind, (now_ms - due) / 1000)
+        return behind
+
+    async def _label_partition(self, partition: int) -> tuple[int, bool]:
+        """One pass over at most ``max_per_pass`` due responses: (labelled, more are due)."""
+        pending = self.pending
+        now_ms = int(self.clock() * 1000)
+        marker = pending.in_progress(partition)
+        written: set[str] = set()
+        start: int | None = None
+        if marker is not None:
+            start = int(codec.loads(marker)["offset"])
+            written = await self.examples.request_ids_since(partition, start)
+        found = pending.due(partition, now_ms, self.max_per_pass)
+        # Only responses whose log offset is committed: one labelled and deleted before its
+        # offset was committed would be read again after a crash, and labelled twice.
+        committed = self.committed(partition)
+        due = [r for r in found if committed is not None and r.offset < committed]
+        if not due:
+            if marker is not None:
+                async with pending.write_lock:
+                    await pending.write({partition: {IN_PROGRESS_KEY: None}})
+            return 0, False
+        end = await self.examples.end_offset(partition)
+        if start is not None:
+            end = min(end, start)  # a pass cut short may have written from ``start`` on
+        async with pending.write_lock:
+            await pending.write({partition: {IN_PROGRESS_KEY: codec.dumps({"offset": end})}})
+
+        sets: list[tuple[bytes, bytes]] = []
+        skipped = unreadable = 0
+        for n, response in enumerate(due, 1):
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a response costs ~0.1-0.5 ms: keep serving meanwhile
+            try:
+                record = codec.loads(response.record)
+                if record["request_id"] in written:
+                    skipped += 1
+                    continue
+                example_set = label_response(
+                    record,
+                    self._actions(partition, response.member),
+                    self.horizon,
+                    self.unlabeled_as,
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning(
+                    "skipping a recommendations-log record that cannot be labelled: %s", exc
+                )
+                unreadable += 1
+                continue
+            if example_set is not None:
+                sets.append((response.member, codec.dumps(example_set)))
+                self.metrics.examples_written.inc(len(example_set["labels"]))
+        if sets:
+            await self.examples.send(partition, sets)
+        if not pending.owns(partition):
+            return 0, False  # revoked meanwhile: the new owner resolves the pass from its marker
+
+        async with pending.write_lock:
+            updates: dict[bytes, bytes | None] = {IN_PROGRESS_KEY: None}
+            done_by_member: dict[bytes, int] = {}
+            for response in due:
+                updates[response.key] = None
+                done_by_member[response.member] = done_by_member.get(response.member, 0) + 1
+            # No response still pending was requested before this, so older reactions
+            # can no longer label anything.
+            cutoff_ms = due[-1].due_ms - 1 - self.horizon_ms
+            for member, done in done_by_member.items():
+                left = pending.pending_of(partition, member) - done
+                count_key = pending.count_key(member)
+                if left > 0:
+                    updates[count_key] = str(left).encode()
+                    until: int | None = cutoff_ms
+                else:
+                    updates[count_key] = None
+                    until = None
+                for key in pending.reaction_keys(partition, member, until):
+                    updates[key] = None
+            await pending.write({partition: updates})
+        self.metrics.responses.labels("labelled").inc(len(due) - skipped - unreadable)
+        if skipped:
+            self.metrics.responses.labels("already_written").inc(skipped)
+        if unreadable:
+            self.metrics.responses.labels("unreadable").inc(unreadable)
+        return len(due), len(found) >= self.max_per_pass and len(due) == len(found)
+
+    def _actions(self, partition: int, member: bytes) -> list[Reacted]:
+        """The member's actions: the online store's recent ones and every recorded reaction."""
+        state = self.store.load(partition, member)
+        actions: list[Reacted] = (
+            [(row[1], row[2], row[3]) for row in state.actions] if state is not None else []
+        )
+        actions += [(r.item_id, r.action, r.ts) for r in self.pending.reactions(partition, member)]
+        return actions

@@ -1,24 +1,32 @@
-"""Bulk delivery: one topic's records taken off Faust's consumer a fetch at a time.
+"""Bulk delivery: topics' records taken off Faust's consumer a fetch at a time.
 
 Faust hands every record to its streams one by one: a ``Message``, an ``Event``, a queue
 hop and, in the consumer's drain loop, four asyncio tasks per record. For the actions topic
 that machinery cost more than everything nearline does with a record. :class:`BulkConsumer`
-is Faust's own aiokafka consumer with two changes: records of the *bulk topics* are taken
-out of each fetch whole and queued on a :class:`BulkChannel`, and changelog records of
-partitions being recovered go to RocksDB a fetch at a time (all but the last of each
-partition, which Faust applies as before). Every other topic (the recommendations log) goes
-through Faust unchanged.
+is Faust's own aiokafka consumer with two changes: records of each :class:`BulkChannel`'s
+topics are taken out of each fetch whole and queued on that channel, and changelog records
+of partitions being recovered go to RocksDB a fetch at a time (all but the last of each
+partition, which Faust applies as before).
+
+The consumer never waits for a channel. One consumer reads every topic of the worker, so a
+channel that waited for room would stop all of them: the outcomes join would stop the
+actions. A channel that falls behind pauses its own topics' partitions instead (Faust stops
+handing their records over; the fetcher keeps at most a fetch of them) and resumes them once
+it has caught up.
 
 What Faust does per record is kept per fetch: records of partitions that are not active
 (paused for recovery, revoked) are left to Faust, which drops them; a fetch made before a
 rebalance is dropped, not processed (Faust seeks back to the committed offsets, so it is
 read again); and offsets are acknowledged into Faust's own commit book-keeping only after
 the caller has applied them, so a crash or rebalance re-reads exactly the unapplied ones.
+Each acknowledgement also records the partition's applied position and time, which the lag
+gauges (``app/lag.py``) compare with the broker's end offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,18 +55,30 @@ class Fetch:
 
 
 class BulkChannel:
-    """A bounded queue of fetches of the bulk topics.
+    """A queue of fetches of some topics, for one task to apply.
 
-    Bounded, so a consumer that runs ahead of processing waits for it (back-pressure)
-    instead of buffering the topic in memory.
+    It never makes the consumer wait: past ``max_fetches`` queued it asks the consumer to
+    pause its topics' partitions (:attr:`full`), and to resume them once the task has taken
+    the queue down to half.
     """
 
     def __init__(self, topics: Collection[str], *, max_fetches: int = 4) -> None:
         self.topics = frozenset(topics)
-        self._queue: asyncio.Queue[Fetch] = asyncio.Queue(max_fetches)
+        self.max_fetches = max_fetches
+        self._queue: asyncio.Queue[Fetch] = asyncio.Queue()
+        #: Partitions the consumer paused for this channel, to resume when it has room.
+        self.paused: set[TP] = set()
 
-    async def put(self, fetch: Fetch) -> None:
-        await self._queue.put(fetch)
+    @property
+    def full(self) -> bool:
+        return self._queue.qsize() >= self.max_fetches
+
+    @property
+    def has_room(self) -> bool:
+        return self._queue.qsize() <= self.max_fetches // 2
+
+    def put(self, fetch: Fetch) -> None:
+        self._queue.put_nowait(fetch)
 
     async def batches(self, max_records: int) -> AsyncIterator[Fetch]:
         """Wait for a fetch, then add whatever else is queued from the same generation."""
@@ -76,32 +96,54 @@ class BulkChannel:
 
 
 class BulkConsumer(AIOKafkaConsumer):
-    """Faust's aiokafka consumer, delivering the channel's topics a fetch at a time."""
+    """Faust's aiokafka consumer, delivering each channel's topics a fetch at a time."""
 
-    bulk: BulkChannel | None = None
+    channels: tuple[BulkChannel, ...] = ()
 
     @classmethod
-    def delivering_to(cls, channel: BulkChannel) -> type[BulkConsumer]:
-        """This class bound to ``channel`` (Faust builds its consumer from a class)."""
-        return type(cls.__name__, (cls,), {"bulk": channel})
+    def delivering_to(cls, *channels: BulkChannel) -> type[BulkConsumer]:
+        """This class bound to ``channels`` (Faust builds its consumer from a class)."""
+        return type(cls.__name__, (cls,), {"channels": channels})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._channel_of = {topic: c for c in self.channels for topic in c.topics}
+        #: Per partition of the channels' topics: the next offset to apply, and when (monotonic
+        #: seconds) a record of it was last applied.
+        self.applied_position: dict[TP, int] = {}
+        self.applied_at: dict[TP, float] = {}
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        self._resume_caught_up_channels()
         records, active = await super()._wait_next_records(timeout)
-        channel = self.bulk
-        if not records or channel is None:
+        if not records or not self.channels:
             return records, active
         if self.app.in_recovery:
             records = self._recover_in_bulk(records, active)
-        taken: dict[TP, list[Any]] = {}
+        taken: dict[BulkChannel, dict[TP, list[Any]]] = {}
         rest: dict[TP, list[Any]] = {}
         for tp, batch in records.items():
-            if tp.topic in channel.topics and self._delivers(tp, active):
-                taken[tp] = batch
+            channel = self._channel_of.get(tp.topic)
+            if channel is not None and self._delivers(tp, active):
+                taken.setdefault(channel, {})[tp] = batch
             else:
                 rest[tp] = batch
-        if taken:
-            await channel.put(Fetch(self.app.consumer_generation_id, taken))
+        for channel, fetched in taken.items():
+            channel.put(Fetch(self.app.consumer_generation_id, fetched))
+            if channel.full:
+                paused = {tp for tp in self.assignment() if tp.topic in channel.topics}
+                self.pause_partitions(paused - channel.paused)
+                channel.paused |= paused
         return rest, active
+
+    def _resume_caught_up_channels(self) -> None:
+        # Not while recovering: Faust pauses partitions of its own then, and resumes them.
+        if self.app.in_recovery:
+            return
+        for channel in self.channels:
+            if channel.paused and channel.has_room:
+                self.resume_partitions(channel.paused & self.assignment())
+                channel.paused.clear()
 
     def _delivers(self, tp: TP, active: Any) -> bool:
         """Faust's own test in ``getmany``: records of other partitions are dropped."""
@@ -141,6 +183,10 @@ class BulkConsumer(AIOKafkaConsumer):
             rest[tp] = batch[-1:]
         return rest
 
+    def committed_position(self, tp: TP) -> int | None:
+        """The offset the group has committed for ``tp``: the next one it would read."""
+        return self._committed_offset.get(tp)
+
     def is_current(self, fetch: Fetch) -> bool:
         """Whether ``fetch`` was made in this consumer generation, with flow running."""
         return self.flow_active and fetch.generation == self.app.consumer_generation_id
@@ -152,6 +198,7 @@ class BulkConsumer(AIOKafkaConsumer):
         gap: control records, compaction) are acknowledged too, as Faust's drain loop does.
         """
         new_total = 0
+        now = time.monotonic()
         with ack_lock:
             for tp, batch in records.items():
                 if not batch:
@@ -169,5 +216,7 @@ class BulkConsumer(AIOKafkaConsumer):
                 new_total += len(new)
                 if read is None or last > read:
                     self._read_offset[tp] = last
+                self.applied_position[tp] = max(last + 1, self.applied_position.get(tp, 0))
+                self.applied_at[tp] = now
             self._n_acked += new_total
         return new_total

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from app import codec
 from app.kafka import client_options
 from app.settings import Settings
 from model.dataset import ExampleSet, write_examples
+from model.feature_log import decode_matrix
 
 __all__ = ["ExportError", "examples_to_set", "export_training", "read_topic"]
 
@@ -41,7 +42,7 @@ async def read_topic(settings: Settings, topic: str, idle: float = 2.0) -> list[
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         await consumer.seek_to_beginning()
         quiet_since = time.monotonic()
-        with tqdm(unit=" examples", desc=topic) as bar:
+        with tqdm(unit=" records", desc=topic) as bar:
             while time.monotonic() - quiet_since < idle:
                 batch = await consumer.getmany(timeout_ms=200, max_records=5000)
                 got = [r.value for records in batch.values() for r in records if r.value]
@@ -54,6 +55,16 @@ async def read_topic(settings: Settings, topic: str, idle: float = 2.0) -> list[
     return values
 
 
+def _rows(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The examples of one training-examples record: an example set, or one example."""
+    if "item_ids" not in record:  # one example per record (written before example sets)
+        yield record
+        return
+    matrix = decode_matrix(record["features"])
+    for row, (item_id, label) in enumerate(zip(record["item_ids"], record["labels"], strict=True)):
+        yield {**record, "item_id": item_id, "label": label, "features": matrix[row]}
+
+
 def examples_to_set(records: Sequence[dict[str, Any]], feature_names: Sequence[str]) -> ExampleSet:
     """One row per (request, item), the last record winning; features must match."""
     expected = feature_set_id(feature_names)
@@ -64,7 +75,8 @@ def examples_to_set(records: Sequence[dict[str, Any]], feature_names: Sequence[s
                 f"example of request {record.get('request_id')} was made with another feature "
                 "set than this version of nearline computes; export with the version that made it"
             )
-        unique[(record["request_id"], record["item_id"])] = record
+        for row in _rows(record):
+            unique[(row["request_id"], row["item_id"])] = row
     rows = sorted(unique.values(), key=lambda r: (r["ts"], r["request_id"]))
 
     def strings(name: str) -> np.ndarray:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from app.lag import PartitionLag
 
 __all__ = ["Metrics"]
 
@@ -14,18 +18,28 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class _LagCollector(Collector):
-    def __init__(self, read_lag: Callable[[], dict[int, int]]) -> None:
+    def __init__(self, read_lag: Callable[[], Iterable[PartitionLag]]) -> None:
         self._read_lag = read_lag
 
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
+        lag = GaugeMetricFamily(
             "nearline_consumer_lag",
-            "Records in member-actions not yet applied, per assigned partition.",
-            labels=["partition"],
+            "Records not yet applied (the broker's end offset minus the applied position), "
+            "per assigned partition of the topics the worker consumes.",
+            labels=["topic", "partition"],
         )
-        for partition, lag in sorted(self._read_lag().items()):
-            family.add_metric([str(partition)], lag)
-        yield family
+        stalled = GaugeMetricFamily(
+            "nearline_partition_stalled_seconds",
+            "Seconds since a record of the partition was last applied while its lag was "
+            "above zero (0 without lag).",
+            labels=["topic", "partition"],
+        )
+        for partition in self._read_lag():
+            labels = [partition.topic, str(partition.partition)]
+            lag.add_metric(labels, partition.lag)
+            stalled.add_metric(labels, partition.stalled_seconds)
+        yield lag
+        yield stalled
 
 
 class Metrics:
@@ -82,6 +96,23 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.responses = Counter(
+            "nearline_outcome_responses",
+            "Logged responses in the outcomes join, by what happened to them (stored, "
+            "labelled, already_written: labelled before a crash, unreadable).",
+            ["outcome"],
+            registry=r,
+        )
+        self.examples_written = Counter(
+            "nearline_training_examples",
+            "Training examples written (one per labelled candidate).",
+            registry=r,
+        )
+        self.outcomes_behind = Gauge(
+            "nearline_outcomes_behind_seconds",
+            "Seconds since the earliest pending response was due (0 when labelling keeps up).",
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "nearline_http_request_seconds",
             "HTTP request latency.",
@@ -90,7 +121,7 @@ class Metrics:
             registry=r,
         )
 
-    def track_lag(self, read_lag: Callable[[], dict[int, int]]) -> None:
+    def track_lag(self, read_lag: Callable[[], Iterable[PartitionLag]]) -> None:
         self.registry.register(_LagCollector(read_lag))
 
     def exposition(self) -> bytes:

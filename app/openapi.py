@@ -99,7 +99,21 @@ _SYSTEM = {
             },
         },
         "freshness": {"type": "object", "additionalProperties": _FRESHNESS},
-        "lag": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "alive": {"type": "boolean"},
+        "liveness": {"type": "string"},
+        "lag": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["topic", "partition", "lag", "stalled_seconds"],
+                "properties": {
+                    "topic": {"type": "string"},
+                    "partition": {"type": "integer"},
+                    "lag": {"type": "integer"},
+                    "stalled_seconds": {"type": "number"},
+                },
+            },
+        },
         "dead_letters": {"type": "object", "additionalProperties": {"type": "number"}},
         "attribute_store": {"type": "object"},
         "partitions": {
@@ -311,7 +325,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 }
             },
             "/healthz": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {
+                        "200": {"description": "alive and making progress"},
+                        "503": {"description": "stalled: a partition with lag applies nothing"},
+                    },
+                }
             },
             "/readyz": {
                 "get": {

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=20000, ge=1)
     fetch_max_wait: Duration = 0.02
 
+    # Liveness
+    lag_interval: Duration = 1.0
+    stall_timeout: Duration = 30.0
+    rebalance_timeout: Duration = 300.0
+
     # Local state
     data_dir: Path = Path("./data")
     # RocksDB memory per owned partition: Faust's defaults (3 x 64 MiB memtables and a
@@ -133,6 +138,7 @@ class Settings(BaseSettings):
     model_reload_interval: Duration = 10.0
     model_half_life: Duration = 6 * 3600.0
     outcome_horizon: Duration = 1800.0
+    outcome_label_interval: Duration = 1.0
     unlabeled_as: str = "negative"
     topic_recommendations_log: str = "recommendations-log"
     topic_training_examples: str = "training-examples"

@@ -16,12 +16,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaConsumer
 
 from app.broker import EmbeddedBroker, free_port
 
-__all__ = ["Stack", "StackError", "WorkerProcess"]
+__all__ = ["Stack", "StackError", "WorkerProcess", "consume_topic"]
 
 #: The directory that holds the ``app`` package: where ``python -m app.cli`` resolves.
 _ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +41,26 @@ def read_metric(url: str, name: str) -> float:
         if head == name or head.startswith(name + "{"):
             total += float(value)
     return total
+
+
+async def consume_topic(
+    bootstrap: str, topic: str, expected: int, timeout: float = 30.0
+) -> list[Any]:
+    """Records of ``topic`` from the start, until ``expected`` arrived or ``timeout``."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -147,10 +169,13 @@ class Stack:
         asyncio.run(ensure_topics(load_settings(**overrides)))
 
     def start_worker(
-        self, name: str = "w1", timeout: float = 90.0, *, wait: bool = True
+        self, name: str = "w1", timeout: float = 90.0, *, wait: bool = True, port: int = 0
     ) -> WorkerProcess:
-        """Start a worker; unless ``wait`` is False, return once its ``/readyz`` says 200."""
-        port = free_port()
+        """Start a worker; unless ``wait`` is False, return once its ``/readyz`` says 200.
+
+        ``port`` 0 picks a free one; a worker restarted on its old port keeps its URL.
+        """
+        port = port or free_port()
         data_dir = self.tmp / name
         log = self.tmp / f"{name}.log"
         env = {**self.env, "NEARLINE_WEB_PORT": str(port), "NEARLINE_DATA_DIR": str(data_dir)}

@@ -32,6 +32,7 @@ __all__ = [
     "error",
     "forward_to_owner",
     "invalid_request",
+    "lag_body",
 ]
 
 #: Marks a request one worker forwarded to the owner of a partition, so it is never bounced on.
@@ -63,8 +64,25 @@ def _nearline(request: Request) -> Nearline:
     return request.app.state.nearline  # type: ignore[no-any-return]
 
 
+def lag_body(nearline: Nearline) -> list[dict[str, Any]]:
+    """Lag and stalled seconds of each assigned partition, as /healthz and /readyz show it."""
+    return [
+        {
+            "topic": p.topic,
+            "partition": p.partition,
+            "lag": p.lag,
+            "stalled_seconds": round(p.stalled_seconds, 1),
+        }
+        for p in nearline.consumer_lag()
+    ]
+
+
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """Liveness: 503 when a partition holds lag and applies nothing (a restart mends it)."""
+    nearline = _nearline(request)
+    alive, reason = nearline.liveness()
+    body = {"status": "ok" if alive else "stalled", "reason": reason, "lag": lag_body(nearline)}
+    return JSONResponse(body, status_code=200 if alive else 503)
 
 
 async def readyz(request: Request) -> Response:
@@ -75,6 +93,7 @@ async def readyz(request: Request) -> Response:
         "ready": ready,
         "reason": reason,
         "partitions": nearline.store.owned_partitions(),
+        "lag": lag_body(nearline),
         "attribute_store": {"backend": health.backend, "ok": health.ok, "detail": health.detail},
     }
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -1,4 +1,4 @@
-"""The worker: one Faust app with its topics, online store table, ingest agent and web app."""
+"""The worker: one Faust app with its topics, state tables, agents and web app."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from itertools import chain
 from typing import Any
@@ -16,14 +16,18 @@ from typing import Any
 import faust
 import httpx
 import uvloop
+from aiokafka import AIOKafkaConsumer
+from faust.types import TP
 
 from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor
-from agents.outcomes import OutcomeLabeler
+from agents.outcomes import OutcomeJoiner
 from app import codec
 from app.bulk import BulkChannel, BulkConsumer
 from app.console.timeline import IngestTimeline
-from app.kafka import ssl_context
+from app.examples_topic import KafkaExamplesTopic
+from app.kafka import client_options, ssl_context
+from app.lag import LagMonitor, PartitionLag
 from app.metrics import Metrics
 from app.recommend import Recommender
 from app.settings import Settings
@@ -40,14 +44,17 @@ from tables.attributes import (
     split_fields,
 )
 from tables.attributes import from_settings as attribute_store_from_settings
+from tables.changelog import ChangelogTable
 from tables.member_state import StatePolicy
 from tables.online_store import OnlineStore
+from tables.pending import PendingResponses
 
-__all__ = ["MEMBERS_TABLE", "Nearline", "run_worker"]
+__all__ = ["MEMBERS_TABLE", "PENDING_TABLE", "Nearline", "run_worker"]
 
 log = logging.getLogger(__name__)
 
 MEMBERS_TABLE = "members"
+PENDING_TABLE = "outcomes-pending"
 
 
 def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
@@ -67,8 +74,8 @@ def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredent
 def _faust_app(settings: Settings) -> faust.App:
     options: dict[str, Any] = {}
     if settings.embedded:
-        # Quirks of the embedded broker (see ARCHITECTURE.md): short session timeouts let
-        # a restarted worker rejoin in seconds, not a minute. Its inexact "latest offset"
+        # Quirks of the embedded broker: short session timeouts let a restarted worker
+        # rejoin in seconds, not a minute. Its inexact "latest offset"
         # is handled by OnlineStore's end markers, so the producer still batches.
         options.update(
             broker_session_timeout=10.0,
@@ -92,12 +99,6 @@ def _faust_app(settings: Settings) -> faust.App:
         # default) made that one small produce request after another.
         producer_max_batch_size=1 << 20,
         producer_max_request_size=4 << 20,
-        # The outcomes agent holds responses unacknowledged until their horizon: a
-        # rebalance must not wait for them (their new owner re-reads them).
-        stream_wait_empty=False,
-        # Read-ahead of Faust streams (only the outcomes agent's): responses wait for their
-        # horizon in the topic, not in memory.
-        stream_buffer_maxsize=256,
         autodiscover=False,
         **options,
     )
@@ -111,28 +112,27 @@ class Nearline:
         self.metrics = Metrics()
         self.faust = _faust_app(settings)
         self.actions_topic = self._raw_topic(settings.topic_actions)
-        self.bulk = BulkChannel([settings.topic_actions])
+        self.recommendations_log = self._raw_topic(settings.topic_recommendations_log)
+        # Each topic's records go to its own task a fetch at a time (app/bulk.py); a task
+        # that falls behind pauses its own topic's partitions, never the others'.
+        self.actions_channel = BulkChannel([settings.topic_actions])
+        self.log_channel = BulkChannel([settings.topic_recommendations_log])
         # Faust builds its consumer from this class when the worker starts.
-        self.faust.transport.Consumer = BulkConsumer.delivering_to(self.bulk)  # type: ignore[misc]
-        self.members = self.faust.Table(
-            MEMBERS_TABLE,
-            default=None,
-            partitions=settings.topic_partitions,
-            key_type=bytes,  # bytes in and out: MemberState has its own codec
-            value_type=bytes,
-            options={
-                "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
-                "max_write_buffer_number": 3,
-                "block_cache_size": settings.rocksdb_block_cache_mb << 20,
-                "block_cache_compressed_size": 0,
-            },
+        self.faust.transport.Consumer = BulkConsumer.delivering_to(  # type: ignore[misc]
+            self.actions_channel, self.log_channel
         )
+        exact_end_offsets = settings.embedded
         self.store = OnlineStore(
-            self.faust,
-            self.members,
+            ChangelogTable(
+                self.faust, self._table(MEMBERS_TABLE), exact_end_offsets=exact_end_offsets
+            ),
             StatePolicy.from_settings(settings),
             settings.topic_partitions,
-            exact_end_offsets=settings.embedded,
+        )
+        self.pending = PendingResponses(
+            ChangelogTable(
+                self.faust, self._table(PENDING_TABLE), exact_end_offsets=exact_end_offsets
+            )
         )
         self.join_fields = split_fields(settings.join_at_ingest, settings.join_at_read)
         self.attributes = attribute_store_from_settings(settings)
@@ -145,6 +145,7 @@ class Nearline:
             self.send_dead_letters,
             attributes=self.attributes_cached,
             ingest_fields=self.join_fields.ingest,
+            record_reactions=self._record_reactions,
         )
         self.attribute_feed = ItemAttributesFeed(
             settings, self.attributes_cached, self.metrics, self.send_attribute_rejects
@@ -155,17 +156,72 @@ class Nearline:
             settings.model_dir.mkdir(parents=True, exist_ok=True)
             self.models.load_latest()
         self.recommender = Recommender(self, self.models)
-        self.recommendations_log = self._raw_topic(settings.topic_recommendations_log)
-        self.outcomes = OutcomeLabeler(
+        self.examples_topic = KafkaExamplesTopic(
+            settings.topic_training_examples,
+            self.faust.producer._ensure_producer,  # type: ignore[attr-defined]
+            self._client,
+        )
+        self.outcomes = OutcomeJoiner(
+            self.pending,
             self.store,
-            self.send_examples,
+            self.examples_topic,
+            self.metrics,
+            committed=self._log_committed,
             horizon=settings.outcome_horizon,
             unlabeled_as=settings.unlabeled_as,
         )
+        self.metrics.outcomes_behind.set_function(self.outcomes.oldest_due_seconds)
+        self.lag = LagMonitor(
+            self._bulk_consumer,
+            [settings.topic_actions, settings.topic_recommendations_log],
+            self._client,
+            counting=self._lag_counts,
+        )
+        self._rebalancing_since: float | None = None
         self.timeline = IngestTimeline()  # the console's ingest rate and freshness
         self.web = create_web_app(self)
-        self.metrics.track_lag(self.consumer_lag)
+        self.metrics.track_lag(self.lag.snapshot)
         self._register_agents()
+
+    def _table(self, name: str) -> faust.types.TableT[bytes, bytes]:
+        """A changelog-backed RocksDB table of raw bytes, one RocksDB per partition."""
+        settings = self.settings
+        return self.faust.Table(
+            name,
+            default=None,
+            partitions=settings.topic_partitions,
+            key_type=bytes,  # bytes in and out: the stores have their own codecs
+            value_type=bytes,
+            options={
+                "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
+                "max_write_buffer_number": 3,
+                "block_cache_size": settings.rocksdb_block_cache_mb << 20,
+                "block_cache_compressed_size": 0,
+            },
+        )
+
+    def _client(self) -> AIOKafkaConsumer:
+        """A plain client of its own (no group): end offsets, reads of one partition."""
+        return AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, **client_options(self.settings)
+        )
+
+    def _bulk_consumer(self) -> BulkConsumer:
+        consumer = self.faust.consumer
+        assert isinstance(consumer, BulkConsumer)
+        return consumer
+
+    def _log_committed(self, partition: int) -> int | None:
+        tp = TP(self.settings.topic_recommendations_log, partition)
+        return self._bulk_consumer().committed_position(tp)
+
+    def _lag_counts(self) -> bool:
+        """Whether lag can mean a stall now: not while partitions move or state recovers."""
+        app = self.faust
+        return not (app.rebalancing or app.in_recovery)
+
+    async def _record_reactions(self, events: Any) -> None:
+        await self.outcomes.record_reactions(events)
 
     def _raw_topic(self, name: str) -> faust.TopicT:
         """A topic read as raw bytes: validation happens in nearline, not in Faust's codecs."""
@@ -181,32 +237,38 @@ class Nearline:
     def _register_agents(self) -> None:
         settings = self.settings
 
-        # The ingest agent takes the actions topic a fetch at a time (app/bulk.py): the
-        # records still come off Faust's consumer and commit through its book-keeping.
+        # Both topics come off Faust's consumer a fetch at a time (app/bulk.py): the records
+        # still commit through its book-keeping, acknowledged once applied.
         self.faust.topics.add(self.actions_topic)
+        self.faust.topics.add(self.recommendations_log)
 
         async def ingest() -> None:
-            consumer = self.faust.consumer
-            assert isinstance(consumer, BulkConsumer)
-            async for fetch in self.bulk.batches(settings.batch_max):
-                if not consumer.is_current(fetch):
-                    continue  # made before a rebalance: Faust seeks back and reads it again
-                records = list(chain.from_iterable(fetch.records.values()))
-                plan = await self.ingest.process(records)
-                self.timeline.record_batch(time.time(), len(records), plan)
-                if consumer.is_current(fetch):
-                    consumer.ack_fetch(fetch.records)
+            await self._apply_fetches(self.actions_channel, self._ingest_batch)
+
+        async def join_outcomes() -> None:
+            await self._apply_fetches(self.log_channel, self.outcomes.add)
 
         self.faust.task(ingest)
+        self.faust.task(join_outcomes)
 
-        async def outcomes(stream: faust.StreamT[bytes]) -> None:
-            # Manual acks: a response is acknowledged only once its examples are written, so
-            # after a crash or rebalance its partition's owner reads exactly the waiting ones.
-            assert isinstance(stream, faust.Stream)
-            async for event in stream.noack().events():
-                await self.outcomes.handle(event)
+        async def label_outcomes() -> None:
+            if self.faust.rebalancing or self.faust.in_recovery:
+                return
+            await self.outcomes.label_due()
 
-        self.faust.agent(self.recommendations_log, name="outcomes")(outcomes)
+        self.faust.timer(
+            timedelta(seconds=settings.outcome_label_interval), name="outcomes-labelling"
+        )(label_outcomes)
+
+        async def refresh_lag() -> None:
+            app = self.faust
+            if app.rebalancing and self._rebalancing_since is None:
+                self._rebalancing_since = time.monotonic()
+            elif not app.rebalancing:
+                self._rebalancing_since = None
+            await self.lag.refresh()
+
+        self.faust.timer(timedelta(seconds=settings.lag_interval), name="consumer-lag")(refresh_lag)
 
         async def sweep_retention() -> None:
             if self.faust.rebalancing or self.faust.in_recovery:
@@ -238,6 +300,22 @@ class Nearline:
         self.faust.timer(timedelta(seconds=settings.model_reload_interval), name="model-reload")(
             reload_model
         )
+
+    async def _ingest_batch(self, records: list[Any]) -> None:
+        plan = await self.ingest.process(records)
+        self.timeline.record_batch(time.time(), len(records), plan)
+
+    async def _apply_fetches(
+        self, channel: BulkChannel, apply: Callable[[list[Any]], Awaitable[object]]
+    ) -> None:
+        """Apply each fetch of ``channel``, then acknowledge its offsets for commit."""
+        consumer = self._bulk_consumer()
+        async for fetch in channel.batches(self.settings.batch_max):
+            if not consumer.is_current(fetch):
+                continue  # made before a rebalance: Faust seeks back and reads it again
+            await apply(list(chain.from_iterable(fetch.records.values())))
+            if consumer.is_current(fetch):
+                consumer.ack_fetch(fetch.records)
 
     async def _shorten_fetch_wait(self) -> None:
         """Apply NEARLINE_FETCH_MAX_WAIT to Faust's consumer, which hard-codes 1.5 s.
@@ -312,13 +390,6 @@ class Nearline:
             None,
         )
 
-    async def send_examples(self, member_id: str, examples: list[dict[str, Any]]) -> None:
-        key = member_id.encode()
-        await self._send_all(
-            self.settings.topic_training_examples,
-            ((key, codec.dumps(example), None) for example in examples),
-        )
-
     async def member_features(self, member_id: str, as_of: float) -> dict[str, Any]:
         """Features of a member this worker owns, attributes joined at read.
 
@@ -343,6 +414,7 @@ class Nearline:
         return features
 
     def readiness(self) -> tuple[bool, str]:
+        """Whether to send this worker requests (Kubernetes' readiness probe), and why not."""
         app = self.faust
         if not app.consumer_generation_id and not self.store.owned_partitions():
             return False, "starting: waiting for partitions"
@@ -350,26 +422,44 @@ class Nearline:
             return False, "rebalancing"
         if app.in_recovery or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return False, "recovering state from the changelog"
+        stalled = self.stalled()
+        if stalled:
+            return False, stalled
         return True, "ready"
 
-    def consumer_lag(self) -> dict[int, int]:
-        lag: dict[int, int] = {}
-        try:
-            assignment = self.faust.consumer.assignment()
-        except Exception:
-            return lag
-        for tp in assignment:
-            if tp.topic != self.settings.topic_actions:
-                continue
-            try:
-                highwater = self.faust.consumer.highwater(tp)
-            except Exception:
-                continue
-            if highwater is None:
-                continue
-            position = self.ingest.next_offsets.get(tp.partition, 0)
-            lag[tp.partition] = max(0, highwater - position)
-        return lag
+    def liveness(self) -> tuple[bool, str]:
+        """Whether the worker still makes progress (Kubernetes' liveness probe), and why not.
+
+        A restart is what mends a consumer that holds lag and applies nothing, or a worker
+        stuck in a rebalance: both come back through Kafka's group protocol.
+        """
+        stalled = self.stalled()
+        if stalled:
+            return False, stalled
+        since = self._rebalancing_since
+        timeout = self.settings.rebalance_timeout
+        if since is not None and time.monotonic() - since > timeout:
+            return False, (
+                f"stalled: rebalancing for more than {timeout:.0f}s "
+                "(NEARLINE_REBALANCE_TIMEOUT); restarting rejoins the group"
+            )
+        return True, "ok"
+
+    def stalled(self) -> str:
+        """A reason naming the stalled partitions, or ``""`` when none is."""
+        timeout = self.settings.stall_timeout
+        stalled = self.lag.stalled(timeout)
+        if not stalled:
+            return ""
+        names = ", ".join(
+            f"{p.topic}[{p.partition}] (lag {p.lag}, nothing applied for {p.stalled_seconds:.0f}s)"
+            for p in stalled
+        )
+        return f"stalled: {names}; over NEARLINE_STALL_TIMEOUT={timeout:.0f}s"
+
+    def consumer_lag(self) -> list[PartitionLag]:
+        """Lag per assigned partition of the actions and recommendations-log topics."""
+        return self.lag.snapshot()
 
 
 _Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]

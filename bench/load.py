@@ -4,6 +4,8 @@ Run: ``python -m bench.load BOOTSTRAP TOPIC --rate 5000 --seconds 12``. Prints o
 once connected (``{"ready": true}``), produces ``rate`` actions per second in a batch every
 few milliseconds for ``seconds``, then prints one JSON line: actions sent and delivered,
 and the achieved rate (delivered actions per second, first send to last acknowledgement).
+With ``--oracle FILE`` it also writes what the broker acknowledged, per member and action
+type: what the online store must count, no more and no less.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -23,7 +26,13 @@ TICK = 0.005
 
 
 def produce_paced(
-    bootstrap: str, topic: str, rate: float, seconds: float, members: int, seed: int
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    members: int,
+    seed: int,
+    oracle: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """Produce actions at ``rate`` per second for ``seconds``; counts what the broker acked."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
@@ -34,6 +43,15 @@ def produce_paced(
     def on_delivery(error: KafkaError | None, message: Message) -> None:
         acked["failed" if error else "delivered"] += 1
         acked["last"] = time.perf_counter()
+
+    def delivered(member: str, action: str) -> Callable[[KafkaError | None, Message], None]:
+        def counted(error: KafkaError | None, message: Message) -> None:
+            on_delivery(error, message)
+            if error is None and oracle is not None:
+                counts = oracle.setdefault(member, {})
+                counts[action] = counts.get(action, 0) + 1
+
+        return counted
 
     actions = generate_actions(None, members=members, seed=seed)
     sent = 0
@@ -47,7 +65,7 @@ def produce_paced(
                 event.to_json(),
                 key,
                 partition_for_key(key, partitions),
-                on_delivery=on_delivery,
+                on_delivery=delivered(event.member_id, event.action),
             )
             sent += 1
         producer.poll(0)
@@ -72,10 +90,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--members", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--oracle", help="write the acknowledged actions per member here (JSON)")
     args = parser.parse_args()
+    oracle: dict[str, dict[str, int]] | None = {} if args.oracle else None
     result = produce_paced(
-        args.bootstrap, args.topic, args.rate, args.seconds, args.members, args.seed
+        args.bootstrap, args.topic, args.rate, args.seconds, args.members, args.seed, oracle
     )
+    if args.oracle:
+        with open(args.oracle, "w") as out:
+            json.dump(oracle, out)
     print(json.dumps(result), flush=True)
 
 

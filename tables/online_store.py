@@ -1,11 +1,7 @@
 """The online store: member state in a changelog-backed Faust table on RocksDB, written in batches.
 
-Faust's table API sends one changelog record per ``table[key] = value`` and insists on a
-current event for each write, which caps a worker at a few thousand events per second.
-nearline keeps the Faust table (its RocksDB partitions, changelog topic, recovery,
-standbys and routing) and writes a whole batch at once: one RocksDB ``WriteBatch`` per
-partition and one changelog record per member touched, all acknowledged before the
-source offsets of the batch are committed. Recovery is Faust's own.
+One value per member (:class:`MemberState`); an ingest batch costs one read and one write per
+member it touches and one changelog record each, written through :class:`ChangelogTable`.
 """
 
 from __future__ import annotations
@@ -16,22 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import faust
-import rocksdict
-from aiokafka import AIOKafkaProducer
-from faust.types import TP, TableT
-
 from app.kafka import partition_for_key
+from tables.changelog import INTERNAL_PREFIXES, ChangelogTable
 from tables.member_state import MemberState, StatePolicy
 
 __all__ = ["NotOwned", "OnlineStore"]
 
 log = logging.getLogger(__name__)
 
-_FAUST_KEY_PREFIX = b"__faust"
-#: Written alone after each batch when the broker needs it (see ``exact_end_offsets``).
-END_MARKER_KEY = b"\0nearline-end"
-_INTERNAL_PREFIXES = (_FAUST_KEY_PREFIX, b"\0")
 _SWEEP_YIELD_EVERY = 500
 
 
@@ -47,31 +35,17 @@ class NotOwned(LookupError):
 class OnlineStore:
     """Reads and batched writes of :class:`MemberState` values, keyed by member id."""
 
-    def __init__(
-        self,
-        app: faust.App,
-        table: TableT[bytes, bytes],
-        policy: StatePolicy,
-        partitions: int,
-        *,
-        exact_end_offsets: bool = False,
-    ) -> None:
-        self.app = app
+    def __init__(self, table: ChangelogTable, policy: StatePolicy, partitions: int) -> None:
         self.table = table
         self.policy = policy
         self.partitions = partitions
-        # The embedded broker reports a partition's end as "base offset of the last record
-        # batch + 1", and Faust's recovery reads up to that end. Ending every write with a
-        # one-record batch (a marker) makes that answer exact while the records before it
-        # are batched normally.
-        self.exact_end_offsets = exact_end_offsets
         # Held by every read-modify-write (ingest batch, retention sweep) until its
         # changelog records are acknowledged, so changelog order always equals write order.
-        self.write_lock = asyncio.Lock()
+        self.write_lock = table.write_lock
 
     @property
     def changelog_topic(self) -> str:
-        return str(self.table.changelog_topic.get_topic_name())
+        return self.table.changelog_topic
 
     # -- ownership ---------------------------------------------------------------------
 
@@ -79,33 +53,18 @@ class OnlineStore:
         return partition_for_key(member_id.encode(), self.partitions)
 
     def owns(self, partition: int) -> bool:
-        return TP(self.changelog_topic, partition) in self.app.assignor.assigned_actives()
+        return self.table.owns(partition)
 
     def owner_url(self, partition: int) -> str | None:
-        """The advertised URL of the worker that holds ``partition`` (from the assignor)."""
-        try:
-            metadata = self.app.router.table_metadata(self.table.name)
-        except KeyError:
-            return None
-        for url, topics in metadata.items():
-            if partition in topics.get(self.changelog_topic, ()):
-                return str(url).rstrip("/")
-        return None
+        return self.table.owner_url(partition)
 
     def owned_partitions(self) -> list[int]:
-        topic = self.changelog_topic
-        return sorted(
-            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic
-        )
+        return self.table.owned_partitions()
 
     # -- reads -------------------------------------------------------------------------
 
-    def _db(self, partition: int) -> rocksdict.Rdict:
-        # Faust opens one RocksDB per partition when it is assigned; reuse those handles.
-        return self.table.data._db_for_partition(partition)  # type: ignore[attr-defined,no-any-return]
-
     def load(self, partition: int, key: bytes) -> MemberState | None:
-        raw = self._db(partition).get(key)
+        raw = self.table.get(partition, key)
         return None if raw is None else MemberState.from_bytes(raw)
 
     def features(self, member_id: str, as_of: float) -> dict[str, Any]:
@@ -121,61 +80,19 @@ class OnlineStore:
     async def write(self, updates: Mapping[int, Mapping[bytes, MemberState | None]]) -> None:
         """Store new states (``None`` deletes) and wait until the changelog has them all.
 
-        Call with :attr:`write_lock` held, around the reads the new states came from.
+        Call with :attr:`write_lock` held, around the reads the new states came from. The
+        batch's source offsets are committed only after this returns, so a crash before it
+        re-reads the batch; :meth:`MemberState.apply` makes that re-read harmless.
         """
-        producer = self._producer()
-        sent: list[tuple[asyncio.Future[Any], int]] = []
-        for partition, states in updates.items():
-            if not states:
-                continue
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            records: list[tuple[bytes, bytes | None]] = []
-            for key, state in states.items():
-                value = None if state is None else state.to_bytes()
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
-                records.append((key, value))
-            self._db(partition).write(batch)
-            sent += await self._send(producer, partition, records)
-            if self.exact_end_offsets:
-                # A batch of its own, after the records': a partition's batches are sent
-                # and stored in order, so the marker lands last.
-                sent += await self._send(producer, partition, [(END_MARKER_KEY, b"")])
-        if not sent:
-            return
-        # The batch's source offsets are committed only after this returns, so a crash
-        # before it re-reads the batch; MemberState.apply makes that re-read harmless.
-        results = await asyncio.gather(*(future for future, _ in sent))
-        persisted: dict[int, int] = {}
-        for meta, (_, count) in zip(results, sent, strict=True):
-            last = meta.offset + count - 1
-            persisted[meta.partition] = max(last, persisted.get(meta.partition, -1))
-        topic = self.changelog_topic
-        for partition, offset in persisted.items():
-            self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
-
-    def _producer(self) -> AIOKafkaProducer:
-        # Faust's producer sends one record at a time, a future each; changelog records go
-        # straight to its aiokafka producer in whole batches instead.
-        return self.app.producer._ensure_producer()  # type: ignore[attr-defined,no-any-return]
-
-    async def _send(
-        self, producer: AIOKafkaProducer, partition: int, records: list[tuple[bytes, bytes | None]]
-    ) -> list[tuple[asyncio.Future[Any], int]]:
-        """Queue ``records`` for one changelog partition; (future, count) per producer batch."""
-        topic = self.changelog_topic
-        sent = []
-        batch, count = producer.create_batch(), 0
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                sent.append((await producer.send_batch(batch, topic, partition=partition), count))
-                batch, count = producer.create_batch(), 0
-                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
-            count += 1
-        sent.append((await producer.send_batch(batch, topic, partition=partition), count))
-        return sent
+        await self.table.write(
+            {
+                partition: {
+                    key: None if state is None else state.to_bytes()
+                    for key, state in states.items()
+                }
+                for partition, states in updates.items()
+            }
+        )
 
     # -- retention ---------------------------------------------------------------------
 
@@ -186,9 +103,9 @@ class OnlineStore:
         for partition in self.owned_partitions():
             expired: list[bytes] = []
             seen = 0
-            for key, raw in self._db(partition).items():
+            for key, raw in self.table.db(partition).items():
                 assert isinstance(key, bytes) and isinstance(raw, bytes)  # raw-mode RocksDB
-                if key.startswith(_INTERNAL_PREFIXES):
+                if key.startswith(INTERNAL_PREFIXES):
                     continue
                 if MemberState.from_bytes(raw).prune(now, self.policy):
                     expired.append(key)

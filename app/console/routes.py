@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 from app.recommend import RecommendationRequest
 from app.traffic import DEMO_CATALOGUE_SAMPLE
-from app.web import JSONResponse, error, forward_to_owner, invalid_request
+from app.web import JSONResponse, error, forward_to_owner, invalid_request, lag_body
 from tables.attributes import StoreUnavailable
 from tables.online_store import NotOwned
 
@@ -105,6 +105,7 @@ async def _system(request: Request) -> Response:
     metrics = nearline.metrics
     store = nearline.store
     ready, reason = nearline.readiness()
+    alive, liveness = nearline.liveness()
     health = nearline.attribute_health
     owned = store.owned_partitions()
     body = {
@@ -112,6 +113,8 @@ async def _system(request: Request) -> Response:
         "worker": nearline.settings.web_url,
         "ready": ready,
         "reason": reason,
+        "alive": alive,
+        "liveness": liveness,
         "ingest": {
             "per_s": timeline.ingest_rate(now),
             "events_in": _total(metrics.events_in),
@@ -119,7 +122,7 @@ async def _system(request: Request) -> Response:
             "dropped": totals_by_label(metrics.events_dropped),
         },
         "freshness": {"1m": timeline.freshness(now, 60), "5m": timeline.freshness(now, 300)},
-        "lag": {str(p): lag for p, lag in sorted(nearline.consumer_lag().items())},
+        "lag": lag_body(nearline),
         "dead_letters": totals_by_label(metrics.events_dead_lettered),
         "attribute_store": {"backend": health.backend, "ok": health.ok, "detail": health.detail},
         "partitions": [

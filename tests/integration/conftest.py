@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from app.broker import EmbeddedBroker, free_port
-from app.stack import StackError, isolated_env, read_metric, wait_ready
+from app.stack import StackError, consume_topic, isolated_env, read_metric, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,10 +41,10 @@ class Worker:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Worker:
+    def start(self, module: str = "app.cli") -> Worker:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+            [sys.executable, "-m", module, "worker"],
             env=self.env,
             cwd=REPO,
             stdout=log,
@@ -137,26 +137,6 @@ async def _produce(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def consume_topic(
-    bootstrap: str, topic: str, expected: int, timeout: float = 30.0
-) -> list[Any]:
-    """Records of ``topic`` from the start, until ``expected`` arrived or ``timeout``."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(records) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for messages in batch.values():
-                records.extend(messages)
-    finally:
-        await consumer.stop()
-    return records
 
 
 @pytest.fixture

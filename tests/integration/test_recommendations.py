@@ -96,16 +96,20 @@ def test_outcomes_become_training_examples_and_export(
     load_items(deployment, worker)
     response = recommend(worker, {"member_id": "m2", "candidates": ["x", "y", "near-x-1"]}).json()
     deployment.produce([act(1, "m2", "x", "apply"), act(2, "m2", "y", "dismiss")])
-    examples = deployment.consume(
-        deployment.settings["NEARLINE_TOPIC_TRAINING_EXAMPLES"], expected=3, timeout=30
+    wait_until(lambda: worker.metric('nearline_outcome_responses_total{outcome="labelled"}') == 1)
+    (record,) = deployment.consume(
+        deployment.settings["NEARLINE_TOPIC_TRAINING_EXAMPLES"], expected=1, timeout=30
     )
-    by_item = {e["item_id"]: e for e in (codec.loads(m.value) for m in examples)}
-    assert {k: (v["label"], v["outcome"]) for k, v in by_item.items()} == {
+    example_set = codec.loads(record.value)
+    assert example_set["request_id"] == response["request_id"]
+    labelled = zip(
+        example_set["item_ids"], example_set["labels"], example_set["outcomes"], strict=True
+    )
+    assert {item: (label, outcome) for item, label, outcome in labelled} == {
         "x": (1, "apply"),
         "y": (0, "dismiss"),
         "near-x-1": (0, "none"),
     }
-    assert all(e["request_id"] == response["request_id"] for e in by_item.values())
     out = tmp_path / "examples.parquet"
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", "export-training", "--out", str(out)],

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import rocksdict
 
-from tables.online_store import END_MARKER_KEY
+from tables.changelog import END_MARKER_KEY
 from tests.integration.conftest import Deployment, Worker, wait_until
 from tests.integration.test_ingest import make_events, oracle, records
 from tests.oracle import served_view

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import faust
 import pytest
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
 from app.bulk import BulkChannel, BulkConsumer, Fetch
@@ -65,7 +66,7 @@ def test_batches_merge_queued_fetches_of_one_generation_up_to_the_limit() -> Non
 
     async def run() -> list[tuple[int, int]]:
         for generation, offsets in ((1, (0, 1)), (1, (2, 3)), (1, (4, 5)), (2, (0,)), (2, (1,))):
-            await channel.put(Fetch(generation, {TP0: records(*offsets)}))
+            channel.put(Fetch(generation, {TP0: records(*offsets)}))
         seen = []
         async for batch in channel.batches(max_records=4):
             seen.append((batch.generation, len(batch)))
@@ -74,3 +75,43 @@ def test_batches_merge_queued_fetches_of_one_generation_up_to_the_limit() -> Non
         raise AssertionError("unreachable")
 
     assert asyncio.run(run()) == [(1, 4), (1, 2), (2, 2)]
+
+
+def test_a_channel_that_falls_behind_pauses_only_its_own_partitions() -> None:
+    actions, log = BulkChannel([TOPIC], max_fetches=2), BulkChannel(["log"], max_fetches=2)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = faust.App("bulk-test", broker="kafka://127.0.0.1:1", store="memory://")
+    app.transport.Consumer = BulkConsumer.delivering_to(actions, log)  # type: ignore[misc]
+    consumer = app.consumer
+    assert isinstance(consumer, BulkConsumer)
+    assigned = {TP0, TP(TOPIC, 1), TP("log", 0), TP("log", 1)}
+    consumer.assignment = lambda: assigned  # type: ignore[method-assign]
+    fetched = [{TP("log", 0): records(n)} for n in range(3)]
+
+    async def fetch(timeout: float) -> tuple[object, object]:
+        return fetched.pop(0), None
+
+    async def run() -> None:
+        with_fetches = AIOKafkaConsumer._wait_next_records
+        AIOKafkaConsumer._wait_next_records = lambda self, timeout: fetch(timeout)  # type: ignore[assignment,method-assign]
+        try:
+            for _ in range(2):
+                rest, _ = await consumer._wait_next_records(1.0)
+                assert rest == {}  # taken by the channel, never waited for
+        finally:
+            AIOKafkaConsumer._wait_next_records = with_fetches  # type: ignore[method-assign]
+        assert consumer._paused_partitions == {TP("log", 0), TP("log", 1)}
+        assert log.paused and not actions.paused
+        # The log's task catches up: its partitions are resumed, the actions' never paused.
+        async for batch in log.batches(max_records=10):
+            assert len(batch) == 2
+            break
+        consumer._resume_caught_up_channels()
+        assert consumer._paused_partitions == set() and not log.paused
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

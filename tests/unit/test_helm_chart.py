@@ -208,6 +208,8 @@ def test_probes_hit_health_paths_on_the_web_port(manifests: list[Manifest]) -> N
     readiness = container["readinessProbe"]["httpGet"]
     assert liveness["path"] == "/healthz"
     assert readiness["path"] == "/readyz"
+    # /healthz turns red on a stalled partition after the configured time.
+    assert env_of(container)["NEARLINE_STALL_TIMEOUT"]["value"] == "30s"
     for probe in (liveness, readiness):
         port = probe["port"]
         assert (ports[port] if isinstance(port, str) else port) == web_port

@@ -1,36 +1,62 @@
-"""The outcomes agent: responses wait for their horizon, then become examples."""
+"""The outcomes join: responses wait in RocksDB for their horizon, then become one example set each.
+
+These run the join's logic against real RocksDB partitions, without a broker: the table's
+changelog writes, recovery and the training-examples topic are exercised by
+tests/integration/test_outcomes.py; here the examples topic is a list.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import rocksdict
 
-from agents.outcomes import OutcomeLabeler
+from agents.outcomes import OutcomeJoiner
 from app import codec
-from model.feature_log import log_record
+from app.metrics import Metrics
+from model.feature_log import decode_matrix, log_record
+from tables.changelog import ChangelogTable, RawUpdates
+from tables.pending import PendingResponses
 
 NOW = 1_764_384_000.0
+HORIZON = 60.0
 
 
-@dataclass
-class Message:
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None
-    partition: int = 0
+class LocalTable(ChangelogTable):
+    """A ChangelogTable over local RocksDB partitions, without the changelog producer."""
 
+    def __init__(self, path: Path, partitions: int = 2) -> None:
+        self.write_lock = asyncio.Lock()
+        self._dbs = {
+            p: rocksdict.Rdict(str(path / f"p{p}"), options=rocksdict.Options(raw_mode=True))
+            for p in range(partitions)
+        }
+        self.revoked: set[int] = set()
+        self.committed: int | None = 1 << 40  # the log's committed offset, every partition
 
-@dataclass
-class Event:
-    message: Message
-    acked: bool = False
+    def db(self, partition: int) -> rocksdict.Rdict:
+        return self._dbs[partition]
 
-    def ack(self) -> None:
-        self.acked = True
+    def owns(self, partition: int) -> bool:
+        return partition not in self.revoked
+
+    def owned_partitions(self) -> list[int]:
+        return [p for p in sorted(self._dbs) if p not in self.revoked]
+
+    async def write(self, updates: RawUpdates) -> None:
+        for partition, values in updates.items():
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key, value in values.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            self.db(partition).write(batch)
 
 
 @dataclass
@@ -42,18 +68,46 @@ class State:
 class Store:
     actions: dict[str, list[list[Any]]] = field(default_factory=dict)
 
-    def owns(self, partition: int) -> bool:
-        return True
-
     def load(self, partition: int, key: bytes) -> State | None:
         found = self.actions.get(key.decode())
         return State(found) if found is not None else None
 
 
-def logged(member: str, ts: float, items: list[str]) -> bytes:
+@dataclass
+class ExamplesTopic:
+    """The training-examples topic as a list per partition; ``fail_sends`` crashes a send."""
+
+    records: dict[int, list[bytes]] = field(default_factory=dict)
+    fail_after_send: bool = False
+
+    async def end_offset(self, partition: int) -> int:
+        return len(self.records.get(partition, []))
+
+    async def request_ids_since(self, partition: int, offset: int) -> set[str]:
+        return {codec.loads(v)["request_id"] for v in self.records.get(partition, [])[offset:]}
+
+    async def send(self, partition: int, records: Any) -> None:
+        self.records.setdefault(partition, []).extend(value for _, value in records)
+        if self.fail_after_send:
+            raise ConnectionError("the worker died right after the examples were written")
+
+    def sets(self) -> list[dict[str, Any]]:
+        return [codec.loads(v) for values in self.records.values() for v in values]
+
+
+@dataclass
+class LogRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None
+
+
+def logged(request_id: str, member: str, ts: float, items: list[str]) -> bytes:
     matrix = np.arange(len(items) * 2, dtype=np.float32).reshape(len(items), 2)
     record = log_record(
-        request_id=f"r-{member}",
+        request_id=request_id,
         member_id=member,
         ts=ts,
         features_as_of=ts,
@@ -68,78 +122,178 @@ def logged(member: str, ts: float, items: list[str]) -> bytes:
 
 
 class Clock:
-    """Time that moves only when the labeler sleeps."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-        self.slept: list[float] = []
+    def __init__(self) -> None:
+        self.now = NOW
 
     def __call__(self) -> float:
         return self.now
 
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+
+@pytest.fixture
+def table(tmp_path: Path) -> LocalTable:
+    return LocalTable(tmp_path)
 
 
-def labeler_with(store: Any, sent: list[Any], horizon: float) -> tuple[OutcomeLabeler, Clock]:
-    clock = Clock(NOW)
-
-    async def send(member: str, examples: list[dict[str, Any]]) -> None:
-        sent.append((member, examples))
-
-    labeler = OutcomeLabeler(
-        store, send, horizon=horizon, unlabeled_as="negative", clock=clock, sleep=clock.sleep
+def joiner_with(
+    table: LocalTable, store: Store, topic: ExamplesTopic, unlabeled_as: str = "negative"
+) -> tuple[OutcomeJoiner, Clock]:
+    clock = Clock()
+    joiner = OutcomeJoiner(
+        PendingResponses(table),
+        store,  # type: ignore[arg-type]
+        topic,
+        Metrics(),
+        committed=lambda partition: table.committed,
+        horizon=HORIZON,
+        unlabeled_as=unlabeled_as,
+        max_per_pass=3,
+        clock=clock,
     )
-    return labeler, clock
+    return joiner, clock
 
 
-def test_responses_wait_for_their_horizon_then_become_examples() -> None:
-    store = Store({"m1": [["e1", "x", "apply", NOW + 5, {}, True]], "m2": []})
-    sent: list[tuple[str, list[dict[str, Any]]]] = []
-    labeler, clock = labeler_with(store, sent, horizon=60.0)
-    # Due by key and timestamp (whole ms), or by the decoded record when there are none.
-    first = Event(Message(b"m1", logged("m1", NOW, ["x", "y"]), NOW))
-    second = Event(Message(None, logged("m2", NOW + 30, ["z"]), None))
-
-    assert asyncio.run(labeler.handle(first)) == 2  # type: ignore[arg-type]
-    assert first.acked and clock.slept == [pytest.approx(60.001)]
-    member, examples = sent[0]
-    assert member == "m1"
-    assert [(e["item_id"], e["label"], e["outcome"]) for e in examples] == [
-        ("x", 1, "apply"),
-        ("y", 0, "none"),
-    ]
-    assert [list(e["features"]) for e in examples] == [[0.0, 1.0], [2.0, 3.0]]
-    assert asyncio.run(labeler.handle(second)) == 1 and second.acked  # type: ignore[arg-type]
-    assert clock.slept[1] == pytest.approx(30.0 - 0.001)  # due 90 s after NOW
+def record(offset: int, member: str, ts: float, items: list[str], partition: int = 0) -> LogRecord:
+    return LogRecord(
+        partition, offset, member.encode(), logged(f"r{offset}", member, ts, items), int(ts * 1000)
+    )
 
 
-def test_an_unreadable_record_is_acknowledged_without_waiting() -> None:
-    sent: list[Any] = []
-    labeler, clock = labeler_with(Store(), sent, horizon=60.0)
-    bad = Event(Message(None, b"not json", None))
-    assert asyncio.run(labeler.handle(bad)) == 0  # type: ignore[arg-type]
-    assert bad.acked and clock.slept == [] and sent == []
+def test_a_response_is_labelled_once_its_horizon_has_passed(table: LocalTable) -> None:
+    store = Store({"m1": [["e1", "x", "apply", NOW + 5, None, None]]})
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, store, topic)
+
+    async def run() -> None:
+        assert await joiner.add([record(0, "m1", NOW, ["x", "y"])]) == 1
+        clock.now = NOW + HORIZON - 1
+        assert await joiner.label_due() == 0 and topic.sets() == []
+        clock.now = NOW + HORIZON + 1
+        assert await joiner.label_due() == 1
+
+    asyncio.run(run())
+    (example_set,) = topic.sets()
+    assert example_set["request_id"] == "r0" and example_set["member_id"] == "m1"
+    assert example_set["item_ids"] == ["x", "y"] and example_set["labels"] == [1, 0]
+    assert example_set["outcomes"] == ["apply", "none"]
+    assert decode_matrix(example_set["features"]).tolist() == [[0.0, 1.0], [2.0, 3.0]]
+    # Labelled responses leave nothing behind.
+    assert list(table.db(0).keys()) == []
 
 
-def test_a_record_whose_features_cannot_be_read_is_skipped_and_acknowledged() -> None:
-    sent: list[Any] = []
-    labeler, _ = labeler_with(Store(), sent, horizon=1.0)
-    body = codec.loads(logged("m1", NOW, ["x"]))
-    body["features"]["base64"] = "!!"
-    event = Event(Message(b"m1", codec.dumps(body), NOW))
-    assert asyncio.run(labeler.handle(event)) == 0  # type: ignore[arg-type]
-    assert event.acked and sent == []
+def test_a_response_read_again_after_a_crash_is_stored_once(table: LocalTable) -> None:
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic)
+
+    async def run() -> None:
+        await joiner.add([record(0, "m1", NOW, ["x"]), record(1, "m1", NOW + 1, ["x"])])
+        assert await joiner.add([record(1, "m1", NOW + 1, ["x"])]) == 0
+        assert joiner.pending.pending_of(0, b"m1") == 2
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 2
+
+    asyncio.run(run())
+    assert sorted(s["request_id"] for s in topic.sets()) == ["r0", "r1"]
 
 
-def test_a_response_whose_partition_moved_while_waiting_is_left_for_its_new_owner() -> None:
-    class Revoked(Store):
-        def owns(self, partition: int) -> bool:
-            return False
+def test_many_due_responses_are_labelled_in_passes_in_due_order(table: LocalTable) -> None:
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic)
 
-    sent: list[Any] = []
-    labeler, _ = labeler_with(Revoked({"m1": []}), sent, horizon=60.0)
-    event = Event(Message(b"m1", logged("m1", NOW, ["x"]), NOW))
-    assert asyncio.run(labeler.handle(event)) == 0  # type: ignore[arg-type]
-    assert not event.acked and sent == []
+    async def run() -> None:
+        await joiner.add([record(n, f"m{n % 3}", NOW + 10 - n, ["x"]) for n in range(8)])
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 8  # max_per_pass is 3: three passes
+
+    asyncio.run(run())
+    assert [s["request_id"] for s in topic.sets()] == [f"r{n}" for n in reversed(range(8))]
+
+
+def test_labels_see_every_reaction_not_only_the_recent_actions(table: LocalTable) -> None:
+    # The online store kept nothing (its cap), but the join recorded the reactions.
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic, unlabeled_as="skip")
+
+    async def run() -> None:
+        await joiner.add([record(0, "m1", NOW, ["x", "y", "z"])])
+        await joiner.record_reactions(
+            {
+                (0, b"m1"): [
+                    ("e1", "x", "click", NOW + 1),
+                    ("e2", "y", "dismiss", NOW + 2),
+                    ("e3", "z", "click", NOW + HORIZON + 5),  # after the horizon
+                ],
+                (0, b"m2"): [("e4", "x", "click", NOW + 1)],  # no pending response: not kept
+            }
+        )
+        clock.now = NOW + HORIZON + 10
+        await joiner.label_due()
+
+    asyncio.run(run())
+    (example_set,) = topic.sets()
+    assert example_set["item_ids"] == ["x", "y"] and example_set["labels"] == [1, 0]
+    assert list(table.db(0).keys()) == []  # reactions go with the member's last response
+
+
+def test_a_pass_cut_short_after_sending_is_not_written_twice(table: LocalTable) -> None:
+    topic = ExamplesTopic(fail_after_send=True)
+    joiner, clock = joiner_with(table, Store(), topic)
+
+    async def run() -> None:
+        await joiner.add([record(n, "m1", NOW + n, ["x"]) for n in range(2)])
+        clock.now = NOW + 3600
+        with pytest.raises(ConnectionError):
+            await joiner.label_due()
+        # Another response arrives before the worker (or the next owner) labels again.
+        await joiner.add([record(2, "m1", NOW + 2, ["x"])])
+        topic.fail_after_send = False
+        assert await joiner.label_due() == 3
+
+    asyncio.run(run())
+    assert sorted(s["request_id"] for s in topic.sets()) == ["r0", "r1", "r2"]
+    assert list(table.db(0).keys()) == []
+
+
+def test_an_unreadable_record_is_not_stored(table: LocalTable) -> None:
+    topic = ExamplesTopic()
+    joiner, _ = joiner_with(table, Store(), topic)
+    asyncio.run(joiner.add([LogRecord(0, 0, None, b"not json", None)]))
+    assert list(table.db(0).keys()) == []
+
+
+def test_a_partition_revoked_during_a_pass_is_left_to_its_new_owner(table: LocalTable) -> None:
+    class Revoking(ExamplesTopic):
+        async def send(self, partition: int, records: Any) -> None:
+            await super().send(partition, records)
+            table.revoked.add(partition)
+
+    topic = Revoking()
+    joiner, clock = joiner_with(table, Store(), topic)
+
+    async def run() -> None:
+        await joiner.add([record(0, "m1", NOW, ["x"])])
+        clock.now = NOW + 3600
+        await joiner.label_due()
+        # The new owner restores the state as it was, marker included, and resumes.
+        table.revoked.clear()
+        assert await joiner.label_due() == 1
+
+    asyncio.run(run())
+    assert [s["request_id"] for s in topic.sets()] == ["r0"]
+
+
+def test_a_response_is_labelled_only_once_its_log_offset_is_committed(table: LocalTable) -> None:
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic)
+    table.committed = None
+
+    async def run() -> None:
+        await joiner.add([record(n, "m1", NOW, ["x"]) for n in range(3)])
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 0  # nothing committed yet
+        table.committed = 2
+        assert await joiner.label_due() == 2
+        table.committed = 3
+        assert await joiner.label_due() == 1
+
+    asyncio.run(run())
+    assert [s["request_id"] for s in topic.sets()] == ["r0", "r1", "r2"]

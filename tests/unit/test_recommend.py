@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.outcomes import label_examples
+from agents.outcomes import label_response
 from app import codec
+from app.exporting import examples_to_set
 from app.recommend import RecommendationRequest, Recommender
 from model.feature_log import decode_matrix, encode_matrix, logged_rows
 from model.heuristic import HeuristicRanker
@@ -141,16 +142,14 @@ def test_logged_features_become_examples_bit_for_bit(recommender: Recommender) -
         )
     )
     assert decode_matrix(record["features"]).tobytes() == matrix.tobytes()
-    actions: list[list[Any]] = [
-        ["e1", "x", "apply", NOW + 5, {}, True],
-        ["e2", "y", "dismiss", NOW + 6, {}, True],
-    ]
-    examples = label_examples(record, actions, horizon=60.0, unlabeled_as="skip")
-    assert [(e["item_id"], e["label"]) for e in examples] == [("x", 1), ("y", 0)]
-    # Through the examples topic's JSON and back to float32: the same bits as served.
-    for example, row in zip(examples, matrix[1:3], strict=True):
-        again = np.asarray(codec.loads(codec.dumps(example))["features"], dtype=np.float32)
-        assert again.tobytes() == row.tobytes()
+    actions = [("x", "apply", NOW + 5), ("y", "dismiss", NOW + 6), ("z", "click", NOW + 61)]
+    example_set = label_response(record, actions, horizon=60.0, unlabeled_as="skip")
+    assert example_set is not None
+    assert example_set["item_ids"] == ["x", "y"] and example_set["labels"] == [1, 0]
+    # Through the examples topic's JSON and the export: the same bits as served.
+    examples = examples_to_set([codec.loads(codec.dumps(example_set))], ["a", "b", "c"])
+    assert list(examples.item_id) == ["x", "y"] and list(examples.label) == [1, 0]
+    assert examples.features.tobytes() == matrix[1:3].tobytes()
 
 
 def test_records_of_the_older_shape_are_still_read() -> None:

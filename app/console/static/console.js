@@ -259,8 +259,9 @@ function ms(seconds) {
 function renderSystem(s) {
   $("worker").textContent = s.worker;
   const ready = $("ready");
-  ready.textContent = s.ready ? "ready" : s.reason;
-  ready.className = `pill ${s.ready ? "good" : "bad"}`;
+  const healthy = s.ready && s.alive;
+  ready.textContent = !s.alive ? s.liveness : s.ready ? "ready" : s.reason;
+  ready.className = `pill ${healthy ? "good" : "bad"}`;
   $("model-pill").textContent = `${s.model.ranker} · ${s.model.version}`;
 
   const rate = s.ingest.per_s;
@@ -269,8 +270,7 @@ function renderSystem(s) {
   $("fresh-p50").textContent = ms(s.freshness["1m"].p50);
   $("fresh-p99").textContent = ms(s.freshness["1m"].p99);
   $("fresh-5m").textContent = `${ms(s.freshness["5m"].p50)} / ${ms(s.freshness["5m"].p99)}`;
-  const lags = Object.entries(s.lag);
-  const totalLag = lags.reduce((sum, [, v]) => sum + v, 0);
+  const totalLag = s.lag.reduce((sum, p) => sum + p.lag, 0);
   $("lag-total").textContent = totalLag.toLocaleString();
   const dlq = Object.entries(s.dead_letters);
   $("dlq-total").textContent = dlq.reduce((sum, [, v]) => sum + v, 0).toLocaleString();
@@ -285,14 +285,23 @@ function renderSystem(s) {
   ]);
   drawChart($("chart-lag"), [{ values: state.lag, color: "#7c3aed" }]);
 
-  table($("partitions"), ["partition", "owner", "lag"], s.partitions.map((p) => {
+  // Lag of each topic this worker consumes, by partition; a stalled one says for how long.
+  const topics = [...new Set(s.lag.map((p) => p.topic))];
+  const lagOf = new Map(s.lag.map((p) => [`${p.topic}/${p.partition}`, p]));
+  const lagCell = (topic, partition) => {
+    const p = lagOf.get(`${topic}/${partition}`);
+    if (!p) return "—";
+    if (!p.stalled_seconds) return String(p.lag);
+    return el("span", "bad", `${p.lag} (stalled ${Math.round(p.stalled_seconds)} s)`);
+  };
+  table($("partitions"), ["partition", "owner", ...topics.map((t) => `lag: ${t}`)], s.partitions.map((p) => {
     let owner;
     if (p.here) owner = el("span", "good", "this worker");
     else if (p.owner) {
       owner = el("a", "", p.owner);
       owner.href = `${p.owner}/console`;
     } else owner = el("span", "muted", "unassigned");
-    return [String(p.partition), owner, p.here ? (s.lag[p.partition] ?? "—") : "—"];
+    return [String(p.partition), owner, ...topics.map((t) => lagCell(t, p.partition))];
   }));
   table($("dead-letters"), ["reason", "records"], dlq.map(([k, v]) => [k, v]));
   table($("dropped"), ["reason", "actions"], Object.entries(s.ingest.dropped).map(([k, v]) => [k, v]));

@@ -1,0 +1,470 @@
+"""The mixed-load soak: everything at once on one worker, with a crash and a rebalance midway.
+
+Run: ``python -m bench.soak [--seconds 60]``. One worker serves, as in production, all of:
+actions at 5k/s from a process of its own (confluent_kafka), recommendations (500
+candidates) at 300 req/s, features reads at 500 req/s, freshness probes, and an outcome
+horizon short enough that labelling runs throughout. At 40 % of the run the worker is
+SIGKILLed and restarted on its port and data dir; at 60 % a second worker joins, and at 80 %
+it leaves. Latencies are reported over the whole soak, and apart for the requests outside
+the chaos windows (from each event until the workers are ready again with no lag).
+Afterwards every member's counts are compared with what the broker acknowledged (actions
+lost, counted twice), and every logged response with the example sets written for it.
+Writes bench/results/soak.json and soak.png (lag and RSS over time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from agents.events import ActionEvent
+from app import codec
+from app.broker import EmbeddedBroker
+from app.settings import format_duration
+from app.stack import consume_topic, read_metric
+from bench.harness import REPO, Stack, WorkerProcess, machine, percentiles
+from bench.recommendations import recommendation_stack, start_worker
+
+RESULTS = REPO / "bench" / "results"
+ITEMS, MEMBERS, PRELOADED = 5000, 1000, 20_000
+PROBES_PER_S, POLL_EVERY = 20.0, 0.005
+
+
+@dataclass
+class Samples:
+    """(seconds since the start, latency in seconds) of requests that succeeded; failures."""
+
+    ok: list[tuple[float, float]] = field(default_factory=list)
+    failed: int = 0
+
+    def stats(self, outside: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+        chosen = [lat for t, lat in self.ok if not any(a <= t < b for a, b in outside)]
+        found = percentiles(chosen)
+        return {
+            "n": found["n"],
+            "failed": self.failed,
+            "p50_ms": round(found["p50"] * 1000, 2),
+            "p99_ms": round(found["p99"] * 1000, 2),
+            "max_ms": round(found["max"] * 1000, 2),
+        }
+
+
+async def paced(
+    send: Callable[[int], Awaitable[bool]], rate: float, seconds: float, start: float
+) -> Samples:
+    """Start ``send(n)`` at ``rate`` per second for ``seconds`` (an open loop)."""
+    samples = Samples()
+
+    async def timed(n: int) -> None:
+        began = time.perf_counter()
+        try:
+            ok = await send(n)
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        if ok:
+            samples.ok.append((began - start, time.perf_counter() - began))
+        else:
+            samples.failed += 1
+
+    tasks = []
+    for n in range(int(rate * seconds)):
+        delay = start + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(timed(n)))
+    await asyncio.gather(*tasks)
+    return samples
+
+
+class Soak:
+    def __init__(self, stack: Stack, worker: WorkerProcess, seconds: float, rate: float) -> None:
+        self.stack = stack
+        self.workers = [worker]
+        self.url = worker.url
+        self.seconds = seconds
+        self.rate = rate
+        self.timeline: list[dict[str, Any]] = []
+        self.events: list[tuple[float, str]] = []
+        self.windows: list[tuple[float, float]] = []  # chaos: event until ready without lag
+        self.probe_events: list[tuple[str, str]] = []  # (member, action) acknowledged
+        self.start = 0.0
+
+    # -- load --------------------------------------------------------------------------
+
+    async def recommendations(self, client: aiohttp.ClientSession, rate: float) -> Samples:
+        rng = random.Random(4)
+        url = f"{self.url}/v1/recommendations"
+
+        def body() -> bytes:
+            candidates = [f"item-{i}" for i in rng.sample(range(ITEMS), 500)]
+            member = f"member-{rng.randrange(MEMBERS)}"
+            return codec.dumps({"member_id": member, "candidates": candidates, "k": 20})
+
+        bodies = [body() for _ in range(int(rate * self.seconds))]
+
+        async def one(n: int) -> bool:
+            async with client.post(url, data=bodies[n]) as response:
+                await response.read()
+                return response.status == 200
+
+        return await paced(one, rate, self.seconds, self.start)
+
+    async def reads(self, client: aiohttp.ClientSession, rate: float) -> Samples:
+        rng = random.Random(9)
+
+        async def one(_: int) -> bool:
+            member = f"member-{rng.randrange(MEMBERS)}"
+            async with client.get(f"{self.url}/v1/members/{member}/features") as response:
+                await response.read()
+                return response.status == 200
+
+        return await paced(one, rate, self.seconds, self.start)
+
+    async def freshness(self, client: aiohttp.ClientSession) -> Samples:
+        """Produce → visible over HTTP, for probe actions among the load."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.stack.broker.bootstrap, linger_ms=1)
+        await producer.start()
+        rng = random.Random(5)
+
+        async def one(_: int) -> bool:
+            member = f"probe-{rng.randrange(1000)}"
+            event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
+            sent = time.perf_counter()
+            await (await producer.send(self.stack.topic, event.to_json(), key=member.encode()))
+            self.probe_events.append((member, "click"))
+            url = f"{self.url}/v1/members/{member}/features"
+            while time.perf_counter() - sent < 30:
+                try:
+                    async with client.get(url) as response:
+                        body = await response.json() if response.status == 200 else None
+                except (aiohttp.ClientError, TimeoutError):
+                    body = None
+                if (
+                    body
+                    and body["recent_actions"][:1]
+                    and (body["recent_actions"][0]["event_id"] == event.event_id)
+                ):
+                    return True
+                await asyncio.sleep(POLL_EVERY)
+            return False
+
+        try:
+            return await paced(one, PROBES_PER_S, self.seconds, self.start)
+        finally:
+            await producer.stop()
+
+    # -- chaos and sampling ------------------------------------------------------------
+
+    async def chaos(self) -> None:
+        first = self.workers[0]
+        port = int(first.url.rsplit(":", 1)[1])
+        await self._at(0.4)
+        began = self._event("SIGKILL + restart")
+        first.process.kill()
+        first.process.wait()
+        restarted = await asyncio.to_thread(
+            self.stack.start_worker, "w1", 120.0, wait=False, port=port
+        )
+        self.workers[0] = restarted
+        await self._settled(began)
+        await self._at(0.6)
+        began = self._event("worker 2 joins")
+        second = await asyncio.to_thread(self.stack.start_worker, "w2", 120.0, wait=False)
+        self.workers.append(second)
+        await self._settled(began)
+        await self._at(0.8)
+        began = self._event("worker 2 leaves")
+        await asyncio.to_thread(second.stop)
+        await self._settled(began)
+
+    def _event(self, what: str) -> float:
+        now = time.perf_counter() - self.start
+        self.events.append((now, what))
+        return now
+
+    async def _settled(self, began: float) -> None:
+        """Wait until every live worker is ready with no lag; the chaos window ends there."""
+        while time.perf_counter() - self.start < self.seconds:
+            if await asyncio.to_thread(self._all_ready):
+                break
+            await asyncio.sleep(0.2)
+        self.windows.append((began, time.perf_counter() - self.start))
+
+    def _all_ready(self) -> bool:
+        for worker in self.workers:
+            if worker.process.poll() is not None:
+                continue
+            try:
+                ready = httpx.get(f"{worker.url}/readyz", timeout=2)
+            except httpx.HTTPError:
+                return False
+            if ready.status_code != 200 or any(p["lag"] > 0 for p in ready.json()["lag"]):
+                return False
+        return True
+
+    async def _at(self, share: float) -> None:
+        await asyncio.sleep(max(0.0, self.start + share * self.seconds - time.perf_counter()))
+
+    async def sample(self, until: float) -> None:
+        while time.perf_counter() < until:
+            row: dict[str, Any] = {"t": round(time.perf_counter() - self.start, 2)}
+            for n, worker in enumerate(self.workers, 1):
+                if worker.process.poll() is not None:
+                    continue
+                try:
+                    metrics = await asyncio.to_thread(_metrics, worker.url)
+                except Exception:
+                    continue
+                row[f"w{n}_lag"] = metrics["lag"]
+                row[f"w{n}_stalled"] = metrics["stalled"]
+                row[f"w{n}_rss_mb"] = round(worker.rss_mb())
+            self.timeline.append(row)
+            await asyncio.sleep(1.0)
+
+    # -- the run -----------------------------------------------------------------------
+
+    async def run(self, oracle_path: Path) -> dict[str, Any]:
+        load = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bench.load", self.stack.broker.bootstrap),
+                *(self.stack.topic, "--rate", str(self.rate - PROBES_PER_S)),
+                *("--seconds", str(self.seconds), "--members", str(MEMBERS)),
+                *("--oracle", str(oracle_path)),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        assert load.stdout is not None
+        if not await asyncio.to_thread(load.stdout.readline):
+            raise RuntimeError(f"the load generator did not start: {load.communicate()[1]}")
+        client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=10)
+        )
+        self.start = time.perf_counter()
+        try:
+            recs, reads, fresh, *_ = await asyncio.gather(
+                self.recommendations(client, 300.0),
+                self.reads(client, 500.0),
+                self.freshness(client),
+                self.chaos(),
+                self.sample(self.start + self.seconds),
+            )
+        finally:
+            await client.close()
+        out, err = await asyncio.to_thread(load.communicate)
+        if load.returncode:
+            raise RuntimeError(f"the load generator failed: {err[-2000:]}")
+        return {
+            "load": json.loads(out.splitlines()[-1]),
+            "freshness": fresh.stats(),
+            "features": reads.stats(),
+            "recommendations": recs.stats(),
+            "outside_chaos": {
+                "freshness": fresh.stats(self.windows),
+                "features": reads.stats(self.windows),
+                "recommendations": recs.stats(self.windows),
+            },
+            "chaos_windows": self.windows,
+        }
+
+
+def _metrics(url: str) -> dict[str, float]:
+    lag = stalled = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.startswith("nearline_consumer_lag{"):
+            lag += float(value)
+        elif head.startswith("nearline_partition_stalled_seconds{"):
+            stalled = max(stalled, float(value))
+    return {"lag": lag, "stalled": stalled}
+
+
+def expected_counts(
+    preloaded: list[ActionEvent], acked: dict[str, dict[str, int]], probes: list[tuple[str, str]]
+) -> dict[str, Counter[str]]:
+    expected: dict[str, Counter[str]] = {}
+    for event in preloaded:
+        expected.setdefault(event.member_id, Counter())[event.action] += 1
+    for member, counts in acked.items():
+        expected.setdefault(member, Counter()).update(counts)
+    for member, action in probes:
+        expected.setdefault(member, Counter())[action] += 1
+    return expected
+
+
+def compare(url: str, expected: dict[str, Counter[str]], window: str) -> dict[str, int]:
+    lost = twice = members_off = 0
+    with httpx.Client(timeout=10) as client:
+        for member, counts in expected.items():
+            served = client.get(f"{url}/v1/members/{member}/features").json()["counts"][window]
+            off = False
+            for action in set(counts) | {a for a, n in served.items() if n}:
+                difference = served.get(action, 0) - counts.get(action, 0)
+                lost += max(0, -difference)
+                twice += max(0, difference)
+                off = off or difference != 0
+            members_off += off
+    return {"members": len(expected), "lost": lost, "counted_twice": twice, "off": members_off}
+
+
+def examples_per_response(stack: Stack) -> dict[str, int]:
+    env = stack.env
+    bootstrap = stack.broker.bootstrap
+    logged = asyncio.run(
+        consume_topic(bootstrap, env["NEARLINE_TOPIC_RECOMMENDATIONS_LOG"], 10**9, timeout=10)
+    )
+    sets = asyncio.run(
+        consume_topic(bootstrap, env["NEARLINE_TOPIC_TRAINING_EXAMPLES"], 10**9, timeout=10)
+    )
+    responses = {codec.loads(r.value)["request_id"] for r in logged}
+    written = Counter(codec.loads(r.value)["request_id"] for r in sets)
+    per = Counter(written.get(rid, 0) for rid in responses)
+    return {
+        "responses": len(responses),
+        "exactly_one": per.get(1, 0),
+        "none": per.get(0, 0),
+        "more_than_one": sum(n for k, n in per.items() if k > 1),
+        "sets_for_unknown_responses": sum(n for rid, n in written.items() if rid not in responses),
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline = result["timeline"]
+    fig, (lag_ax, rss_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for n in (1, 2):
+        points = [(r["t"], r[f"w{n}_lag"]) for r in timeline if f"w{n}_lag" in r]
+        if points:
+            lag_ax.plot(*zip(*points, strict=True), label=f"worker {n} lag (records)")
+        points = [(r["t"], r[f"w{n}_rss_mb"]) for r in timeline if f"w{n}_rss_mb" in r]
+        if points:
+            rss_ax.plot(*zip(*points, strict=True), label=f"worker {n} RSS (MB)")
+    for t, what in result["events"]:
+        for ax in (lag_ax, rss_ax):
+            ax.axvline(t, color="grey", linestyle="--", linewidth=0.8)
+        lag_ax.annotate(what, (t, 0), rotation=90, fontsize=7, va="bottom")
+    lag_ax.set_ylabel("consumer lag")
+    rss_ax.set_ylabel("RSS (MB)")
+    rss_ax.set_xlabel("seconds into the soak")
+    lag_ax.legend(loc="upper right", fontsize=8)
+    rss_ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(
+        f"nearline mixed soak: {result['rate']:.0f} actions/s, 300 recs/s, 500 reads/s "
+        f"({machine()})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def soak(seconds: float, rate: float, horizon: float) -> dict[str, Any]:
+    from app.traffic import generate_actions
+
+    with EmbeddedBroker() as broker:
+        stack = recommendation_stack(broker)
+        stack.env["NEARLINE_OUTCOME_HORIZON"] = f"{horizon}s"
+        try:
+            worker = start_worker(stack, ITEMS, MEMBERS, PRELOADED)
+            preloaded = list(generate_actions(PRELOADED, members=MEMBERS, items=ITEMS))
+            run = Soak(stack, worker, seconds, rate)
+            oracle_path = Path(tempfile.mkdtemp()) / "acked.json"
+            result = asyncio.run(run.run(oracle_path))
+            first = run.workers[0]
+            expected = expected_counts(
+                preloaded, json.loads(oracle_path.read_text()), run.probe_events
+            )
+            total = sum(sum(c.values()) for c in expected.values())
+            # Done when the worker (alone again) has applied everything and the last
+            # responses have come due and been labelled; then the state is compared.
+            settled_after = time.monotonic() + horizon + 3
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                lag = read_metric(first.url, "nearline_consumer_lag")
+                behind = read_metric(first.url, "nearline_outcomes_behind_seconds")
+                if lag == 0 and behind == 0 and time.monotonic() > settled_after:
+                    break
+                time.sleep(0.5)
+            result.update(
+                {
+                    "seconds": seconds,
+                    "rate": rate,
+                    "horizon_s": horizon,
+                    "actions_expected": total,
+                    "state": compare(first.url, expected, format_duration(345600.0)),
+                    "examples": examples_per_response(stack),
+                    "max_stalled_s": max(
+                        (v for r in run.timeline for k, v in r.items() if k.endswith("_stalled")),
+                        default=0.0,
+                    ),
+                    "timeline": run.timeline,
+                    "events": run.events,
+                    "machine": machine(),
+                }
+            )
+        finally:
+            stack.stop()
+    return result
+
+
+def summary(result: dict[str, Any]) -> list[str]:
+    def lat(name: str, stats: dict[str, Any]) -> str:
+        return (
+            f"{name}: p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms "
+            f"(n {stats['n']}, failed {stats['failed']})"
+        )
+
+    steady = result["outside_chaos"]
+    return [
+        f"soak {result['seconds']:.0f} s at {result['load']['achieved_rate']:,} actions/s "
+        f"achieved ({machine()})",
+        lat("freshness", result["freshness"]),
+        lat("features read", result["features"]),
+        lat("recommendations", result["recommendations"]),
+        lat("freshness, outside the chaos windows", steady["freshness"]),
+        lat("features read, outside the chaos windows", steady["features"]),
+        lat("recommendations, outside the chaos windows", steady["recommendations"]),
+        "chaos windows (s): " + ", ".join(f"{a:.1f}-{b:.1f}" for a, b in result["chaos_windows"]),
+        f"longest stall on a partition with lag: {result['max_stalled_s']:.1f} s",
+        f"state vs oracle: {result['state']}",
+        f"examples per response: {result['examples']}",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the soak")
+    parser.add_argument("--rate", type=float, default=5000.0, help="actions per second")
+    parser.add_argument("--horizon", type=float, default=5.0, help="outcome horizon, seconds")
+    args = parser.parse_args()
+    result = soak(args.seconds, args.rate, args.horizon)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "soak.json").write_text(json.dumps(result, indent=2, default=str))
+    plot(result, RESULTS / "soak.png")
+    print("\n".join(summary(result)))
+
+
+if __name__ == "__main__":
+    main()

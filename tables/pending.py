@@ -1,0 +1,145 @@
+"""The outcomes join's state: logged responses waiting for their horizon, and the reactions to them.
+
+A changelog-backed RocksDB table, partitioned like the recommendations log and the actions
+(by member), so a partition's pending responses, its members' actions and this state are
+all on the worker that owns the partition. Keys, by kind:
+
+- ``d`` + due time (ms, 8 bytes big-endian) + log offset (8 bytes) + member: one logged
+  response (its record as logged), in due order, so the responses due now are a range scan;
+- ``m`` + member: how many of the member's responses are pending;
+- ``r`` + member length (2 bytes) + member + event time (ms, 8 bytes) + event id: one action
+  of a member with pending responses (``item_id`` NUL ``action``), so labels see every
+  action within the horizon, not only the ones kept as the member's recent actions;
+- ``i``: the labelling pass in progress (see :mod:`agents.outcomes`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from tables.changelog import ChangelogTable, RawUpdates
+
+__all__ = ["DueResponse", "PendingResponses", "Reaction"]
+
+_DUE = b"d"
+_COUNT = b"m"
+_REACTION = b"r"
+IN_PROGRESS_KEY = b"i"
+_U64 = struct.Struct(">Q")
+_U16 = struct.Struct(">H")
+_DUE_HEAD = 1 + 8 + 8
+
+
+@dataclass(frozen=True, slots=True)
+class DueResponse:
+    key: bytes
+    due_ms: int
+    offset: int
+    member: bytes
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    event_id: str
+    item_id: str
+    action: str
+    ts: float
+
+
+def due_key(due_ms: int, offset: int, member: bytes) -> bytes:
+    return _DUE + _U64.pack(due_ms) + _U64.pack(offset) + member
+
+
+def _reaction_prefix(member: bytes) -> bytes:
+    return _REACTION + _U16.pack(len(member)) + member
+
+
+def reaction_key(member: bytes, ts: float, event_id: str) -> bytes:
+    return _reaction_prefix(member) + _U64.pack(max(0, int(ts * 1000))) + event_id.encode()
+
+
+class PendingResponses:
+    """Reads and writes of the join state; writers hold :attr:`write_lock`."""
+
+    def __init__(self, table: ChangelogTable) -> None:
+        self.table = table
+        self.write_lock = table.write_lock
+
+    @property
+    def changelog_topic(self) -> str:
+        return self.table.changelog_topic
+
+    def owns(self, partition: int) -> bool:
+        return self.table.owns(partition)
+
+    def owned_partitions(self) -> list[int]:
+        return self.table.owned_partitions()
+
+    async def write(self, updates: RawUpdates) -> None:
+        await self.table.write(updates)
+
+    # -- responses ---------------------------------------------------------------------
+
+    def due(self, partition: int, now_ms: int, limit: int) -> list[DueResponse]:
+        """Up to ``limit`` responses due at ``now_ms``, earliest first."""
+        found = []
+        for key, value in self.table.scan(partition, _DUE, _DUE + _U64.pack(now_ms + 1)):
+            found.append(
+                DueResponse(
+                    key,
+                    _U64.unpack_from(key, 1)[0],
+                    _U64.unpack_from(key, 9)[0],
+                    key[_DUE_HEAD:],
+                    value,
+                )
+            )
+            if len(found) >= limit:
+                break
+        return found
+
+    def earliest_due_ms(self, partition: int) -> int | None:
+        for key, _ in self.table.scan(partition, _DUE, _DUE + b"\xff"):
+            return int(_U64.unpack_from(key, 1)[0])
+        return None
+
+    def pending_of(self, partition: int, member: bytes) -> int:
+        raw = self.table.get(partition, _COUNT + member)
+        return 0 if raw is None else int(raw)
+
+    def count_key(self, member: bytes) -> bytes:
+        return _COUNT + member
+
+    # -- reactions ---------------------------------------------------------------------
+
+    def members_waiting(self, partition: int, members: Iterable[bytes]) -> set[bytes]:
+        """Those of ``members`` with at least one pending response."""
+        get = self.table.db(partition).get
+        return {member for member in members if get(_COUNT + member) is not None}
+
+    def reactions(self, partition: int, member: bytes) -> list[Reaction]:
+        prefix = _reaction_prefix(member)
+        found = []
+        for key, value in self.table.scan(partition, prefix, prefix + b"\xff" * 9):
+            ts_ms = _U64.unpack_from(key, len(prefix))[0]
+            item_id, _, action = value.decode().partition("\0")
+            found.append(Reaction(key[len(prefix) + 8 :].decode(), item_id, action, ts_ms / 1000))
+        return found
+
+    def reaction_keys(self, partition: int, member: bytes, until_ms: int | None) -> Iterator[bytes]:
+        """Keys of the member's reactions at or before ``until_ms`` (all of them if ``None``)."""
+        prefix = _reaction_prefix(member)
+        stop = prefix + (b"\xff" * 9 if until_ms is None else _U64.pack(until_ms + 1))
+        for key, _ in self.table.scan(partition, prefix, stop):
+            yield key
+
+    # -- the pass in progress ----------------------------------------------------------
+
+    def in_progress(self, partition: int) -> bytes | None:
+        return self.table.get(partition, IN_PROGRESS_KEY)
+
+
+def reaction_value(item_id: str, action: str) -> bytes:
+    return f"{item_id}\0{action}".encode()

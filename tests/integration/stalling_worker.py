@@ -1,0 +1,28 @@
+"""`nearline worker` with a fault injected by the test: ingest hangs on partition 0 of the actions.
+
+This is how a deadlocked agent looks from outside (lag grows, nothing is applied): no real
+fault in nearline does it on purpose, so the stall-detection test injects one here. Run as
+``python -m tests.integration.stalling_worker worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from agents.ingest import BatchPlan, IngestProcessor, KafkaRecord
+from app.cli import main
+
+_process = IngestProcessor.process
+
+
+async def _process_or_hang(self: IngestProcessor, records: Sequence[KafkaRecord]) -> BatchPlan:
+    if any(record.partition == 0 for record in records):
+        await asyncio.Event().wait()  # never set: the batch is never applied
+    return await _process(self, records)
+
+
+IngestProcessor.process = _process_or_hang  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Serving never stops ingest: the outcomes join, restarts under a backlog, and stall detection."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app import codec
+from app.kafka import partition_for_key
+from tests.integration.conftest import Deployment, Worker, consume_topic, wait_until
+from tests.integration.test_ingest import make_events, records
+
+pytestmark = pytest.mark.integration
+
+#: Faust's stream read-ahead the old outcomes agent had: every backlog here is 10x it.
+READ_AHEAD = 256
+CANDIDATES = [f"item-{n}" for n in range(50)]
+
+
+async def _burst(url: str, count: int, *, concurrency: int = 16, prefix: str = "b") -> list[str]:
+    """``count`` recommendation requests, ``concurrency`` at a time; their request ids."""
+    ids: list[str] = []
+    queue = iter(range(count))
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def run() -> None:
+            for n in queue:
+                body = {"member_id": f"{prefix}{n % 500}", "candidates": CANDIDATES, "k": 10}
+                response = await client.post(f"{url}/v1/recommendations", json=body)
+                assert response.status_code == 200, response.text
+                ids.append(response.json()["request_id"])
+
+        await asyncio.gather(*(run() for _ in range(concurrency)))
+    return ids
+
+
+def burst(worker: Worker, count: int, prefix: str = "b") -> list[str]:
+    return asyncio.run(_burst(worker.url, count, prefix=prefix))
+
+
+def ingests_at_once(deployment: Deployment, worker: Worker, count: int, seed: int) -> None:
+    """``count`` fresh actions are all applied within seconds, and lag comes back to 0."""
+    before = worker.metric("nearline_events_in_total")
+    events = make_events(count, members=60, now=time.time(), seed=seed)
+    deployment.produce(records(events))
+    wait_until(
+        lambda: worker.metric("nearline_events_in_total") >= before + count,
+        timeout=20,
+        message=f"{count} actions applied",
+    )
+    wait_until(
+        lambda: all(p["lag"] == 0 for p in worker.get("/readyz").json()["lag"]),
+        timeout=10,
+        message="lag back to 0",
+    )
+
+
+def test_a_burst_of_recommendations_before_any_action_does_not_hold_ingest(
+    deployment: Deployment,
+) -> None:
+    worker = deployment.worker().start().wait_ready()
+    served = burst(worker, 10 * READ_AHEAD + 440)
+    assert len(set(served)) == 3000
+    ingests_at_once(deployment, worker, 300, seed=1)
+    wait_until(
+        lambda: worker.metric('nearline_outcome_responses_total{outcome="stored"}') == 3000,
+        message="every response stored in the join's state",
+    )
+    assert worker.get("/healthz").status_code == 200
+
+
+def test_a_worker_restarted_after_serving_ingests_at_once(deployment: Deployment) -> None:
+    worker = deployment.worker().start().wait_ready()
+    burst(worker, 10 * READ_AHEAD)
+    ingests_at_once(deployment, worker, 100, seed=2)
+    worker.stop()  # SIGTERM, as a rolling restart does
+    again = deployment.worker("w1-again", NEARLINE_DATA_DIR=worker.env["NEARLINE_DATA_DIR"])
+    again.start().wait_ready()
+    ingests_at_once(deployment, again, 300, seed=3)
+    again.stop()
+    # A new app id on the same topics: a new group that reads the whole backlog of responses.
+    fresh = deployment.worker(
+        "w2-new-app", NEARLINE_APP_ID=f"{deployment.settings['NEARLINE_APP_ID']}-b"
+    )
+    fresh.start().wait_ready()
+    ingests_at_once(deployment, fresh, 300, seed=4)
+    wait_until(
+        lambda: (
+            fresh.metric('nearline_outcome_responses_total{outcome="stored"}') >= 10 * READ_AHEAD
+        ),
+        message="the backlog of responses stored",
+    )
+
+
+def _pending_state(deployment: Deployment, app_id: str) -> dict[bytes, bytes]:
+    """The join's state as its changelog says it is now: the last value of each key."""
+    topic = f"{app_id}-outcomes-pending-changelog"
+    log = asyncio.run(consume_topic(deployment.broker.bootstrap, topic, 10**9, timeout=3))
+    state: dict[bytes, bytes] = {}
+    for record in log:
+        if record.value is None:
+            state.pop(record.key, None)
+        elif record.key[:1] in (b"d", b"i"):  # responses, and a pass in progress
+            state[record.key] = record.value
+    return state
+
+
+@pytest.mark.parametrize("keep_local_state", [False, True], ids=["rocksdb-deleted", "rocksdb-kept"])
+def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
+    deployment: Deployment, keep_local_state: bool
+) -> None:
+    horizon = 4.0
+    worker = deployment.worker(NEARLINE_OUTCOME_HORIZON=f"{horizon}s").start().wait_ready()
+    served = burst(worker, 1200, prefix="k")
+    # Kill once labelling is under way and responses are still pending.
+    wait_until(
+        lambda: worker.metric('nearline_outcome_responses_total{outcome="labelled"}') > 0,
+        timeout=30,
+        interval=0.05,
+        message="labelling under way",
+    )
+    worker.kill()
+    data_dir = Path(worker.env["NEARLINE_DATA_DIR"])
+    if not keep_local_state:
+        shutil.rmtree(data_dir)
+    restarted = deployment.worker(
+        "w1-restarted", NEARLINE_DATA_DIR=str(data_dir), NEARLINE_OUTCOME_HORIZON=f"{horizon}s"
+    )
+    restarted.start().wait_ready()
+    app_id = deployment.settings["NEARLINE_APP_ID"]
+    # Done when the state holds nothing: no response, no pass in progress. Nothing can
+    # write examples after that, so the count below is final.
+    wait_until(
+        lambda: _pending_state(deployment, app_id) == {},
+        timeout=60,
+        interval=1,
+        message="every pending response labelled",
+    )
+    topic = deployment.settings["NEARLINE_TOPIC_TRAINING_EXAMPLES"]
+    sets = [codec.loads(r.value) for r in deployment.consume(topic, 10**9, timeout=5)]
+    per_request = Counter(s["request_id"] for s in sets)
+    assert set(per_request) == set(served)
+    assert [rid for rid, n in per_request.items() if n != 1] == []
+    assert all(len(s["item_ids"]) == len(CANDIDATES) for s in sets)
+
+
+def test_a_stalled_partition_turns_the_liveness_probe_red(deployment: Deployment) -> None:
+    worker = deployment.worker(NEARLINE_STALL_TIMEOUT="3s")
+    worker.start(module="tests.integration.stalling_worker").wait_ready()
+    assert worker.get("/healthz").status_code == 200
+    members = [f"s{n}" for n in range(40)]
+    on_zero = [m for m in members if partition_for_key(m.encode(), deployment.partitions) == 0]
+    assert on_zero, "some member must hash to partition 0"
+    now = time.time()
+    events: list[dict[str, Any]] = [
+        {"event_id": f"e{n}", "member_id": m, "item_id": "x", "action": "click", "ts": now}
+        for n, m in enumerate(members)
+    ]
+    deployment.produce(records(events))
+
+    def red() -> bool:
+        return worker.get("/healthz").status_code == 503
+
+    wait_until(red, timeout=30, message="the liveness probe turns red")
+    body = worker.get("/healthz").json()
+    assert f"{deployment.topic}[0]" in body["reason"] and "NEARLINE_STALL_TIMEOUT" in body["reason"]
+    stalled = {(p["topic"], p["partition"]): p for p in body["lag"]}
+    assert stalled[(deployment.topic, 0)]["lag"] > 0
+    assert stalled[(deployment.topic, 0)]["stalled_seconds"] >= 3
+    assert worker.get("/readyz").status_code == 503
+    assert worker.metric("nearline_partition_stalled_seconds") >= 3
