@@ -133,6 +133,7 @@ _SYSTEM = {
             "required": ["version", "ranker"],
             "properties": {"version": {"type": "string"}, "ranker": {"type": "string"}},
         },
+        "topics": {"type": "object", "additionalProperties": {"type": "string"}},
         "series": {"type": "object"},
         "recent_members": {"type": "array", "items": {"type": "string"}},
     },

@@ -123,6 +123,11 @@ async def _system(request: Request) -> Response:
         },
         "freshness": {"1m": timeline.freshness(now, 60), "5m": timeline.freshness(now, 300)},
         "lag": lag_body(nearline),
+        # What each consumed topic is, for the lag columns' headings.
+        "topics": {
+            nearline.settings.topic_actions: "actions",
+            nearline.settings.topic_recommendations_log: "recommendations log",
+        },
         "dead_letters": totals_by_label(metrics.events_dead_lettered),
         "attribute_store": {"backend": health.backend, "ok": health.ok, "detail": health.detail},
         "partitions": [

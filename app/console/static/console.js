@@ -294,7 +294,7 @@ function renderSystem(s) {
     if (!p.stalled_seconds) return String(p.lag);
     return el("span", "bad", `${p.lag} (stalled ${Math.round(p.stalled_seconds)} s)`);
   };
-  table($("partitions"), ["partition", "owner", ...topics.map((t) => `lag: ${t}`)], s.partitions.map((p) => {
+  table($("partitions"), ["partition", "owner", ...topics.map((t) => `lag, ${s.topics[t] || t}`)], s.partitions.map((p) => {
     let owner;
     if (p.here) owner = el("span", "good", "this worker");
     else if (p.owner) {
