@@ -58,9 +58,13 @@ function duration(seconds) {
   return `${Math.round(seconds / 60)} min`;
 }
 
+function setText(node, text) {
+  if (node.textContent !== String(text)) node.textContent = String(text);
+}
+
 function status(text, bad) {
   const node = $("status");
-  node.textContent = text;
+  setText(node, text);
   node.className = bad ? "bad" : "muted";
 }
 
@@ -71,27 +75,18 @@ function renderFeatures(features) {
   const unchanged =
     features.last_applied_at === state.renderedApplied && actions.length === state.seenEvents.size;
   state.renderedApplied = features.last_applied_at;
-  $("timeline-count").textContent = actions.length;
-  $("last-event").textContent = features.last_event_ts
+  setText($("timeline-count"), actions.length);
+  setText($("last-event"), features.last_event_ts
     ? `${clock(features.last_event_ts)} (${duration(Date.now() / 1000 - features.last_event_ts)} ago)`
-    : "—";
-  $("last-freshness").textContent =
+    : "—");
+  setText($("last-freshness"),
     features.last_event_ts && features.last_applied_at
       ? duration(Math.max(0, features.last_applied_at - features.last_event_ts))
-      : "—";
+      : "—");
 
-  const counts = $("counts");
-  counts.replaceChildren();
   const windows = Object.keys(features.counts || {});
   const names = windows.length ? Object.keys(features.counts[windows[0]]) : [];
-  const head = el("tr");
-  head.append(el("th", "", "window"), ...names.map((n) => el("th", "", n)));
-  counts.append(head);
-  for (const w of windows) {
-    const row = el("tr");
-    row.append(el("td", "", w), ...names.map((n) => el("td", "", features.counts[w][n])));
-    counts.append(row);
-  }
+  table($("counts"), ["window", ...names], windows.map((w) => [w, ...names.map((n) => features.counts[w][n])]));
 
   if (unchanged) return; // the counts and timeline are already on the page
   const timeline = $("timeline");
@@ -163,10 +158,10 @@ async function refreshRanking(features) {
   const query = encodeURIComponent(state.candidates.join(","));
   const path = `/v1/console/members/${encodeURIComponent(state.member)}/ranking?candidates=${query}`;
   const ranked = await api(path);
-  $("ranking-model").textContent = `${ranked.ranker} · ${ranked.model_version}`;
+  setText($("ranking-model"), `${ranked.ranker} · ${ranked.model_version}`);
   if (state.ranking && !sameOrder(state.ranking, ranked.items)) {
     state.before = state.ranking;
-    $("ranking-changed").textContent = `changed at ${clock(Date.now() / 1000)}`;
+    setText($("ranking-changed"), `changed at ${clock(Date.now() / 1000)}`);
   }
   state.ranking = ranked.items;
   renderRanking();
@@ -189,7 +184,7 @@ function watch(member) {
   state.seenEvents = new Set();
   state.lastApplied = state.renderedApplied = undefined;
   state.ranking = state.before = null;
-  $("ranking-changed").textContent = "";
+  setText($("ranking-changed"), "");
   $("member-input").value = member;
   const url = new URL(location.href);
   url.searchParams.set("member", member);
@@ -200,12 +195,15 @@ function watch(member) {
 // -- the system view ---------------------------------------------------------------------
 
 function drawChart(canvas, series, { ymin = 0, format = (v) => String(Math.round(v)) } = {}) {
+  if (!changed(canvas, series)) return;
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth, height = canvas.clientHeight;
-  canvas.width = width * ratio;
-  canvas.height = height * ratio;
+  if (canvas.width !== width * ratio || canvas.height !== height * ratio) {
+    canvas.width = width * ratio;
+    canvas.height = height * ratio;
+  }
   const g = canvas.getContext("2d");
-  g.scale(ratio, ratio);
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
   g.clearRect(0, 0, width, height);
   const values = series.flatMap((s) => s.values.filter((v) => v !== null));
   const top = Math.max(ymin + 1e-9, ...values);
@@ -237,7 +235,17 @@ function drawChart(canvas, series, { ymin = 0, format = (v) => String(Math.round
   }
 }
 
+// Replaces the element's children only when what it shows changed: an unchanged page
+// costs the browser no layout or paint.
+function changed(node, content) {
+  const key = JSON.stringify(content, (k, v) => (v instanceof Node ? v.textContent : v));
+  if (node.dataset.shown === key) return false;
+  node.dataset.shown = key;
+  return true;
+}
+
 function table(node, header, rows) {
+  if (!changed(node, [header, rows])) return;
   const head = el("tr");
   head.append(...header.map((h) => el("th", "", h)));
   node.replaceChildren(head, ...rows.map((cells) => {
@@ -257,23 +265,23 @@ function ms(seconds) {
 }
 
 function renderSystem(s) {
-  $("worker").textContent = s.worker;
+  setText($("worker"), s.worker);
   const ready = $("ready");
   const healthy = s.ready && s.alive;
-  ready.textContent = !s.alive ? s.liveness : s.ready ? "ready" : s.reason;
+  setText(ready, !s.alive ? s.liveness : s.ready ? "ready" : s.reason);
   ready.className = `pill ${healthy ? "good" : "bad"}`;
-  $("model-pill").textContent = `${s.model.ranker} · ${s.model.version}`;
+  setText($("model-pill"), `${s.model.ranker} · ${s.model.version}`);
 
   const rate = s.ingest.per_s;
-  $("ingest-rate").textContent = rate >= 100 ? Math.round(rate).toLocaleString() : rate.toFixed(1);
-  $("ingest-rate").dataset.value = rate;
-  $("fresh-p50").textContent = ms(s.freshness["1m"].p50);
-  $("fresh-p99").textContent = ms(s.freshness["1m"].p99);
-  $("fresh-5m").textContent = `${ms(s.freshness["5m"].p50)} / ${ms(s.freshness["5m"].p99)}`;
+  setText($("ingest-rate"), rate >= 100 ? Math.round(rate).toLocaleString() : rate.toFixed(1));
+  if ($("ingest-rate").dataset.value !== String(rate)) $("ingest-rate").dataset.value = rate;
+  setText($("fresh-p50"), ms(s.freshness["1m"].p50));
+  setText($("fresh-p99"), ms(s.freshness["1m"].p99));
+  setText($("fresh-5m"), `${ms(s.freshness["5m"].p50)} / ${ms(s.freshness["5m"].p99)}`);
   const totalLag = s.lag.reduce((sum, p) => sum + p.lag, 0);
-  $("lag-total").textContent = totalLag.toLocaleString();
+  setText($("lag-total"), totalLag.toLocaleString());
   const dlq = Object.entries(s.dead_letters);
-  $("dlq-total").textContent = dlq.reduce((sum, [, v]) => sum + v, 0).toLocaleString();
+  setText($("dlq-total"), dlq.reduce((sum, [, v]) => sum + v, 0).toLocaleString());
 
   state.lag.push(totalLag);
   if (state.lag.length > 120) state.lag.shift();
@@ -307,7 +315,7 @@ function renderSystem(s) {
   table($("dropped"), ["reason", "actions"], Object.entries(s.ingest.dropped).map(([k, v]) => [k, v]));
   const store = s.attribute_store;
   const storeNode = $("attribute-store");
-  storeNode.textContent = `${store.backend}: ${store.ok ? "up" : "DOWN"}${store.detail ? ` (${store.detail})` : ""}`;
+  if (changed(storeNode, store)) storeNode.textContent = `${store.backend}: ${store.ok ? "up" : "DOWN"}${store.detail ? ` (${store.detail})` : ""}`;
   storeNode.className = store.ok ? "good" : "bad";
 
   const model = $("model");
@@ -322,14 +330,14 @@ function renderSystem(s) {
   } else if (s.model.ranker === "heuristic") {
     facts.push(["metrics", "none until a model is trained"]);
   }
-  model.replaceChildren(...facts.map(([k, v]) => {
+  if (changed(model, facts)) model.replaceChildren(...facts.map(([k, v]) => {
     const div = el("div");
     div.append(el("dt", "", k), el("dd", "", v));
     return div;
   }));
 
   const list = $("recent-members");
-  list.replaceChildren(...s.recent_members.map((m) => { const o = el("option"); o.value = m; return o; }));
+  if (changed(list, s.recent_members)) list.replaceChildren(...s.recent_members.map((m) => { const o = el("option"); o.value = m; return o; }));
   if (!state.member && s.recent_members.length) {
     state.member = s.recent_members[0];
     $("member-input").value = state.member;
@@ -351,7 +359,7 @@ function every(ms, work) {
     if (!document.hidden) {
       try {
         await work();
-        status(`updated ${clock(Date.now() / 1000)}`);
+        status(`updated ${new Date().toLocaleTimeString([], { hour12: false })}`);
       } catch (error) {
         if (error instanceof AuthError) return askToken(error.message);
         status(String(error.message || error), true);
@@ -368,7 +376,7 @@ function askToken(message) {
   state.token = null;
   $("main").hidden = true;
   $("token-form").hidden = false;
-  $("token-error").textContent = message || "";
+  setText($("token-error"), message || "");
   $("token-input").focus();
 }
 
@@ -388,7 +396,7 @@ async function main() {
   state.config = await (await fetch("/console/config.json")).json();
   state.candidates = JSON.parse(localStorage.getItem("nearline-candidates") || "null") || state.config.candidates;
   $("candidates").value = state.candidates.join(", ");
-  $("candidate-count").textContent = state.candidates.length;
+  setText($("candidate-count"), state.candidates.length);
 
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -405,7 +413,7 @@ async function main() {
     const list = $("candidates").value.split(/[\s,]+/).filter(Boolean).slice(0, state.config.max_candidates);
     state.candidates = list.length ? list : state.config.candidates;
     localStorage.setItem("nearline-candidates", JSON.stringify(state.candidates));
-    $("candidate-count").textContent = state.candidates.length;
+    setText($("candidate-count"), state.candidates.length);
     state.ranking = state.before = null;
     if (state.member) refreshRanking().catch((e) => status(String(e.message || e), true));
   });
