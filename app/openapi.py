@@ -134,6 +134,7 @@ _SYSTEM = {
             "properties": {"version": {"type": "string"}, "ranker": {"type": "string"}},
         },
         "topics": {"type": "object", "additionalProperties": {"type": "string"}},
+        "stall_timeout": {"type": "number"},
         "series": {"type": "object"},
         "recent_members": {"type": "array", "items": {"type": "string"}},
     },

@@ -123,6 +123,7 @@ async def _system(request: Request) -> Response:
         },
         "freshness": {"1m": timeline.freshness(now, 60), "5m": timeline.freshness(now, 300)},
         "lag": lag_body(nearline),
+        "stall_timeout": nearline.settings.stall_timeout,
         # What each consumed topic is, for the lag columns' headings.
         "topics": {
             nearline.settings.topic_actions: "actions",

@@ -293,13 +293,14 @@ function renderSystem(s) {
   ]);
   drawChart($("chart-lag"), [{ values: state.lag, color: "#7c3aed" }]);
 
-  // Lag of each topic this worker consumes, by partition; a stalled one says for how long.
+  // Lag of each topic this worker consumes, by partition; a stalled one (nothing applied
+  // for NEARLINE_STALL_TIMEOUT while lagging, what turns liveness red) says for how long.
   const topics = [...new Set(s.lag.map((p) => p.topic))];
   const lagOf = new Map(s.lag.map((p) => [`${p.topic}/${p.partition}`, p]));
   const lagCell = (topic, partition) => {
     const p = lagOf.get(`${topic}/${partition}`);
     if (!p) return "—";
-    if (!p.stalled_seconds) return String(p.lag);
+    if (p.stalled_seconds < s.stall_timeout) return String(p.lag);
     return el("span", "bad", `${p.lag} (stalled ${Math.round(p.stalled_seconds)} s)`);
   };
   table($("partitions"), ["partition", "owner", ...topics.map((t) => `lag, ${s.topics[t] || t}`)], s.partitions.map((p) => {
