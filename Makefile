@@ -44,7 +44,7 @@ integration: setup browser
 test: lint typecheck browser
 	$(BIN)/python -m pytest tests -q
 
-bench: setup
+bench: setup browser
 	$(BIN)/python -m bench
 
 clean:

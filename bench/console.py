@@ -123,8 +123,8 @@ async def _reads_with_console(
         await browser.goto(f"{worker.url}/console?member={DEMO_SHIFTING_MEMBER}")
         await browser.wait_for(
             "document.querySelectorAll('#ranking-now li[data-item]').length > 0 && "
-            "Number(document.getElementById('ingest-rate').dataset.value) > 0",
-            what="the console showing a ranking and the ingest rate",
+            "document.querySelectorAll('#partitions tr').length > 1",
+            what="the console showing a ranking and the partitions",
         )
         count, spent = _served(worker, CONSOLE_ROUTES)
         cpu = browser.cpu_seconds()
