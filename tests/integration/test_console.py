@@ -171,6 +171,15 @@ def test_console_in_a_browser_follows_a_member_and_the_system(
             await asyncio.to_thread(deployment.produce, more)
             await browser.wait_for(f"{count} >= 5", what="the timeline to grow to 5")
             assert await browser.evaluate(count) == 5
+            shown = await browser.evaluate(
+                "[...document.querySelectorAll('#timeline li')].map(li => li.dataset.event)"
+            )
+            served = httpx.get(
+                f"{worker.url}/v1/members/{member}/features",
+                headers={"authorization": f"Bearer {TOKEN}"},
+                timeout=5,
+            ).json()
+            assert shown == [a["event_id"] for a in served["recent_actions"]], "newest first"
 
             # The ranking panel follows an action on a new category.
             await browser.wait_for(

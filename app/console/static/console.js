@@ -89,30 +89,50 @@ function renderFeatures(features) {
   table($("counts"), ["window", ...names], windows.map((w) => [w, ...names.map((n) => features.counts[w][n])]));
 
   if (unchanged) return; // the counts and timeline are already on the page
+  // Rows already shown are kept: only the new actions' rows are made and put on top, and
+  // those that left the member's recent actions are removed (less for the browser to lay
+  // out and paint than the whole list, twice a second for an active member).
   const timeline = $("timeline");
   const first = state.seenEvents.size === 0;
-  const rows = actions.map((action) => {
-    const row = el("li");
-    row.dataset.event = action.event_id;
-    if (!first && !state.seenEvents.has(action.event_id)) row.classList.add("new");
-    const attributes = el("span");
-    for (const [name, value] of Object.entries(action.attributes || {})) {
-      if (name === "embedding") attributes.append(chip(`embedding·${value.length}`, "plain"));
-      else if (name === "geo") attributes.append(chip(value.region || `${value.lat},${value.lon}`, "plain"));
-      else attributes.append(chip(value));
+  const wanted = new Set(actions.map((a) => a.event_id));
+  const shown = new Map();
+  for (const row of [...timeline.children]) {
+    if (wanted.has(row.dataset.event)) shown.set(row.dataset.event, row);
+    else row.remove();
+  }
+  let previous = null;
+  for (const action of actions) {
+    let row = shown.get(action.event_id);
+    if (row) row.classList.remove("new");
+    else {
+      row = timelineRow(action);
+      if (!first) row.classList.add("new");
     }
-    for (const name of action.missing || []) attributes.append(chip(`missing ${name}`, "missing"));
-    if (action.joined === false) attributes.append(chip("not joined", "missing"));
-    row.append(
-      el("span", "time", clock(action.ts)),
-      el("span", `action ${action.action}`, action.action),
-      el("span", "", action.item_id),
-      attributes,
-    );
-    return row;
-  });
-  timeline.replaceChildren(...rows);
-  state.seenEvents = new Set(actions.map((a) => a.event_id));
+    const expected = previous ? previous.nextSibling : timeline.firstChild;
+    if (row !== expected) timeline.insertBefore(row, expected);
+    previous = row;
+  }
+  state.seenEvents = wanted;
+}
+
+function timelineRow(action) {
+  const row = el("li");
+  row.dataset.event = action.event_id;
+  const attributes = el("span");
+  for (const [name, value] of Object.entries(action.attributes || {})) {
+    if (name === "embedding") attributes.append(chip(`embedding·${value.length}`, "plain"));
+    else if (name === "geo") attributes.append(chip(value.region || `${value.lat},${value.lon}`, "plain"));
+    else attributes.append(chip(value));
+  }
+  for (const name of action.missing || []) attributes.append(chip(`missing ${name}`, "missing"));
+  if (action.joined === false) attributes.append(chip("not joined", "missing"));
+  row.append(
+    el("span", "time", clock(action.ts)),
+    el("span", `action ${action.action}`, action.action),
+    el("span", "", action.item_id),
+    attributes,
+  );
+  return row;
 }
 
 function sameOrder(a, b) {
