@@ -57,36 +57,44 @@ class Fetch:
 class BulkChannel:
     """A queue of fetches of some topics, for one task to apply.
 
-    It never makes the consumer wait: past ``max_fetches`` queued it asks the consumer to
-    pause its topics' partitions (:attr:`full`), and to resume them once the task has taken
-    the queue down to half.
+    It never makes the consumer wait: with ``max_records`` or more queued it asks the
+    consumer to pause its topics' partitions (:attr:`full`), and to resume them once the
+    task has taken the queue down to half. The bound is in records, well above what
+    piles up while the task applies one batch: a paused partition costs the next fetch a
+    round trip, so pausing must mean "behind", not "busy".
     """
 
-    def __init__(self, topics: Collection[str], *, max_fetches: int = 4) -> None:
+    def __init__(self, topics: Collection[str], *, max_records: int) -> None:
         self.topics = frozenset(topics)
-        self.max_fetches = max_fetches
+        self.max_records = max_records
         self._queue: asyncio.Queue[Fetch] = asyncio.Queue()
+        self._queued = 0  # records in the queue
         #: Partitions the consumer paused for this channel, to resume when it has room.
         self.paused: set[TP] = set()
 
     @property
     def full(self) -> bool:
-        return self._queue.qsize() >= self.max_fetches
+        return self._queued >= self.max_records
 
     @property
     def has_room(self) -> bool:
-        return self._queue.qsize() <= self.max_fetches // 2
+        return self._queued <= self.max_records // 2
 
     def put(self, fetch: Fetch) -> None:
         self._queue.put_nowait(fetch)
+        self._queued += len(fetch)
+
+    def _take(self, fetch: Fetch) -> Fetch:
+        self._queued -= len(fetch)
+        return fetch
 
     async def batches(self, max_records: int) -> AsyncIterator[Fetch]:
         """Wait for a fetch, then add whatever else is queued from the same generation."""
         queue = self._queue
         while True:
-            batch = await queue.get()
+            batch = self._take(await queue.get())
             while len(batch) < max_records and not queue.empty():
-                following = queue.get_nowait()
+                following = self._take(queue.get_nowait())
                 if following.generation != batch.generation:
                     yield batch
                     batch = following

@@ -115,8 +115,11 @@ class Nearline:
         self.recommendations_log = self._raw_topic(settings.topic_recommendations_log)
         # Each topic's records go to its own task a fetch at a time (app/bulk.py); a task
         # that falls behind pauses its own topic's partitions, never the others'.
-        self.actions_channel = BulkChannel([settings.topic_actions])
-        self.log_channel = BulkChannel([settings.topic_recommendations_log])
+        # Bounds: two ingest batches of actions; 2,000 logged responses (~40 KB each).
+        self.actions_channel = BulkChannel(
+            [settings.topic_actions], max_records=2 * settings.batch_max
+        )
+        self.log_channel = BulkChannel([settings.topic_recommendations_log], max_records=2000)
         # Faust builds its consumer from this class when the worker starts.
         self.faust.transport.Consumer = BulkConsumer.delivering_to(  # type: ignore[misc]
             self.actions_channel, self.log_channel

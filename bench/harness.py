@@ -7,11 +7,16 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaProducer
 
+from agents.events import ActionEvent
 from app.stack import Stack, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,12 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 __all__ = [
     "REPO",
     "WARMUP",
+    "Samples",
     "Stack",
     "WorkerProcess",
     "machine",
     "open_loop",
+    "paced",
     "percentiles",
     "preload",
+    "probe_freshness",
 ]
 
 
@@ -53,6 +61,85 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 WARMUP = 2.0
 
 
+#: How often a freshness probe polls: finer polling is itself load (20 probes/s at 200 ms
+#: each would be 2,000 requests/s at 2 ms), and the worker then falls behind because of it.
+#: Past 250 ms a probe backs off to 1/20 of its wait (at most 50 ms, a 5 % error at most):
+#: when a worker falls seconds behind, fine polling by every late probe would become the load.
+PROBE_POLL_EVERY, PROBE_POLL_MAX = 0.005, 0.05
+
+
+async def probe_freshness(
+    producer: AIOKafkaProducer,
+    client: aiohttp.ClientSession,
+    worker_url: str,
+    topic: str,
+    member: str,
+    give_up: float = 30.0,
+) -> float | None:
+    """Produce one action, poll until the member's features show it: seconds, or None."""
+    event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
+    sent = time.perf_counter()
+    await (await producer.send(topic, event.to_json(), key=member.encode()))
+    url = f"{worker_url}/v1/members/{member}/features"
+    while (waited := time.perf_counter() - sent) < give_up:
+        try:
+            async with client.get(url) as response:
+                body = await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            body = None  # a worker restarting: keep polling
+        recent = body["recent_actions"] if body else []
+        if recent and recent[0]["event_id"] == event.event_id:
+            return time.perf_counter() - sent
+        await asyncio.sleep(min(PROBE_POLL_MAX, max(PROBE_POLL_EVERY, waited / 20)))
+    return None
+
+
+@dataclass
+class Samples:
+    """(seconds since the start, latency in seconds) of requests that succeeded; failures."""
+
+    ok: list[tuple[float, float]] = field(default_factory=list)
+    failed: int = 0
+
+    def stats(self, outside: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+        chosen = [lat for t, lat in self.ok if not any(a <= t < b for a, b in outside)]
+        found = percentiles(chosen)
+        return {
+            "n": found["n"],
+            "failed": self.failed,
+            "p50_ms": round(found["p50"] * 1000, 2),
+            "p99_ms": round(found["p99"] * 1000, 2),
+            "max_ms": round(found["max"] * 1000, 2),
+        }
+
+
+async def paced(
+    send: Callable[[int], Awaitable[bool]], rate: float, seconds: float, start: float
+) -> Samples:
+    """Start ``send(n)`` at ``rate`` per second for ``seconds`` (an open loop)."""
+    samples = Samples()
+
+    async def timed(n: int) -> None:
+        began = time.perf_counter()
+        try:
+            ok = await send(n)
+        except Exception:  # counted: an overloaded or restarting worker is part of the figure
+            ok = False
+        if ok:
+            samples.ok.append((began - start, time.perf_counter() - began))
+        else:
+            samples.failed += 1
+
+    tasks = []
+    for n in range(int(rate * seconds)):
+        delay = start + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(timed(n)))
+    await asyncio.gather(*tasks)
+    return samples
+
+
 async def open_loop(
     send: Callable[[int], Awaitable[object]], rate: float, seconds: float, warmup: float = WARMUP
 ) -> list[float]:
@@ -60,24 +147,15 @@ async def open_loop(
 
     Runs ``warmup + seconds``; returns the latencies of the requests after the warm-up.
     """
-    latencies: list[float] = []
-    counted_from = int(rate * warmup)
 
-    async def timed(n: int) -> None:
-        started = time.perf_counter()
+    async def sent(n: int) -> bool:
         await send(n)
-        if n >= counted_from:
-            latencies.append(time.perf_counter() - started)
+        return True
 
-    tasks = []
-    begin = time.perf_counter()
-    for n in range(int(rate * (warmup + seconds))):
-        delay = begin + n / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(timed(n)))
-    await asyncio.gather(*tasks)
-    return latencies
+    samples = await paced(sent, rate, warmup + seconds, time.perf_counter())
+    if samples.failed:
+        raise RuntimeError(f"{samples.failed} requests of the open loop raised")
+    return [latency for started, latency in samples.ok if started >= warmup]
 
 
 async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:

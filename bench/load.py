@@ -11,9 +11,13 @@ type: what the online store must count, no more and no less.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -80,6 +84,41 @@ def produce_paced(
         "seconds": round(span, 2),
         "achieved_rate": round(acked["delivered"] / span),
     }
+
+
+class LoadProcess:
+    """``python -m bench.load`` running in a process of its own."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(
+        cls, bootstrap: str, topic: str, rate: float, seconds: float, *options: str
+    ) -> LoadProcess:
+        """Start it and wait until it is connected (its ``{"ready": true}`` line)."""
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bench.load", bootstrap, topic),
+                *("--rate", str(rate), "--seconds", str(seconds), *options),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert process.stdout is not None
+        if not await asyncio.to_thread(process.stdout.readline):
+            _, err = process.communicate()
+            raise RuntimeError(f"the load generator did not start: {err[-2000:]}")
+        return cls(process)
+
+    async def result(self) -> dict[str, Any]:
+        """Wait for it to finish; its closing JSON line."""
+        out, err = await asyncio.to_thread(self.process.communicate)
+        if self.process.returncode:
+            raise RuntimeError(f"the load generator failed: {err[-2000:]}")
+        return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def main() -> None:

@@ -22,10 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,63 +35,21 @@ from app import codec
 from app.broker import EmbeddedBroker
 from app.settings import format_duration
 from app.stack import consume_topic, read_metric
-from bench.harness import REPO, Stack, WorkerProcess, machine, percentiles
+from bench.harness import REPO, Samples, Stack, WorkerProcess, machine, paced, probe_freshness
+from bench.load import LoadProcess
 from bench.recommendations import recommendation_stack, start_worker
 
 RESULTS = REPO / "bench" / "results"
-ITEMS, MEMBERS, PRELOADED = 5000, 1000, 20_000
-PROBES_PER_S, POLL_EVERY = 20.0, 0.005
-
-
-@dataclass
-class Samples:
-    """(seconds since the start, latency in seconds) of requests that succeeded; failures."""
-
-    ok: list[tuple[float, float]] = field(default_factory=list)
-    failed: int = 0
-
-    def stats(self, outside: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
-        chosen = [lat for t, lat in self.ok if not any(a <= t < b for a, b in outside)]
-        found = percentiles(chosen)
-        return {
-            "n": found["n"],
-            "failed": self.failed,
-            "p50_ms": round(found["p50"] * 1000, 2),
-            "p99_ms": round(found["p99"] * 1000, 2),
-            "max_ms": round(found["max"] * 1000, 2),
-        }
-
-
-async def paced(
-    send: Callable[[int], Awaitable[bool]], rate: float, seconds: float, start: float
-) -> Samples:
-    """Start ``send(n)`` at ``rate`` per second for ``seconds`` (an open loop)."""
-    samples = Samples()
-
-    async def timed(n: int) -> None:
-        began = time.perf_counter()
-        try:
-            ok = await send(n)
-        except (aiohttp.ClientError, TimeoutError):
-            ok = False
-        if ok:
-            samples.ok.append((began - start, time.perf_counter() - began))
-        else:
-            samples.failed += 1
-
-    tasks = []
-    for n in range(int(rate * seconds)):
-        delay = start + n / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(timed(n)))
-    await asyncio.gather(*tasks)
-    return samples
+ITEMS, MEMBERS, PRELOADED = 5000, 10_000, 20_000
+PROBES_PER_S = 20.0
 
 
 class Soak:
-    def __init__(self, stack: Stack, worker: WorkerProcess, seconds: float, rate: float) -> None:
+    def __init__(
+        self, stack: Stack, worker: WorkerProcess, seconds: float, rate: float, chaos: bool = True
+    ) -> None:
         self.stack = stack
+        self.with_chaos = chaos
         self.workers = [worker]
         self.url = worker.url
         self.seconds = seconds
@@ -141,28 +96,13 @@ class Soak:
         producer = AIOKafkaProducer(bootstrap_servers=self.stack.broker.bootstrap, linger_ms=1)
         await producer.start()
         rng = random.Random(5)
+        topic = self.stack.topic
 
         async def one(_: int) -> bool:
             member = f"probe-{rng.randrange(1000)}"
-            event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
-            sent = time.perf_counter()
-            await (await producer.send(self.stack.topic, event.to_json(), key=member.encode()))
+            took = await probe_freshness(producer, client, self.url, topic, member)
             self.probe_events.append((member, "click"))
-            url = f"{self.url}/v1/members/{member}/features"
-            while time.perf_counter() - sent < 30:
-                try:
-                    async with client.get(url) as response:
-                        body = await response.json() if response.status == 200 else None
-                except (aiohttp.ClientError, TimeoutError):
-                    body = None
-                if (
-                    body
-                    and body["recent_actions"][:1]
-                    and (body["recent_actions"][0]["event_id"] == event.event_id)
-                ):
-                    return True
-                await asyncio.sleep(POLL_EVERY)
-            return False
+            return took is not None
 
         try:
             return await paced(one, PROBES_PER_S, self.seconds, self.start)
@@ -172,6 +112,8 @@ class Soak:
     # -- chaos and sampling ------------------------------------------------------------
 
     async def chaos(self) -> None:
+        if not self.with_chaos:
+            return
         first = self.workers[0]
         port = int(first.url.rsplit(":", 1)[1])
         await self._at(0.4)
@@ -240,21 +182,13 @@ class Soak:
     # -- the run -----------------------------------------------------------------------
 
     async def run(self, oracle_path: Path) -> dict[str, Any]:
-        load = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "bench.load", self.stack.broker.bootstrap),
-                *(self.stack.topic, "--rate", str(self.rate - PROBES_PER_S)),
-                *("--seconds", str(self.seconds), "--members", str(MEMBERS)),
-                *("--oracle", str(oracle_path)),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
+        load = await LoadProcess.start(
+            self.stack.broker.bootstrap,
+            self.stack.topic,
+            self.rate - PROBES_PER_S,
+            self.seconds,
+            *("--members", str(MEMBERS), "--oracle", str(oracle_path)),
         )
-        assert load.stdout is not None
-        if not await asyncio.to_thread(load.stdout.readline):
-            raise RuntimeError(f"the load generator did not start: {load.communicate()[1]}")
         client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=10)
         )
@@ -269,11 +203,8 @@ class Soak:
             )
         finally:
             await client.close()
-        out, err = await asyncio.to_thread(load.communicate)
-        if load.returncode:
-            raise RuntimeError(f"the load generator failed: {err[-2000:]}")
         return {
-            "load": json.loads(out.splitlines()[-1]),
+            "load": await load.result(),
             "freshness": fresh.stats(),
             "features": reads.stats(),
             "recommendations": recs.stats(),
@@ -380,7 +311,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def soak(seconds: float, rate: float, horizon: float) -> dict[str, Any]:
+def soak(
+    seconds: float, rate: float, horizon: float, *, chaos: bool = True, profile: Path | None = None
+) -> dict[str, Any]:
     from app.traffic import generate_actions
 
     with EmbeddedBroker() as broker:
@@ -389,9 +322,23 @@ def soak(seconds: float, rate: float, horizon: float) -> dict[str, Any]:
         try:
             worker = start_worker(stack, ITEMS, MEMBERS, PRELOADED)
             preloaded = list(generate_actions(PRELOADED, members=MEMBERS, items=ITEMS))
-            run = Soak(stack, worker, seconds, rate)
+            run = Soak(stack, worker, seconds, rate, chaos)
             oracle_path = Path(tempfile.mkdtemp()) / "acked.json"
+            spy = None
+            if profile is not None:  # py-spy on the worker for the whole soak
+                spy = subprocess.Popen(
+                    [
+                        *(str(Path(sys.executable).with_name("py-spy")), "record"),
+                        *("--pid", str(worker.process.pid), "--duration", str(int(seconds))),
+                        *("--rate", "100", "--format", "speedscope", "--output", str(profile)),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             result = asyncio.run(run.run(oracle_path))
+            if spy is not None:
+                spy.wait()
             first = run.workers[0]
             expected = expected_counts(
                 preloaded, json.loads(oracle_path.read_text()), run.probe_events
@@ -458,8 +405,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the soak")
     parser.add_argument("--rate", type=float, default=5000.0, help="actions per second")
     parser.add_argument("--horizon", type=float, default=5.0, help="outcome horizon, seconds")
+    parser.add_argument(
+        "--no-chaos", action="store_true", help="no SIGKILL, no second worker (for profiling)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="record the worker with py-spy into this speedscope file"
+    )
     args = parser.parse_args()
-    result = soak(args.seconds, args.rate, args.horizon)
+    result = soak(
+        args.seconds, args.rate, args.horizon, chaos=not args.no_chaos, profile=args.profile
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=2, default=str))
     plot(result, RESULTS / "soak.png")

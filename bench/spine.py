@@ -7,28 +7,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import subprocess
-import sys
 import time
-import uuid
 from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from agents.events import ActionEvent
 from app.broker import EmbeddedBroker
 from app.traffic import generate_actions
-from bench.harness import REPO, Stack, WorkerProcess, machine, open_loop, percentiles, preload
+from bench.harness import (
+    Stack,
+    WorkerProcess,
+    machine,
+    open_loop,
+    percentiles,
+    preload,
+    probe_freshness,
+)
+from bench.load import LoadProcess
 
 #: Probe actions per second in the freshness runs: 1 in 50 at 1k/s, 1 in 250 at 5k/s.
 PROBES_PER_S = 20.0
 #: Seconds of load before freshness probes count.
 FRESHNESS_WARMUP = 2.0
 #: Seconds between two polls of one probe; measured latencies are up to this much late.
-POLL_EVERY = 0.005
 
 
 def preload_actions(stack: Stack, actions: int, members: int) -> float:
@@ -92,40 +95,17 @@ async def _freshness(
     Probes of the first ``warmup`` seconds are not counted; ``achieved_rate`` is what the
     broker acknowledged per second, load and probes together.
     """
-    load = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "bench.load", bootstrap, topic),
-            *("--rate", str(rate - probes_per_s), "--seconds", str(warmup + seconds)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    assert load.stdout is not None
-    if not await asyncio.to_thread(load.stdout.readline):
-        _, err = load.communicate()
-        raise RuntimeError(f"the load generator did not start: {err[-2000:]}")
+    load = await LoadProcess.start(bootstrap, topic, rate - probes_per_s, warmup + seconds)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     await producer.start()
     client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     latencies: list[float] = []
     rng = random.Random(5)
 
-    async def probe(member: str, event: ActionEvent, counted: bool) -> None:
-        sent = time.perf_counter()
-        await (await producer.send(topic, event.to_json(), key=member.encode()))
-        url = f"{worker.url}/v1/members/{member}/features"
-        while time.perf_counter() - sent < 10:
-            async with client.get(url) as response:
-                body = await response.json()
-            if body["recent_actions"] and body["recent_actions"][0]["event_id"] == event.event_id:
-                if counted:
-                    latencies.append(time.perf_counter() - sent)
-                return
-            # Every 5 ms: finer polling is itself load (20 probes/s at 200 ms each would be
-            # 2,000 requests/s at 2 ms), and the worker then falls behind because of it.
-            await asyncio.sleep(POLL_EVERY)
+    async def probe(member: str, counted: bool) -> None:
+        took = await probe_freshness(producer, client, worker.url, topic, member, give_up=10)
+        if counted and took is not None:
+            latencies.append(took)
 
     probes: list[asyncio.Future[None]] = []
     started = time.perf_counter()
@@ -133,18 +113,14 @@ async def _freshness(
         while (elapsed := time.perf_counter() - started) < warmup + seconds:
             while len(probes) < int(elapsed * probes_per_s):
                 member = f"probe-{rng.randrange(1000)}"
-                event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
-                probes.append(asyncio.ensure_future(probe(member, event, elapsed >= warmup)))
+                probes.append(asyncio.ensure_future(probe(member, elapsed >= warmup)))
             await asyncio.sleep(0.005)
         await asyncio.gather(*probes)
         probe_rate = len(probes) / (warmup + seconds)
     finally:
         await client.close()
         await producer.stop()
-        out, err = await asyncio.to_thread(load.communicate)
-    if load.returncode:
-        raise RuntimeError(f"the load generator failed: {err[-2000:]}")
-    background = json.loads(out.splitlines()[-1])
+        background = await load.result()
     achieved = background["achieved_rate"] + probe_rate
     return {"rate": rate, "achieved_rate": round(achieved), **_ms(percentiles(latencies))}
 

@@ -113,13 +113,7 @@ class ChangelogTable:
         for partition, values in updates.items():
             if not values:
                 continue
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            for key, value in values.items():
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
-            self.db(partition).write(batch)
+            self.write_locally(partition, values)
             sent += await send_in_batches(producer, topic, partition, values.items())
             if self.exact_end_offsets:
                 # A batch of its own, after the records': a partition's batches are sent
@@ -136,6 +130,16 @@ class ChangelogTable:
             persisted[meta.partition] = max(last, persisted.get(meta.partition, -1))
         for partition, offset in persisted.items():
             self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
+
+    def write_locally(self, partition: int, values: Mapping[bytes, bytes | None]) -> None:
+        """Apply ``values`` to the partition's RocksDB in one ``WriteBatch`` (no changelog)."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in values.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self.db(partition).write(batch)
 
     def _producer(self) -> AIOKafkaProducer:
         # Faust's producer sends one record at a time, a future each; changelog records go

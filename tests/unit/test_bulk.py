@@ -29,7 +29,7 @@ def records(*offsets: int) -> list[Record]:
 def consumer() -> BulkConsumer:
     # A real Faust consumer object; nothing here talks to a broker.
     app = faust.App("bulk-test", broker="kafka://127.0.0.1:1", store="memory://")
-    app.transport.Consumer = BulkConsumer.delivering_to(BulkChannel([TOPIC]))  # type: ignore[misc]
+    app.transport.Consumer = BulkConsumer.delivering_to(BulkChannel([TOPIC], max_records=100))  # type: ignore[misc]
     built = app.consumer
     assert isinstance(built, BulkConsumer)
     return built
@@ -62,7 +62,7 @@ def test_a_fetch_from_an_earlier_generation_is_not_current(consumer: BulkConsume
 
 
 def test_batches_merge_queued_fetches_of_one_generation_up_to_the_limit() -> None:
-    channel = BulkChannel([TOPIC], max_fetches=8)
+    channel = BulkChannel([TOPIC], max_records=100)
 
     async def run() -> list[tuple[int, int]]:
         for generation, offsets in ((1, (0, 1)), (1, (2, 3)), (1, (4, 5)), (2, (0,)), (2, (1,))):
@@ -78,7 +78,7 @@ def test_batches_merge_queued_fetches_of_one_generation_up_to_the_limit() -> Non
 
 
 def test_a_channel_that_falls_behind_pauses_only_its_own_partitions() -> None:
-    actions, log = BulkChannel([TOPIC], max_fetches=2), BulkChannel(["log"], max_fetches=2)
+    actions, log = BulkChannel([TOPIC], max_records=2), BulkChannel(["log"], max_records=2)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app = faust.App("bulk-test", broker="kafka://127.0.0.1:1", store="memory://")

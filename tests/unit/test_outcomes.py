@@ -50,13 +50,7 @@ class LocalTable(ChangelogTable):
 
     async def write(self, updates: RawUpdates) -> None:
         for partition, values in updates.items():
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            for key, value in values.items():
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
-            self.db(partition).write(batch)
+            self.write_locally(partition, values)
 
 
 @dataclass
