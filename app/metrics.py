@@ -113,6 +113,11 @@ class Metrics:
             "Seconds since the earliest pending response was due (0 when labelling keeps up).",
             registry=r,
         )
+        self.requests_shed = Counter(
+            "nearline_http_requests_shed",
+            "/v1 requests answered 503 at once because NEARLINE_MAX_IN_FLIGHT were in progress.",
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "nearline_http_request_seconds",
             "HTTP request latency.",

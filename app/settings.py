@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8080, ge=1, le=65535)
     advertised_url: str | None = None
     forward_timeout: Duration = 2.0
+    max_in_flight: int = Field(default=32, ge=1)
 
     # Attribute store and joins
     attribute_store: str = "embedded"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -270,6 +271,39 @@ class _BearerAuth:
         await self.app(scope, receive, send)
 
 
+class _Shedding:
+    """Past ``limit`` /v1 requests in progress, answers 503 at once instead of queueing.
+
+    The web app shares its event loop with ingest: past what the loop can serve, queued
+    requests would wait seconds and take the loop from the actions, and the member's next
+    action would wait as long. Probes and /metrics are never shed.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, on_shed: Callable[[], None]) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_shed = on_shed
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.on_shed()
+            message = (
+                f"overloaded: {self.limit} requests in progress (NEARLINE_MAX_IN_FLIGHT); "
+                "retry shortly"
+            )
+            await error(503, message)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 class _Timing:
     """Records each request's latency by route template (bounded label set)."""
 
@@ -325,6 +359,11 @@ def create_web_app(nearline: Nearline) -> Starlette:
         routes=routes,
         middleware=[
             Middleware(_Timing, nearline=nearline),
+            Middleware(
+                _Shedding,
+                limit=nearline.settings.max_in_flight,
+                on_shed=nearline.metrics.requests_shed.inc,
+            ),
             Middleware(_BearerAuth, token=nearline.settings.api_token),
         ],
         exception_handlers={404: _not_found, 405: _method_not_allowed},

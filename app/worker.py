@@ -141,24 +141,6 @@ class Nearline:
         self.attributes = attribute_store_from_settings(settings)
         self.attributes_cached = CachedAttributeStore.from_settings(self.attributes, settings)
         self.attribute_health = StoreHealth(ok=True, backend=self.attributes.backend, detail="")
-        self.ingest = IngestProcessor(
-            self.store,
-            settings,
-            self.metrics,
-            self.send_dead_letters,
-            attributes=self.attributes_cached,
-            ingest_fields=self.join_fields.ingest,
-            record_reactions=self._record_reactions,
-        )
-        self.attribute_feed = ItemAttributesFeed(
-            settings, self.attributes_cached, self.metrics, self.send_attribute_rejects
-        )
-        self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
-        self.models = ModelRegistry.from_settings(settings)
-        if settings.model_dir is not None:
-            settings.model_dir.mkdir(parents=True, exist_ok=True)
-            self.models.load_latest()
-        self.recommender = Recommender(self, self.models)
         self.examples_topic = KafkaExamplesTopic(
             settings.topic_training_examples,
             self.faust.producer._ensure_producer,  # type: ignore[attr-defined]
@@ -173,6 +155,24 @@ class Nearline:
             horizon=settings.outcome_horizon,
             unlabeled_as=settings.unlabeled_as,
         )
+        self.ingest = IngestProcessor(
+            self.store,
+            settings,
+            self.metrics,
+            self.send_dead_letters,
+            attributes=self.attributes_cached,
+            ingest_fields=self.join_fields.ingest,
+            record_reactions=self.outcomes.record_reactions,
+        )
+        self.attribute_feed = ItemAttributesFeed(
+            settings, self.attributes_cached, self.metrics, self.send_attribute_rejects
+        )
+        self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
+        self.models = ModelRegistry.from_settings(settings)
+        if settings.model_dir is not None:
+            settings.model_dir.mkdir(parents=True, exist_ok=True)
+            self.models.load_latest()
+        self.recommender = Recommender(self, self.models)
         self.metrics.outcomes_behind.set_function(self.outcomes.oldest_due_seconds)
         self.lag = LagMonitor(
             self._bulk_consumer,
@@ -222,9 +222,6 @@ class Nearline:
         """Whether lag can mean a stall now: not while partitions move or state recovers."""
         app = self.faust
         return not (app.rebalancing or app.in_recovery)
-
-    async def _record_reactions(self, events: Any) -> None:
-        await self.outcomes.record_reactions(events)
 
     def _raw_topic(self, name: str) -> faust.TopicT:
         """A topic read as raw bytes: validation happens in nearline, not in Faust's codecs."""

@@ -46,9 +46,18 @@ PROBES_PER_S = 20.0
 
 class Soak:
     def __init__(
-        self, stack: Stack, worker: WorkerProcess, seconds: float, rate: float, chaos: bool = True
+        self,
+        stack: Stack,
+        worker: WorkerProcess,
+        seconds: float,
+        rate: float,
+        chaos: bool = True,
+        recs_rate: float = 300.0,
+        reads_rate: float = 500.0,
     ) -> None:
         self.stack = stack
+        self.recs_rate = recs_rate
+        self.reads_rate = reads_rate
         self.with_chaos = chaos
         self.workers = [worker]
         self.url = worker.url
@@ -173,9 +182,13 @@ class Soak:
                     metrics = await asyncio.to_thread(_metrics, worker.url)
                 except Exception:
                     continue
+                try:
+                    rss = round(worker.rss_mb())
+                except OSError:  # it exited (the chaos) between the two reads
+                    continue
                 row[f"w{n}_lag"] = metrics["lag"]
                 row[f"w{n}_stalled"] = metrics["stalled"]
-                row[f"w{n}_rss_mb"] = round(worker.rss_mb())
+                row[f"w{n}_rss_mb"] = rss
             self.timeline.append(row)
             await asyncio.sleep(1.0)
 
@@ -195,8 +208,8 @@ class Soak:
         self.start = time.perf_counter()
         try:
             recs, reads, fresh, *_ = await asyncio.gather(
-                self.recommendations(client, 300.0),
-                self.reads(client, 500.0),
+                self.recommendations(client, self.recs_rate),
+                self.reads(client, self.reads_rate),
                 self.freshness(client),
                 self.chaos(),
                 self.sample(self.start + self.seconds),
@@ -302,7 +315,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     lag_ax.legend(loc="upper right", fontsize=8)
     rss_ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(
-        f"nearline mixed soak: {result['rate']:.0f} actions/s, 300 recs/s, 500 reads/s "
+        f"nearline mixed soak: {result['rate']:.0f} actions/s, {result['recs_rate']:.0f} "
+        f"recommendations/s, {result['reads_rate']:.0f} reads/s "
         f"({machine()})",
         fontsize=9,
     )
@@ -312,7 +326,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def soak(
-    seconds: float, rate: float, horizon: float, *, chaos: bool = True, profile: Path | None = None
+    seconds: float,
+    rate: float,
+    horizon: float,
+    *,
+    chaos: bool = True,
+    profile: Path | None = None,
+    recs_rate: float = 300.0,
+    reads_rate: float = 500.0,
 ) -> dict[str, Any]:
     from app.traffic import generate_actions
 
@@ -322,7 +343,7 @@ def soak(
         try:
             worker = start_worker(stack, ITEMS, MEMBERS, PRELOADED)
             preloaded = list(generate_actions(PRELOADED, members=MEMBERS, items=ITEMS))
-            run = Soak(stack, worker, seconds, rate, chaos)
+            run = Soak(stack, worker, seconds, rate, chaos, recs_rate, reads_rate)
             oracle_path = Path(tempfile.mkdtemp()) / "acked.json"
             spy = None
             if profile is not None:  # py-spy on the worker for the whole soak
@@ -358,6 +379,8 @@ def soak(
                 {
                     "seconds": seconds,
                     "rate": rate,
+                    "recs_rate": recs_rate,
+                    "reads_rate": reads_rate,
                     "horizon_s": horizon,
                     "actions_expected": total,
                     "state": compare(first.url, expected, format_duration(345600.0)),
@@ -405,6 +428,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the soak")
     parser.add_argument("--rate", type=float, default=5000.0, help="actions per second")
     parser.add_argument("--horizon", type=float, default=5.0, help="outcome horizon, seconds")
+    parser.add_argument("--recs-rate", type=float, default=300.0, help="recommendations/s")
+    parser.add_argument("--reads-rate", type=float, default=500.0, help="features reads/s")
     parser.add_argument(
         "--no-chaos", action="store_true", help="no SIGKILL, no second worker (for profiling)"
     )
@@ -413,7 +438,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     result = soak(
-        args.seconds, args.rate, args.horizon, chaos=not args.no_chaos, profile=args.profile
+        args.seconds,
+        args.rate,
+        args.horizon,
+        chaos=not args.no_chaos,
+        profile=args.profile,
+        recs_rate=args.recs_rate,
+        reads_rate=args.reads_rate,
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=2, default=str))

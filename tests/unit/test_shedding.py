@@ -1,0 +1,48 @@
+"""Load shedding: past NEARLINE_MAX_IN_FLIGHT /v1 requests in progress, a 503 at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from app.web import _Shedding
+
+
+def test_requests_past_the_limit_are_shed_and_probes_never_are() -> None:
+    release = asyncio.Event()
+    shed: list[int] = []
+
+    async def slow(request: Request) -> PlainTextResponse:
+        await release.wait()
+        return PlainTextResponse("done")
+
+    async def health(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Route("/v1/slow", slow), Route("/healthz", health)],
+        middleware=[Middleware(_Shedding, limit=2, on_shed=lambda: shed.append(1))],
+    )
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://nearline") as client:
+            held = [asyncio.ensure_future(client.get("/v1/slow")) for _ in range(2)]
+            await asyncio.sleep(0.05)  # both in progress
+            over = await client.get("/v1/slow")
+            assert over.status_code == 503 and "NEARLINE_MAX_IN_FLIGHT" in over.json()["error"]
+            assert over.headers["retry-after"] == "1"
+            assert (await client.get("/healthz")).status_code == 200
+            release.set()
+            statuses = [r.status_code for r in await asyncio.gather(*held)]
+            again = await client.get("/v1/slow")  # room again once they finished
+            return [*statuses, again.status_code]
+
+    assert asyncio.run(run()) == [200, 200, 200]
+    assert shed == [1]
