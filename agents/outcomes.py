@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from agents.ingest import KafkaRecord
 from app import codec
 from app.metrics import Metrics
 from model.feature_log import encode_matrix, logged_rows
@@ -118,21 +119,6 @@ class ExamplesTopic(Protocol):
     async def send(self, partition: int, records: Sequence[tuple[bytes, bytes]]) -> None: ...
 
 
-class LogRecord(Protocol):
-    """What the join needs of one recommendations-log record (an aiokafka ConsumerRecord)."""
-
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def timestamp(self) -> int | None: ...
-
-
 class OutcomeJoiner:
     """Stores logged responses, records reactions to them, and labels them when due."""
 
@@ -162,7 +148,7 @@ class OutcomeJoiner:
 
     # -- the recommendations log -------------------------------------------------------
 
-    async def add(self, records: Sequence[LogRecord]) -> int:
+    async def add(self, records: Sequence[KafkaRecord]) -> int:
         """Store logged responses until their horizon; returns how many were new."""
         keyed: dict[int, dict[bytes, bytes]] = {}
         for record in records:
@@ -197,10 +183,10 @@ class OutcomeJoiner:
         self.metrics.responses.labels("stored").inc(new)
         return new
 
-    def _member_and_due(self, record: LogRecord) -> tuple[bytes, int] | None:
+    def _member_and_due(self, record: KafkaRecord) -> tuple[bytes, int] | None:
         # Records are keyed by member and stamped with the request time (whole ms): enough
         # to know when one is due without decoding it.
-        if record.key and record.timestamp:
+        if record.key and record.timestamp is not None and record.timestamp > 0:
             return record.key, record.timestamp + 1 + self.horizon_ms
         try:
             body = codec.loads(record.value or b"")

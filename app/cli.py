@@ -1,4 +1,4 @@
-"""The ``nearline`` command: broker, worker, produce, demo, topics."""
+"""The ``nearline`` command: broker, worker, produce, demo, topics, train, model."""
 
 from __future__ import annotations
 
@@ -241,50 +241,194 @@ def export_training(out: Path) -> None:
     )
 
 
-@main.command()
-@click.argument("examples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
+def _registry(model_dir: Path | None, settings: Settings) -> Any:
+    """The model registry of ``--model-dir`` or NEARLINE_MODEL_DIR."""
+    from model.registry import ModelRegistry
+    from model.vectorizer import Vectorizer
+
+    directory = model_dir or settings.model_dir
+    if directory is None:
+        raise click.UsageError("give --model-dir or set NEARLINE_MODEL_DIR")
+    return ModelRegistry(directory, Vectorizer.from_settings(settings), backend="default")
+
+
+_MODEL_DIR = click.option(
     "--model-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where model versions live (default: NEARLINE_MODEL_DIR).",
 )
+
+
+@main.command()
+@click.argument("examples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_MODEL_DIR
 @click.option("--max-epochs", default=30, show_default=True)
+@click.option(
+    "--loss",
+    type=click.Choice(["pointwise", "listwise", "pairwise"]),
+    default="pairwise",
+    show_default=True,
+    help="pointwise: cross-entropy per candidate (class-weighted); listwise: softmax over "
+    "each request's candidates; pairwise: BPR, positives over sampled negatives.",
+)
 @click.option(
     "--validation-fraction",
     default=0.2,
     show_default=True,
     help="Share of the latest requests held out for validation.",
 )
+@click.option(
+    "--margin",
+    default=0.0,
+    show_default=True,
+    help="The gate: the lower bound of the NDCG@10 gain's interval must exceed this.",
+)
+@click.option("--confidence", default=0.95, show_default=True, help="The gate's interval level.")
+@click.option("--force", is_flag=True, help="Publish even if the gate refuses the model.")
+@click.option(
+    "--compare-losses",
+    is_flag=True,
+    help="Train once per loss on the same split, print the table, save nothing.",
+)
 @click.option("--seed", default=0, show_default=True)
 def train(
-    examples: Path, model_dir: Path | None, max_epochs: int, validation_fraction: float, seed: int
+    examples: Path,
+    model_dir: Path | None,
+    max_epochs: int,
+    loss: str,
+    validation_fraction: float,
+    margin: float,
+    confidence: float,
+    force: bool,
+    compare_losses: bool,
+    seed: int,
 ) -> None:
-    """Train the scorer on exported EXAMPLES and save a new model version.
+    """Train the scorer on exported EXAMPLES; publish it only if it beats the served ranker.
 
-    Validation uses the latest requests (split by time, never shuffled across time) and
-    compares AUC and NDCG@10 with the heuristic ranker. Running workers pick the new
-    version up within NEARLINE_MODEL_RELOAD_INTERVAL.
+    Validation uses the latest requests (split by time, never shuffled across time);
+    training stops early on their NDCG@10. The gate compares the candidate with the ranker
+    now served (the active model, or the heuristic) on the same requests: NDCG@10, MRR and
+    HR@10 with paired bootstrap intervals over requests. A refused candidate is saved as
+    rejected and the command exits with status 1; --force publishes anyway. Running
+    workers follow a published version within NEARLINE_MODEL_RELOAD_INTERVAL.
     """
     from model.exceptions import ModelError
-    from model.registry import ModelRegistry
+    from model.gate import GateRules
     from model.training import TrainingConfig
+    from model.training import compare_losses as compare
     from model.training import train as fit
-    from model.vectorizer import Vectorizer
 
     settings = _settings()
-    directory = model_dir or settings.model_dir
-    if directory is None:
-        raise click.UsageError("give --model-dir or set NEARLINE_MODEL_DIR")
-    directory.mkdir(parents=True, exist_ok=True)
-    registry = ModelRegistry(directory, Vectorizer.from_settings(settings), backend="default")
-    config = TrainingConfig(
-        max_epochs=max_epochs, validation_fraction=validation_fraction, seed=seed
-    )
+    registry = _registry(model_dir, settings)
     try:
-        report = fit(examples, registry, config)
+        config = TrainingConfig(
+            max_epochs=max_epochs,
+            loss=loss,  # type: ignore[arg-type]
+            validation_fraction=validation_fraction,
+            seed=seed,
+        )
+        rules = GateRules(margin=margin, level=confidence, seed=seed)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        if compare_losses:
+            reports = compare(examples, config, registry.vectorizer)
+            click.echo("loss        NDCG@10  MRR     HR@10   AUC     best epoch")
+            for name, report in reports.items():
+                m = report.model
+                click.echo(
+                    f"{name:<11} {m.ndcg_at_10:.4f}   {m.mrr:.4f}  {m.hr_at_10:.4f}  "
+                    f"{m.auc:.4f}  {report.best_epoch}/{report.epochs_run}"
+                )
+            h = next(iter(reports.values())).heuristic
+            click.echo(
+                f"{'heuristic':<11} {h.ndcg_at_10:.4f}   {h.mrr:.4f}  {h.hr_at_10:.4f}  {h.auc:.4f}"
+            )
+            return
+        registry.model_dir.mkdir(parents=True, exist_ok=True)
+        report = fit(examples, registry, config, rules=rules, force=force)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
+    if not report.published:
+        raise click.ClickException(
+            "the model was not published (see the gate above); it is saved as rejected, "
+            "`nearline model activate VERSION` or `nearline train --force` serves it anyway"
+        )
+
+
+@main.group()
+def model() -> None:
+    """Model versions: which is served, their metrics, activate one, roll back."""
+
+
+@model.command("list")
+@_MODEL_DIR
+def model_list(model_dir: Path | None) -> None:
+    """Every version with its status and validation metrics; * marks the one served."""
+    from model.exceptions import ModelError
+
+    registry = _registry(model_dir, _settings())
+    try:
+        served = registry.served()
+        rows = [(v, registry.metadata(v)) for v in registry.versions()]
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    how = "active file" if served.pinned else "newest unrejected version"
+    click.echo(
+        f"served: {served.version} ({how}); rollback to: {', '.join(served.previous) or '-'}"
+    )
+    click.echo(
+        f"  {'version':<30} {'status':<10} {'loss':<10} {'NDCG@10':>8} {'MRR':>7} {'HR@10':>7} "
+        f"{'vs served':>10}  against"
+    )
+    for version, meta in rows:
+        metrics = (meta.get("metrics") or {}).get("validation") or {}
+        gate = meta.get("gate") or {}
+        gain = ((gate.get("metrics") or {}).get("ndcg_at_10") or {}).get("difference")
+        mark = "*" if version == served.version else " "
+
+        def number(value: Any, width: int) -> str:
+            return f"{value:>{width}.4f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+        click.echo(
+            f"{mark} {version:<30} {meta.get('status', '-'):<10} "
+            f"{(meta.get('training') or {}).get('loss', '-'):<10} "
+            f"{number(metrics.get('ndcg_at_10'), 8)} {number(metrics.get('mrr'), 7)} "
+            f"{number(metrics.get('hr_at_10'), 7)} {number(gain, 10)}  "
+            f"{gate.get('served_version', '-')}"
+        )
+    if served.version == "heuristic-v1":
+        click.echo("* heuristic-v1 (no model file)")
+
+
+@model.command("activate")
+@click.argument("version")
+@_MODEL_DIR
+def model_activate(version: str, model_dir: Path | None) -> None:
+    """Serve VERSION (or heuristic-v1); workers follow within NEARLINE_MODEL_RELOAD_INTERVAL."""
+    from model.exceptions import ModelError
+
+    registry = _registry(model_dir, _settings())
+    try:
+        served = registry.activate(version)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"serving {served.version} (rollback to: {', '.join(served.previous) or '-'})")
+
+
+@model.command("rollback")
+@_MODEL_DIR
+def model_rollback(model_dir: Path | None) -> None:
+    """Serve again the version served before the current one."""
+    from model.exceptions import ModelError
+
+    registry = _registry(model_dir, _settings())
+    try:
+        served = registry.rollback()
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"serving {served.version} (rollback to: {', '.join(served.previous) or '-'})")
 
 
 DEMO_ITEMS = 5000

@@ -79,7 +79,9 @@ class KafkaExamplesTopic:
 
     async def send(self, partition: int, records: Sequence[tuple[bytes, bytes]]) -> None:
         tp = await self._tp(partition)
-        sent = await send_in_batches(self._producer(), self.topic, tp.partition, records)
+        sent = await send_in_batches(
+            self._producer(), self.topic, tp.partition, ((k, v, None, None) for k, v in records)
+        )
         await asyncio.gather(*(future for future, _ in sent))
 
     async def stop(self) -> None:

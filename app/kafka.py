@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -16,11 +16,15 @@ from app.settings import Settings
 
 __all__ = [
     "EMBEDDED_MAX_BATCH_BYTES",
+    "OutgoingRecord",
     "bootstrap_servers",
     "client_options",
     "partition_for_key",
     "send_in_batches",
 ]
+
+#: Key, value, timestamp (ms; ``None`` or negative: now) and headers of a record to send.
+OutgoingRecord = tuple[bytes | None, bytes | None, int | None, Sequence[tuple[str, bytes]] | None]
 
 #: The embedded broker reports "latest" as the last *batch* base offset + 1; a batch size
 #: below one record makes every batch a single record, so that answer is exact.
@@ -70,23 +74,23 @@ def partition_for_key(key: bytes, partitions: int) -> int:
 
 
 async def send_in_batches(
-    producer: AIOKafkaProducer,
-    topic: str,
-    partition: int,
-    records: Iterable[tuple[bytes | None, bytes | None]],
+    producer: AIOKafkaProducer, topic: str, partition: int, records: Iterable[OutgoingRecord]
 ) -> list[tuple[asyncio.Future[Any], int]]:
-    """Queue (key, value) records for one partition in whole producer batches.
+    """Queue ``records`` for one partition in whole producer batches; (future, count) each.
 
-    One future per producer batch instead of one per record (what Faust's producer does);
-    returns (future, records in the batch) for each.
+    aiokafka's ``send`` (and Faust's producer on top of it) costs a future and a queue hop
+    per record; a batch costs one.
     """
     sent = []
     batch, count = producer.create_batch(), 0
-    for key, value in records:
-        if batch.append(key=key, value=value, timestamp=None) is None:
+    for key, value, timestamp, headers in records:
+        if timestamp is not None and timestamp < 0:
+            timestamp = None
+        if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
             sent.append((await producer.send_batch(batch, topic, partition=partition), count))
             batch, count = producer.create_batch(), 0
-            batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+            # A first record always fits.
+            batch.append(key=key, value=value, timestamp=timestamp, headers=headers)
         count += 1
     sent.append((await producer.send_batch(batch, topic, partition=partition), count))
     return sent

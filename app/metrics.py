@@ -50,7 +50,8 @@ class Metrics:
         r = self.registry
         self.events_in = Counter(
             "nearline_events_in",
-            "Action records read and handled (applied, dropped or dead-lettered).",
+            "Action records handled (applied, dropped or dead-lettered); a repartitioned "
+            "record counts when its owner handles it.",
             registry=r,
         )
         self.events_applied = Counter(
@@ -60,6 +61,12 @@ class Metrics:
             "nearline_events_dropped",
             "Valid actions not kept: type not of interest, replayed or duplicate.",
             ["reason"],
+            registry=r,
+        )
+        self.events_repartitioned = Counter(
+            "nearline_events_repartitioned",
+            "Valid actions read on another partition than their key's, forwarded to the "
+            "repartition topic for the partition's owner.",
             registry=r,
         )
         self.events_dead_lettered = Counter(

@@ -86,7 +86,13 @@ class Settings(BaseSettings):
     max_recent_actions: int = Field(default=100, ge=1)
     max_event_bytes: int = Field(default=16384, ge=256)
     max_future_skew: Duration = 300.0
+    # An event without ts takes its Kafka record's timestamp (else it is a dead letter).
+    ts_from_record: bool = True
     sweep_interval: Duration = 300.0
+    # Event ids are remembered per member for this long after they arrive (at most this
+    # many per member), so producer retries count once.
+    dedupe_window: Duration = 86400.0
+    dedupe_max_ids: int = Field(default=5000, ge=1)
 
     # Ingest batching
     batch_max: int = Field(default=20000, ge=1)
@@ -138,6 +144,7 @@ class Settings(BaseSettings):
     max_candidates: int = Field(default=1000, ge=1)
     model_reload_interval: Duration = 10.0
     model_half_life: Duration = 6 * 3600.0
+    model_short_window: Duration = 1800.0
     outcome_horizon: Duration = 1800.0
     outcome_label_interval: Duration = 1.0
     unlabeled_as: str = "negative"
@@ -220,6 +227,15 @@ class Settings(BaseSettings):
             return self.advertised_url.rstrip("/")
         host = "127.0.0.1" if self.web_host in {"0.0.0.0", "::", ""} else self.web_host
         return f"http://{host}:{self.web_port}"
+
+    @property
+    def topic_repartition(self) -> str:
+        """Where actions found on another partition than their key's are re-keyed through.
+
+        Internal, like Faust's changelogs, so named after the app id; it has the actions
+        topic's partition count and is read by the owner of each partition.
+        """
+        return f"{self.app_id}-{self.topic_actions}-repartition"
 
     @property
     def embedded(self) -> bool:

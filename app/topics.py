@@ -31,6 +31,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     retention_ms = str(int(settings.retention * 1000 * 1.25))
     return [
         TopicSpec(settings.topic_actions, n, r, {"retention.ms": retention_ms}),
+        # Forwards keep their producer's timestamp (the event time of an action without ts).
+        TopicSpec(
+            settings.topic_repartition,
+            n,
+            r,
+            {"retention.ms": retention_ms, "message.timestamp.type": "CreateTime"},
+        ),
         TopicSpec(settings.topic_dlq, n, r, {"retention.ms": str(14 * 86400 * 1000)}),
         TopicSpec(settings.topic_item_attributes, n, r, {"cleanup.policy": "compact"}),
         TopicSpec(

@@ -8,7 +8,7 @@ import logging
 import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from itertools import chain
 from typing import Any
@@ -20,13 +20,13 @@ from aiokafka import AIOKafkaConsumer
 from faust.types import TP
 
 from agents.attributes import ItemAttributesFeed
-from agents.ingest import DeadLetter, IngestProcessor
+from agents.ingest import DeadLetter, IngestProcessor, KafkaRecord
 from agents.outcomes import OutcomeJoiner
 from app import codec
 from app.bulk import BulkChannel, BulkConsumer
 from app.console.timeline import IngestTimeline
 from app.examples_topic import KafkaExamplesTopic
-from app.kafka import client_options, ssl_context
+from app.kafka import client_options, send_in_batches, ssl_context
 from app.lag import LagMonitor, PartitionLag
 from app.metrics import Metrics
 from app.recommend import Recommender
@@ -113,11 +113,15 @@ class Nearline:
         self.faust = _faust_app(settings)
         self.actions_topic = self._raw_topic(settings.topic_actions)
         self.recommendations_log = self._raw_topic(settings.topic_recommendations_log)
+        # Co-partitioned with the actions (same partition count, same subscribers), so the
+        # owner of a partition reads both topics' records for it.
+        self.repartition_topic = self._raw_topic(settings.topic_repartition)
         # Each topic's records go to its own task a fetch at a time (app/bulk.py); a task
         # that falls behind pauses its own topic's partitions, never the others'.
         # Bounds: two ingest batches of actions; 2,000 logged responses (~40 KB each).
         self.actions_channel = BulkChannel(
-            [settings.topic_actions], max_records=2 * settings.batch_max
+            [settings.topic_actions, settings.topic_repartition],
+            max_records=2 * settings.batch_max,
         )
         self.log_channel = BulkChannel([settings.topic_recommendations_log], max_records=2000)
         # Faust builds its consumer from this class when the worker starts.
@@ -160,6 +164,7 @@ class Nearline:
             settings,
             self.metrics,
             self.send_dead_letters,
+            self.send_repartitioned,
             attributes=self.attributes_cached,
             ingest_fields=self.join_fields.ingest,
             record_reactions=self.outcomes.record_reactions,
@@ -176,7 +181,11 @@ class Nearline:
         self.metrics.outcomes_behind.set_function(self.outcomes.oldest_due_seconds)
         self.lag = LagMonitor(
             self._bulk_consumer,
-            [settings.topic_actions, settings.topic_recommendations_log],
+            [
+                settings.topic_actions,
+                settings.topic_repartition,
+                settings.topic_recommendations_log,
+            ],
             self._client,
             counting=self._lag_counts,
         )
@@ -240,6 +249,7 @@ class Nearline:
         # Both topics come off Faust's consumer a fetch at a time (app/bulk.py): the records
         # still commit through its book-keeping, acknowledged once applied.
         self.faust.topics.add(self.actions_topic)
+        self.faust.topics.add(self.repartition_topic)
         self.faust.topics.add(self.recommendations_log)
 
         async def ingest() -> None:
@@ -338,9 +348,24 @@ class Nearline:
         sends = [await producer.send(topic, k, v, None, None, h) for k, v, h in records]
         await asyncio.gather(*sends)
 
+    async def send_repartitioned(
+        self, forwards: Mapping[int, Sequence[tuple[bytes, KafkaRecord]]]
+    ) -> None:
+        """Records to their owners' partitions of the repartition topic, keyed by member."""
+        producer = self.faust.producer._ensure_producer()  # type: ignore[attr-defined]
+        topic = self.settings.topic_repartition
+        sent = []
+        for partition, records in forwards.items():
+            sent += await send_in_batches(
+                producer,
+                topic,
+                partition,
+                ((key, r.value, r.timestamp, list(r.headers)) for key, r in records),
+            )
+        await asyncio.gather(*(future for future, _ in sent))
+
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Original bytes to the DLQ, the reason and source position in headers."""
-        source = self.settings.topic_actions
         await self._send_all(
             self.settings.topic_dlq,
             (
@@ -350,7 +375,7 @@ class Nearline:
                     _dead_letter_headers(
                         letter.reason,
                         letter.detail,
-                        source,
+                        letter.record.topic,
                         letter.record.partition,
                         letter.record.offset,
                     ),

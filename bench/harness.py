@@ -158,11 +158,18 @@ async def open_loop(
     return [latency for started, latency in samples.ok if started >= warmup]
 
 
-async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+async def preload(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes, bytes]],
+    partition_of: Callable[[bytes], int] | None = None,
+) -> float:
     """Produce ``records`` as fast as possible; returns seconds taken.
 
-    Pre-loading a source topic may batch normally: the embedded broker's offset quirk only
-    matters to readers of a topic's end offset (changelog recovery), not to consumers.
+    ``partition_of`` (a key's partition) stands in for another client's partitioner; by
+    default Kafka's (murmur2) places each record. Pre-loading a source topic may batch
+    normally: the embedded broker's offset quirk only matters to readers of a topic's end
+    offset (changelog recovery), not to consumers.
     """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
     await producer.start()
@@ -170,7 +177,8 @@ async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
     try:
         pending = []
         for key, value in records:
-            pending.append(await producer.send(topic, value, key=key))
+            partition = None if partition_of is None else partition_of(key)
+            pending.append(await producer.send(topic, value, key=key, partition=partition))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()

@@ -9,6 +9,8 @@ import argparse
 import asyncio
 import random
 import time
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -34,14 +36,28 @@ FRESHNESS_WARMUP = 2.0
 #: Seconds between two polls of one probe; measured latencies are up to this much late.
 
 
-def preload_actions(stack: Stack, actions: int, members: int) -> float:
-    """Create the stack's topics and pre-load ``actions`` over ``members``; returns seconds."""
+def librdkafka_partition(partitions: int) -> Callable[[bytes], int]:
+    """The default partitioner of librdkafka (confluent-kafka): ``consistent_random``, CRC32."""
+    return lambda key: zlib.crc32(key) % partitions
+
+
+def preload_actions(stack: Stack, actions: int, members: int, partitioner: str = "kafka") -> float:
+    """Create the stack's topics and pre-load ``actions`` over ``members``; returns seconds.
+
+    ``partitioner="librdkafka"`` places them as confluent-kafka's default would: most on
+    another partition than nearline's, so the worker repartitions them.
+    """
     stack.create_topics()
     records = [
         (e.member_id.encode(), e.to_json())
         for e in generate_actions(actions, members=members, items=50_000, seed=11)
     ]
-    return asyncio.run(preload(stack.broker.bootstrap, stack.topic, records))
+    partition_of = (
+        librdkafka_partition(int(stack.env["NEARLINE_TOPIC_PARTITIONS"]))
+        if partitioner == "librdkafka"
+        else None
+    )
+    return asyncio.run(preload(stack.broker.bootstrap, stack.topic, records, partition_of))
 
 
 def ingest(stack: Stack, actions: int, members: int) -> dict[str, Any]:
@@ -64,6 +80,7 @@ def ingest(stack: Stack, actions: int, members: int) -> dict[str, Any]:
     finished = time.perf_counter()
     rss = worker.rss_mb()
     applied = worker.metric("nearline_events_applied_total")
+    repartitioned = worker.metric("nearline_events_repartitioned_total")
     since, done_at_first = first or (ready, 0.0)
     seconds = finished - since
     return {
@@ -74,6 +91,7 @@ def ingest(stack: Stack, actions: int, members: int) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "actions_per_s": round((actions - done_at_first) / seconds),
         "applied": applied,
+        "repartitioned": repartitioned,
         "rss_mb": round(rss),
         "worker": worker,
     }
@@ -162,12 +180,19 @@ def main() -> None:
     parser.add_argument("--fresh-rate", type=float, nargs="+", default=[1000.0])
     parser.add_argument("--read-rate", type=float, nargs="+", default=[200.0])
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--partitioner",
+        choices=["kafka", "librdkafka"],
+        default="kafka",
+        help="how the pre-loaded actions are placed: Kafka's default (murmur2), or "
+        "librdkafka's (CRC32), most of which the worker then repartitions",
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
     with EmbeddedBroker() as broker:
         stack = Stack(broker)
         try:
-            preloaded_s = preload_actions(stack, args.actions, args.members)
+            preloaded_s = preload_actions(stack, args.actions, args.members, args.partitioner)
             print(f"pre-loaded {args.actions:,} actions in {preloaded_s:.1f} s")
             result = ingest(stack, args.actions, args.members)
             worker = result.pop("worker")

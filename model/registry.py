@@ -5,6 +5,12 @@ A version is two files: ``nearline-model-<version>.pt`` (state_dict and architec
 metrics, created_at). The JSON is written last, by atomic rename, so a version exists for
 readers only once both files are complete. Versions sort as strings; generated versions
 are UTC timestamps, so the greatest is the newest.
+
+Which version is served is ``nearline-active.json``: the version (or the heuristic) and the
+ones served before it, newest first, so ``rollback`` knows the way back. ``nearline train``
+writes it when a version passes the promotion gate (a refused version is saved with
+``"status": "rejected"`` and never served unless activated by hand). Without that file a
+worker serves the newest version not marked rejected, as before the file existed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import orjson
 import torch
 
 from model.exceptions import IncompatibleModelError, ModelFileError
-from model.heuristic import HeuristicRanker
+from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
 from model.ranker import Ranker
 from model.scorer import Backend, Scorer, ScorerConfig, TorchRanker, configure_threads
 from model.vectorizer import Vectorizer, VectorizerConfig
@@ -34,7 +40,7 @@ from model.vectorizer import Vectorizer, VectorizerConfig
 if TYPE_CHECKING:
     from app.settings import Settings
 
-__all__ = ["FORMAT", "ModelRegistry", "ModelVersion", "new_version"]
+__all__ = ["ACTIVE_FILE", "FORMAT", "ModelRegistry", "ModelVersion", "Served", "new_version"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,9 @@ FORMAT = 1
 _PREFIX = "nearline-model-"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _METADATA = re.compile(rf"^{_PREFIX}(?P<version>[A-Za-z0-9][A-Za-z0-9._-]*)\.json$")
+ACTIVE_FILE = "nearline-active.json"
+#: Earlier served versions kept in the active file for rollback.
+_HISTORY = 20
 
 
 def new_version(now: float | None = None) -> str:
@@ -57,6 +66,15 @@ class ModelVersion:
     version: str
     weights: Path
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the active file says: the served version and, newest first, those before it."""
+
+    version: str
+    previous: tuple[str, ...] = ()
+    pinned: bool = True  # False: no active file, the newest unrejected version is served
 
 
 class ModelRegistry:
@@ -196,15 +214,18 @@ class ModelRegistry:
         return ranker
 
     def load_latest(self) -> Ranker:
-        """Activate the newest compatible version; the heuristic if there is none.
+        """Activate the served version: the active file's, else the newest unrejected one;
+        the heuristic if there is none.
 
-        Incompatible or unreadable versions are logged and skipped, so a bad newest file
-        falls back to the previous good one.
+        Incompatible or unreadable versions are logged and skipped, so a bad file falls back
+        to the one served before it (the active file's history, or the next older version).
         """
         with self._lock:
             listing = self._scan()
-            self._listing = frozenset(listing)
-            for version, mtime in sorted(listing, reverse=True):
+            self._listing = self._snapshot(listing)
+            for version, mtime in self._candidates(listing):
+                if version == HEURISTIC_VERSION:
+                    return self._serve_heuristic()
                 try:
                     return self.load(version)
                 except (IncompatibleModelError, ModelFileError) as exc:
@@ -213,27 +234,28 @@ class ModelRegistry:
             return self.active
 
     def maybe_reload(self) -> bool:
-        """Swap to a newer version if one appeared; True if the active ranker changed.
+        """Follow the active file (or a newer version); True if the active ranker changed.
 
-        Costs one directory listing when nothing changed. A newer version that cannot be
-        used is logged once and the current ranker is kept.
+        Costs one directory listing when nothing changed. A version that cannot be used is
+        logged once and the current ranker is kept.
         """
         if self.model_dir is None:
             return False
         with self._lock:
             listing = self._scan()
-            snapshot = frozenset(listing)
+            snapshot = self._snapshot(listing)
             if snapshot == self._listing:
                 return False
             self._listing = snapshot
             current = self.active.version
-            newer = [
-                (v, m)
-                for v, m in listing
-                if (v, m) not in self._refused
-                and (isinstance(self.active, HeuristicRanker) or v > current)
-            ]
-            for version, mtime in sorted(newer, reverse=True):
+            for version, mtime in self._candidates(listing):
+                if (version, mtime) in self._refused:
+                    continue
+                if version == current:
+                    return False
+                if version == HEURISTIC_VERSION:
+                    self._serve_heuristic()
+                    return True
                 try:
                     self.load(version)
                     return True
@@ -241,6 +263,112 @@ class ModelRegistry:
                     self._refused.add((version, mtime))
                     log.error("model %s refused, keeping %s: %s", version, current, exc)
             return False
+
+    def _serve_heuristic(self) -> Ranker:
+        if not isinstance(self.active, HeuristicRanker):
+            self.active = HeuristicRanker(self.vectorizer.feature_names)
+            log.info("heuristic ranker active")
+        return self.active
+
+    def _candidates(self, listing: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Versions to try serving, in order: the active file's version and its history,
+        or without the file every version not marked rejected, newest first. Nothing if
+        the active file is unreadable (logged): the current ranker stays."""
+        try:
+            served = self.served()
+        except ModelFileError as exc:
+            log.error("%s", exc)
+            return []
+        mtimes = dict(listing)
+        if served.pinned:
+            order = [served.version, *served.previous]
+            return [(v, mtimes.get(v, 0)) for v in order if v == HEURISTIC_VERSION or v in mtimes]
+        return [(v, m) for v, m in sorted(listing, reverse=True) if not self._rejected(v)]
+
+    def _rejected(self, version: str) -> bool:
+        try:
+            return bool(self.metadata(version).get("status") == "rejected")
+        except ModelFileError:
+            return False  # unreadable: refused with its reason when it is tried
+
+    # -- what is served: activate, rollback --------------------------------------------------
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        """The metadata of one version, unchecked."""
+        _, meta_path = self._paths(version)
+        try:
+            body = orjson.loads(meta_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ModelFileError(f"cannot read {meta_path}: {exc}") from exc
+        if not isinstance(body, dict):
+            raise ModelFileError(f"{meta_path} does not hold a JSON object")
+        return body
+
+    def served(self) -> Served:
+        """The version workers serve (from the active file, or the newest unrejected one)."""
+        if self.model_dir is not None:
+            path = self.model_dir / ACTIVE_FILE
+            try:
+                body = orjson.loads(path.read_bytes())
+                return Served(str(body["version"]), tuple(str(v) for v in body["previous"]))
+            except FileNotFoundError:
+                pass
+            except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ModelFileError(
+                    f"cannot read {path}: {exc}; fix it with `nearline model activate VERSION`"
+                ) from exc
+        unrejected = [v for v in reversed(self.versions()) if not self._rejected(v)]
+        return Served(unrejected[0] if unrejected else HEURISTIC_VERSION, pinned=False)
+
+    def activate(self, version: str, current: Served | None = None) -> Served:
+        """Serve ``version`` (or ``heuristic-v1``) from now on; workers follow within
+        NEARLINE_MODEL_RELOAD_INTERVAL. The version must load with this vectorizer.
+
+        ``current`` is what was served before (default: what is served now); a trainer
+        that has just saved ``version`` passes what it gated against.
+        """
+        if version != HEURISTIC_VERSION:
+            if version not in self.versions():
+                raise ModelFileError(
+                    f"no model version {version!r} in {self._require_dir()} "
+                    "(`nearline model list` shows them)"
+                )
+            self.read(version)  # refuse now what the workers would refuse later
+        current = current or self.served()
+        previous = (current.version, *current.previous) if current.version != version else ()
+        served = Served(version, tuple(v for v in previous if v != version)[:_HISTORY])
+        self._write_served(served)
+        return served
+
+    def rollback(self) -> Served:
+        """Serve again the version served before the current one."""
+        current = self.served()
+        if not current.previous:
+            raise ModelFileError(
+                f"nothing to roll back to: {current.version} is the only version served so far "
+                "(`nearline model activate VERSION` serves another)"
+            )
+        served = Served(current.previous[0], current.previous[1:])
+        self._write_served(served)
+        return served
+
+    def _write_served(self, served: Served) -> None:
+        directory = self._require_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = orjson.dumps(
+            {"version": served.version, "previous": list(served.previous), "at": time.time()},
+            option=orjson.OPT_INDENT_2,
+        )
+        _atomic_write(directory / ACTIVE_FILE, lambda f: f.write(payload))
+        log.info("model %s now served (before: %s)", served.version, ", ".join(served.previous))
+
+    def served_ranker(self) -> Ranker:
+        """A ranker for the served version (the heuristic for ``heuristic-v1``)."""
+        version = self.served().version
+        if version == HEURISTIC_VERSION:
+            return HeuristicRanker(self.vectorizer.feature_names)
+        scorer, _ = self.read(version)
+        return TorchRanker(scorer, version, self.vectorizer.feature_names, "default")
 
     # -- files -----------------------------------------------------------------------------
 
@@ -255,6 +383,18 @@ class ModelRegistry:
             directory / f"{_PREFIX}{version}.pt",
             directory / f"{_PREFIX}{version}.json",
         )
+
+    def _snapshot(self, listing: list[tuple[str, int]]) -> frozenset[tuple[str, int]]:
+        """The listing plus the active file's mtime: a change to either means look again."""
+        if self.model_dir is None:
+            return frozenset(listing)
+        try:
+            # Inode too: the file is replaced by rename, and two writes can share an mtime.
+            stat = os.stat(self.model_dir / ACTIVE_FILE)
+            active = (ACTIVE_FILE, stat.st_ino * 10**20 + stat.st_mtime_ns)
+        except FileNotFoundError:
+            active = (ACTIVE_FILE, 0)
+        return frozenset([*listing, active])
 
     def _scan(self) -> list[tuple[str, int]]:
         """(version, metadata mtime) of every version whose metadata and weights exist."""

@@ -64,6 +64,21 @@ _CANDIDATE = (
     "candidate_unknown",
 )
 
+# Freshness: what the member did in the last minutes, and how each candidate relates to it.
+# Computed from the same recent actions at request time, so the logged row is the
+# point-in-time view training learns from.
+_LAST_ENGAGED = 3
+_FRESH_MEMBER = ("log_seconds_since_last_engaged",)
+_FRESH_CANDIDATE = (
+    "log_seconds_since_category_action",
+    "log_seconds_since_company_action",
+    *(f"sim_last_engaged_{i + 1}" for i in range(_LAST_ENGAGED)),
+    "category_dismissed_short",
+    "category_engaged_share",
+    "category_dismissed_share",
+    "company_engaged_share",
+)
+
 _SEQUENCES = (list, tuple, np.ndarray)
 _EMPTY: dict[str, Any] = {}
 
@@ -78,6 +93,8 @@ class VectorizerConfig:
     dismiss_actions: tuple[str, ...] = ("dismiss",)
     view_actions: tuple[str, ...] = ("view",)
     half_life_s: float = 6 * 3600.0
+    # The "session": dismisses, per-action counts and dismissed categories within it.
+    short_window_s: float = 1800.0
     embedding_dim: int = 64
     # Distances are measured to the most recent engaged locations only: older ones add cost
     # for little signal, and the cap keeps the [n, k] distance matrix small.
@@ -86,6 +103,8 @@ class VectorizerConfig:
     def __post_init__(self) -> None:
         if self.half_life_s <= 0:
             raise ValueError("half_life_s must be positive")
+        if self.short_window_s <= 0:
+            raise ValueError("short_window_s must be positive")
         if self.embedding_dim < 1:
             raise ValueError("embedding_dim must be at least 1")
         if not self.windows:
@@ -118,6 +137,7 @@ class VectorizerConfig:
             dismiss_actions=tuple(a for a in ("dismiss",) if a in actions),
             view_actions=tuple(a for a in ("view",) if a in actions),
             half_life_s=settings.model_half_life if half_life_s is None else half_life_s,
+            short_window_s=settings.model_short_window,
             embedding_dim=settings.embedding_dim,
         )
 
@@ -222,6 +242,15 @@ class Vocabulary:
         codes = self._codes
         return np.array([codes[v] for v in values if v in codes], dtype=np.int32)
 
+    def known_items(self, mapping: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and values of those keys of ``mapping`` that have a code."""
+        codes = self._codes
+        pairs = [(codes[k], v) for k, v in mapping.items() if k in codes]
+        return (
+            np.array([c for c, _ in pairs], dtype=np.int32),
+            np.array([v for _, v in pairs], dtype=np.float64),
+        )
+
 
 #: The array fields of :class:`CandidateRows`, in declaration order.
 _ROW_ARRAYS = (
@@ -304,6 +333,7 @@ class Vectorizer:
             for window in self.config.windows
             for action in self.config.actions
         )
+        short_counts = tuple(f"count_short_{action}" for action in self.config.actions)
         names = (
             _SIMILARITY
             + _HISTORY_MATCH
@@ -311,10 +341,15 @@ class Vectorizer:
             + ("log_seconds_since_last_action",)
             + counts
             + _CANDIDATE
+            + _FRESH_MEMBER
+            + short_counts
+            + _FRESH_CANDIDATE
         )
         self._names: tuple[str, ...] = names
         self._index = {name: i for i, name in enumerate(names)}
         self._counts_slice = slice(self._index[counts[0]], self._index[counts[-1]] + 1)
+        self._short_slice = slice(self._index[short_counts[0]], self._index[short_counts[-1]] + 1)
+        self._action_slot = {action: i for i, action in enumerate(self.config.actions)}
         self._engaged = frozenset(self.config.engaged_actions)
         self._dismissed = frozenset(self.config.dismiss_actions)
         self._viewed = frozenset(self.config.view_actions)
@@ -445,11 +480,17 @@ class Vectorizer:
         regions: set[str] = set()
         last_ts = _number(features.get("last_event_ts"))
         half_life = self.config.half_life_s
+        fresh = _Freshness(len(self.config.actions))
+        short_start = now - self.config.short_window_s
+        slots = self._action_slot
         for action in features.get("recent_actions") or ():
             ts = _number(action.get("ts"))
             if ts is not None and (last_ts is None or ts > last_ts):
                 last_ts = ts
             kind = action.get("action")
+            short = ts is not None and ts >= short_start
+            if short and kind in slots:
+                fresh.short_counts[slots[kind]] += 1
             if kind in self._engaged:
                 group = engaged
             elif kind in self._dismissed:
@@ -467,11 +508,14 @@ class Vectorizer:
                 group.categories.add(category)
             if isinstance(company, str):
                 group.companies.add(company)
+            fresh.saw(group is engaged, group is dismissed, short, ts, category, company)
             embedding = attributes.get("embedding")
             if _sized(embedding, dim):
                 age = max(now - ts, 0.0) if ts is not None else 0.0
                 group.rows.append(embedding)
                 group.weights.append(0.5 ** (age / half_life))
+                if group is engaged:
+                    fresh.engaged_ts.append(-math.inf if ts is None else ts)
             if group is engaged and len(geo_points) < self.config.max_geo_points:
                 point = _geo_point(attributes.get("geo"))
                 if point is not None:
@@ -538,6 +582,11 @@ class Vectorizer:
             weights *= member_ok
             # [history, n]: a recent item per row, so the reductions run down columns.
             cosine = member @ cand.T  # missing rows are zero vectors: zero similarity
+            # The last few engaged items one by one: a short sequence, newest first.
+            usable = [i for i in range(len(engaged.rows)) if member_ok[i]]
+            usable.sort(key=lambda i: fresh.engaged_ts[i], reverse=True)  # stable: ties in order
+            for j, i in enumerate(usable[:_LAST_ENGAGED]):
+                out[idx[f"sim_last_engaged_{j + 1}"]] = cosine[i]
             start = 0
             for group, mean_name, max_name, flag in groups:
                 end = start + len(group.rows)
@@ -571,7 +620,113 @@ class Vectorizer:
         has_popularity = ~np.isnan(log_popularity)
         out[idx["log_popularity"], has_popularity] = log_popularity[has_popularity]
         out[idx["popularity_missing"]] = ~has_popularity
+        self._freshness_columns(out, fresh, rows, now)
         return np.ascontiguousarray(out.T)
+
+    def _freshness_columns(
+        self, out: np.ndarray, fresh: _Freshness, rows: CandidateRows, now: float
+    ) -> None:
+        """The freshness columns of ``out`` (transposed, a feature per row) from ``fresh``."""
+        idx = self._index
+        never = self._no_history_value
+        out[self._short_slice] = np.log1p(np.asarray(fresh.short_counts, dtype=np.float32))[:, None]
+        out[idx["log_seconds_since_last_engaged"]] = (
+            math.log1p(max(now - fresh.last_engaged, 0.0))
+            if fresh.last_engaged > -math.inf
+            else never
+        )
+        vocabulary = rows.vocabulary
+        for name, codes, latest in (
+            ("log_seconds_since_category_action", rows.category, fresh.category_last),
+            ("log_seconds_since_company_action", rows.company, fresh.company_last),
+        ):
+            keys, times = vocabulary.known_items(latest)
+            ages = np.log1p(np.maximum(now - times, 0.0))
+            out[idx[name]] = _gather(codes, keys, ages, never)
+        if fresh.short_dismissed_categories:
+            out[idx["category_dismissed_short"]] = _member_of(
+                rows.category, vocabulary.known(fresh.short_dismissed_categories)
+            )
+        for name, codes, counts, total in (
+            ("category_engaged_share", rows.category, fresh.category_engaged, fresh.engaged),
+            ("category_dismissed_share", rows.category, fresh.category_dismissed, fresh.dismissed),
+            ("company_engaged_share", rows.company, fresh.company_engaged, fresh.engaged),
+        ):
+            if counts:
+                keys, values = vocabulary.known_items(counts)
+                out[idx[name]] = _gather(codes, keys, values / total, 0.0)
+
+
+class _Freshness:
+    """What the walk over recent actions collects for the freshness columns."""
+
+    __slots__ = (
+        "category_dismissed",
+        "category_engaged",
+        "category_last",
+        "company_engaged",
+        "company_last",
+        "dismissed",
+        "engaged",
+        "engaged_ts",
+        "last_engaged",
+        "short_counts",
+        "short_dismissed_categories",
+    )
+
+    def __init__(self, actions: int) -> None:
+        self.short_counts = [0] * actions  # per configured action, within the short window
+        self.last_engaged = -math.inf
+        self.engaged_ts: list[float] = []  # per engaged embedding row, for the sequence
+        self.category_last: dict[str, float] = {}
+        self.company_last: dict[str, float] = {}
+        self.category_engaged: dict[str, float] = {}
+        self.company_engaged: dict[str, float] = {}
+        self.category_dismissed: dict[str, float] = {}
+        self.short_dismissed_categories: set[str] = set()
+        self.engaged = 0
+        self.dismissed = 0
+
+    def saw(
+        self,
+        engaged: bool,
+        dismissed: bool,
+        short: bool,
+        ts: float | None,
+        category: Any,
+        company: Any,
+    ) -> None:
+        """One engaged, dismissed or viewed action (``category``/``company`` as stored)."""
+        has_category, has_company = category.__class__ is str, company.__class__ is str
+        if ts is not None:
+            if has_category and ts > self.category_last.get(category, -math.inf):
+                self.category_last[category] = ts
+            if has_company and ts > self.company_last.get(company, -math.inf):
+                self.company_last[company] = ts
+        if engaged:
+            self.engaged += 1
+            if ts is not None and ts > self.last_engaged:
+                self.last_engaged = ts
+            if has_category:
+                self.category_engaged[category] = self.category_engaged.get(category, 0) + 1
+            if has_company:
+                self.company_engaged[company] = self.company_engaged.get(company, 0) + 1
+        elif dismissed:
+            self.dismissed += 1
+            if has_category:
+                self.category_dismissed[category] = self.category_dismissed.get(category, 0) + 1
+                if short:
+                    self.short_dismissed_categories.add(category)
+
+
+def _gather(codes: np.ndarray, keys: np.ndarray, values: np.ndarray, default: float) -> np.ndarray:
+    """``values`` of the ``keys`` equal to each code; ``default`` where none is (or -1)."""
+    if not len(keys):
+        return np.full(len(codes), default, dtype=np.float64)
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+    at = np.minimum(np.searchsorted(keys, codes), len(keys) - 1)
+    return np.where(keys[at] == codes, values[at], default)
 
 
 def _sized(value: Any, dim: int) -> bool:

@@ -114,11 +114,15 @@ class ChangelogTable:
             if not values:
                 continue
             self.write_locally(partition, values)
-            sent += await send_in_batches(producer, topic, partition, values.items())
+            sent += await send_in_batches(
+                producer, topic, partition, ((k, v, None, None) for k, v in values.items())
+            )
             if self.exact_end_offsets:
                 # A batch of its own, after the records': a partition's batches are sent
                 # and stored in order, so the marker lands last.
-                sent += await send_in_batches(producer, topic, partition, [(END_MARKER_KEY, b"")])
+                sent += await send_in_batches(
+                    producer, topic, partition, [(END_MARKER_KEY, b"", None, None)]
+                )
         if not sent:
             return
         # The caller commits its source offsets only after this returns, so a crash before

@@ -4,20 +4,49 @@ One value per member holds everything the features endpoint serves, so an ingest
 costs one read and one write per member it touches, however many events it holds.
 Windows are computed at read time from fixed-size event-time buckets: an event counts in
 window ``W`` at time ``t`` while its bucket overlaps ``(t - W, t]``.
+
+Event ids are remembered apart from the capped recent actions: 8-byte hashes grouped by
+arrival-time bucket and kept for the dedupe window, so a producer retry counts once however
+late or old the original event was.
 """
 
 from __future__ import annotations
 
 import math
+from binascii import a2b_base64, b2a_base64
 from dataclasses import dataclass, field
-from enum import StrEnum
-from operator import itemgetter
+from enum import IntEnum, StrEnum
+from hashlib import blake2b
 from typing import Any
 
 from app import codec
 from app.settings import Settings, format_duration
 
-__all__ = ["Applied", "MemberState", "RecentAction", "StatePolicy"]
+__all__ = ["Applied", "MemberState", "RecentAction", "Source", "StatePolicy", "event_id_hash"]
+
+#: Arrival-time buckets per dedupe window: an id is remembered for the window and at most
+#: 1/24 of it longer, and expires a bucket at a time.
+DEDUPE_BUCKETS_PER_WINDOW = 24
+_HASH_BYTES = 8
+
+
+def event_id_hash(event_id: str) -> bytes:
+    """The 8 bytes an event id is remembered by (stable across processes, unlike ``hash``).
+
+    A new id is mistaken for a seen one with odds of about n / 2**64 for n ids remembered.
+    """
+    return blake2b(event_id.encode(), digest_size=_HASH_BYTES).digest()
+
+
+class Source(IntEnum):
+    """Where an applied event was read: offsets are comparable only within one source.
+
+    A member's events come from its own partition of the actions topic and, for those a
+    producer put on another partition, from the same partition of the repartition topic.
+    """
+
+    ACTIONS = 0
+    REPARTITION = 1
 
 
 class Applied(StrEnum):
@@ -25,7 +54,7 @@ class Applied(StrEnum):
 
     APPLIED = "applied"
     REPLAYED = "replayed"  # offset at or below the last applied one: a re-read after a crash
-    DUPLICATE = "duplicate"  # an event id the member already has: a producer retry
+    DUPLICATE = "duplicate"  # an event id seen within the dedupe window: a producer retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +66,8 @@ class StatePolicy:
     bucket: float
     max_recent_actions: int
     actions_of_interest: tuple[str, ...]
+    dedupe_window: float = 86400.0
+    dedupe_max_ids: int = 5000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StatePolicy:
@@ -46,7 +77,13 @@ class StatePolicy:
             bucket=settings.bucket,
             max_recent_actions=settings.max_recent_actions,
             actions_of_interest=tuple(settings.actions_of_interest),
+            dedupe_window=settings.dedupe_window,
+            dedupe_max_ids=settings.dedupe_max_ids,
         )
+
+    @property
+    def dedupe_bucket(self) -> float:
+        return self.dedupe_window / DEDUPE_BUCKETS_PER_WINDOW
 
     def bucket_of(self, ts: float) -> int:
         return math.floor(ts / self.bucket)
@@ -81,7 +118,6 @@ class RecentAction:
 #: Plain lists, so decoding a member's value is one orjson call with no objects to build.
 ActionRow = list[Any]
 _EID, _ITEM, _ACTION, _TS, _ATTRS, _JOINED = range(6)
-_event_id = itemgetter(_EID)
 
 
 def _row(action: RecentAction) -> ActionRow:
@@ -97,36 +133,49 @@ def _row(action: RecentAction) -> ActionRow:
 
 @dataclass(slots=True)
 class MemberState:
-    """Everything kept for one member; ``actions`` is sorted by event time, newest last."""
+    """Everything kept for one member; ``actions`` is sorted by event time, newest last.
 
-    last_offset: int = -1
+    ``last_offsets`` holds the offset of the last event applied from each :class:`Source`;
+    ``seen`` the hashes of the event ids applied, concatenated per arrival-time bucket.
+    """
+
+    last_offsets: list[int] = field(default_factory=lambda: [-1] * len(Source))
     last_event_ts: float | None = None
     last_applied_at: float | None = None
     actions: list[ActionRow] = field(default_factory=list)
     buckets: dict[int, dict[str, int]] = field(default_factory=dict)
+    seen: dict[int, bytearray] = field(default_factory=dict)
 
     # -- codec -------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
         return codec.dumps(
             {
-                "o": self.last_offset,
+                "o": self.last_offsets,
                 "t": self.last_event_ts,
                 "p": self.last_applied_at,
                 "a": self.actions,
                 "b": sorted(self.buckets.items()),
+                "d": [
+                    [k, b2a_base64(ids, newline=False).decode()]
+                    for k, ids in sorted(self.seen.items())
+                ],
             }
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MemberState:
         body = codec.loads(data)
+        offsets = body["o"]
+        if isinstance(offsets, int):  # written before the repartition topic existed
+            offsets = [offsets] + [-1] * (len(Source) - 1)
         return cls(
-            last_offset=body["o"],
+            last_offsets=offsets,
             last_event_ts=body["t"],
             last_applied_at=body["p"],
             actions=body["a"],
             buckets=dict(body["b"]),
+            seen={k: bytearray(a2b_base64(ids)) for k, ids in body.get("d", ())},
         )
 
     def recent_actions(self) -> list[RecentAction]:
@@ -145,14 +194,23 @@ class MemberState:
         offset: int,
         applied_at: float,
         policy: StatePolicy,
+        source: int = Source.ACTIONS,
     ) -> Applied:
-        """Apply one event read at ``offset``; idempotent for re-reads and repeated ids."""
-        if offset <= self.last_offset:
+        """Apply one event read at ``offset`` of ``source`` (a :class:`Source`); idempotent
+        for re-reads and for ids seen within the dedupe window, whatever their event time."""
+        offsets = self.last_offsets
+        if offset <= offsets[source]:
             return Applied.REPLAYED
-        self.last_offset = offset
-        event_id = action.event_id
-        if event_id in map(_event_id, self.actions):  # a C-level scan: this runs per event
+        offsets[source] = offset
+        digest = event_id_hash(action.event_id)
+        if self._has_seen(digest):
             return Applied.DUPLICATE
+        arrival = math.floor(applied_at * DEDUPE_BUCKETS_PER_WINDOW / policy.dedupe_window)
+        ids = self.seen.get(arrival)
+        if ids is None:
+            self.seen[arrival] = bytearray(digest)
+        else:
+            ids += digest
         self._insert(_row(action), policy.max_recent_actions)
         counts = self.buckets.setdefault(policy.bucket_of(action.ts), {})
         counts[action.action] = counts.get(action.action, 0) + 1
@@ -160,6 +218,15 @@ class MemberState:
             self.last_event_ts = action.ts
         self.last_applied_at = applied_at
         return Applied.APPLIED
+
+    def _has_seen(self, digest: bytes) -> bool:
+        for ids in self.seen.values():
+            at = ids.find(digest)
+            while at != -1:  # a C-level search; a match must start on a hash boundary
+                if at % _HASH_BYTES == 0:
+                    return True
+                at = ids.find(digest, at + 1)
+        return False
 
     def _insert(self, row: ActionRow, cap: int) -> None:
         actions = self.actions
@@ -175,7 +242,8 @@ class MemberState:
             del actions[: len(actions) - cap]
 
     def prune(self, now: float, policy: StatePolicy) -> bool:
-        """Drop what is older than the retention; True if anything was dropped."""
+        """Drop what is older than the retention, and event ids older than the dedupe
+        window or over its cap; True if anything was dropped."""
         horizon = now - policy.retention
         changed = False
         if self.actions and self.actions[0][_TS] <= horizon:
@@ -184,7 +252,29 @@ class MemberState:
         expired = [k for k in self.buckets if (k + 1) * policy.bucket <= horizon]
         for k in expired:
             del self.buckets[k]
-        return changed or bool(expired)
+        return self._forget_ids(now, policy) or changed or bool(expired)
+
+    def _forget_ids(self, now: float, policy: StatePolicy) -> bool:
+        """Ids that left the dedupe window; then the oldest beyond the cap (bounded space)."""
+        seen = self.seen
+        size = policy.dedupe_bucket
+        horizon = now - policy.dedupe_window
+        forgot = False
+        while seen and (oldest := min(seen)) * size + size <= horizon:
+            del seen[oldest]
+            forgot = True
+        excess = sum(map(len, seen.values())) - policy.dedupe_max_ids * _HASH_BYTES
+        if excess <= 0:
+            return forgot
+        for k in sorted(seen):
+            ids = seen[k]
+            if len(ids) <= excess:
+                excess -= len(ids)
+                del seen[k]
+            else:
+                del ids[:excess]  # ids are in arrival order: the oldest go first
+                break
+        return True
 
     @property
     def is_empty(self) -> bool:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from app.simulation.runner import SimulationConfig
 
 __all__ = ["simulate"]
 
@@ -71,6 +75,29 @@ _BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A trained model directory for the worker (default: the heuristic ranker).",
 )
+@click.option(
+    "--train",
+    is_flag=True,
+    help="Close the learning loop: train on the warm-up's logged outcomes through the "
+    "promotion gate, rank the measured days with what it publishes, and run the same world "
+    "with the heuristic to compare (two runs: twice the wall time).",
+)
+@click.option("--force", is_flag=True, help="With --train: publish even if the gate refuses.")
+@click.option(
+    "--loss",
+    type=click.Choice(["pointwise", "listwise", "pairwise"]),
+    default="pairwise",
+    show_default=True,
+    help="With --train: the training loss.",
+)
+@click.option(
+    "--unlabeled-as",
+    type=click.Choice(["skip", "negative"]),
+    default="skip",
+    show_default=True,
+    help="The worker's NEARLINE_UNLABELED_AS: skip = only candidates the member reacted to "
+    "become examples; negative = every other candidate, shown or not, is a negative.",
+)
 @click.option("--seed", default=7, show_default=True, help="Seed of the world and behaviour.")
 @click.option(
     "--interest-weight", default=4.0, show_default=True, help=f"{_BEHAVIOUR}: weight of cos."
@@ -126,6 +153,10 @@ def simulate(
     embedding_dim: int,
     compression: float,
     model_dir: Path | None,
+    train: bool,
+    force: bool,
+    loss: str,
+    unlabeled_as: str,
     seed: int,
     interest_weight: float,
     geo_weight: float,
@@ -188,9 +219,16 @@ def simulate(
             compression=compression,
             k=k,
             model_dir=model_dir,
+            train=train,
+            force=force,
+            training_loss=loss,
+            unlabeled_as=unlabeled_as,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if train:
+        _train_and_compare(config, out, quiet)
+        return
     try:
         result = run(config, progress=not quiet, keep_log=out / "worker.log")
     except (SimulationError, StackError, BrokerError) as exc:
@@ -201,3 +239,38 @@ def simulate(
         diff = comparison.difference[name]
         click.echo(f"{name:>20}: NRT vs batch {rel.fmt(percent=True)} (difference {diff.fmt()})")
     click.echo(f"report: {report}  (wall time {result.wall_seconds:.0f} s)")
+
+
+def _train_and_compare(config: SimulationConfig, out: Path, quiet: bool) -> None:
+    """The trained run, then the same world with the heuristic and the same pause."""
+    from dataclasses import replace
+
+    from app.broker import BrokerError
+    from app.simulation.report import compare_rankers, write_training_report
+    from app.simulation.runner import SimulationError
+    from app.simulation.runner import simulate as run
+    from app.stack import StackError
+
+    try:
+        click.echo("run 1/2: warm-up with the heuristic, training, measured days")
+        trained = run(config, progress=not quiet, keep_log=out / "trained" / "worker.log")
+        if trained.training is not None and trained.training.report is not None:
+            click.echo(trained.training.report.summary())
+        elif trained.training is not None:
+            click.echo(f"no model trained: {trained.training.error}")
+        click.echo(f"run 2/2: the same world with the heuristic (pause {trained.pause:.1f} s)")
+        baseline_config = replace(config, train=False, force=False, pause=trained.pause)
+        baseline = run(
+            baseline_config, progress=not quiet, keep_log=out / "heuristic" / "worker.log"
+        )
+    except (SimulationError, StackError, BrokerError) as exc:
+        raise click.ClickException(str(exc)) from None
+    report = write_training_report(trained, baseline, out)
+    rankers = compare_rankers(baseline.sessions, trained.sessions, seed=config.world.seed)
+    for arm, metrics in rankers.items():
+        for name in ("dismiss_rate", "true_ndcg"):
+            h, t, d = metrics[name]
+            click.echo(
+                f"{arm:>5} {name:>12}: heuristic {h.fmt()}  trained {t.fmt()}  diff {d.fmt()}"
+            )
+    click.echo(f"report: {report}")

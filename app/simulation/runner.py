@@ -5,19 +5,28 @@ For each session in time order the runner waits for its wall-clock moment, asks 
 the batch arm, omitted for the near-real-time arm), shows the top k, draws the member's
 reactions from the behaviour model and produces them to the actions topic, where the worker
 ingests them into the features the next request reads.
+
+With ``train`` the learning loop closes inside the run: after the warm-up days (ranked by
+the heuristic) the worker's own training examples are exported from its topic, a model is
+trained on them and goes through the promotion gate, and the measured days are ranked by
+whatever is then served (the model if the gate passed). Training takes wall time, so the
+measured days start that much later (``pause``); a run to compare with is given the same
+pause, so both see the warm-up equally far in the past.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
@@ -27,10 +36,22 @@ from app.kafka import client_options
 from app.settings import load_settings
 from app.simulation.behaviour import ENGAGED, BehaviourModel
 from app.simulation.timescale import TimeScale
-from app.simulation.world import Arm, Session, World, WorldConfig
+from app.simulation.world import DAY, Arm, Session, World, WorldConfig
 from app.stack import Stack, WorkerProcess
 
-__all__ = ["SessionRecord", "SimulationConfig", "SimulationError", "SimulationResult", "simulate"]
+if TYPE_CHECKING:
+    from model.dataset import ExampleSet
+    from model.training import TrainingConfig, TrainingReport
+
+__all__ = [
+    "SessionRecord",
+    "SimulationConfig",
+    "SimulationError",
+    "SimulationResult",
+    "TrainingOutcome",
+    "simulate",
+    "true_ranking_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +75,26 @@ class SimulationConfig:
     partitions: int = 2
     model_dir: Path | None = None
     concurrency: int = 16
+    # Train on the warm-up's examples and rank the measured days with what the gate lets
+    # through; ``force`` publishes the model even if the gate refuses it.
+    train: bool = False
+    force: bool = False
+    training_loss: str = "pairwise"
+    training_epochs: int = 30
+    # How the worker labels a candidate nobody reacted to (NEARLINE_UNLABELED_AS). "skip":
+    # only what the member clicked, applied to, saved or dismissed becomes an example. With
+    # "negative" every candidate not shown is a negative, which teaches a model to imitate
+    # the heuristic that chose what was shown, and judges it on that.
+    unlabeled_as: str = "skip"
+    # Wall seconds between the warm-up and the measured days (train: at least what
+    # training took); a baseline run gets the trained run's pause.
+    pause: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.train and self.world.warmup_days < 1:
+            raise ValueError("--train needs at least one warm-up day to learn from")
+        if self.pause < 0:
+            raise ValueError("pause must not be negative")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +105,12 @@ class SimulationConfig:
             "partitions": self.partitions,
             "model_dir": str(self.model_dir) if self.model_dir else None,
             "concurrency": self.concurrency,
+            "train": self.train,
+            "force": self.force,
+            "training_loss": self.training_loss,
+            "training_epochs": self.training_epochs,
+            "unlabeled_as": self.unlabeled_as,
+            "pause": round(self.pause, 3),
         }
 
 
@@ -86,6 +133,49 @@ class SessionRecord:
     latency_s: float
     late_s: float
     model_version: str
+    # Ranking quality against the simulator's ground truth (see true_ranking_metrics).
+    true_ndcg: float = math.nan
+    true_hit: float = math.nan
+    true_rr: float = math.nan
+
+
+def true_ranking_metrics(
+    p_click: np.ndarray, shown: np.ndarray, k: int
+) -> tuple[float, float, float]:
+    """NDCG@k, hit@k and reciprocal rank of a shown list against the true click odds.
+
+    ``p_click`` is every candidate's true P(click | examined); ``shown`` the positions (in
+    the candidates) of the jobs shown, top first. The gain of a job is its ``p_click``;
+    hit and reciprocal rank look for the single best candidate (0 if not shown). Free of
+    the position bias of logged clicks: every candidate's worth is known here.
+    """
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    top = shown[:k]
+    dcg = float(p_click[top] @ discounts[: len(top)])
+    ideal = np.sort(p_click)[::-1][:k]
+    idcg = float(ideal @ discounts[: len(ideal)])
+    best = int(np.argmax(p_click))
+    where = np.flatnonzero(top == best)
+    rank = int(where[0]) if len(where) else -1
+    return (
+        dcg / idcg if idcg > 0 else math.nan,
+        1.0 if rank >= 0 else 0.0,
+        1.0 / (rank + 1) if rank >= 0 else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """What ``train`` did between the warm-up and the measured days."""
+
+    examples: int
+    requests: int
+    data: ExampleSet  # the warm-up's examples as exported
+    report: TrainingReport | None  # None if no model could be trained (see error)
+    published: bool
+    served_version: str  # what the measured days were ranked with
+    seconds: float
+    error: str | None = None
 
 
 @dataclass
@@ -99,6 +189,8 @@ class SimulationResult:
     drift_events: dict[str, int]
     time_scale: TimeScale
     worker_log: Path | None = None
+    pause: float = 0.0  # wall seconds the measured days started late (see SimulationConfig)
+    training: TrainingOutcome | None = None
 
 
 def history_cap(config: SimulationConfig) -> int:
@@ -117,9 +209,13 @@ def _worker_settings(config: SimulationConfig, scale: TimeScale) -> dict[str, st
         "embedding_dim": str(config.world.embedding_dim),
         "max_recent_actions": str(history_cap(config)),
         "max_candidates": str(max(1000, config.world.candidates)),
+        "unlabeled_as": config.unlabeled_as,
     }
     if config.model_dir is not None:
         settings["model_dir"] = str(config.model_dir)
+    if config.train:
+        # The worker must follow the published model before the measured days begin.
+        settings["model_reload_interval"] = "250ms"
     return settings
 
 
@@ -140,6 +236,8 @@ def simulate(
     scale = TimeScale(config.compression)
     settings = _worker_settings(config, scale)
     stack = Stack(broker, partitions=config.partitions, prefix="sim", **settings)
+    if config.train and config.model_dir is None:
+        stack.env["NEARLINE_MODEL_DIR"] = str(stack.tmp / "models")
     try:
         worker = stack.start_worker()
         driver = _Driver(config, world, stack, worker, progress)
@@ -179,6 +277,8 @@ def simulate(
         drift_events=drift,
         time_scale=driver.scale,
         worker_log=log_path,
+        pause=driver.pause,
+        training=driver.training,
     )
 
 
@@ -220,6 +320,8 @@ class _Driver:
         self.actions_produced = 0
         self.item_index = {item_id: i for i, item_id in enumerate(world.item_ids)}
         self.scale = TimeScale(config.compression)
+        self.pause = 0.0
+        self.training: TrainingOutcome | None = None
 
     async def run(self) -> None:
         producer = AIOKafkaProducer(**client_options(self.settings, producer=True), linger_ms=2)
@@ -256,8 +358,8 @@ class _Driver:
 
     async def _sessions(self, client: httpx.AsyncClient, producer: AIOKafkaProducer) -> None:
         self.scale = self.scale.started_at(time.time() + _LEAD_SECONDS)
+        warmup = self.config.world.warmup_days
         sessions = self.world.sessions
-        limit = asyncio.Semaphore(self.config.concurrency)
         bar = tqdm(
             total=len(sessions),
             unit="session",
@@ -265,6 +367,105 @@ class _Driver:
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        try:
+            before = [s for s in sessions if s.day < warmup]
+            await self._play(client, producer, before, bar)
+            if self.config.train:
+                await self._train(client, len(before))
+            # The measured days start when the pause is over: the clock is shifted by it.
+            measured_start = self.scale.wall(warmup * DAY)
+            resume = max(measured_start + self.config.pause, time.time() + _LEAD_SECONDS)
+            if self.config.pause or self.config.train:
+                self.pause = resume - measured_start
+                self.scale = self.scale.started_at(self.scale.t0 + self.pause)
+            await self._play(client, producer, [s for s in sessions if s.day >= warmup], bar)
+        finally:
+            bar.close()
+
+    async def _train(self, client: httpx.AsyncClient, responses: int) -> None:
+        """Export the warm-up's examples, train through the gate, wait for the worker."""
+        from app.exporting import examples_to_set, read_topic
+        from model.exceptions import ModelError
+        from model.heuristic import HEURISTIC_VERSION
+        from model.registry import ModelRegistry
+        from model.training import train
+        from model.vectorizer import Vectorizer
+
+        started = time.monotonic()
+        overrides = {
+            name.removeprefix("NEARLINE_").lower(): value
+            for name, value in self.stack.settings_env().items()
+        }
+        settings = load_settings(**overrides)
+        # Every response is labelled once its horizon has passed; wait for all of them.
+        warmup_end = self.scale.wall(self.config.world.warmup_days * DAY)
+        await asyncio.sleep(max(warmup_end - time.time(), 0.0) + settings.outcome_horizon)
+        vectorizer = Vectorizer.from_settings(settings)
+        # The outcomes agent labels one response after another; once the topic holds the
+        # same number of examples on two reads in a row, it has caught up.
+        deadline = time.monotonic() + 60.0
+        values: list[bytes] = []
+        while time.monotonic() < deadline:
+            before = len(values)
+            values = await read_topic(settings, settings.topic_training_examples, idle=1.0)
+            if values and len(values) == before:
+                break
+        examples = examples_to_set([codec.loads(v) for v in values], vectorizer.feature_names)
+        registry = ModelRegistry(settings.model_dir, vectorizer, backend="default")
+        report: TrainingReport | None = None
+        error = None
+        try:
+            report = await asyncio.to_thread(
+                train, examples, registry, self._training_config(), force=self.config.force
+            )
+        except ModelError as exc:
+            error = str(exc)
+            log.error("simulation: no model trained: %s", exc)
+        published = report is not None and report.published and report.version is not None
+        served = report.version.version if published and report and report.version else None
+        if served is not None:
+            await self._wait_served(client, served)
+        self.training = TrainingOutcome(
+            examples=len(examples),
+            requests=examples.n_requests,
+            data=examples,
+            report=report,
+            published=served is not None,
+            served_version=served or HEURISTIC_VERSION,
+            seconds=time.monotonic() - started,
+            error=error,
+        )
+
+    def _training_config(self) -> TrainingConfig:
+        from model.training import TrainingConfig
+
+        return TrainingConfig(
+            loss=self.config.training_loss,  # type: ignore[arg-type]
+            max_epochs=self.config.training_epochs,
+            seed=self.config.world.seed,
+            progress=False,
+        )
+
+    async def _wait_served(self, client: httpx.AsyncClient, version: str) -> None:
+        """Ask (as a member outside the experiment) until the worker ranks with ``version``."""
+        body = {"member_id": "sim-probe", "candidates": [self.world.item_ids[0]], "k": 1}
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            answer = await self._recommend(client, body)
+            if answer.get("model_version") == version:
+                return
+            await asyncio.sleep(0.1)
+        raise SimulationError(f"the worker did not serve the published model {version} in 30 s")
+
+    async def _play(
+        self,
+        client: httpx.AsyncClient,
+        producer: AIOKafkaProducer,
+        sessions: list[Session],
+        bar: tqdm,  # type: ignore[type-arg]
+    ) -> None:
+        """Run ``sessions`` on schedule, at most ``concurrency`` at once; all finished after."""
+        limit = asyncio.Semaphore(self.config.concurrency)
         failures: list[BaseException] = []
 
         async def one(session: Session, due: float) -> None:
@@ -278,24 +479,21 @@ class _Driver:
 
         tasks: set[asyncio.Task[None]] = set()
         shown_day = -1
-        try:
-            for session in sessions:
-                if failures:
-                    break
-                due = self.scale.wall(session.sim_time)
-                delay = due - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if session.day != shown_day:
-                    shown_day = session.day
-                    bar.set_postfix_str(self._day_label(session.day))
-                task = asyncio.create_task(one(session, due))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
-        finally:
-            bar.close()
+        for session in sessions:
+            if failures:
+                break
+            due = self.scale.wall(session.sim_time)
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if session.day != shown_day:
+                shown_day = session.day
+                bar.set_postfix_str(self._day_label(session.day))
+            task = asyncio.create_task(one(session, due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
         if failures:
             raise SimulationError(f"a session failed: {failures[0]!r}") from failures[0]
 
@@ -332,6 +530,15 @@ class _Driver:
         outcome = config.behaviour.react(
             world, session.member, session.index, session.sim_time, shown
         )
+        candidates = np.asarray(session.candidates)
+        state = world.state(session.member, session.sim_time)
+        _, p_click = config.behaviour.probabilities(
+            config.behaviour.affinity(world, state, candidates)
+        )
+        position = {item: i for i, item in enumerate(session.candidates)}
+        true_ndcg, true_hit, true_rr = true_ranking_metrics(
+            p_click, np.asarray([position[item] for item in shown], dtype=np.int64), config.k
+        )
         now = time.time()
         topic = self.settings.topic_actions
         sends = []
@@ -363,6 +570,9 @@ class _Driver:
                 latency_s=latency,
                 late_s=max(late, 0.0),
                 model_version=str(answer.get("model_version", "")),
+                true_ndcg=true_ndcg,
+                true_hit=true_hit,
+                true_rr=true_rr,
             )
         )
 

@@ -23,6 +23,7 @@ _BUCKET = 60.0
 _SWEEP = 300.0
 _OUTCOME_HORIZON = 1800.0
 _HALF_LIFE = 6 * 3600.0  # the vectorizer's recency half-life (NEARLINE_MODEL_HALF_LIFE)
+_SHORT_WINDOW = 1800.0  # the vectorizer's short window (NEARLINE_MODEL_SHORT_WINDOW)
 #: Sweeping more often than this costs CPU the simulation needs.
 _MIN_SWEEP = 1.0
 
@@ -71,6 +72,7 @@ class TimeScale:
             "sweep_interval": seconds_setting(max(_SWEEP / c, _MIN_SWEEP)),
             "outcome_horizon": seconds_setting(_OUTCOME_HORIZON / c),
             "model_half_life": seconds_setting(_HALF_LIFE / c),
+            "model_short_window": seconds_setting(_SHORT_WINDOW / c),
         }
 
     def mapping_table(self) -> list[tuple[str, str, str]]:
@@ -83,4 +85,5 @@ class TimeScale:
         rows.append(("count bucket", "1 min", f"{_BUCKET / c * 1000:.3f} ms"))
         rows.append(("outcome horizon", "30 min", f"{_OUTCOME_HORIZON / c:.3f} s"))
         rows.append(("recency half-life", "6 h", f"{_HALF_LIFE / c:.3f} s"))
+        rows.append(("short window (session)", "30 min", f"{_SHORT_WINDOW / c:.3f} s"))
         return rows

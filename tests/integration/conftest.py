@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,23 +117,30 @@ class Deployment:
         self.workers.append(worker)
         return worker
 
-    def produce(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    def produce(self, records: Sequence[Record]) -> None:
         self.produce_to(self.topic, records)
 
-    def produce_to(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    def produce_to(self, topic: str, records: Sequence[Record]) -> None:
         asyncio.run(_produce(self.broker.bootstrap, topic, records))
 
     def consume(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
         return asyncio.run(consume_topic(self.broker.bootstrap, topic, expected, timeout))
 
 
-async def _produce(
-    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]
-) -> None:
+#: (key, value), or (key, value, partition) to put the record on a partition of one's choice.
+Record = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, int]
+
+
+async def _produce(bootstrap: str, topic: str, records: Sequence[Record]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=16, linger_ms=2)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key) for key, value in records]
+        futures = [
+            await producer.send(
+                topic, record[1], key=record[0], partition=record[2] if len(record) > 2 else None
+            )
+            for record in records
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

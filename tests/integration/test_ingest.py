@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from app import codec
-from tests.integration.conftest import Deployment, wait_until
+from app.kafka import partition_for_key
+from tests.integration.conftest import Deployment, Record, wait_until
 from tests.oracle import expected_features, served_view
 
 pytestmark = pytest.mark.integration
@@ -41,6 +42,17 @@ def make_events(
 
 def records(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes | None]]:
     return [(e["member_id"].encode(), codec.dumps(e)) for e in events]
+
+
+def misplaced(events: list[dict[str, Any]], partitions: int, every: int = 2) -> list[Record]:
+    """Records of ``events``, every ``every``-th on the partition after its key's (as a
+    producer with another partitioner would put it), the rest where Kafka's default puts it."""
+    placed: list[Record] = []
+    for i, (key, value) in enumerate(records(events)):
+        assert key is not None
+        owner = partition_for_key(key, partitions)
+        placed.append((key, value, (owner + 1) % partitions if i % every == 0 else owner))
+    return placed
 
 
 def oracle(events: list[dict[str, Any]], as_of: float) -> dict[str, dict[str, Any]]:
@@ -124,3 +136,36 @@ def test_malformed_events_go_to_the_dlq_and_the_stream_goes_on(deployment: Deplo
     wait_until(lambda: worker.metric("nearline_events_in_total") >= len(mixed))
     assert_matches(worker.get, oracle(good, as_of=now), now)
     assert worker.metric("nearline_events_dead_lettered_total") == len(expected_reasons)
+
+
+def test_actions_on_other_partitions_are_repartitioned_not_dead_lettered(
+    deployment: Deployment,
+) -> None:
+    worker = deployment.worker().start().wait_ready()
+    now = time.time()
+    events = make_events(2000, members=40, now=now, seed=6)
+    placed = misplaced(events, deployment.partitions)
+    # Every fifth without a key (a producer's default): the member id is its key.
+    placed = [(None, *r[1:]) if i % 5 == 0 else r for i, r in enumerate(placed)]
+    deployment.produce(placed)
+    wait_until(
+        lambda: worker.metric("nearline_events_in_total") >= len(events), message="all handled"
+    )
+    assert_matches(worker.get, oracle(events, as_of=now), now)
+    unique_of_interest = len({e["event_id"] for e in events if e["action"] in INTEREST})
+    assert worker.metric("nearline_events_applied_total") == unique_of_interest
+    assert worker.metric("nearline_events_dead_lettered_total") == 0
+    # Only actions of interest are worth forwarding; the rest are dropped where they are.
+    moved = []
+    for (_, value, partition), event in zip(placed, events, strict=True):
+        member = event["member_id"].encode()
+        owner = partition_for_key(member, deployment.partitions)
+        if event["action"] in INTEREST and partition != owner:
+            moved.append((member, value))
+    assert worker.metric("nearline_events_repartitioned_total") == len(moved)
+    topic = f"{deployment.settings['NEARLINE_APP_ID']}-{deployment.topic}-repartition"
+    forwarded = deployment.consume(topic, expected=len(moved))
+    # Values unchanged, keyed by member (also those sent without a key) ...
+    assert sorted((m.key, m.value) for m in forwarded) == sorted(moved)
+    for message in forwarded:  # ... and each at its owner's partition
+        assert message.partition == partition_for_key(message.key, deployment.partitions)

@@ -13,7 +13,7 @@ import rocksdict
 
 from tables.changelog import END_MARKER_KEY
 from tests.integration.conftest import Deployment, Worker, wait_until
-from tests.integration.test_ingest import make_events, oracle, records
+from tests.integration.test_ingest import make_events, misplaced, oracle, records
 from tests.oracle import served_view
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,10 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     worker = deployment.worker().start().wait_ready()
     now = time.time()
     events = make_events(6000, members=80, now=now, seed=3)
-    producing = threading.Thread(target=deployment.produce, args=(records(events),))
+    # Half on another partition than their key's: the kill also hits forwards in flight,
+    # and events already forwarded but not yet committed are forwarded again.
+    placed = misplaced(events, deployment.partitions)
+    producing = threading.Thread(target=deployment.produce, args=(placed,))
     producing.start()
     wait_until(
         lambda: worker.metric("nearline_events_applied_total") > 1500, message="ingest under way"
@@ -78,7 +81,8 @@ def test_two_workers_answer_every_member_identically(deployment: Deployment) -> 
     wait_until(split, timeout=60, message="partitions split across both workers")
     now = time.time()
     events = make_events(2000, members=50, now=now, seed=4)
-    deployment.produce(records(events))
+    # A third misplaced: forwarded, often to the other worker's partitions.
+    deployment.produce(misplaced(events, deployment.partitions, every=3))
     expected = oracle(events, as_of=now)
     wait_until(lambda: matches(first, expected, now), timeout=60, message="worker 1 answers all")
     for member in expected:
@@ -89,6 +93,8 @@ def test_two_workers_answer_every_member_identically(deployment: Deployment) -> 
     # Both did part of the work: every partition had an owner applying its events.
     assert first.metric("nearline_events_applied_total") > 0
     assert second.metric("nearline_events_applied_total") > 0
+    assert first.metric("nearline_events_repartitioned_total") > 0
+    assert second.metric("nearline_events_repartitioned_total") > 0
 
 
 def test_workers_joining_and_leaving_mid_stream_lose_nothing(deployment: Deployment) -> None:

@@ -491,8 +491,10 @@ def test_topic_job_is_a_hook_creating_the_topics(production: list[Manifest]) -> 
 
     env = env_of(container)
     spec = {t["name"]: t for t in json.loads(env["TOPICS_SPEC"]["value"])}
+    repartition = "nearline-prod-member-actions-repartition"  # <appId>-<actions>-repartition
     assert list(spec) == [
         "member-actions",
+        repartition,
         "member-actions.dlq",
         "item-attributes",
         "recommendations-log",
@@ -501,6 +503,12 @@ def test_topic_job_is_a_hook_creating_the_topics(production: list[Manifest]) -> 
     assert spec["member-actions"]["partitions"] == 12
     assert spec["member-actions"]["copartitioned"] is True
     assert spec["member-actions"]["config"] == {"retention.ms": "432000000"}
+    # Internal and co-partitioned with the actions, as the workers' own `ensure_topics` makes it.
+    assert spec[repartition]["partitions"] == 12 and spec[repartition]["copartitioned"] is True
+    assert spec[repartition]["config"] == {
+        "retention.ms": "432000000",
+        "message.timestamp.type": "CreateTime",
+    }
     assert spec["item-attributes"]["config"] == {"cleanup.policy": "compact"}
     assert spec["member-actions.dlq"]["partitions"] == 1
     assert {t["replication"] for t in spec.values()} == {3}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from app import codec
 from app.settings import load_settings
-from tables.member_state import Applied, MemberState, RecentAction, StatePolicy
+from tables.member_state import Applied, MemberState, RecentAction, Source, StatePolicy
 
 POLICY = StatePolicy(
     windows=(3600.0, 86400.0, 345600.0),
@@ -59,6 +62,82 @@ def test_replays_and_duplicate_ids_change_nothing() -> None:
         state.apply(action(1, T - 5), offset=11, applied_at=T, policy=POLICY) is Applied.DUPLICATE
     )
     assert state.features("m", T, POLICY)["counts"]["1h"]["click"] == 1
+
+
+def test_offsets_of_the_two_sources_are_kept_apart() -> None:
+    state = MemberState()
+    assert state.apply(action(1, T - 5), offset=50, applied_at=T, policy=POLICY) is Applied.APPLIED
+    # Offset 7 of the repartition topic says nothing about offset 50 of the actions topic.
+    repartitioned = state.apply(
+        action(2, T - 4), offset=7, applied_at=T, policy=POLICY, source=Source.REPARTITION
+    )
+    assert repartitioned is Applied.APPLIED
+    again = state.apply(
+        action(2, T - 4), offset=7, applied_at=T, policy=POLICY, source=Source.REPARTITION
+    )
+    assert again is Applied.REPLAYED
+    assert state.apply(action(3, T - 3), offset=8, applied_at=T, policy=POLICY) is Applied.REPLAYED
+    assert state.last_offsets == [50, 7]
+    # A forward sent twice (a crash between the send and the commit) is a repeated id.
+    twice = state.apply(
+        action(2, T - 4), offset=9, applied_at=T, policy=POLICY, source=Source.REPARTITION
+    )
+    assert twice is Applied.DUPLICATE
+    assert state.features("m", T, POLICY)["counts"]["1h"]["click"] == 2
+
+
+def test_a_retry_counts_once_beyond_the_recent_actions_cap_and_out_of_order() -> None:
+    state = MemberState()
+    for n in range(10):  # the cap is 3: e0 (the oldest by event time) is long gone from the list
+        state.apply(action(n, T - 1000 + n), offset=n, applied_at=T + n, policy=POLICY)
+    assert "e0" not in [a.event_id for a in state.recent_actions()]
+    assert state.apply(action(0, T - 1000), offset=20, applied_at=T + 60, policy=POLICY) is (
+        Applied.DUPLICATE
+    )
+    # An event older by event time than everything kept is still a new id.
+    assert state.apply(action(99, T - 5000), offset=21, applied_at=T + 60, policy=POLICY) is (
+        Applied.APPLIED
+    )
+    assert state.features("m", T, POLICY)["counts"]["96h"]["click"] == 11
+
+
+def test_ids_are_remembered_for_the_dedupe_window_and_survive_the_codec() -> None:
+    state = MemberState()
+    state.apply(action(0, T - 10), offset=0, applied_at=T, policy=POLICY)
+    state.prune(T + 3600, POLICY)
+    restored = MemberState.from_bytes(state.to_bytes())
+    assert restored.apply(action(0, T - 10), offset=1, applied_at=T + 86000, policy=POLICY) is (
+        Applied.DUPLICATE
+    )
+    # After the window (and at most 1/24 of it more) the id is forgotten.
+    later = T + 86400 + 3600
+    assert restored.prune(later, POLICY) is True
+    assert restored.seen == {}
+    assert restored.apply(action(0, T - 10), offset=2, applied_at=later, policy=POLICY) is (
+        Applied.APPLIED
+    )
+
+
+def test_ids_per_member_are_capped_oldest_first() -> None:
+    policy = dataclasses.replace(POLICY, dedupe_max_ids=5)
+    state = MemberState()
+    for n in range(8):  # arrivals an hour apart: each in a bucket of its own
+        state.apply(action(n, T - 10), offset=n, applied_at=T + n * 3600, policy=policy)
+    assert state.prune(T + 8 * 3600, policy) is True
+    assert sum(len(ids) for ids in state.seen.values()) == 5 * 8
+    outcomes = [
+        state.apply(action(n, T - 10), offset=10 + n, applied_at=T + 9 * 3600, policy=policy)
+        for n in range(8)
+    ]
+    assert outcomes[:3] == [Applied.APPLIED] * 3  # the three oldest ids were forgotten
+    assert outcomes[3:] == [Applied.DUPLICATE] * 5
+
+
+def test_a_value_written_before_the_repartition_topic_still_reads() -> None:
+    old = codec.dumps({"o": 12, "t": T, "p": T, "a": [["e", "i", "click", T, None, None]], "b": []})
+    state = MemberState.from_bytes(old)
+    assert state.last_offsets == [12, -1] and state.seen == {}
+    assert state.apply(action(1, T), offset=12, applied_at=T, policy=POLICY) is Applied.REPLAYED
 
 
 def test_recent_actions_are_capped_newest_first_in_event_time_order() -> None:

@@ -66,12 +66,19 @@ class Setup:
         return self.vectorizer.transform_rows(FEATURES, rows, NOW), absent
 
     def expected(self, item_ids: list[str]) -> np.ndarray:
-        """The reference matrix from what the backend holds now."""
+        """The matrix of attribute dicts from what the backend holds now; its columns the
+        frozen reference has are checked against the reference first."""
         flat = {}
         for item_id in item_ids:
             stored = self.backend.data.get(("items", item_id))
             flat[item_id] = stored.as_flat_dict() if stored is not None else None
-        return ReferenceVectorizer(self.vectorizer.config).transform(FEATURES, flat, NOW)
+        matrix = self.vectorizer.transform(FEATURES, flat, NOW)
+        reference = ReferenceVectorizer(self.vectorizer.config)
+        columns = [self.vectorizer.index(name) for name in reference.feature_names]
+        np.testing.assert_allclose(
+            matrix[:, columns], reference.transform(FEATURES, flat, NOW), rtol=1e-5, atol=1e-5
+        )
+        return matrix
 
 
 def column(setup: Setup, matrix: np.ndarray, name: str) -> list[float]:

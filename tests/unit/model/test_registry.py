@@ -147,3 +147,16 @@ def test_hot_swap_under_concurrent_scoring_never_fails(
     assert not errors
     assert registry.active.version == "v5"
     assert "v5" in versions_seen and len(versions_seen) >= 3
+
+
+def test_a_broken_active_file_keeps_the_current_model(
+    tmp_path: Path, vectorizer: Vectorizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = ModelRegistry(tmp_path, vectorizer, backend="default")
+    registry.save(scorer_for(vectorizer, 1), {}, version="v1")
+    registry.activate("v1")
+    assert registry.load_latest().version == "v1"
+    (tmp_path / "nearline-active.json").write_text("{not json")
+    with caplog.at_level(logging.ERROR, logger="model.registry"):
+        assert registry.maybe_reload() is False
+    assert registry.active.version == "v1" and "nearline model activate" in caplog.text

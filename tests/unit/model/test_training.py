@@ -22,7 +22,7 @@ from model.vectorizer import Vectorizer
 @pytest.fixture(scope="module")
 def examples_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("examples") / "examples.parquet"
-    write_examples(path, generate_examples(WorldConfig(n_requests=600, seed=3)))
+    write_examples(path, generate_examples(WorldConfig(n_requests=900, seed=3)))
     return path
 
 
@@ -40,13 +40,14 @@ def test_trained_model_beats_the_heuristic(tmp_path: Path, examples_file: Path) 
     vectorizer = Vectorizer()
     registry = ModelRegistry(tmp_path, vectorizer, backend="default")
     report = train(examples_file, registry, TrainingConfig(progress=False, max_epochs=15))
-    # Observed on seed 3: model AUC ~0.78 / NDCG@10 ~0.61, heuristic ~0.73 / ~0.58.
+    # Observed on seed 3 (pairwise loss): the gate passes it over the heuristic.
     assert report.model.auc > 0.72
     assert report.model.auc > report.heuristic.auc + 0.02
     assert report.model.ndcg_at_10 > report.heuristic.ndcg_at_10
     assert report.heuristic.auc > 0.6  # the heuristic itself is far from random
     assert report.train_range[1] < report.validation_range[0]  # point-in-time split
 
+    assert report.gate.passed and report.published, report.gate.summary()
     assert report.version is not None
     metadata = orjson.loads(report.version.weights.with_suffix(".json").read_bytes())
     assert metadata["metrics"]["validation"]["auc"] == pytest.approx(report.model.auc)

@@ -1,0 +1,106 @@
+"""The ingest processor's contract with its caller: a batch is done only once forwards are.
+
+The store here is a dict standing in for the RocksDB table (its real path runs in
+tests/integration), and the repartition sender is one whose broker acknowledgement the
+test releases, so the order of events can be checked without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agents.ingest import IngestProcessor, SourceRecord
+from app import codec
+from app.kafka import partition_for_key
+from app.metrics import Metrics
+from app.settings import load_settings
+from tables.member_state import MemberState, StatePolicy
+
+SETTINGS = load_settings(actions_of_interest="click")
+
+
+class DictStore:
+    """The parts of OnlineStore ingest uses, over a dict."""
+
+    partitions = 4
+
+    def __init__(self) -> None:
+        self.policy = StatePolicy.from_settings(SETTINGS)
+        self.write_lock = asyncio.Lock()
+        self.values: dict[tuple[int, bytes], bytes] = {}
+
+    def load(self, partition: int, key: bytes) -> MemberState | None:
+        raw = self.values.get((partition, key))
+        return None if raw is None else MemberState.from_bytes(raw)
+
+    async def write(self, updates: dict[int, dict[bytes, MemberState | None]]) -> None:
+        for partition, states in updates.items():
+            for key, state in states.items():
+                assert state is not None
+                self.values[(partition, key)] = state.to_bytes()
+
+
+def record(
+    offset: int, member: str, *, misplaced: bool, topic: str = "member-actions"
+) -> SourceRecord:
+    key = member.encode()
+    owner = partition_for_key(key, 4)
+    value = codec.dumps(
+        {"event_id": f"e{offset}", "member_id": member, "item_id": "i", "action": "click"}
+    )
+    partition = (owner + 1) % 4 if misplaced else owner
+    return SourceRecord(partition, offset, key, value, topic, int(time.time() * 1000))
+
+
+async def _forwarded_then_applied() -> None:
+    metrics = Metrics()
+    store = DictStore()
+    acknowledged = asyncio.Event()
+    sent: list[dict[int, list[tuple[bytes, SourceRecord]]]] = []
+
+    async def send_repartitioned(forwards: dict[int, list[tuple[bytes, SourceRecord]]]) -> None:
+        sent.append(forwards)
+        await acknowledged.wait()  # the broker's acknowledgement, when the test says so
+
+    async def send_dead_letters(letters: object) -> None:
+        raise AssertionError(f"nothing here is a dead letter: {letters}")
+
+    processor = IngestProcessor(store, SETTINGS, metrics, send_dead_letters, send_repartitioned)  # type: ignore[arg-type]
+    batch = [record(0, "a", misplaced=True), record(1, "b", misplaced=False)]
+    processing = asyncio.ensure_future(processor.process(batch))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # The direct action is applied, the misplaced one is on its way, and the batch is not
+    # done (its offsets cannot be acknowledged) until the broker has the forward.
+    assert not processing.done()
+    assert sent == [{partition_for_key(b"a", 4): [(b"a", batch[0])]}]
+    assert store.load(partition_for_key(b"b", 4), b"b") is not None
+    assert store.load(partition_for_key(b"a", 4), b"a") is None
+    acknowledged.set()
+    plan = await processing
+    assert plan.forwarded == 1
+
+    def value(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name)
+
+    assert value("nearline_events_repartitioned_total") == 1
+    assert value("nearline_events_in_total") == 1  # the forward counts once its owner has it
+
+    # Read back from the repartition topic by the owner: applied; forwarded twice (a crash
+    # between the send and the commit): counted once.
+    again = record(0, "a", misplaced=False, topic=SETTINGS.topic_repartition)
+    twice = SourceRecord(again.partition, 1, again.key, again.value, again.topic, again.timestamp)
+    await processor.process([again, twice])
+    state = store.load(again.partition, b"a")
+    assert state is not None and [a.event_id for a in state.recent_actions()] == ["e0"]
+    assert value("nearline_events_applied_total") == 2
+    assert (
+        metrics.registry.get_sample_value("nearline_events_dropped_total", {"reason": "duplicate"})
+        == 1
+    )
+    assert value("nearline_events_in_total") == 3
+
+
+def test_a_batch_is_done_only_once_its_forwards_are_acknowledged() -> None:
+    asyncio.run(_forwarded_then_applied())
