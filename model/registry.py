@@ -266,6 +266,7 @@ class ModelRegistry:
 
     def _serve_heuristic(self) -> Ranker:
         if not isinstance(self.active, HeuristicRanker):
+            self.active_metadata = {}
             self.active = HeuristicRanker(self.vectorizer.feature_names)
             log.info("heuristic ranker active")
         return self.active
