@@ -43,8 +43,8 @@ def freshness_sample(
     for events in islice(plan.by_member.values(), 0, None, step):
         taken = events[:: max(1, len(events) // per_member)][:per_member]
         weight = step * len(events) / len(taken)
-        for _, event in taken:
-            times.append(event.ts)
+        for planned in taken:
+            times.append(planned[-1].ts)  # the event comes last, after where it was read
             weights.append(weight)
     return times, weights
 
