@@ -6,7 +6,11 @@ BIN     = $(VENV)/bin
 # add `--index-url https://download.pytorch.org/whl/cpu` (a bare `torch` may pull CUDA, GBs).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint typecheck unit integration bench clean
+# The console's browser test drives Debian's chromium (nothing is downloaded at run time);
+# a bare machine gets it from apt.
+SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser demo test lint typecheck unit integration bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,6 +20,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	touch $@
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 demo: setup
 	$(BIN)/nearline demo
@@ -30,13 +38,13 @@ typecheck: setup
 unit: setup
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: setup
+integration: setup browser
 	$(BIN)/python -m pytest tests/integration -q
 
-test: lint typecheck
+test: lint typecheck browser
 	$(BIN)/python -m pytest tests -q
 
-bench: setup
+bench: setup browser
 	$(BIN)/python -m bench
 
 clean:

@@ -441,9 +441,19 @@ DEMO_ITEMS = 5000
 @click.option("--members", default=20, show_default=True, help="Demo members.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 def demo(port: int, broker_port: int, rate: float, members: int, duration: float | None) -> None:
-    """Embedded broker + one worker + live demo traffic; watch a member's features change."""
+    """Embedded broker + one worker + live demo traffic; watch it in the console.
+
+    One demo member (member-shifting) moves from one job category to the next every 30 of
+    their actions; the console shows their ranking follow.
+    """
     from app.stack import StackError, wait_ready
-    from app.traffic import demo_items, generate_actions
+    from app.traffic import (
+        DEMO_CATALOGUE_SAMPLE,
+        DEMO_MALFORMED_EVERY,
+        DEMO_SHIFTING_MEMBER,
+        demo_items,
+        demo_records,
+    )
     from app.traffic import produce as send
 
     with EmbeddedBroker(port=broker_port or None) as instance:
@@ -458,6 +468,8 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
         }
         os.environ.update(env)
         settings = _settings()
+        console = f"{settings.web_url}/console?member={DEMO_SHIFTING_MEMBER}"
+        click.echo(f"console: {console}  (live once the worker is ready)")
         click.echo(f"broker on {instance.bootstrap}; starting a worker (state in {data_dir})")
         worker_process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker"], env=env, start_new_session=True
@@ -470,17 +482,18 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
             items = list(demo_items(DEMO_ITEMS, settings.embedding_dim))
             asyncio.run(send(settings, items, topic=settings.topic_item_attributes))
             click.echo(f"loaded {len(items)} demo items into the attribute store")
-            url = f"{settings.web_url}/v1/members/member-1/features"
+            url = f"{settings.web_url}/v1/members/{DEMO_SHIFTING_MEMBER}/features"
             click.echo("")
-            click.echo(f"  ready. Watch a member's features change:  {url}")
-            click.echo(f"  e.g.  watch -n1 curl -s {url}")
+            click.echo(f"  ready. Open the console:  {console}")
+            click.echo(f"  {DEMO_SHIFTING_MEMBER} changes job category every 30 of their actions;")
+            click.echo(
+                f"  one record in {DEMO_MALFORMED_EVERY} is malformed (see the dead letters)"
+            )
+            click.echo(f"  the same as JSON:  watch -n1 curl -s {url}")
             click.echo(f"  metrics: {settings.web_url}/metrics    stop: Ctrl-C")
             click.echo("")
             count = int(rate * duration) if duration else None
-            records = (
-                (e.member_id.encode(), e.to_json())
-                for e in generate_actions(count, members=members)
-            )
+            records = demo_records(count, members=members)
             # Ctrl-C ends the traffic loop gracefully; then the worker and broker stop.
             stopping = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -494,17 +507,20 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
                 return
             time.sleep(1.0)
             body = httpx.get(url, timeout=2).json()
-            click.echo(f"member-1 now: {body['counts']}")
+            click.echo(f"{DEMO_SHIFTING_MEMBER} now: {body['counts']}")
             ranked = httpx.post(
                 f"{settings.web_url}/v1/recommendations",
                 json={
-                    "member_id": "member-1",
-                    "candidates": [f"item-{n}" for n in range(50)],
+                    "member_id": DEMO_SHIFTING_MEMBER,
+                    "candidates": list(DEMO_CATALOGUE_SAMPLE),
                     "k": 5,
                 },
                 timeout=5,
             ).json()
-            click.echo(f"top 5 of 50 candidates for member-1: {ranked['items']}")
+            click.echo(
+                f"top 5 of {len(DEMO_CATALOGUE_SAMPLE)} candidates for {DEMO_SHIFTING_MEMBER}: "
+                f"{ranked['items']}"
+            )
         except KeyboardInterrupt:
             click.echo("stopping")
         finally:

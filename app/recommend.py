@@ -64,9 +64,13 @@ class Recommender:
             self.items.forget(ids)
 
     async def recommend(
-        self, request: RecommendationRequest, features: dict[str, Any]
+        self, request: RecommendationRequest, features: dict[str, Any], *, log_response: bool = True
     ) -> dict[str, Any]:
-        """Rank ``request.candidates`` given the member's ``features``; log the response."""
+        """Rank ``request.candidates`` given the member's ``features``; log the response.
+
+        ``log_response=False`` ranks without logging: a preview nobody is shown must not
+        become a training example.
+        """
         nearline = self.nearline
         now = time.time()
         candidates = list(dict.fromkeys(request.candidates))
@@ -116,6 +120,8 @@ class Recommender:
         }
         if not store_ok:
             response["attribute_store"] = "unavailable"
+        if not log_response:
+            return response
         await nearline.log_recommendation(
             request.member_id,
             log_record(

@@ -15,11 +15,46 @@ from agents.events import ActionEvent
 from app.kafka import client_options
 from app.settings import Settings
 
-__all__ = ["generate_actions", "produce", "read_jsonl"]
+__all__ = [
+    "DEMO_CATALOGUE_SAMPLE",
+    "DEMO_MALFORMED_EVERY",
+    "DEMO_SHIFTING_MEMBER",
+    "demo_records",
+    "demo_traffic",
+    "generate_actions",
+    "produce",
+    "read_jsonl",
+    "shifting_interest",
+]
 
 _ACTIONS = ("view", "view", "view", "view", "click", "click", "save", "apply", "dismiss")
 _CATEGORIES = ("engineering", "design", "sales", "marketing", "finance", "operations")
 _COMPANIES = ("acme", "globex", "initech", "umbrella", "hooli", "stark")
+#: What the member of :func:`shifting_interest` does with the category they are into now.
+_ENGAGED = ("view", "click", "click", "save", "apply")
+
+#: The demo member whose interest moves from one category to the next (see the console).
+DEMO_SHIFTING_MEMBER = "member-shifting"
+#: Candidates the console ranks unless told otherwise: four demo items of each category.
+DEMO_CATALOGUE_SAMPLE = tuple(f"item-{n}" for n in range(4 * len(_CATEGORIES)))
+
+
+def _event_id(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _action(event_id: str, member_id: str, item: int, action: str, ts: float) -> ActionEvent:
+    return ActionEvent(
+        event_id=event_id,
+        member_id=member_id,
+        item_id=f"item-{item}",
+        action=action,
+        ts=round(ts, 3),
+        attributes={
+            "category": _CATEGORIES[item % len(_CATEGORIES)],
+            "company": _COMPANIES[item % len(_COMPANIES)],
+        },
+    )
 
 
 def generate_actions(
@@ -40,18 +75,67 @@ def generate_actions(
     while count is None or produced < count:
         item = rng.randrange(items)
         ts = clock() - (rng.random() * spread if spread else 0.0)
-        yield ActionEvent(
-            event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            member_id=f"member-{rng.randrange(members)}",
-            item_id=f"item-{item}",
-            action=rng.choice(_ACTIONS),
-            ts=round(ts, 3),
-            attributes={
-                "category": _CATEGORIES[item % len(_CATEGORIES)],
-                "company": _COMPANIES[item % len(_COMPANIES)],
-            },
-        )
+        event_id = _event_id(rng)  # drawn in this order, so a seed gives the same actions
+        member_id = f"member-{rng.randrange(members)}"
+        yield _action(event_id, member_id, item, rng.choice(_ACTIONS), ts)
         produced += 1
+
+
+def shifting_interest(
+    member_id: str = DEMO_SHIFTING_MEMBER,
+    *,
+    phase: int = 30,
+    items: int = 5000,
+    seed: int = 7,
+    clock: Callable[[], float] = time.time,
+) -> Iterator[ActionEvent]:
+    """Forever: a member into one category for ``phase`` actions, then into the next.
+
+    In each phase they view, click, save and apply to items of the category of the
+    phase, and now and then dismiss one of the category they have left: their ranking
+    of a mixed catalogue follows them from one category to the next. A phase is long
+    enough (30 of the 100 recent actions kept by default) that a category's dismisses
+    have left the member's recent actions by the time it comes round again.
+    """
+    rng = random.Random(seed)
+    categories = len(_CATEGORIES)
+    n = 0
+    while True:
+        current = (n // phase) % categories
+        if n >= phase and rng.random() < 0.25:
+            category, action = (current - 1) % categories, "dismiss"
+        else:
+            category, action = current, rng.choice(_ENGAGED)
+        item = rng.randrange(items // categories) * categories + category
+        yield _action(_event_id(rng), member_id, item, action, clock())
+        n += 1
+
+
+def demo_traffic(
+    count: int | None, *, members: int, every: int = 10, seed: int = 7
+) -> Iterator[ActionEvent]:
+    """``count`` actions (forever if None) of :func:`generate_actions`, every ``every``-th
+    one by :data:`DEMO_SHIFTING_MEMBER` (:func:`shifting_interest`) instead."""
+    crowd = generate_actions(None, members=members, seed=seed)
+    shifting = shifting_interest(seed=seed)
+    produced = 0
+    while count is None or produced < count:
+        produced += 1
+        yield next(shifting) if produced % every == 0 else next(crowd)
+
+
+#: One record in this many of :func:`demo_records` is malformed, to show the dead-letter queue.
+DEMO_MALFORMED_EVERY = 500
+
+
+def demo_records(count: int | None, *, members: int) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) records of :func:`demo_traffic`, one in :data:`DEMO_MALFORMED_EVERY`
+    of them not JSON (it goes to the dead-letter topic as ``not_json``)."""
+    for n, event in enumerate(demo_traffic(count, members=members), 1):
+        if n % DEMO_MALFORMED_EVERY == 0:
+            yield event.member_id.encode(), b"{this record is not JSON"
+        else:
+            yield event.member_id.encode(), event.to_json()
 
 
 def demo_items(count: int, embedding_dim: int, *, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:

@@ -26,7 +26,15 @@ from tables.online_store import NotOwned
 if TYPE_CHECKING:
     from app.worker import Nearline
 
-__all__ = ["FORWARDED_HEADER", "JSONResponse", "create_web_app", "error"]
+__all__ = [
+    "FORWARDED_HEADER",
+    "JSONResponse",
+    "create_web_app",
+    "error",
+    "forward_to_owner",
+    "invalid_request",
+    "lag_body",
+]
 
 #: Marks a request one worker forwarded to the owner of a partition, so it is never bounced on.
 FORWARDED_HEADER = "x-nearline-forwarded-by"
@@ -47,11 +55,18 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
+def invalid_request(exc: ValidationError) -> JSONResponse:
+    """A 422 listing every problem pydantic found, each as ``field: message``."""
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+    return error(422, "invalid request: " + "; ".join(problems), problems=problems)
+
+
 def _nearline(request: Request) -> Nearline:
     return request.app.state.nearline  # type: ignore[no-any-return]
 
 
-def _lag_body(nearline: Nearline) -> list[dict[str, Any]]:
+def lag_body(nearline: Nearline) -> list[dict[str, Any]]:
+    """Lag and stalled seconds of each assigned partition, as /healthz and /readyz show it."""
     return [
         {
             "topic": p.topic,
@@ -67,7 +82,7 @@ async def healthz(request: Request) -> Response:
     """Liveness: 503 when a partition holds lag and applies nothing (a restart mends it)."""
     nearline = _nearline(request)
     alive, reason = nearline.liveness()
-    body = {"status": "ok" if alive else "stalled", "reason": reason, "lag": _lag_body(nearline)}
+    body = {"status": "ok" if alive else "stalled", "reason": reason, "lag": lag_body(nearline)}
     return JSONResponse(body, status_code=200 if alive else 503)
 
 
@@ -79,7 +94,7 @@ async def readyz(request: Request) -> Response:
         "ready": ready,
         "reason": reason,
         "partitions": nearline.store.owned_partitions(),
-        "lag": _lag_body(nearline),
+        "lag": lag_body(nearline),
         "attribute_store": {"backend": health.backend, "ok": health.ok, "detail": health.detail},
     }
     return JSONResponse(body, status_code=200 if ready else 503)
@@ -115,7 +130,7 @@ async def member_features(request: Request) -> Response:
     try:
         return JSONResponse(await nearline.member_features(member_id, as_of))
     except NotOwned as exc:
-        return await _forward(request, nearline, exc)
+        return await forward_to_owner(request, nearline, exc)
 
 
 class _OwnerUnavailable(Exception):
@@ -147,7 +162,8 @@ async def _ask_owner(
         ) from None
 
 
-async def _forward(request: Request, nearline: Nearline, owner: NotOwned) -> Response:
+async def forward_to_owner(request: Request, nearline: Nearline, owner: NotOwned) -> Response:
+    """Answer ``request`` with what the worker owning the partition answers to it."""
     try:
         response = await _ask_owner(
             nearline,
@@ -197,10 +213,7 @@ async def recommendations(request: Request) -> Response:
     try:
         ask = RecommendationRequest.model_validate(body)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        ]
-        return error(422, "invalid request: " + "; ".join(problems), problems=problems)
+        return invalid_request(exc)
     if ask.k is not None and ask.k > settings.max_candidates:
         return error(422, f"k must be at most {settings.max_candidates} (NEARLINE_MAX_CANDIDATES)")
     if len(ask.candidates) > settings.max_candidates:
@@ -330,6 +343,9 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def create_web_app(nearline: Nearline) -> Starlette:
+    # Imported here: the console's routes build on this module's responses and forwarding.
+    from app.console.routes import console_routes
+
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -337,6 +353,7 @@ def create_web_app(nearline: Nearline) -> Starlette:
         Route("/v1/members/{member_id}/features", member_features, methods=["GET"]),
         Route("/v1/recommendations", recommendations, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *console_routes(),
     ]
     web = Starlette(
         routes=routes,

@@ -24,6 +24,7 @@ from agents.ingest import DeadLetter, IngestProcessor, KafkaRecord
 from agents.outcomes import OutcomeJoiner
 from app import codec
 from app.bulk import BulkChannel, BulkConsumer
+from app.console.timeline import IngestTimeline
 from app.examples_topic import KafkaExamplesTopic
 from app.kafka import client_options, send_in_batches, ssl_context
 from app.lag import LagMonitor, PartitionLag
@@ -189,6 +190,7 @@ class Nearline:
             counting=self._lag_counts,
         )
         self._rebalancing_since: float | None = None
+        self.timeline = IngestTimeline()  # the console's ingest rate and freshness
         self.web = create_web_app(self)
         self.metrics.track_lag(self.lag.snapshot)
         self._register_agents()
@@ -251,7 +253,7 @@ class Nearline:
         self.faust.topics.add(self.recommendations_log)
 
         async def ingest() -> None:
-            await self._apply_fetches(self.actions_channel, self.ingest.process)
+            await self._apply_fetches(self.actions_channel, self._ingest_batch)
 
         async def join_outcomes() -> None:
             await self._apply_fetches(self.log_channel, self.outcomes.add)
@@ -308,6 +310,10 @@ class Nearline:
         self.faust.timer(timedelta(seconds=settings.model_reload_interval), name="model-reload")(
             reload_model
         )
+
+    async def _ingest_batch(self, records: list[Any]) -> None:
+        plan = await self.ingest.process(records)
+        self.timeline.record_batch(time.time(), len(records), plan)
 
     async def _apply_fetches(
         self, channel: BulkChannel, apply: Callable[[list[Any]], Awaitable[object]]

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from app.broker import EmbeddedBroker
+from bench.console import _reads_with_console
 from bench.harness import REPO, WARMUP, Stack, machine
 from bench.recommendations import _load as recommendations_load
 from bench.recommendations import recommendation_stack, start_worker
@@ -110,6 +111,20 @@ def main() -> None:
                     reads,
                     reads["p99"] < 5,
                 )
+            # The same load with the console open on the worker in headless Chromium (its
+            # polling, and the browser on the same two cores). python -m bench.console
+            # compares the three ways, with demo traffic, in alternating runs.
+            reads = asyncio.run(_reads_with_console(worker, args.members, 500.0, args.seconds))
+            row(
+                "features read at 500 req/s, the console open in headless Chromium",
+                f"p50 {reads['p50']} ms, p99 {reads['p99']} ms",
+                "p99 < 5 ms",
+                f"as the two rows above, a third run; Chromium used "
+                f"{reads['chromium_cpu_share']:.0%} of a core, the console made "
+                f"{reads['console_requests']} /v1/console requests",
+                reads,
+                reads["p99"] < 5,
+            )
             for rate, target in ((1000.0, "p99 < 250 ms"), (5000.0, "p99 < 250 ms")):
                 fresh = asyncio.run(
                     _freshness(worker, broker.bootstrap, stack.topic, rate, args.seconds)

@@ -98,6 +98,8 @@ class ModelRegistry:
         self.vectorizer = vectorizer
         self.backend: Backend = backend
         self.active: Ranker = HeuristicRanker(vectorizer.feature_names)
+        #: The metadata of the active version (metrics, training range); empty for the heuristic.
+        self.active_metadata: Mapping[str, Any] = {}
         self._lock = threading.Lock()
         self._listing: frozenset[tuple[str, int]] | None = None
         self._refused: set[tuple[str, int]] = set()
@@ -204,8 +206,9 @@ class ModelRegistry:
 
     def load(self, version: str) -> Ranker:
         """Load one version and make it active."""
-        scorer, _ = self.read(version)
+        scorer, metadata = self.read(version)
         ranker = TorchRanker(scorer, version, self.vectorizer.feature_names, self.backend)
+        self.active_metadata = metadata
         self.active = ranker  # the swap: one reference assignment
         log.info("model %s active (backend %s)", version, ranker.backend)
         return ranker
@@ -263,6 +266,7 @@ class ModelRegistry:
 
     def _serve_heuristic(self) -> Ranker:
         if not isinstance(self.active, HeuristicRanker):
+            self.active_metadata = {}
             self.active = HeuristicRanker(self.vectorizer.feature_names)
             log.info("heuristic ranker active")
         return self.active

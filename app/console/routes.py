@@ -1,0 +1,199 @@
+"""The console's routes: its page and static files, and the two JSON views it adds to /v1."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from app.recommend import RecommendationRequest
+from app.traffic import DEMO_CATALOGUE_SAMPLE
+from app.web import JSONResponse, error, forward_to_owner, invalid_request, lag_body
+from tables.attributes import StoreUnavailable
+from tables.online_store import NotOwned
+
+if TYPE_CHECKING:
+    from app.worker import Nearline
+
+__all__ = ["console_routes", "parse_candidates", "totals_by_label"]
+
+#: How often the page asks for fresh data (milliseconds); sent to it in its config.
+POLL_MS = 1000
+_STATIC = resources.files("app.console") / "static"
+
+
+def _nearline(request: Request) -> Nearline:
+    return request.app.state.nearline  # type: ignore[no-any-return]
+
+
+def totals_by_label(counter: Counter) -> dict[str, float]:
+    """A labelled counter's current totals, by its (single) label's value."""
+    totals: dict[str, float] = {}
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels:
+                totals[next(iter(sample.labels.values()))] = sample.value
+    return totals
+
+
+def _total(counter: Counter) -> float:
+    return sum(
+        sample.value
+        for family in counter.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def parse_candidates(raw: str | None) -> list[str]:
+    """``candidates=a,b,c`` from the query string; the demo's catalogue sample if it names
+    none."""
+    named = [part.strip() for part in (raw or "").split(",") if part.strip()]
+    return named or list(DEMO_CATALOGUE_SAMPLE)
+
+
+async def _root(request: Request) -> Response:
+    return RedirectResponse("/console", status_code=307)
+
+
+async def _page(request: Request) -> Response:
+    return FileResponse(str(_STATIC / "console.html"), media_type="text/html")
+
+
+async def _config(request: Request) -> Response:
+    """What the page needs before it may call /v1: never secret, so never protected."""
+    settings = _nearline(request).settings
+    return JSONResponse(
+        {
+            "token_required": bool(settings.api_token),
+            "candidates": list(DEMO_CATALOGUE_SAMPLE),
+            "max_candidates": settings.max_candidates,
+            "poll_ms": POLL_MS,
+        }
+    )
+
+
+def _model(nearline: Nearline) -> dict[str, Any]:
+    registry = nearline.models
+    version = registry.active.version
+    metadata = registry.active_metadata
+    return {
+        "version": version,
+        "ranker": "heuristic" if version.startswith("heuristic") else "model",
+        "created_at": metadata.get("created_at"),
+        "metrics": metadata.get("metrics"),
+        "training": {
+            key: value
+            for key, value in (metadata.get("training") or {}).items()
+            if key in ("train_rows", "validation_rows", "train_range", "best_epoch")
+        },
+    }
+
+
+async def _system(request: Request) -> Response:
+    """The system view of this worker: ingest, freshness, lag, DLQ, store, partitions, model."""
+    nearline = _nearline(request)
+    now = time.time()
+    timeline = nearline.timeline
+    metrics = nearline.metrics
+    store = nearline.store
+    ready, reason = nearline.readiness()
+    alive, liveness = nearline.liveness()
+    health = nearline.attribute_health
+    owned = store.owned_partitions()
+    body = {
+        "now": now,
+        "worker": nearline.settings.web_url,
+        "ready": ready,
+        "reason": reason,
+        "alive": alive,
+        "liveness": liveness,
+        "ingest": {
+            "per_s": timeline.ingest_rate(now),
+            "events_in": _total(metrics.events_in),
+            "applied": _total(metrics.events_applied),
+            "dropped": totals_by_label(metrics.events_dropped),
+        },
+        "freshness": {"1m": timeline.freshness(now, 60), "5m": timeline.freshness(now, 300)},
+        "lag": lag_body(nearline),
+        "stall_timeout": nearline.settings.stall_timeout,
+        # What each consumed topic is, for the lag columns' headings.
+        "topics": {
+            nearline.settings.topic_actions: "actions",
+            nearline.settings.topic_recommendations_log: "recommendations log",
+        },
+        "dead_letters": totals_by_label(metrics.events_dead_lettered),
+        "attribute_store": {"backend": health.backend, "ok": health.ok, "detail": health.detail},
+        "partitions": [
+            {
+                "partition": p,
+                "here": p in owned,
+                "owner": nearline.settings.web_url if p in owned else store.owner_url(p),
+            }
+            for p in range(store.partitions)
+        ],
+        "model": _model(nearline),
+        "series": timeline.series(now),
+        "recent_members": timeline.recent_members(),
+    }
+    return JSONResponse(body)
+
+
+async def _ranking(request: Request) -> Response:
+    """The member's ranking of ``candidates``, as /v1/recommendations would answer now.
+
+    Not logged to the recommendations log: nobody was shown it, so it must not become a
+    training example. Members of partitions owned elsewhere are ranked by their owner.
+    """
+    nearline = _nearline(request)
+    member_id = request.path_params["member_id"]
+    candidates = parse_candidates(request.query_params.get("candidates"))
+    limit = nearline.settings.max_candidates
+    if len(candidates) > limit:
+        return error(
+            400,
+            f"{len(candidates)} candidates is over the limit of {limit} (NEARLINE_MAX_CANDIDATES)",
+        )
+    try:
+        ask = RecommendationRequest.model_validate(
+            {"member_id": member_id, "candidates": candidates}
+        )
+    except ValidationError as exc:
+        return invalid_request(exc)
+    try:
+        features = await nearline.member_features(member_id, time.time())
+    except NotOwned as owner:
+        return await forward_to_owner(request, nearline, owner)
+    ranked = await nearline.recommender.recommend(ask, features, log_response=False)
+    try:
+        found = await nearline.attributes_cached.get_many([i["item_id"] for i in ranked["items"]])
+    except (StoreUnavailable, TimeoutError):
+        found = {}
+    for item in ranked["items"]:
+        record = found.get(item["item_id"])
+        if record is not None:
+            flat = record.as_flat_dict()
+            item["category"] = flat.get("category")
+            item["company"] = flat.get("company")
+    ranked["last_applied_at"] = features.get("last_applied_at")
+    return JSONResponse(ranked)
+
+
+def console_routes() -> list[BaseRoute]:
+    """``/`` redirects to ``/console``; page and static files are open, ``/v1/console/*``
+    is behind the API token like the rest of /v1."""
+    return [
+        Route("/", _root, methods=["GET"]),
+        Route("/console", _page, methods=["GET"]),
+        Route("/console/config.json", _config, methods=["GET"]),
+        Mount("/console/static", StaticFiles(directory=str(_STATIC)), name="console-static"),
+        Route("/v1/console/system", _system, methods=["GET"]),
+        Route("/v1/console/members/{member_id}/ranking", _ranking, methods=["GET"]),
+    ]
