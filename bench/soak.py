@@ -186,6 +186,8 @@ class Soak:
                     rss = round(worker.rss_mb())
                 except OSError:  # it exited (the chaos) between the two reads
                     continue
+                if metrics["lag"] is None:
+                    continue  # starting, rebalancing: no partition to report yet
                 row[f"w{n}_lag"] = metrics["lag"]
                 row[f"w{n}_stalled"] = metrics["stalled"]
                 row[f"w{n}_rss_mb"] = rss
@@ -230,12 +232,14 @@ class Soak:
         }
 
 
-def _metrics(url: str) -> dict[str, float]:
-    lag = stalled = 0.0
+def _metrics(url: str) -> dict[str, float | None]:
+    """Summed lag and the longest stall; ``None`` while the worker reports no partition."""
+    lag: float | None = None
+    stalled = 0.0
     for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
         head, _, value = line.rpartition(" ")
         if head.startswith("nearline_consumer_lag{"):
-            lag += float(value)
+            lag = (lag or 0.0) + float(value)
         elif head.startswith("nearline_partition_stalled_seconds{"):
             stalled = max(stalled, float(value))
     return {"lag": lag, "stalled": stalled}
@@ -297,19 +301,34 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     timeline = result["timeline"]
+
+    def series(name: str) -> tuple[list[float], list[float]]:
+        """Samples of ``name``, broken (NaN) where the worker did not answer for > 2.5 s."""
+        ts: list[float] = []
+        values: list[float] = []
+        for row in timeline:
+            if name not in row:
+                continue
+            if ts and row["t"] - ts[-1] > 2.5:
+                ts.append(ts[-1])
+                values.append(float("nan"))
+            ts.append(row["t"])
+            values.append(row[name])
+        return ts, values
+
     fig, (lag_ax, rss_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for n in (1, 2):
-        points = [(r["t"], r[f"w{n}_lag"]) for r in timeline if f"w{n}_lag" in r]
-        if points:
-            lag_ax.plot(*zip(*points, strict=True), label=f"worker {n} lag (records)")
-        points = [(r["t"], r[f"w{n}_rss_mb"]) for r in timeline if f"w{n}_rss_mb" in r]
-        if points:
-            rss_ax.plot(*zip(*points, strict=True), label=f"worker {n} RSS (MB)")
+        ts, values = series(f"w{n}_lag")
+        if ts:
+            lag_ax.plot(ts, values, label=f"worker {n} lag (records)")
+        ts, values = series(f"w{n}_rss_mb")
+        if ts:
+            rss_ax.plot(ts, values, label=f"worker {n} RSS (MB)")
     for t, what in result["events"]:
         for ax in (lag_ax, rss_ax):
             ax.axvline(t, color="grey", linestyle="--", linewidth=0.8)
         lag_ax.annotate(what, (t, 0), rotation=90, fontsize=7, va="bottom")
-    lag_ax.set_ylabel("consumer lag")
+    lag_ax.set_ylabel("consumer lag (gaps: no answer)")
     rss_ax.set_ylabel("RSS (MB)")
     rss_ax.set_xlabel("seconds into the soak")
     lag_ax.legend(loc="upper right", fontsize=8)
