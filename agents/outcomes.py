@@ -167,11 +167,10 @@ class OutcomeJoiner:
         async with self.pending.write_lock:
             updates: dict[int, dict[bytes, bytes | None]] = {}
             for partition, responses in keyed.items():
-                table = self.pending.table
                 counts: dict[bytes, int] = {}
                 values: dict[bytes, bytes | None] = {}
                 for key, value in responses.items():
-                    if table.get(partition, key) is not None:
+                    if self.pending.response(partition, key) is not None:
                         continue  # re-read after a crash: stored already
                     member = member_of(key)
                     if member not in counts:

@@ -120,6 +120,10 @@ class BulkConsumer(AIOKafkaConsumer):
         #: seconds) a record of it was last applied.
         self.applied_position: dict[TP, int] = {}
         self.applied_at: dict[TP, float] = {}
+        # Offsets the group coordinator accepted. Faust's own book (``_committed_offset``)
+        # also takes offsets whose commit failed ("already rebalanced"): those records are
+        # delivered again, so nothing may treat them as committed.
+        self._confirmed: dict[TP, int] = {}
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         self._resume_caught_up_channels()
@@ -191,9 +195,25 @@ class BulkConsumer(AIOKafkaConsumer):
             rest[tp] = batch[-1:]
         return rest
 
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        committed = await super()._commit(offsets)
+        if committed:
+            assigned = self.assignment()
+            for tp, offset in offsets.items():
+                if tp in assigned:
+                    self._confirmed[tp] = max(offset, self._confirmed.get(tp, 0))
+        return committed
+
+    async def perform_seek(self) -> None:
+        # A (re)assignment reads the committed offsets from the broker: the truth.
+        await super().perform_seek()
+        self._confirmed = {
+            tp: offset for tp, offset in self._committed_offset.items() if offset is not None
+        }
+
     def committed_position(self, tp: TP) -> int | None:
         """The offset the group has committed for ``tp``: the next one it would read."""
-        return self._committed_offset.get(tp)
+        return self._confirmed.get(tp)
 
     def is_current(self, fetch: Fetch) -> bool:
         """Whether ``fetch`` was made in this consumer generation, with flow running."""

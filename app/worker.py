@@ -223,6 +223,11 @@ class Nearline:
         assert isinstance(consumer, BulkConsumer)
         return consumer
 
+    async def _close_clients(self, app: faust.App, **kwargs: Any) -> None:
+        """Close the plain clients of the lag gauge and the examples check at shutdown."""
+        await self.lag.stop()
+        await self.examples_topic.stop()
+
     def _log_committed(self, partition: int) -> int | None:
         tp = TP(self.settings.topic_recommendations_log, partition)
         return self._bulk_consumer().committed_position(tp)

@@ -49,10 +49,6 @@ class ChangelogTable:
         self.write_lock = asyncio.Lock()
 
     @property
-    def name(self) -> str:
-        return str(self.table.name)
-
-    @property
     def changelog_topic(self) -> str:
         return str(self.table.changelog_topic.get_topic_name())
 

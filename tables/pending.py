@@ -78,10 +78,6 @@ class PendingResponses:
         self.table = table
         self.write_lock = table.write_lock
 
-    @property
-    def changelog_topic(self) -> str:
-        return self.table.changelog_topic
-
     def owns(self, partition: int) -> bool:
         return self.table.owns(partition)
 

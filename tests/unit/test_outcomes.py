@@ -69,7 +69,7 @@ class Store:
 
 @dataclass
 class ExamplesTopic:
-    """The training-examples topic as a list per partition; ``fail_sends`` crashes a send."""
+    """The training-examples topic, a list per partition; ``fail_after_send`` fails after one."""
 
     records: dict[int, list[bytes]] = field(default_factory=dict)
     fail_after_send: bool = False
