@@ -8,9 +8,11 @@ timer labels the responses whose horizon has passed with the member's actions (t
 store of the same partition, plus every action recorded for members with pending
 responses), writes one example set per response and deletes it.
 
-Exactly one example set per response, across crashes too. A response is labelled only once
-its offset in the log is committed, so it is never read again after it was deleted. Before
-a labelling pass sends anything it stores the keys of its responses and the
+Exactly one example set per response, across crashes too. Each write of responses also
+stores the log offset they reach (the ``s`` key, after them), so a response read again,
+after a crash, a rebalance or any seek back, is never stored a second time, even once it
+has been labelled and deleted; nothing has to wait for the log's offsets to be committed.
+Before a labelling pass sends anything it stores the keys of its responses and the
 training-examples partition's end offset (the ``i`` key of the state). A pass that finished
 deletes that key with its responses; one cut short leaves it, and the next pass (on this
 worker or, after a rebalance, on the partition's new owner, which restores it from the
@@ -34,12 +36,13 @@ from model.feature_log import encode_matrix, logged_rows
 from tables.online_store import OnlineStore
 from tables.pending import (
     IN_PROGRESS_KEY,
+    STORED_UNTIL_KEY,
     DueResponse,
     PendingResponses,
     due_key,
-    member_of,
     reaction_key,
     reaction_value,
+    stored_until_value,
 )
 
 __all__ = [
@@ -132,7 +135,6 @@ class OutcomeJoiner:
         examples: ExamplesTopic,
         metrics: Metrics,
         *,
-        committed: Callable[[int], int | None],
         horizon: float,
         unlabeled_as: str,
         max_per_pass: int = 500,
@@ -142,7 +144,6 @@ class OutcomeJoiner:
         self.store = store
         self.examples = examples
         self.metrics = metrics
-        self.committed = committed
         self.horizon_ms = round(horizon * 1000)
         self.horizon = horizon
         self.unlabeled_as = unlabeled_as
@@ -152,37 +153,50 @@ class OutcomeJoiner:
     # -- the recommendations log -------------------------------------------------------
 
     async def add(self, records: Sequence[KafkaRecord]) -> int:
-        """Store logged responses until their horizon; returns how many were new."""
-        keyed: dict[int, dict[bytes, bytes]] = {}
+        """Store logged responses until their horizon; returns how many were new.
+
+        A record before its partition's stored-until offset was stored before (it is still
+        pending, or labelled already): a re-read of the log, after a crash, a rebalance or a
+        seek back, skips it.
+        """
+        by_partition: dict[int, list[KafkaRecord]] = {}
         for record in records:
-            found = self._member_and_due(record)
-            if found is None:
-                self.metrics.responses.labels("unreadable").inc()
-                continue
-            member, due_ms = found
-            keyed.setdefault(record.partition, {})[due_key(due_ms, record.offset, member)] = (
-                record.value or b""
-            )
-        new = 0
-        async with self.pending.write_lock:
+            by_partition.setdefault(record.partition, []).append(record)
+        new = unreadable = 0
+        pending = self.pending
+        async with pending.write_lock:
             updates: dict[int, dict[bytes, bytes | None]] = {}
-            for partition, responses in keyed.items():
+            for partition, batch in by_partition.items():
+                stored_until = pending.stored_until(partition)
                 counts: dict[bytes, int] = {}
                 values: dict[bytes, bytes | None] = {}
-                for key, value in responses.items():
-                    if self.pending.response(partition, key) is not None:
-                        continue  # re-read after a crash: stored already
-                    member = member_of(key)
+                for record in batch:
+                    if record.offset < stored_until:
+                        continue
+                    found = self._member_and_due(record)
+                    if found is None:
+                        unreadable += 1
+                        continue
+                    member, due_ms = found
+                    key = due_key(due_ms, record.offset, member)
+                    if key in values or pending.response(partition, key) is not None:
+                        continue  # stored, but a crash lost the stored-until offset after it
                     if member not in counts:
-                        counts[member] = self.pending.pending_of(partition, member)
+                        counts[member] = pending.pending_of(partition, member)
                     counts[member] += 1
-                    values[key] = value
+                    values[key] = record.value or b""
+                new += len(values)
                 for member, count in counts.items():
-                    values[self.pending.count_key(member)] = str(count).encode()
-                new += len(values) - len(counts)
+                    values[pending.count_key(member)] = str(count).encode()
+                last = max(record.offset for record in batch) + 1
+                if last > stored_until:
+                    # Last: restored from the changelog, it comes with all it covers.
+                    values[STORED_UNTIL_KEY] = stored_until_value(last)
                 updates[partition] = values
-            await self.pending.write(updates)
+            await pending.write(updates)
         self.metrics.responses.labels("stored").inc(new)
+        if unreadable:
+            self.metrics.responses.labels("unreadable").inc(unreadable)
         return new
 
     def _member_and_due(self, record: KafkaRecord) -> tuple[bytes, int] | None:
@@ -255,11 +269,7 @@ class OutcomeJoiner:
         pending = self.pending
         if pending.in_progress(partition) is not None:
             await self._resolve_cut_short(partition)
-        found = pending.due(partition, int(self.clock() * 1000), self.max_per_pass)
-        # Only responses whose log offset is committed: one labelled and deleted before its
-        # offset was committed would be read again after a crash, and labelled twice.
-        committed = self.committed(partition)
-        due = [r for r in found if committed is not None and r.offset < committed]
+        due = pending.due(partition, int(self.clock() * 1000), self.max_per_pass)
         if not due:
             return 0, False
         end = await self.examples.end_offset(partition)
@@ -297,7 +307,7 @@ class OutcomeJoiner:
         self.metrics.responses.labels("labelled").inc(len(due) - unreadable)
         if unreadable:
             self.metrics.responses.labels("unreadable").inc(unreadable)
-        return len(due), len(found) >= self.max_per_pass and len(due) == len(found)
+        return len(due), len(due) >= self.max_per_pass
 
     async def _resolve_cut_short(self, partition: int) -> None:
         """Settle a pass that was cut short: delete its responses whose sets were written.

@@ -17,7 +17,6 @@ import faust
 import httpx
 import uvloop
 from aiokafka import AIOKafkaConsumer
-from faust.types import TP
 
 from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor, KafkaRecord
@@ -155,7 +154,6 @@ class Nearline:
             self.store,
             self.examples_topic,
             self.metrics,
-            committed=self._log_committed,
             horizon=settings.outcome_horizon,
             unlabeled_as=settings.unlabeled_as,
         )
@@ -227,10 +225,6 @@ class Nearline:
         """Close the plain clients of the lag gauge and the examples check at shutdown."""
         await self.lag.stop()
         await self.examples_topic.stop()
-
-    def _log_committed(self, partition: int) -> int | None:
-        tp = TP(self.settings.topic_recommendations_log, partition)
-        return self._bulk_consumer().committed_position(tp)
 
     def _lag_counts(self) -> bool:
         """Whether lag can mean a stall now: not while partitions move or state recovers."""

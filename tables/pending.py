@@ -10,7 +10,10 @@ all on the worker that owns the partition. Keys, by kind:
 - ``r`` + member length (2 bytes) + member + event time (ms, 8 bytes) + event id: one action
   of a member with pending responses (``item_id`` NUL ``action``), so labels see every
   action within the horizon, not only the ones kept as the member's recent actions;
-- ``i``: the labelling pass in progress (see :mod:`agents.outcomes`).
+- ``i``: the labelling pass in progress (see :mod:`agents.outcomes`);
+- ``s``: the log offset every response before which has been stored (8 bytes), written
+  after the responses it covers, so a re-read of the log never stores a response again,
+  whether it is still pending or already labelled.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _DUE = b"d"
 _COUNT = b"m"
 _REACTION = b"r"
 IN_PROGRESS_KEY = b"i"
+STORED_UNTIL_KEY = b"s"
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
 _DUE_HEAD = 1 + 8 + 8
@@ -108,6 +112,11 @@ class PendingResponses:
             return int(_U64.unpack_from(key, 1)[0])
         return None
 
+    def stored_until(self, partition: int) -> int:
+        """The log offset before which every response of ``partition`` has been stored."""
+        raw = self.table.get(partition, STORED_UNTIL_KEY)
+        return 0 if raw is None else int(_U64.unpack(raw)[0])
+
     def pending_of(self, partition: int, member: bytes) -> int:
         raw = self.table.get(partition, _COUNT + member)
         return 0 if raw is None else int(raw)
@@ -142,6 +151,10 @@ class PendingResponses:
 
     def in_progress(self, partition: int) -> bytes | None:
         return self.table.get(partition, IN_PROGRESS_KEY)
+
+
+def stored_until_value(offset: int) -> bytes:
+    return _U64.pack(offset)
 
 
 def reaction_value(item_id: str, action: str) -> bytes:

@@ -21,7 +21,7 @@ from app import codec
 from app.metrics import Metrics
 from model.feature_log import decode_matrix, log_record
 from tables.changelog import ChangelogTable, RawUpdates
-from tables.pending import PendingResponses
+from tables.pending import STORED_UNTIL_KEY, PendingResponses
 
 NOW = 1_764_384_000.0
 HORIZON = 60.0
@@ -37,7 +37,6 @@ class LocalTable(ChangelogTable):
             for p in range(partitions)
         }
         self.revoked: set[int] = set()
-        self.committed: int | None = 1 << 40  # the log's committed offset, every partition
 
     def db(self, partition: int) -> rocksdict.Rdict:
         return self._dbs[partition]
@@ -128,6 +127,11 @@ def table(tmp_path: Path) -> LocalTable:
     return LocalTable(tmp_path)
 
 
+def state_keys(table: LocalTable, partition: int = 0) -> list[bytes]:
+    """The keys of a partition's state but its stored-until offset, which stays."""
+    return [key for key in table.db(partition).keys() if key != STORED_UNTIL_KEY]
+
+
 def joiner_with(
     table: LocalTable, store: Store, topic: ExamplesTopic, unlabeled_as: str = "negative"
 ) -> tuple[OutcomeJoiner, Clock]:
@@ -137,7 +141,6 @@ def joiner_with(
         store,  # type: ignore[arg-type]
         topic,
         Metrics(),
-        committed=lambda partition: table.committed,
         horizon=HORIZON,
         unlabeled_as=unlabeled_as,
         max_per_pass=3,
@@ -171,16 +174,41 @@ def test_a_response_is_labelled_once_its_horizon_has_passed(table: LocalTable) -
     assert example_set["outcomes"] == ["apply", "none"]
     assert decode_matrix(example_set["features"]).tolist() == [[0.0, 1.0], [2.0, 3.0]]
     # Labelled responses leave nothing behind.
-    assert list(table.db(0).keys()) == []
+    assert state_keys(table) == []
 
 
-def test_a_response_read_again_after_a_crash_is_stored_once(table: LocalTable) -> None:
+def test_a_response_read_again_is_stored_once_pending_or_labelled(table: LocalTable) -> None:
     topic = ExamplesTopic()
     joiner, clock = joiner_with(table, Store(), topic)
 
     async def run() -> None:
         await joiner.add([record(0, "m1", NOW, ["x"]), record(1, "m1", NOW + 1, ["x"])])
-        assert await joiner.add([record(1, "m1", NOW + 1, ["x"])]) == 0
+        assert joiner.pending.stored_until(0) == 2
+        assert await joiner.add([record(1, "m1", NOW + 1, ["x"])]) == 0  # still pending
+        assert joiner.pending.pending_of(0, b"m1") == 2
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 2
+        # A seek back (a crash before the commit, a rebalance) reads both again: labelled
+        # and deleted, they are not stored again.
+        assert await joiner.add([record(0, "m1", NOW, ["x"]), record(1, "m1", NOW + 1, ["x"])]) == 0
+        assert await joiner.label_due() == 0
+
+    asyncio.run(run())
+    assert sorted(s["request_id"] for s in topic.sets()) == ["r0", "r1"]
+    assert state_keys(table) == []
+
+
+def test_a_pending_response_whose_stored_until_offset_was_lost_is_stored_once(
+    table: LocalTable,
+) -> None:
+    # A crash can cut a write's changelog short after the responses, before the offset.
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic)
+
+    async def run() -> None:
+        await joiner.add([record(0, "m1", NOW, ["x"])])
+        table.db(0).delete(STORED_UNTIL_KEY)
+        assert await joiner.add([record(0, "m1", NOW, ["x"]), record(1, "m1", NOW, ["x"])]) == 1
         assert joiner.pending.pending_of(0, b"m1") == 2
         clock.now = NOW + 3600
         assert await joiner.label_due() == 2
@@ -225,7 +253,7 @@ def test_labels_see_every_reaction_not_only_the_recent_actions(table: LocalTable
     asyncio.run(run())
     (example_set,) = topic.sets()
     assert example_set["item_ids"] == ["x", "y"] and example_set["labels"] == [1, 0]
-    assert list(table.db(0).keys()) == []  # reactions go with the member's last response
+    assert state_keys(table) == []  # reactions go with the member's last response
 
 
 def test_a_pass_cut_short_after_sending_is_not_written_twice(table: LocalTable) -> None:
@@ -237,26 +265,22 @@ def test_a_pass_cut_short_after_sending_is_not_written_twice(table: LocalTable) 
         clock.now = NOW + 3600
         with pytest.raises(ConnectionError):
             await joiner.label_due()
-        # Another response arrives before the worker (or the next owner) labels again, and
-        # the log's offsets are not committed yet when it does.
+        # Another response arrives before the worker (or the next owner) labels again.
         await joiner.add([record(2, "m1", NOW + 2, ["x"])])
         topic.fail_after_send = False
-        table.committed = None
-        assert await joiner.label_due() == 0  # the two already written are settled
-        assert sorted(k[:1] for k in table.db(0).keys()) == [b"d", b"m"]  # r2 still pending
-        table.committed = 1 << 40
-        assert await joiner.label_due() == 1
+        assert await joiner.label_due() == 1  # the two already written are settled, r2 sent
 
     asyncio.run(run())
     assert sorted(s["request_id"] for s in topic.sets()) == ["r0", "r1", "r2"]
-    assert list(table.db(0).keys()) == []
+    assert state_keys(table) == []
 
 
 def test_an_unreadable_record_is_not_stored(table: LocalTable) -> None:
     topic = ExamplesTopic()
     joiner, _ = joiner_with(table, Store(), topic)
-    asyncio.run(joiner.add([LogRecord(0, 0, None, b"not json", None)]))
-    assert list(table.db(0).keys()) == []
+    assert asyncio.run(joiner.add([LogRecord(0, 0, None, b"not json", None)])) == 0
+    assert state_keys(table) == []
+    assert joiner.pending.stored_until(0) == 1  # read, so not read again
 
 
 def test_a_partition_revoked_during_a_pass_is_left_to_its_new_owner(table: LocalTable) -> None:
@@ -275,25 +299,7 @@ def test_a_partition_revoked_during_a_pass_is_left_to_its_new_owner(table: Local
         # The new owner restores the state as it was, marker included, and resumes.
         table.revoked.clear()
         assert await joiner.label_due() == 0  # its set is there already: settled, not sent
-        assert list(table.db(0).keys()) == []
+        assert state_keys(table) == []
 
     asyncio.run(run())
     assert [s["request_id"] for s in topic.sets()] == ["r0"]
-
-
-def test_a_response_is_labelled_only_once_its_log_offset_is_committed(table: LocalTable) -> None:
-    topic = ExamplesTopic()
-    joiner, clock = joiner_with(table, Store(), topic)
-    table.committed = None
-
-    async def run() -> None:
-        await joiner.add([record(n, "m1", NOW, ["x"]) for n in range(3)])
-        clock.now = NOW + 3600
-        assert await joiner.label_due() == 0  # nothing committed yet
-        table.committed = 2
-        assert await joiner.label_due() == 2
-        table.committed = 3
-        assert await joiner.label_due() == 1
-
-    asyncio.run(run())
-    assert [s["request_id"] for s in topic.sets()] == ["r0", "r1", "r2"]
