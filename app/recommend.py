@@ -48,12 +48,18 @@ class Recommender:
     """Scores candidates for a member with the active ranker and logs what it did."""
 
     def __init__(
-        self, nearline: Nearline, registry: ModelRegistry, memo_size: int = 100_000
+        self,
+        nearline: Nearline,
+        registry: ModelRegistry,
+        memo_size: int = 100_000,
+        *,
+        log_candidates: str = "served",
     ) -> None:
         self.nearline = nearline
         self.registry = registry
         self.vectorizer: Vectorizer = registry.vectorizer
         self._feature_names = list(self.vectorizer.feature_names)  # logged with every response
+        self.log_served_only = log_candidates == "served"  # else every candidate's row
         # Each candidate's half of the vectorizer, computed once per attribute record and
         # trusted as long as the attribute cache would hand out that record.
         self.items = ItemRows(self.vectorizer, capacity=memo_size)
@@ -122,6 +128,9 @@ class Recommender:
             response["attribute_store"] = "unavailable"
         if not log_response:
             return response
+        # The examples are what the member was shown: the served items' rows, top first
+        # (NEARLINE_LOG_CANDIDATES=all logs every candidate's, ~25x the bytes at 500 / 20).
+        logged = order if self.log_served_only else np.arange(len(candidates))
         await nearline.log_recommendation(
             request.member_id,
             log_record(
@@ -131,8 +140,8 @@ class Recommender:
                 features_as_of=features.get("as_of"),
                 model_version=ranker.version,
                 feature_names=self._feature_names,
-                item_ids=candidates,
-                matrix=matrix,
+                item_ids=[candidates[i] for i in logged],
+                matrix=matrix[logged],
                 ranked=[entry["item_id"] for entry in ranked],
                 context=request.context or {},
             ),

@@ -148,6 +148,7 @@ class Settings(BaseSettings):
     outcome_horizon: Duration = 1800.0
     outcome_label_interval: Duration = 1.0
     unlabeled_as: str = "negative"
+    log_candidates: str = "served"
     topic_recommendations_log: str = "recommendations-log"
     topic_training_examples: str = "training-examples"
 
@@ -158,6 +159,15 @@ class Settings(BaseSettings):
     def _known_unlabeled(cls, value: str) -> str:
         if value.lower() not in {"negative", "skip"}:
             raise ValueError("must be negative (no reaction = label 0) or skip (not an example)")
+        return value.lower()
+
+    @field_validator("log_candidates")
+    @classmethod
+    def _known_log_candidates(cls, value: str) -> str:
+        if value.lower() not in {"served", "all"}:
+            raise ValueError(
+                "must be served (the k items of the response) or all (every candidate)"
+            )
         return value.lower()
 
     @field_validator("attribute_store")

@@ -175,7 +175,7 @@ class Nearline:
         if settings.model_dir is not None:
             settings.model_dir.mkdir(parents=True, exist_ok=True)
             self.models.load_latest()
-        self.recommender = Recommender(self, self.models)
+        self.recommender = Recommender(self, self.models, log_candidates=settings.log_candidates)
         self.metrics.outcomes_behind.set_function(self.outcomes.oldest_due_seconds)
         self.lag = LagMonitor(
             self._bulk_consumer,

@@ -95,8 +95,8 @@ _BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
     type=click.Choice(["skip", "negative"]),
     default="skip",
     show_default=True,
-    help="The worker's NEARLINE_UNLABELED_AS: skip = only candidates the member reacted to "
-    "become examples; negative = every other candidate, shown or not, is a negative.",
+    help="The worker's NEARLINE_UNLABELED_AS: skip = only jobs the member reacted to "
+    "become examples; negative = every other logged job (the shown ones) is a negative.",
 )
 @click.option("--seed", default=7, show_default=True, help="Seed of the world and behaviour.")
 @click.option(

@@ -81,10 +81,9 @@ class SimulationConfig:
     force: bool = False
     training_loss: str = "pairwise"
     training_epochs: int = 30
-    # How the worker labels a candidate nobody reacted to (NEARLINE_UNLABELED_AS). "skip":
+    # How the worker labels a logged job nobody reacted to (NEARLINE_UNLABELED_AS). "skip":
     # only what the member clicked, applied to, saved or dismissed becomes an example. With
-    # "negative" every candidate not shown is a negative, which teaches a model to imitate
-    # the heuristic that chose what was shown, and judges it on that.
+    # "negative" every other shown job is a negative (the worker logs the shown ones only).
     unlabeled_as: str = "skip"
     # Wall seconds between the warm-up and the measured days (train: at least what
     # training took); a baseline run gets the trained run's pause.

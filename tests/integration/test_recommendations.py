@@ -83,10 +83,14 @@ def test_fresh_actions_change_the_ranking_and_every_response_is_logged(
     assert logged["member_id"] == "m1" and logged["model_version"] == "heuristic-v1"
     assert logged["ranked"] == [i["item_id"] for i in after["items"]]
     item_ids, matrix = logged_rows(logged)
-    assert item_ids == ["y", "x", "unknown-item"]
+    assert item_ids == logged["ranked"]  # what was shown, top first
     assert matrix.shape == (3, len(logged["feature_names"]))
     unknown = matrix[:, logged["feature_names"].index("candidate_unknown")]
-    assert unknown.tolist() == [0.0, 0.0, 1.0]
+    assert dict(zip(item_ids, unknown.tolist(), strict=True)) == {
+        "x": 0.0,
+        "y": 0.0,
+        "unknown-item": 1.0,
+    }
 
 
 def test_outcomes_become_training_examples_and_export(

@@ -122,12 +122,25 @@ def test_rankings_scores_and_log_match_the_reference(recommender: Recommender) -
         unknown = {entry["item_id"] for entry in response["items"] if entry.get("unknown")}
         assert unknown == {item_id for item_id, _ in got if item_id not in records}
 
+        # What the member was shown is logged, top first, with its rows.
         logged = codec.loads(nearline.logged[-1])
         item_ids, rows = logged_rows(logged)
-        assert item_ids == wanted and logged["request_id"] == response["request_id"]
-        assert logged["ranked"] == [item_id for item_id, _ in got]
+        assert item_ids == [item_id for item_id, _ in got] == logged["ranked"]
+        assert logged["request_id"] == response["request_id"]
         columns = [recommender.vectorizer.index(name) for name in REFERENCE_NAMES]
-        np.testing.assert_allclose(rows[:, columns], matrix, rtol=1e-5, atol=1e-5)
+        shown = [wanted.index(item_id) for item_id in item_ids]
+        np.testing.assert_allclose(rows[:, columns], matrix[shown], rtol=1e-5, atol=1e-5)
+
+
+def test_every_candidate_is_logged_when_configured() -> None:
+    registry = ModelRegistry(None, Vectorizer(VectorizerConfig(embedding_dim=DIM)))
+    nearline = FakeNearline()
+    recommender = Recommender(nearline, registry, log_candidates="all")  # type: ignore[arg-type]
+    request = RecommendationRequest(member_id="m1", candidates=["a", "b", "c", "d"], k=2)
+    response = asyncio.run(recommender.recommend(request, {}))
+    assert len(response["items"]) == 2
+    item_ids, rows = logged_rows(codec.loads(nearline.logged[-1]))
+    assert item_ids == ["a", "b", "c", "d"] and rows.shape[0] == 4
 
 
 def test_logged_features_become_examples_bit_for_bit(recommender: Recommender) -> None:
