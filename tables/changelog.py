@@ -7,6 +7,14 @@ and routing) and writes a whole batch at once: one RocksDB ``WriteBatch`` per pa
 the batch's changelog records straight to the producer in whole producer batches, all
 acknowledged before the caller commits the source offsets the batch came from. Recovery is
 Faust's own.
+
+RocksDB is written only once the changelog has acknowledged the batch, so a worker's local
+state never holds what its changelog lacks. Written the other way round, a SIGKILL between
+the two left local state ahead of the changelog: a worker restarted on its kept RocksDB
+then believed (say) a response labelled and deleted that the changelog, and so the next
+owner of the partition, still held. A crash after the acknowledgement and before the local
+write is what recovery mends: it replays the changelog from the last persisted offset.
+Reads see a batch a changelog round trip later (a few ms).
 """
 
 from __future__ import annotations
@@ -99,7 +107,7 @@ class ChangelogTable:
     # -- writes ------------------------------------------------------------------------
 
     async def write(self, updates: RawUpdates) -> None:
-        """Store new values (``None`` deletes) and wait until the changelog has them all.
+        """Send new values (``None`` deletes) to the changelog, then store them in RocksDB.
 
         Call with :attr:`write_lock` held, around the reads the new values came from.
         """
@@ -109,7 +117,6 @@ class ChangelogTable:
         for partition, values in updates.items():
             if not values:
                 continue
-            self.write_locally(partition, values)
             sent += await send_in_batches(
                 producer, topic, partition, ((k, v, None, None) for k, v in values.items())
             )
@@ -129,6 +136,9 @@ class ChangelogTable:
             last = meta.offset + count - 1
             persisted[meta.partition] = max(last, persisted.get(meta.partition, -1))
         for partition, offset in persisted.items():
+            if not self.owns(partition):
+                continue  # revoked meanwhile: whoever owns it next restores this from the changelog
+            self.write_locally(partition, updates[partition])
             self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
 
     def write_locally(self, partition: int, values: Mapping[bytes, bytes | None]) -> None:
