@@ -122,7 +122,9 @@ class Metrics:
         )
         self.requests_shed = Counter(
             "nearline_http_requests_shed",
-            "/v1 requests answered 503 at once because NEARLINE_MAX_IN_FLIGHT were in progress.",
+            "/v1 requests answered 503 at once: NEARLINE_MAX_IN_FLIGHT in progress (in_flight), "
+            "or NEARLINE_MAX_IN_FLIGHT_BEHIND while ingest is behind (ingest_behind).",
+            ["reason"],
             registry=r,
         )
         self.request_seconds = Histogram(

@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     advertised_url: str | None = None
     forward_timeout: Duration = 2.0
     max_in_flight: int = Field(default=32, ge=1)
+    max_in_flight_behind: int = Field(default=4, ge=0)
 
     # Attribute store and joins
     attribute_store: str = "embedded"

@@ -276,12 +276,24 @@ class _Shedding:
 
     The web app shares its event loop with ingest: past what the loop can serve, queued
     requests would wait seconds and take the loop from the actions, and the member's next
-    action would wait as long. Probes and /metrics are never shed.
+    action would wait as long. While ``behind()`` (ingest has more queued than it can
+    apply: the actions channel paused its partitions) the limit is ``limit_behind``, so the
+    loop goes to the actions until they are caught up: features a minute stale would be
+    served otherwise, and the lag would only grow. Probes and /metrics are never shed.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, on_shed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        on_shed: Callable[[str], None],
+        limit_behind: int | None = None,
+        behind: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.limit_behind = limit if limit_behind is None else min(limit, limit_behind)
+        self.behind = behind
         self.on_shed = on_shed
         self.in_flight = 0
 
@@ -290,10 +302,19 @@ class _Shedding:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            self.on_shed()
+            self.on_shed("in_flight")
             message = (
                 f"overloaded: {self.limit} requests in progress (NEARLINE_MAX_IN_FLIGHT); "
                 "retry shortly"
+            )
+            await error(503, message)(scope, receive, send)
+            return
+        if self.in_flight >= self.limit_behind and self.behind():
+            self.on_shed("ingest_behind")
+            message = (
+                "overloaded: ingest is behind, so at most "
+                f"{self.limit_behind} requests are served at once until it catches up "
+                "(NEARLINE_MAX_IN_FLIGHT_BEHIND); retry shortly"
             )
             await error(503, message)(scope, receive, send)
             return
@@ -362,7 +383,9 @@ def create_web_app(nearline: Nearline) -> Starlette:
             Middleware(
                 _Shedding,
                 limit=nearline.settings.max_in_flight,
-                on_shed=nearline.metrics.requests_shed.inc,
+                limit_behind=nearline.settings.max_in_flight_behind,
+                behind=nearline.ingest_behind,
+                on_shed=lambda reason: nearline.metrics.requests_shed.labels(reason).inc(),
             ),
             Middleware(_BearerAuth, token=nearline.settings.api_token),
         ],

@@ -469,6 +469,10 @@ class Nearline:
             )
         return True, "ok"
 
+    def ingest_behind(self) -> bool:
+        """Whether more actions are queued than ingest can apply (their partitions paused)."""
+        return bool(self.actions_channel.paused)
+
     def stalled(self) -> str:
         """A reason naming the stalled partitions, or ``""`` when none is."""
         timeout = self.settings.stall_timeout

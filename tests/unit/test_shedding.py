@@ -27,7 +27,7 @@ def test_requests_past_the_limit_are_shed_and_probes_never_are() -> None:
 
     app = Starlette(
         routes=[Route("/v1/slow", slow), Route("/healthz", health)],
-        middleware=[Middleware(_Shedding, limit=2, on_shed=lambda: shed.append(1))],
+        middleware=[Middleware(_Shedding, limit=2, on_shed=shed.append)],
     )
 
     async def run() -> list[int]:
@@ -45,4 +45,40 @@ def test_requests_past_the_limit_are_shed_and_probes_never_are() -> None:
             return [*statuses, again.status_code]
 
     assert asyncio.run(run()) == [200, 200, 200]
-    assert shed == [1]
+    assert shed == ["in_flight"]
+
+
+def test_while_ingest_is_behind_fewer_requests_are_served_at_once() -> None:
+    release = asyncio.Event()
+    shed: list[str] = []
+    behind = [False]
+
+    async def slow(request: Request) -> PlainTextResponse:
+        await release.wait()
+        return PlainTextResponse("done")
+
+    app = Starlette(
+        routes=[Route("/v1/slow", slow)],
+        middleware=[
+            Middleware(
+                _Shedding, limit=8, limit_behind=1, behind=lambda: behind[0], on_shed=shed.append
+            )
+        ],
+    )
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://nearline") as client:
+            held = [asyncio.ensure_future(client.get("/v1/slow")) for _ in range(2)]
+            await asyncio.sleep(0.05)  # two in progress: fine while ingest keeps up
+            behind[0] = True
+            over = await client.get("/v1/slow")
+            assert over.status_code == 503
+            assert "NEARLINE_MAX_IN_FLIGHT_BEHIND" in over.json()["error"]
+            release.set()
+            statuses = [r.status_code for r in await asyncio.gather(*held)]
+            alone = await client.get("/v1/slow")  # one at a time is still served
+            return [*statuses, alone.status_code]
+
+    assert asyncio.run(run()) == [200, 200, 200]
+    assert shed == ["ingest_behind"]
