@@ -102,7 +102,12 @@ class Samples:
     failed: int = 0
 
     def stats(self, outside: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
-        chosen = [lat for t, lat in self.ok if not any(a <= t < b for a, b in outside)]
+        """Percentiles of the requests that neither started nor ended in an ``outside`` window.
+
+        A request that started before a window and was answered in it (a probe waiting
+        through a worker's restart) belongs to the window, not to the steady state.
+        """
+        chosen = [lat for t, lat in self.ok if not any(t < b and t + lat >= a for a, b in outside)]
         found = percentiles(chosen)
         return {
             "n": found["n"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -64,6 +65,8 @@ class Soak:
         self.seconds = seconds
         self.rate = rate
         self.timeline: list[dict[str, Any]] = []
+        self.load: LoadProcess | None = None
+        self._cpu_before: dict[str, tuple[float, float] | None] = {}
         self.events: list[tuple[float, str]] = []
         self.windows: list[tuple[float, float]] = []  # chaos: event until ready without lag
         self.probe_events: list[tuple[str, str]] = []  # (member, action) acknowledged
@@ -172,9 +175,37 @@ class Soak:
     async def _at(self, share: float) -> None:
         await asyncio.sleep(max(0.0, self.start + share * self.seconds - time.perf_counter()))
 
+    def _processes(self) -> dict[str, int | None]:
+        """Who shares the two cores: the workers, the broker, the actions producer, and this
+        process (the HTTP load and the probes)."""
+        found: dict[str, int | None] = {
+            f"w{n}": w.process.pid if w.process.poll() is None else None
+            for n, w in enumerate(self.workers, 1)
+        }
+        load = self.load
+        found |= {
+            "broker": self.stack.broker.pid,
+            "producer": load.process.pid if load is not None else None,
+            "driver": os.getpid(),
+        }
+        return found
+
+    def _cpu_shares(self) -> dict[str, float]:
+        """Per process, the share of one core used since the last call (100 = a whole core)."""
+        now = time.perf_counter()
+        shares: dict[str, float] = {}
+        for name, pid in self._processes().items():
+            seconds = _cpu_seconds(pid) if pid is not None else None
+            before = self._cpu_before.get(name)
+            if seconds is not None and before is not None and before[1] <= seconds:
+                shares[f"cpu_{name}"] = round(100 * (seconds - before[1]) / (now - before[0]), 1)
+            self._cpu_before[name] = (now, seconds) if seconds is not None else None
+        return shares
+
     async def sample(self, until: float) -> None:
         while time.perf_counter() < until:
             row: dict[str, Any] = {"t": round(time.perf_counter() - self.start, 2)}
+            row |= self._cpu_shares()
             for n, worker in enumerate(self.workers, 1):
                 if worker.process.poll() is not None:
                     continue
@@ -197,7 +228,7 @@ class Soak:
     # -- the run -----------------------------------------------------------------------
 
     async def run(self, oracle_path: Path) -> dict[str, Any]:
-        load = await LoadProcess.start(
+        load = self.load = await LoadProcess.start(
             self.stack.broker.bootstrap,
             self.stack.topic,
             self.rate - PROBES_PER_S,
@@ -230,6 +261,26 @@ class Soak:
             },
             "chaos_windows": self.windows,
         }
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_means(timeline: list[dict[str, Any]]) -> dict[str, float]:
+    """Each process's mean share of a core over the samples it was alive for."""
+    seen: dict[str, list[float]] = {}
+    for row in timeline:
+        for key, value in row.items():
+            if key.startswith("cpu_"):
+                seen.setdefault(key.removeprefix("cpu_"), []).append(value)
+    return {name: round(sum(v) / len(v), 1) for name, v in sorted(seen.items())}
 
 
 def _metrics(url: str) -> dict[str, float | None]:
@@ -316,7 +367,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             values.append(row[name])
         return ts, values
 
-    fig, (lag_ax, rss_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    fig, (lag_ax, rss_ax, cpu_ax) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     for n in (1, 2):
         ts, values = series(f"w{n}_lag")
         if ts:
@@ -324,15 +375,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ts, values = series(f"w{n}_rss_mb")
         if ts:
             rss_ax.plot(ts, values, label=f"worker {n} RSS (MB)")
+    for name in result.get("cpu_percent", {}):
+        ts, values = series(f"cpu_{name}")
+        if ts:
+            cpu_ax.plot(ts, values, label=name, linewidth=1)
     for t, what in result["events"]:
-        for ax in (lag_ax, rss_ax):
+        for ax in (lag_ax, rss_ax, cpu_ax):
             ax.axvline(t, color="grey", linestyle="--", linewidth=0.8)
         lag_ax.annotate(what, (t, 0), rotation=90, fontsize=7, va="bottom")
     lag_ax.set_ylabel("consumer lag (gaps: no answer)")
     rss_ax.set_ylabel("RSS (MB)")
-    rss_ax.set_xlabel("seconds into the soak")
-    lag_ax.legend(loc="upper right", fontsize=8)
-    rss_ax.legend(loc="upper right", fontsize=8)
+    cpu_ax.set_ylabel("CPU (% of a core)")
+    cpu_ax.set_xlabel("seconds into the soak")
+    for ax in (lag_ax, rss_ax, cpu_ax):
+        ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(
         f"nearline mixed soak: {result['rate']:.0f} actions/s, {result['recs_rate']:.0f} "
         f"recommendations/s, {result['reads_rate']:.0f} reads/s "
@@ -408,6 +464,7 @@ def soak(
                         (v for r in run.timeline for k, v in r.items() if k.endswith("_stalled")),
                         default=0.0,
                     ),
+                    "cpu_percent": cpu_means(run.timeline),
                     "timeline": run.timeline,
                     "events": run.events,
                     "machine": machine(),
@@ -439,6 +496,8 @@ def summary(result: dict[str, Any]) -> list[str]:
         f"longest stall on a partition with lag: {result['max_stalled_s']:.1f} s",
         f"state vs oracle: {result['state']}",
         f"examples per response: {result['examples']}",
+        "mean CPU, % of one core (2 cores in all): "
+        + ", ".join(f"{name} {share}" for name, share in result["cpu_percent"].items()),
     ]
 
 
