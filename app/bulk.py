@@ -15,7 +15,8 @@ handing their records over; the fetcher keeps at most a fetch of them) and resum
 it has caught up.
 
 What Faust does per record is kept per fetch: records of partitions that are not active
-(paused for recovery, revoked) are left to Faust, which drops them; a fetch made before a
+(paused for recovery, revoked) are left to Faust, which drops them; so are records before
+a partition's read offset (fetched from an older position before a seek); a fetch made before a
 rebalance is dropped, not processed (Faust seeks back to the committed offsets, so it is
 read again); and offsets are acknowledged into Faust's own commit book-keeping only after
 the caller has applied them, so a crash or rebalance re-reads exactly the unapplied ones.
@@ -136,10 +137,19 @@ class BulkConsumer(AIOKafkaConsumer):
         rest: dict[TP, list[Any]] = {}
         for tp, batch in records.items():
             channel = self._channel_of.get(tp.topic)
-            if channel is not None and self._delivers(tp, active):
-                taken.setdefault(channel, {})[tp] = batch
-            else:
+            if channel is None or not self._delivers(tp, active):
                 rest[tp] = batch
+                continue
+            # Faust's drain loop drops records before the partition's read offset: a fetch
+            # made from an older position before a seek to the committed offsets (a restart
+            # fetches before recovery ends and seeks). Delivered, those would be applied
+            # again though the group has committed past them.
+            read = self._read_offset[tp]
+            if read is not None and batch[0].offset < read:
+                batch = [record for record in batch if record.offset >= read]
+                if not batch:
+                    continue
+            taken.setdefault(channel, {})[tp] = batch
         for channel, fetched in taken.items():
             channel.put(Fetch(self.app.consumer_generation_id, fetched))
             if channel.full:

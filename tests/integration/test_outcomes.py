@@ -112,9 +112,9 @@ def _pending_state(deployment: Deployment, app_id: str) -> dict[bytes, bytes]:
     return state
 
 
-# The restarted worker may read log records again that it has already labelled (the consumer
-# seeks back below what the killed worker committed, about one run in five here): the
-# join's stored-until offset must keep them from being stored, and labelled, a second time.
+# The restarted worker may read log records again that were already labelled (here, about one
+# run in five, a fetch from an older position before the seek to the committed offsets):
+# neither may be stored, and labelled, a second time.
 @pytest.mark.parametrize("keep_local_state", [False, True], ids=["rocksdb-deleted", "rocksdb-kept"])
 def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
     deployment: Deployment, keep_local_state: bool

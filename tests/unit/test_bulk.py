@@ -115,3 +115,38 @@ def test_a_channel_that_falls_behind_pauses_only_its_own_partitions() -> None:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def test_records_before_the_read_offset_are_not_delivered() -> None:
+    # A restarted worker fetches before recovery ends and seeks to the committed offsets:
+    # what that fetch read from the older position must not be applied again.
+    actions = BulkChannel([TOPIC], max_records=100)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = faust.App("bulk-test", broker="kafka://127.0.0.1:1", store="memory://")
+    app.transport.Consumer = BulkConsumer.delivering_to(actions)  # type: ignore[misc]
+    consumer = app.consumer
+    assert isinstance(consumer, BulkConsumer)
+    consumer._read_offset[TP0] = 316  # as Faust's perform_seek leaves it
+    fetched = [{TP0: records(166, 167, 315, 316, 317)}, {TP0: records(200, 201)}]
+
+    async def fetch(timeout: float) -> tuple[object, object]:
+        return fetched.pop(0), None
+
+    async def run() -> list[int]:
+        with_fetches = AIOKafkaConsumer._wait_next_records
+        AIOKafkaConsumer._wait_next_records = lambda self, timeout: fetch(timeout)  # type: ignore[assignment,method-assign]
+        try:
+            for _ in range(2):
+                await consumer._wait_next_records(1.0)
+        finally:
+            AIOKafkaConsumer._wait_next_records = with_fetches  # type: ignore[method-assign]
+        async for batch in actions.batches(max_records=10):
+            return [record.offset for record in batch.records[TP0]]
+        raise AssertionError("unreachable")
+
+    try:
+        assert loop.run_until_complete(run()) == [316, 317]
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
