@@ -115,10 +115,7 @@ class ChangelogTable:
         topic = self.changelog_topic
         sent: list[tuple[asyncio.Future[Any], int]] = []
         for partition, values in updates.items():
-            if not values or not self.owns(partition):
-                # Moved to another worker meanwhile: it must be that worker's alone to write
-                # (the source records of these values are not committed here, so it reads
-                # them again).
+            if not values:
                 continue
             sent += await send_in_batches(
                 producer, topic, partition, ((k, v, None, None) for k, v in values.items())
