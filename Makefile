@@ -42,7 +42,7 @@ integration: setup browser
 	$(BIN)/python -m pytest tests/integration -q
 
 test: lint typecheck browser
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=15
 
 bench: setup browser
 	$(BIN)/python -m bench

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -524,15 +525,42 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def _clean_stop_marker(tabledir: Path) -> Path:
+    return tabledir.parent / "tables-stopped-cleanly"
+
+
 async def prepare(settings: Settings, nearline: Nearline) -> None:
-    """Create missing topics; drop local state the broker no longer has a changelog for."""
+    """Create missing topics; drop local state that its changelogs may not back."""
     topics = (await ensure_topics(settings)).present
-    tabledir = nearline.faust.conf.tabledir
-    if nearline.store.changelog_topic not in topics and tabledir.exists():
-        # A new (or restarted, memory-only) broker: the old RocksDB state would be
-        # trusted by recovery although no changelog backs it any more.
-        log.warning("changelog topic is new: discarding local state in %s", tabledir)
-        shutil.rmtree(tabledir)
+    tabledir = Path(nearline.faust.conf.tabledir)
+    marker = _clean_stop_marker(tabledir)
+    if tabledir.exists():
+        if nearline.store.changelog_topic not in topics:
+            # A new (or restarted, memory-only) broker: the old RocksDB state would be
+            # trusted by recovery although no changelog backs it any more.
+            log.warning("changelog topic is new: discarding local state in %s", tabledir)
+            shutil.rmtree(tabledir)
+        elif not marker.exists():
+            # Killed, or stopped with a write its changelog did not acknowledge: RocksDB
+            # may hold what the changelogs lack (tables/changelog.py). Recovery restores
+            # it all from the changelogs instead.
+            log.warning(
+                "the last run did not stop cleanly: discarding local state in %s; "
+                "it is restored from the changelogs",
+                tabledir,
+            )
+            shutil.rmtree(tabledir)
+    marker.unlink(missing_ok=True)  # until this run stops cleanly
+
+
+def _mark_clean_stop(nearline: Nearline) -> None:
+    """After a clean stop with every table write acknowledged, local state may be kept."""
+    if nearline.store.table.unsettled or nearline.pending.table.unsettled:
+        log.warning("a table write was not acknowledged: local state is restored next start")
+        return
+    tabledir = Path(nearline.faust.conf.tabledir)
+    if tabledir.exists():
+        _clean_stop_marker(tabledir).touch()
 
 
 def run_worker(settings: Settings) -> None:
@@ -553,4 +581,9 @@ def run_worker(settings: Settings) -> None:
     worker = _Worker(
         nearline.faust, web, nearline.attribute_feed, loglevel=settings.log_level.lower(), loop=loop
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stopped:
+        if stopped.code in (0, None):
+            _mark_clean_stop(nearline)
+        raise

@@ -83,6 +83,8 @@ def test_a_worker_restarted_after_serving_ingests_at_once(deployment: Deployment
     worker.stop()  # SIGTERM, as a rolling restart does
     again = deployment.worker("w1-again", NEARLINE_DATA_DIR=worker.env["NEARLINE_DATA_DIR"])
     again.start().wait_ready()
+    # A clean stop keeps local state: recovery reads only the changelogs' tails.
+    assert "did not stop cleanly" not in again.log_path.read_text(errors="replace")
     ingests_at_once(deployment, again, 300, seed=3)
     again.stop()
     # A new app id on the same topics: a new group that reads the whole backlog of responses.
@@ -137,6 +139,9 @@ def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
         "w1-restarted", NEARLINE_DATA_DIR=str(data_dir), NEARLINE_OUTCOME_HORIZON=f"{horizon}s"
     )
     restarted.start().wait_ready()
+    if keep_local_state:
+        # RocksDB may hold writes its changelogs never got: it is restored from them instead.
+        assert "did not stop cleanly" in restarted.log_path.read_text(errors="replace")
     app_id = deployment.settings["NEARLINE_APP_ID"]
     # Done when the state holds nothing: no response, no pass in progress. Nothing can
     # write examples after that, so the count below is final.
