@@ -301,28 +301,28 @@ class _Shedding:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
-            self.on_shed("in_flight")
-            message = (
-                f"overloaded: {self.limit} requests in progress (NEARLINE_MAX_IN_FLIGHT); "
-                "retry shortly"
-            )
-            await error(503, message)(scope, receive, send)
-            return
-        if self.in_flight >= self.limit_behind and self.behind():
-            self.on_shed("ingest_behind")
-            message = (
-                "overloaded: ingest is behind, so at most "
-                f"{self.limit_behind} requests are served at once until it catches up "
-                "(NEARLINE_MAX_IN_FLIGHT_BEHIND); retry shortly"
-            )
-            await error(503, message)(scope, receive, send)
+        shed = self._shed_reason()
+        if shed is not None:
+            reason, message = shed
+            self.on_shed(reason)
+            await error(503, f"overloaded: {message}; retry shortly")(scope, receive, send)
             return
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+    def _shed_reason(self) -> tuple[str, str] | None:
+        """(metric reason, message) when the next /v1 request is to be shed now."""
+        if self.in_flight >= self.limit:
+            return "in_flight", f"{self.limit} requests in progress (NEARLINE_MAX_IN_FLIGHT)"
+        if self.in_flight >= self.limit_behind and self.behind():
+            return "ingest_behind", (
+                f"ingest is behind, so at most {self.limit_behind} requests are served at once "
+                "until it catches up (NEARLINE_MAX_IN_FLIGHT_BEHIND)"
+            )
+        return None
 
 
 class _Timing:

@@ -534,22 +534,22 @@ async def prepare(settings: Settings, nearline: Nearline) -> None:
     topics = (await ensure_topics(settings)).present
     tabledir = Path(nearline.faust.conf.tabledir)
     marker = _clean_stop_marker(tabledir)
-    if tabledir.exists():
-        if nearline.store.changelog_topic not in topics:
-            # A new (or restarted, memory-only) broker: the old RocksDB state would be
-            # trusted by recovery although no changelog backs it any more.
-            log.warning("changelog topic is new: discarding local state in %s", tabledir)
-            shutil.rmtree(tabledir)
-        elif not marker.exists():
-            # Killed, or stopped with a write its changelog did not acknowledge: RocksDB
-            # may hold what the changelogs lack (tables/changelog.py). Recovery restores
-            # it all from the changelogs instead.
-            log.warning(
-                "the last run did not stop cleanly: discarding local state in %s; "
-                "it is restored from the changelogs",
-                tabledir,
-            )
-            shutil.rmtree(tabledir)
+    untrusted = None
+    if tabledir.exists() and nearline.store.changelog_topic not in topics:
+        # A new (or restarted, memory-only) broker: the old RocksDB state would be
+        # trusted by recovery although no changelog backs it any more.
+        untrusted = "the changelog topic is new"
+    elif tabledir.exists() and not marker.exists():
+        # Killed, or stopped with a write its changelog did not acknowledge: RocksDB may
+        # hold what the changelogs lack (tables/changelog.py).
+        untrusted = "the last run did not stop cleanly"
+    if untrusted is not None:
+        log.warning(
+            "%s: discarding local state in %s; it is restored from the changelogs",
+            untrusted,
+            tabledir,
+        )
+        shutil.rmtree(tabledir)
     marker.unlink(missing_ok=True)  # until this run stops cleanly
 
 

@@ -58,11 +58,6 @@ def _due_response(key: bytes, value: bytes) -> DueResponse:
     return DueResponse(key, due_ms, offset, key[_DUE_HEAD:], value)
 
 
-def member_of(key: bytes) -> bytes:
-    """The member of a ``d`` key."""
-    return key[_DUE_HEAD:]
-
-
 def due_key(due_ms: int, offset: int, member: bytes) -> bytes:
     return _DUE + _U64.pack(due_ms) + _U64.pack(offset) + member
 

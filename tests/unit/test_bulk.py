@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 import pytest
@@ -77,30 +78,43 @@ def test_batches_merge_queued_fetches_of_one_generation_up_to_the_limit() -> Non
     assert asyncio.run(run()) == [(1, 4), (1, 2), (2, 2)]
 
 
-def test_a_channel_that_falls_behind_pauses_only_its_own_partitions() -> None:
-    actions, log = BulkChannel([TOPIC], max_records=2), BulkChannel(["log"], max_records=2)
+def _run(channels: tuple[BulkChannel, ...], test: Any) -> None:
+    """Run ``test(consumer, take)`` on a fresh loop, with a real Faust consumer delivering to
+    ``channels``; ``take(fetched)`` hands it each mapping of ``fetched`` as one fetch from
+    the broker and returns what it left to Faust."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app = faust.App("bulk-test", broker="kafka://127.0.0.1:1", store="memory://")
-    app.transport.Consumer = BulkConsumer.delivering_to(actions, log)  # type: ignore[misc]
+    app.transport.Consumer = BulkConsumer.delivering_to(*channels)  # type: ignore[misc]
     consumer = app.consumer
     assert isinstance(consumer, BulkConsumer)
-    assigned = {TP0, TP(TOPIC, 1), TP("log", 0), TP("log", 1)}
-    consumer.assignment = lambda: assigned  # type: ignore[method-assign]
-    fetched = [{TP("log", 0): records(n)} for n in range(3)]
 
-    async def fetch(timeout: float) -> tuple[object, object]:
-        return fetched.pop(0), None
+    async def take(fetched: list[dict[TP, list[Record]]]) -> list[object]:
+        async def fetch(self: object, timeout: float) -> tuple[object, object]:
+            return fetched.pop(0), None
 
-    async def run() -> None:
         with_fetches = AIOKafkaConsumer._wait_next_records
-        AIOKafkaConsumer._wait_next_records = lambda self, timeout: fetch(timeout)  # type: ignore[assignment,method-assign]
+        AIOKafkaConsumer._wait_next_records = fetch  # type: ignore[assignment,method-assign]
         try:
-            for _ in range(2):
-                rest, _ = await consumer._wait_next_records(1.0)
-                assert rest == {}  # taken by the channel, never waited for
+            return [(await consumer._wait_next_records(1.0))[0] for _ in range(len(fetched))]
         finally:
             AIOKafkaConsumer._wait_next_records = with_fetches  # type: ignore[method-assign]
+
+    try:
+        loop.run_until_complete(test(consumer, take))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_a_channel_that_falls_behind_pauses_only_its_own_partitions() -> None:
+    actions, log = BulkChannel([TOPIC], max_records=2), BulkChannel(["log"], max_records=2)
+
+    async def test(consumer: BulkConsumer, take: Any) -> None:
+        assigned = {TP0, TP(TOPIC, 1), TP("log", 0), TP("log", 1)}
+        consumer.assignment = lambda: assigned  # type: ignore[method-assign]
+        rests = await take([{TP("log", 0): records(n)} for n in range(2)])
+        assert rests == [{}, {}]  # taken by the channel, never waited for
         assert consumer._paused_partitions == {TP("log", 0), TP("log", 1)}
         assert log.paused and not actions.paused
         # The log's task catches up: its partitions are resumed, the actions' never paused.
@@ -110,43 +124,20 @@ def test_a_channel_that_falls_behind_pauses_only_its_own_partitions() -> None:
         consumer._resume_caught_up_channels()
         assert consumer._paused_partitions == set() and not log.paused
 
-    try:
-        loop.run_until_complete(run())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    _run((actions, log), test)
 
 
 def test_records_before_the_read_offset_are_not_delivered() -> None:
     # A restarted worker fetches before recovery ends and seeks to the committed offsets:
     # what that fetch read from the older position must not be applied again.
     actions = BulkChannel([TOPIC], max_records=100)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    app = faust.App("bulk-test", broker="kafka://127.0.0.1:1", store="memory://")
-    app.transport.Consumer = BulkConsumer.delivering_to(actions)  # type: ignore[misc]
-    consumer = app.consumer
-    assert isinstance(consumer, BulkConsumer)
-    consumer._read_offset[TP0] = 316  # as Faust's perform_seek leaves it
-    fetched = [{TP0: records(166, 167, 315, 316, 317)}, {TP0: records(200, 201)}]
 
-    async def fetch(timeout: float) -> tuple[object, object]:
-        return fetched.pop(0), None
-
-    async def run() -> list[int]:
-        with_fetches = AIOKafkaConsumer._wait_next_records
-        AIOKafkaConsumer._wait_next_records = lambda self, timeout: fetch(timeout)  # type: ignore[assignment,method-assign]
-        try:
-            for _ in range(2):
-                await consumer._wait_next_records(1.0)
-        finally:
-            AIOKafkaConsumer._wait_next_records = with_fetches  # type: ignore[method-assign]
+    async def test(consumer: BulkConsumer, take: Any) -> None:
+        consumer._read_offset[TP0] = 316  # as Faust's perform_seek leaves it
+        await take([{TP0: records(166, 167, 315, 316, 317)}, {TP0: records(200, 201)}])
         async for batch in actions.batches(max_records=10):
-            return [record.offset for record in batch.records[TP0]]
+            assert [record.offset for record in batch.records[TP0]] == [316, 317]
+            return
         raise AssertionError("unreachable")
 
-    try:
-        assert loop.run_until_complete(run()) == [316, 317]
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    _run((actions,), test)
