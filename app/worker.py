@@ -28,6 +28,7 @@ from app.console.timeline import IngestTimeline
 from app.examples_topic import KafkaExamplesTopic
 from app.kafka import client_options, send_in_batches, ssl_context
 from app.lag import LagMonitor, PartitionLag
+from app.loop_lag import LoopMonitor
 from app.metrics import Metrics
 from app.recommend import Recommender
 from app.settings import Settings
@@ -192,6 +193,7 @@ class Nearline:
         self.timeline = IngestTimeline()  # the console's ingest rate and freshness
         self.web = create_web_app(self)
         self.metrics.track_lag(self.lag.snapshot)
+        self.loop_monitor = LoopMonitor(self.metrics.registry)
         self._register_agents()
 
     def _table(self, name: str) -> faust.types.TableT[bytes, bytes]:
@@ -260,6 +262,7 @@ class Nearline:
 
         self.faust.task(ingest)
         self.faust.task(join_outcomes)
+        self.faust.task(self.loop_monitor.run)
 
         async def label_outcomes() -> None:
             if self.faust.rebalancing or self.faust.in_recovery:

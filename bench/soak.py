@@ -221,6 +221,7 @@ class Soak:
                     continue  # starting, rebalancing: no partition to report yet
                 row[f"w{n}_lag"] = metrics["lag"]
                 row[f"w{n}_stalled"] = metrics["stalled"]
+                row[f"w{n}_loop_ms"] = metrics["loop_ms"]
                 row[f"w{n}_rss_mb"] = rss
             self.timeline.append(row)
             await asyncio.sleep(1.0)
@@ -283,17 +284,32 @@ def cpu_means(timeline: list[dict[str, Any]]) -> dict[str, float]:
     return {name: round(sum(v) / len(v), 1) for name, v in sorted(seen.items())}
 
 
+def loop_lag(timeline: list[dict[str, Any]]) -> dict[str, float]:
+    """The per-second longest event-loop delay, over the seconds sampled (all workers)."""
+    values = sorted(v for row in timeline for k, v in row.items() if k.endswith("_loop_ms"))
+    if not values:
+        return {}
+    return {
+        "p50": values[len(values) // 2],
+        "p90": values[int(len(values) * 0.9)],
+        "max": values[-1],
+    }
+
+
 def _metrics(url: str) -> dict[str, float | None]:
     """Summed lag and the longest stall; ``None`` while the worker reports no partition."""
     lag: float | None = None
     stalled = 0.0
+    loop_ms: float | None = None
     for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
         head, _, value = line.rpartition(" ")
         if head.startswith("nearline_consumer_lag{"):
             lag = (lag or 0.0) + float(value)
         elif head.startswith("nearline_partition_stalled_seconds{"):
             stalled = max(stalled, float(value))
-    return {"lag": lag, "stalled": stalled}
+        elif head == "nearline_event_loop_lag_seconds":
+            loop_ms = round(1000 * float(value), 1)
+    return {"lag": lag, "stalled": stalled, "loop_ms": loop_ms}
 
 
 def expected_counts(
@@ -367,11 +383,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
             values.append(row[name])
         return ts, values
 
-    fig, (lag_ax, rss_ax, cpu_ax) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig, (lag_ax, loop_ax, rss_ax, cpu_ax) = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     for n in (1, 2):
         ts, values = series(f"w{n}_lag")
         if ts:
             lag_ax.plot(ts, values, label=f"worker {n} lag (records)")
+        ts, values = series(f"w{n}_loop_ms")
+        if ts:
+            loop_ax.plot(ts, values, label=f"worker {n} event-loop lag (ms)")
         ts, values = series(f"w{n}_rss_mb")
         if ts:
             rss_ax.plot(ts, values, label=f"worker {n} RSS (MB)")
@@ -380,14 +399,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
         if ts:
             cpu_ax.plot(ts, values, label=name, linewidth=1)
     for t, what in result["events"]:
-        for ax in (lag_ax, rss_ax, cpu_ax):
+        for ax in (lag_ax, loop_ax, rss_ax, cpu_ax):
             ax.axvline(t, color="grey", linestyle="--", linewidth=0.8)
         lag_ax.annotate(what, (t, 0), rotation=90, fontsize=7, va="bottom")
     lag_ax.set_ylabel("consumer lag (gaps: no answer)")
+    loop_ax.set_ylabel("longest loop delay\nin the last second (ms)")
     rss_ax.set_ylabel("RSS (MB)")
     cpu_ax.set_ylabel("CPU (% of a core)")
     cpu_ax.set_xlabel("seconds into the soak")
-    for ax in (lag_ax, rss_ax, cpu_ax):
+    for ax in (lag_ax, loop_ax, rss_ax, cpu_ax):
         ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(
         f"nearline mixed soak: {result['rate']:.0f} actions/s, {result['recs_rate']:.0f} "
@@ -465,6 +485,7 @@ def soak(
                         default=0.0,
                     ),
                     "cpu_percent": cpu_means(run.timeline),
+                    "loop_lag_ms": loop_lag(run.timeline),
                     "timeline": run.timeline,
                     "events": run.events,
                     "machine": machine(),
@@ -496,6 +517,8 @@ def summary(result: dict[str, Any]) -> list[str]:
         f"longest stall on a partition with lag: {result['max_stalled_s']:.1f} s",
         f"state vs oracle: {result['state']}",
         f"examples per response: {result['examples']}",
+        "event-loop lag, longest of each second (ms): "
+        + ", ".join(f"{name} {v}" for name, v in result["loop_lag_ms"].items()),
         "mean CPU, % of one core (2 cores in all): "
         + ", ".join(f"{name} {share}" for name, share in result["cpu_percent"].items()),
     ]
