@@ -1,7 +1,10 @@
 """A member's online state: recent actions and time-bucketed counts, with pure update rules.
 
 One value per member holds everything the features endpoint serves, so an ingest batch
-costs one read and one write per member it touches, however many events it holds.
+costs one read and one write per member it touches, however many events it holds. The
+member's actions sit in that value encoded, and ingest appends a new action's row to them
+without decoding the others: applying an action costs the same for a member with 3 actions
+as for one with 100 (see :class:`MemberState`).
 Windows are computed at read time from fixed-size event-time buckets: an event counts in
 window ``W`` at time ``t`` while its bucket overlaps ``(t - W, t]``.
 
@@ -13,10 +16,12 @@ late or old the original event was.
 from __future__ import annotations
 
 import math
+import struct
 from binascii import a2b_base64, b2a_base64
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from hashlib import blake2b
+from operator import itemgetter
 from typing import Any
 
 from app import codec
@@ -114,10 +119,15 @@ class RecentAction:
         return body
 
 
-#: One kept action as stored: [event_id, item_id, action, ts, attributes | None, joined].
-#: Plain lists, so decoding a member's value is one orjson call with no objects to build.
+#: One kept action: [event_id, item_id, action, ts, attributes | None, joined].
+#: Plain lists, so decoding the rows is one orjson call with no objects to build.
 ActionRow = list[Any]
 _EID, _ITEM, _ACTION, _TS, _ATTRS, _JOINED = range(6)
+
+#: Leads a value in the current layout: the header's length, the header, then the rows.
+#: Older values are one JSON object and start with ``{``.
+_LAYOUT = b"\x02"
+_HEADER_LENGTH = struct.Struct(">I")
 
 
 def _row(action: RecentAction) -> ActionRow:
@@ -131,58 +141,127 @@ def _row(action: RecentAction) -> ActionRow:
     ]
 
 
+def _newest(rows: list[ActionRow], count: int) -> list[ActionRow]:
+    """The last ``count`` of ``rows`` (none for 0)."""
+    return rows[max(0, len(rows) - count) :]
+
+
+def _encode_rows(rows: list[ActionRow]) -> bytes:
+    """Rows as the inside of a JSON array, so appending one is a byte concatenation."""
+    return codec.dumps(rows)[1:-1]
+
+
 @dataclass(slots=True)
 class MemberState:
-    """Everything kept for one member; ``actions`` is sorted by event time, newest last.
+    """Everything kept for one member.
 
     ``last_offsets`` holds the offset of the last event applied from each :class:`Source`;
     ``seen`` the hashes of the event ids applied, concatenated per arrival-time bucket.
+
+    The kept actions are stored encoded (``rows``, in arrival order) and decoded only when
+    read, so applying an action costs the same however many the member has: its row is
+    appended to the encoded ones. ``max_recent_actions`` is kept by trimming to the newest
+    by event time once the rows exceed it by a quarter (at least 8), and reads serve the
+    newest ``max_recent_actions`` by event time, so the trimming is invisible to them.
+    ``oldest_ts`` (the oldest row's event time) tells pruning when rows have expired without
+    decoding them.
     """
 
     last_offsets: list[int] = field(default_factory=lambda: [-1] * len(Source))
     last_event_ts: float | None = None
     last_applied_at: float | None = None
-    actions: list[ActionRow] = field(default_factory=list)
     buckets: dict[int, dict[str, int]] = field(default_factory=dict)
     seen: dict[int, bytearray] = field(default_factory=dict)
+    rows: bytes = b""  # encoded rows (see _encode_rows), arrival order
+    row_count: int = 0
+    oldest_ts: float | None = None
+    new_rows: list[ActionRow] = field(default_factory=list)  # applied, not yet encoded
 
     # -- codec -------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        return codec.dumps(
+        header = codec.dumps(
             {
                 "o": self.last_offsets,
                 "t": self.last_event_ts,
                 "p": self.last_applied_at,
-                "a": self.actions,
                 "b": sorted(self.buckets.items()),
                 "d": [
                     [k, b2a_base64(ids, newline=False).decode()]
                     for k, ids in sorted(self.seen.items())
                 ],
+                "n": self.row_count,
+                "m": self.oldest_ts,
             }
         )
+        return b"".join((_LAYOUT, _HEADER_LENGTH.pack(len(header)), header, self._encoded_rows()))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MemberState:
-        body = codec.loads(data)
+        if data[:1] != _LAYOUT:  # one JSON object, rows included: an older layout
+            return cls._from_json(codec.loads(data))
+        (length,) = _HEADER_LENGTH.unpack_from(data, 1)
+        start = 1 + _HEADER_LENGTH.size
+        body = codec.loads(data[start : start + length])
+        return cls(
+            last_offsets=body["o"],
+            last_event_ts=body["t"],
+            last_applied_at=body["p"],
+            buckets=dict(body["b"]),
+            seen={k: bytearray(a2b_base64(ids)) for k, ids in body["d"]},
+            rows=data[start + length :],
+            row_count=body["n"],
+            oldest_ts=body["m"],
+        )
+
+    @classmethod
+    def _from_json(cls, body: dict[str, Any]) -> MemberState:
         offsets = body["o"]
         if isinstance(offsets, int):  # written before the repartition topic existed
             offsets = [offsets] + [-1] * (len(Source) - 1)
+        rows: list[ActionRow] = body["a"]
         return cls(
             last_offsets=offsets,
             last_event_ts=body["t"],
             last_applied_at=body["p"],
-            actions=body["a"],
             buckets=dict(body["b"]),
             seen={k: bytearray(a2b_base64(ids)) for k, ids in body.get("d", ())},
+            rows=_encode_rows(rows),
+            row_count=len(rows),
+            oldest_ts=min((row[_TS] for row in rows), default=None),
         )
 
-    def recent_actions(self) -> list[RecentAction]:
-        """The kept actions, oldest first, as objects."""
+    def _encoded_rows(self) -> bytes:
+        if not self.new_rows:
+            return self.rows
+        added = _encode_rows(self.new_rows)
+        return self.rows + b"," + added if self.rows else added
+
+    def _all_rows(self) -> list[ActionRow]:
+        """Every stored row, oldest event first (arrival order among equal event times)."""
+        encoded = self._encoded_rows()
+        rows: list[ActionRow] = codec.loads(b"[" + encoded + b"]") if encoded else []
+        rows.sort(key=itemgetter(_TS))
+        return rows
+
+    def _replace_rows(self, rows: list[ActionRow]) -> None:
+        """Store ``rows`` (oldest event first) in place of every row."""
+        self.rows = _encode_rows(rows)
+        self.new_rows = []
+        self.row_count = len(rows)
+        self.oldest_ts = rows[0][_TS] if rows else None
+
+    @property
+    def actions(self) -> list[ActionRow]:
+        """Every stored row, oldest event first: up to ``max_recent_actions`` plus the
+        trimming's slack (see the class)."""
+        return self._all_rows()
+
+    def recent_actions(self, policy: StatePolicy) -> list[RecentAction]:
+        """The kept actions (the newest ``max_recent_actions``), oldest first, as objects."""
         return [
             RecentAction(eid, item, action, ts, attrs or {}, joined)
-            for eid, item, action, ts, attrs, joined in self.actions
+            for eid, item, action, ts, attrs, joined in _newest(self.actions, policy.max_recent_actions)
         ]
 
     # -- updates -----------------------------------------------------------------------
@@ -211,7 +290,7 @@ class MemberState:
             self.seen[arrival] = bytearray(digest)
         else:
             ids += digest
-        self._insert(_row(action), policy.max_recent_actions)
+        self._add_row(_row(action), policy.max_recent_actions)
         counts = self.buckets.setdefault(policy.bucket_of(action.ts), {})
         counts[action.action] = counts.get(action.action, 0) + 1
         if self.last_event_ts is None or action.ts > self.last_event_ts:
@@ -228,26 +307,22 @@ class MemberState:
                 at = ids.find(digest, at + 1)
         return False
 
-    def _insert(self, row: ActionRow, cap: int) -> None:
-        actions = self.actions
+    def _add_row(self, row: ActionRow, cap: int) -> None:
+        self.new_rows.append(row)
+        self.row_count += 1
         ts = row[_TS]
-        if not actions or ts >= actions[-1][_TS]:
-            actions.append(row)
-        else:  # late event: keep event-time order
-            index = len(actions)
-            while index > 0 and actions[index - 1][_TS] > ts:
-                index -= 1
-            actions.insert(index, row)
-        if len(actions) > cap:
-            del actions[: len(actions) - cap]
+        if self.oldest_ts is None or ts < self.oldest_ts:
+            self.oldest_ts = ts
+        if self.row_count > cap + max(8, cap // 4):
+            self._replace_rows(_newest(self._all_rows(), cap))
 
     def prune(self, now: float, policy: StatePolicy) -> bool:
         """Drop what is older than the retention, and event ids older than the dedupe
         window or over its cap; True if anything was dropped."""
         horizon = now - policy.retention
         changed = False
-        if self.actions and self.actions[0][_TS] <= horizon:
-            self.actions = [a for a in self.actions if a[_TS] > horizon]
+        if self.oldest_ts is not None and self.oldest_ts <= horizon:
+            self._replace_rows([row for row in self._all_rows() if row[_TS] > horizon])
             changed = True
         expired = [k for k in self.buckets if (k + 1) * policy.bucket <= horizon]
         for k in expired:
@@ -278,7 +353,7 @@ class MemberState:
 
     @property
     def is_empty(self) -> bool:
-        return not self.actions and not self.buckets
+        return not self.row_count and not self.buckets
 
     # -- reads -------------------------------------------------------------------------
 
@@ -287,7 +362,9 @@ class MemberState:
         horizon = as_of - policy.retention
         recent = [
             RecentAction(eid, item, action, ts, attrs or {}, joined).as_dict()
-            for eid, item, action, ts, attrs, joined in reversed(self.actions)
+            for eid, item, action, ts, attrs, joined in reversed(
+                _newest(self.actions, policy.max_recent_actions)
+            )
             if horizon < ts <= as_of
         ]
         counts: dict[str, dict[str, int]] = {}

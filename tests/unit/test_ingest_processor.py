@@ -93,7 +93,7 @@ async def _forwarded_then_applied() -> None:
     twice = SourceRecord(again.partition, 1, again.key, again.value, again.topic, again.timestamp)
     await processor.process([again, twice])
     state = store.load(again.partition, b"a")
-    assert state is not None and [a.event_id for a in state.recent_actions()] == ["e0"]
+    assert state is not None and [a.event_id for a in state.recent_actions(store.policy)] == ["e0"]
     assert value("nearline_events_applied_total") == 2
     assert (
         metrics.registry.get_sample_value("nearline_events_dropped_total", {"reason": "duplicate"})

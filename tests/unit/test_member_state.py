@@ -90,7 +90,7 @@ def test_a_retry_counts_once_beyond_the_recent_actions_cap_and_out_of_order() ->
     state = MemberState()
     for n in range(10):  # the cap is 3: e0 (the oldest by event time) is long gone from the list
         state.apply(action(n, T - 1000 + n), offset=n, applied_at=T + n, policy=POLICY)
-    assert "e0" not in [a.event_id for a in state.recent_actions()]
+    assert "e0" not in [a.event_id for a in state.recent_actions(POLICY)]
     assert state.apply(action(0, T - 1000), offset=20, applied_at=T + 60, policy=POLICY) is (
         Applied.DUPLICATE
     )
@@ -138,6 +138,18 @@ def test_a_value_written_before_the_repartition_topic_still_reads() -> None:
     state = MemberState.from_bytes(old)
     assert state.last_offsets == [12, -1] and state.seen == {}
     assert state.apply(action(1, T), offset=12, applied_at=T, policy=POLICY) is Applied.REPLAYED
+    assert [a.event_id for a in state.recent_actions(POLICY)] == ["e"]
+
+
+def test_a_value_of_the_single_json_layout_reads_and_is_rewritten_in_the_current_one() -> None:
+    rows = [["e1", "i", "click", T - 5, {"geo": "nl"}, True], ["e0", "i", "click", T - 9, None, None]]
+    old = codec.dumps({"o": [4, -1], "t": T - 5, "p": T, "a": rows, "b": [], "d": []})
+    state = MemberState.from_bytes(old)
+    assert [a.event_id for a in state.recent_actions(POLICY)] == ["e0", "e1"]
+    state.apply(action(2, T - 1), offset=5, applied_at=T, policy=POLICY)
+    again = MemberState.from_bytes(state.to_bytes())
+    assert [a.event_id for a in again.recent_actions(POLICY)] == ["e0", "e1", "e2"]
+    assert again.recent_actions(POLICY)[1].attributes == {"geo": "nl"}
 
 
 def test_recent_actions_are_capped_newest_first_in_event_time_order() -> None:
@@ -158,7 +170,7 @@ def test_expired_history_is_pruned_and_not_served() -> None:
     later = T + 2 * 3600
     assert [a["event_id"] for a in state.features("m", later, POLICY)["recent_actions"]] == ["e1"]
     assert state.prune(later, POLICY) is True
-    assert [a.event_id for a in state.recent_actions()] == ["e1"]
+    assert [a.event_id for a in state.recent_actions(POLICY)] == ["e1"]
     assert len(state.buckets) == 1
     assert state.prune(later, POLICY) is False
     assert state.prune(T + 200 * 3600, POLICY) is True and state.is_empty
@@ -183,7 +195,36 @@ def test_state_survives_its_codec() -> None:
         applied_at=T,
         policy=POLICY,
     )
-    assert MemberState.from_bytes(state.to_bytes()) == state
+    restored = MemberState.from_bytes(state.to_bytes())
+    assert restored.to_bytes() == state.to_bytes()
+    assert restored.features("m", T, POLICY) == state.features("m", T, POLICY)
+    assert restored.recent_actions(POLICY) == state.recent_actions(POLICY)
+
+
+def test_an_action_is_appended_to_the_encoded_rows_without_rewriting_them() -> None:
+    policy = dataclasses.replace(POLICY, max_recent_actions=100)
+    state = MemberState()
+    for n in range(50):
+        state.apply(action(n, T - 100 + n), offset=n, applied_at=T, policy=policy)
+    before = MemberState.from_bytes(state.to_bytes())
+    rows_before = before.rows
+    before.apply(action(50, T - 500), offset=50, applied_at=T, policy=policy)  # late, too
+    after = MemberState.from_bytes(before.to_bytes())
+    assert after.rows.startswith(rows_before)  # the earlier rows' bytes, untouched
+    assert after.row_count == 51 and after.oldest_ts == T - 500
+    assert [a.ts for a in after.recent_actions(policy)][:2] == [T - 500, T - 100]
+
+
+def test_trimming_to_the_cap_is_invisible_to_reads() -> None:
+    kept: list[list[str]] = []
+    state = MemberState()
+    for n in range(40):  # the cap is 3; rows are trimmed once they exceed it by 8
+        state.apply(action(n, T - 1000 + n), offset=n, applied_at=T, policy=POLICY)
+        state = MemberState.from_bytes(state.to_bytes())
+        assert state.row_count <= 3 + 8
+        kept.append([a["event_id"] for a in state.features("m", T, POLICY)["recent_actions"]])
+    assert kept[-1] == ["e39", "e38", "e37"]
+    assert all(ids == [f"e{n}", f"e{n - 1}", f"e{n - 2}"] for n, ids in enumerate(kept) if n >= 2)
 
 
 def test_policy_from_settings() -> None:
