@@ -307,7 +307,11 @@ class Nearline:
         self.faust.timer(timedelta(seconds=5), name="attribute-store-health")(check_attribute_store)
 
         async def reload_model() -> None:
-            if self.settings.model_dir is not None and self.models.maybe_reload():
+            # In a thread: the first model loaded imports torch (a second or more of CPU),
+            # which on the event loop would stall every request meanwhile.
+            if self.settings.model_dir is not None and await asyncio.to_thread(
+                self.models.maybe_reload
+            ):
                 log.info("now ranking with model %s", self.models.active.version)
 
         self.faust.timer(timedelta(seconds=settings.model_reload_interval), name="model-reload")(

@@ -11,6 +11,10 @@ ones served before it, newest first, so ``rollback`` knows the way back. ``nearl
 writes it when a version passes the promotion gate (a refused version is saved with
 ``"status": "rejected"`` and never served unless activated by hand). Without that file a
 worker serves the newest version not marked rejected, as before the file existed.
+
+Importing this module does not import torch: a worker that serves the heuristic never
+loads it (~225 MB of RSS saved). :mod:`model.scorer`, and torch with it, is imported by
+the methods that write, read or serve a trained version, the first time one is used.
 """
 
 from __future__ import annotations
@@ -29,16 +33,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import torch
 
 from model.exceptions import IncompatibleModelError, ModelFileError
 from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
 from model.ranker import Ranker
-from model.scorer import Backend, Scorer, ScorerConfig, TorchRanker, configure_threads
+from model.scorer_config import Backend, ScorerConfig, configure_threads
 from model.vectorizer import Vectorizer, VectorizerConfig
 
 if TYPE_CHECKING:
     from app.settings import Settings
+    from model.scorer import Scorer
 
 __all__ = ["ACTIVE_FILE", "FORMAT", "ModelRegistry", "ModelVersion", "Served", "new_version"]
 
@@ -124,6 +128,8 @@ class ModelRegistry:
         version: str | None = None,
     ) -> ModelVersion:
         """Write a new version (weights first, metadata last) and return it."""
+        import torch
+
         directory = self._require_dir()
         directory.mkdir(parents=True, exist_ok=True)
         version = version or new_version()
@@ -166,6 +172,10 @@ class ModelRegistry:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ModelFileError(f"cannot read {meta_path}: {exc}") from exc
         self.check_compatible(metadata, source=str(meta_path))
+        import torch  # here, not at the top: a worker serving the heuristic never loads it
+
+        from model.scorer import Scorer
+
         try:
             body = torch.load(weights, map_location="cpu", weights_only=True)
             config = ScorerConfig.from_dict(body["scorer_config"])
@@ -206,6 +216,8 @@ class ModelRegistry:
 
     def load(self, version: str) -> Ranker:
         """Load one version and make it active."""
+        from model.scorer import TorchRanker
+
         scorer, metadata = self.read(version)
         ranker = TorchRanker(scorer, version, self.vectorizer.feature_names, self.backend)
         self.active_metadata = metadata
@@ -368,6 +380,8 @@ class ModelRegistry:
         version = self.served().version
         if version == HEURISTIC_VERSION:
             return HeuristicRanker(self.vectorizer.feature_names)
+        from model.scorer import TorchRanker
+
         scorer, _ = self.read(version)
         return TorchRanker(scorer, version, self.vectorizer.feature_names, "default")
 

@@ -1,4 +1,10 @@
-"""The PyTorch scorer: an MLP over vectorizer rows, and the ranker that serves it."""
+"""The PyTorch scorer: an MLP over vectorizer rows, and the ranker that serves it.
+
+Importing this module imports torch (~225 MB of RSS): only code that reads, serves or
+trains a model does, inside the function that needs it. What is needed without torch
+(``Backend``, ``ScorerConfig``, ``configure_threads``) is in :mod:`model.scorer_config`;
+the thread count configured there is applied here, as torch loads.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +13,19 @@ import statistics
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from model.scorer_config import Backend, ScorerConfig, apply_threads, configure_threads
+
 __all__ = ["Backend", "Scorer", "ScorerConfig", "TorchRanker", "configure_threads"]
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "default", "mkldnn"]
-
-
-def configure_threads(threads: int) -> None:
-    """Set torch's intra-op threads (process-wide; call once at startup from settings)."""
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
-
-@dataclass(frozen=True)
-class ScorerConfig:
-    """Architecture hyper-parameters, saved next to the weights to rebuild the module."""
-
-    n_features: int
-    hidden: tuple[int, ...] = (128, 64)
-    dropout: float = 0.1
-
-    def to_dict(self) -> dict[str, Any]:
-        body = asdict(self)
-        body["hidden"] = list(self.hidden)
-        return body
-
-    @classmethod
-    def from_dict(cls, body: dict[str, Any]) -> ScorerConfig:
-        return cls(
-            n_features=int(body["n_features"]),
-            hidden=tuple(int(h) for h in body.get("hidden", (128, 64))),
-            dropout=float(body.get("dropout", 0.1)),
-        )
+apply_threads(torch)  # before any model exists: NEARLINE_TORCH_THREADS from the first one on
 
 
 class Scorer(nn.Module):

@@ -82,6 +82,11 @@ class Worker:
     def metric(self, name: str) -> float:
         return read_metric(self.url, name)
 
+    def maps(self, library: str) -> bool:
+        """Whether the process has mapped a file whose path contains ``library`` (Linux)."""
+        assert self.process is not None
+        return library in Path(f"/proc/{self.process.pid}/maps").read_text()
+
 
 @dataclass
 class Deployment:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -67,6 +69,30 @@ def test_from_settings_sets_dir_and_threads(tmp_path: Path) -> None:
         assert registry.active.version == "heuristic-v1"
     finally:
         torch.set_num_threads(before)
+
+
+def test_torch_loads_with_the_first_model_and_takes_the_configured_threads(
+    tmp_path: Path,
+) -> None:
+    """What a worker, its web app and the CLI import to serve the heuristic leaves torch
+    (~225 MB) unloaded; NEARLINE_TORCH_THREADS still holds once a model brings it in."""
+    script = f"""
+import sys
+import app.cli, app.recommend, app.web, app.worker
+from app.settings import load_settings
+from model.registry import ModelRegistry
+settings = load_settings(model_dir={str(tmp_path)!r}, torch_threads=3)
+registry = ModelRegistry.from_settings(settings)
+assert registry.load_latest().version == registry.served().version == "heuristic-v1"
+assert not registry.maybe_reload()
+assert "torch" not in sys.modules, "torch imported without a model"
+import model.scorer, torch
+assert torch.get_num_threads() == 3, torch.get_num_threads()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_generated_versions_sort_by_time() -> None:
