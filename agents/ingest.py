@@ -33,8 +33,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Records parsed, or members updated, between two yields to the event loop.
-_YIELD_EVERY = 1000
+#: Records parsed, or members updated, between two yields to the event loop: a few
+#: milliseconds of work, so a request waits at most that long behind a large batch.
+_YIELD_EVERY = 500
 
 
 class KafkaRecord(Protocol):

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import uvloop
 from aiokafka import AIOKafkaProducer
 
 from agents.events import ActionEvent
@@ -452,7 +453,7 @@ def soak(
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-            result = asyncio.run(run.run(oracle_path))
+            result = uvloop.run(run.run(oracle_path))  # the load costs the machine less
             if spy is not None:
                 spy.wait()
             first = run.workers[0]

@@ -135,6 +135,7 @@ class ChangelogTable:
                     sent += await send_in_batches(
                         producer, topic, partition, [(END_MARKER_KEY, b"", None, None)]
                     )
+                await asyncio.sleep(0)  # a partition at a time: requests are served between
             if not sent:
                 return
             # The caller commits its source offsets only after this returns, so a crash

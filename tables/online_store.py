@@ -20,7 +20,8 @@ __all__ = ["NotOwned", "OnlineStore"]
 
 log = logging.getLogger(__name__)
 
-_SWEEP_YIELD_EVERY = 500
+#: Members encoded, or swept, between two yields to the event loop.
+_YIELD_EVERY = 500
 
 
 class NotOwned(LookupError):
@@ -84,15 +85,16 @@ class OnlineStore:
         batch's source offsets are committed only after this returns, so a crash before it
         re-reads the batch; :meth:`MemberState.apply` makes that re-read harmless.
         """
-        await self.table.write(
-            {
-                partition: {
-                    key: None if state is None else state.to_bytes()
-                    for key, state in states.items()
-                }
-                for partition, states in updates.items()
-            }
-        )
+        encoded: dict[int, dict[bytes, bytes | None]] = {}
+        count = 0
+        for partition, states in updates.items():
+            values = encoded[partition] = {}
+            for key, state in states.items():
+                values[key] = None if state is None else state.to_bytes()
+                count += 1
+                if count % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a large batch must not hold requests meanwhile
+        await self.table.write(encoded)
 
     # -- retention ---------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class OnlineStore:
                 if MemberState.from_bytes(raw).prune(now, self.policy):
                     expired.append(key)
                 seen += 1
-                if seen % _SWEEP_YIELD_EVERY == 0:
+                if seen % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # keep serving while a large partition is swept
             if not expired or not self.owns(partition):
                 continue
