@@ -103,6 +103,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.changelog_ack_seconds = Histogram(
+            "nearline_changelog_ack_seconds",
+            "From a table write's last changelog record queued to the broker's acknowledgement "
+            "of all of them; the writer (an ingest batch, a labelling pass) waits this long.",
+            ["table"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.responses = Counter(
             "nearline_outcome_responses",
             "Logged responses in the outcomes join, by what happened to them (stored, "

@@ -132,14 +132,20 @@ class Nearline:
         exact_end_offsets = settings.embedded
         self.store = OnlineStore(
             ChangelogTable(
-                self.faust, self._table(MEMBERS_TABLE), exact_end_offsets=exact_end_offsets
+                self.faust,
+                self._table(MEMBERS_TABLE),
+                exact_end_offsets=exact_end_offsets,
+                observe_ack=self.metrics.changelog_ack_seconds.labels(MEMBERS_TABLE).observe,
             ),
             StatePolicy.from_settings(settings),
             settings.topic_partitions,
         )
         self.pending = PendingResponses(
             ChangelogTable(
-                self.faust, self._table(PENDING_TABLE), exact_end_offsets=exact_end_offsets
+                self.faust,
+                self._table(PENDING_TABLE),
+                exact_end_offsets=exact_end_offsets,
+                observe_ack=self.metrics.changelog_ack_seconds.labels(PENDING_TABLE).observe,
             )
         )
         self.join_fields = split_fields(settings.join_at_ingest, settings.join_at_read)

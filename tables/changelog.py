@@ -23,7 +23,8 @@ instead of 140 ms.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import faust
@@ -47,8 +48,17 @@ RawUpdates = Mapping[int, Mapping[bytes, bytes | None]]
 class ChangelogTable:
     """Raw reads and batched, changelog-acknowledged writes of one Faust table."""
 
-    def __init__(self, app: faust.App, table: TableT[bytes, bytes], *, exact_end_offsets: bool):
+    def __init__(
+        self,
+        app: faust.App,
+        table: TableT[bytes, bytes],
+        *,
+        exact_end_offsets: bool,
+        observe_ack: Callable[[float], None] | None = None,
+    ):
         self.app = app
+        #: Told the seconds each write waited for the broker's acknowledgement.
+        self.observe_ack = observe_ack
         self.table = table
         # The embedded broker reports a partition's end as "base offset of the last record
         # batch + 1", and Faust's recovery reads up to that end. Ending every write with a
@@ -140,7 +150,10 @@ class ChangelogTable:
                 return
             # The caller commits its source offsets only after this returns, so a crash
             # before it re-reads them; every writer makes that re-read harmless.
+            queued = time.perf_counter()
             results = await asyncio.gather(*(future for future, _ in sent))
+            if self.observe_ack is not None:
+                self.observe_ack(time.perf_counter() - queued)
         except BaseException:
             self.unsettled = self.unsettled or written
             raise

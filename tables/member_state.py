@@ -261,7 +261,9 @@ class MemberState:
         """The kept actions (the newest ``max_recent_actions``), oldest first, as objects."""
         return [
             RecentAction(eid, item, action, ts, attrs or {}, joined)
-            for eid, item, action, ts, attrs, joined in _newest(self.actions, policy.max_recent_actions)
+            for eid, item, action, ts, attrs, joined in _newest(
+                self.actions, policy.max_recent_actions
+            )
         ]
 
     # -- updates -----------------------------------------------------------------------

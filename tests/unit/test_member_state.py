@@ -142,7 +142,10 @@ def test_a_value_written_before_the_repartition_topic_still_reads() -> None:
 
 
 def test_a_value_of_the_single_json_layout_reads_and_is_rewritten_in_the_current_one() -> None:
-    rows = [["e1", "i", "click", T - 5, {"geo": "nl"}, True], ["e0", "i", "click", T - 9, None, None]]
+    rows = [
+        ["e1", "i", "click", T - 5, {"geo": "nl"}, True],
+        ["e0", "i", "click", T - 9, None, None],
+    ]
     old = codec.dumps({"o": [4, -1], "t": T - 5, "p": T, "a": rows, "b": [], "d": []})
     state = MemberState.from_bytes(old)
     assert [a.event_id for a in state.recent_actions(POLICY)] == ["e0", "e1"]
