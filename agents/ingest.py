@@ -201,6 +201,18 @@ class IngestProcessor:
         self.clock = clock
 
     async def process(self, records: Sequence[KafkaRecord]) -> BatchPlan:
+        """Apply a batch and wait until the changelog has it: then its offsets may commit."""
+        plan, acknowledged = await self.apply(records)
+        await acknowledged
+        return plan
+
+    async def apply(self, records: Sequence[KafkaRecord]) -> tuple[BatchPlan, Awaitable[None]]:
+        """Apply a batch; returns its plan and what to await before committing its offsets.
+
+        Every write but the online store's changelog is acknowledged on return (forwards,
+        dead letters, reactions). The online store's acknowledgement is left to the caller,
+        so the next batch can be applied while the broker acknowledges this one.
+        """
         started = time.perf_counter()
         now = self.clock()
         plan = BatchPlan()
@@ -251,7 +263,7 @@ class IngestProcessor:
                 if changed:
                     state.prune(now, policy)
                     updates.setdefault(partition, {})[key] = state
-            await self.store.write(updates)
+            acknowledged = await self.store.send(updates)
         if self.record_reactions is not None and plan.by_member:
             # Every valid action, whatever apply() said of it: a re-read after a crash must
             # still reach the outcomes join, and its writes are idempotent.
@@ -277,7 +289,7 @@ class IngestProcessor:
             if outcomes[outcome]:
                 self.metrics.events_dropped.labels(outcome.value).inc(outcomes[outcome])
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        return plan
+        return plan, acknowledged
 
     async def _attributes_at_ingest(self, plan: BatchPlan) -> dict[str, dict[str, Any]] | None:
         """Ingest-time fields of every item in the batch, in one store read.

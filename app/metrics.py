@@ -99,7 +99,8 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "nearline_ingest_batch_seconds",
-            "Time to apply one ingest batch, changelog included.",
+            "Time to apply one ingest batch, up to its online-store changelog records queued "
+            "(nearline_changelog_ack_seconds has the wait for their acknowledgement).",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import shutil
 import socket
@@ -23,7 +24,7 @@ from agents.attributes import ItemAttributesFeed
 from agents.ingest import DeadLetter, IngestProcessor, KafkaRecord
 from agents.outcomes import OutcomeJoiner
 from app import codec
-from app.bulk import BulkChannel, BulkConsumer
+from app.bulk import BulkChannel, BulkConsumer, Fetch
 from app.console.timeline import IngestTimeline
 from app.examples_topic import KafkaExamplesTopic
 from app.kafka import client_options, send_in_batches, ssl_context
@@ -324,21 +325,39 @@ class Nearline:
             reload_model
         )
 
-    async def _ingest_batch(self, records: list[Any]) -> None:
-        plan = await self.ingest.process(records)
+    async def _ingest_batch(self, records: list[Any]) -> Awaitable[None]:
+        plan, acknowledged = await self.ingest.apply(records)
         self.timeline.record_batch(time.time(), len(records), plan)
+        return acknowledged
 
     async def _apply_fetches(
         self, channel: BulkChannel, apply: Callable[[list[Any]], Awaitable[object]]
     ) -> None:
-        """Apply each fetch of ``channel``, then acknowledge its offsets for commit."""
+        """Apply each fetch of ``channel``, then acknowledge its offsets for commit.
+
+        ``apply`` may return an awaitable: the fetch's offsets are acknowledged once it is
+        done, while the next fetch is applied (its changelog acknowledgement overlaps the
+        next batch instead of delaying it). Fetches are acknowledged in order.
+        """
         consumer = self._bulk_consumer()
+        previous: asyncio.Future[None] | None = None
         async for fetch in channel.batches(self.settings.batch_max):
             if not consumer.is_current(fetch):
                 continue  # made before a rebalance: Faust seeks back and reads it again
-            await apply(list(chain.from_iterable(fetch.records.values())))
-            if consumer.is_current(fetch):
-                consumer.ack_fetch(fetch.records)
+            done = await apply(list(chain.from_iterable(fetch.records.values())))
+            if previous is not None:
+                await previous  # raises if the broker did not acknowledge that batch
+            # Not cancelled when this task is: on a clean stop the producer's flush still
+            # acknowledges it, and the tables count as settled.
+            previous = asyncio.ensure_future(self._acknowledge(consumer, fetch, done))
+            previous.add_done_callback(_log_unacknowledged)
+
+    @staticmethod
+    async def _acknowledge(consumer: BulkConsumer, fetch: Fetch, done: object) -> None:
+        if inspect.isawaitable(done):
+            await done
+        if consumer.is_current(fetch):
+            consumer.ack_fetch(fetch.records)
 
     async def _shorten_fetch_wait(self) -> None:
         """Apply NEARLINE_FETCH_MAX_WAIT to Faust's consumer, which hard-codes 1.5 s.
@@ -505,6 +524,11 @@ class Nearline:
 
 
 _Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+def _log_unacknowledged(acknowledging: asyncio.Future[None]) -> None:
+    if not acknowledging.cancelled() and (error := acknowledging.exception()) is not None:
+        log.error("a batch's changelog records were not acknowledged: %r", error)
 
 
 def _dead_letter_headers(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import faust
@@ -68,8 +68,8 @@ class ChangelogTable:
         # Held by every read-modify-write of this table until its changelog records are
         # acknowledged, so the changelog's order of writes always equals RocksDB's.
         self.write_lock = asyncio.Lock()
-        #: Set for good when a write stored values locally and did not see them acknowledged.
-        self.unsettled = False
+        self._outstanding = 0  # writes sent and not yet acknowledged
+        self._failed = False  # a write stored values locally and never saw them acknowledged
 
     @property
     def changelog_topic(self) -> str:
@@ -126,15 +126,25 @@ class ChangelogTable:
 
         Call with :attr:`write_lock` held, around the reads the new values came from.
         """
+        await (await self.send(updates))
+
+    async def send(self, updates: RawUpdates) -> Awaitable[None]:
+        """Store new values locally and queue their changelog records; returns what to
+        await for the broker's acknowledgement of them all.
+
+        Call with :attr:`write_lock` held, around the reads the new values came from; it
+        may be released before the acknowledgement: the producer keeps one request in flight
+        per partition, so the changelog's order of records is the order they were queued in.
+        A caller that commits source offsets must await the acknowledgement first.
+        """
         producer = self._producer()
         topic = self.changelog_topic
         sent: list[tuple[asyncio.Future[Any], int]] = []
-        written = False
+        self._outstanding += 1  # until acknowledged, RocksDB may hold what the changelog lacks
         try:
             for partition, values in updates.items():
                 if not values:
                     continue
-                written = True  # from here on, RocksDB may hold what the changelog does not
                 self.write_locally(partition, values)
                 sent += await send_in_batches(
                     producer, topic, partition, ((k, v, None, None) for k, v in values.items())
@@ -146,23 +156,36 @@ class ChangelogTable:
                         producer, topic, partition, [(END_MARKER_KEY, b"", None, None)]
                     )
                 await asyncio.sleep(0)  # a partition at a time: requests are served between
-            if not sent:
-                return
-            # The caller commits its source offsets only after this returns, so a crash
-            # before it re-reads them; every writer makes that re-read harmless.
+        except BaseException:
+            self._failed = True
+            raise
+        return self._acknowledged(sent)
+
+    async def _acknowledged(self, sent: list[tuple[asyncio.Future[Any], int]]) -> None:
+        # The caller commits its source offsets only after this returns, so a crash
+        # before it re-reads them; every writer makes that re-read harmless.
+        try:
             queued = time.perf_counter()
             results = await asyncio.gather(*(future for future, _ in sent))
-            if self.observe_ack is not None:
+            if self.observe_ack is not None and sent:
                 self.observe_ack(time.perf_counter() - queued)
         except BaseException:
-            self.unsettled = self.unsettled or written
+            self._failed = True
             raise
+        self._outstanding -= 1
+        topic = self.changelog_topic
         persisted: dict[int, int] = {}
         for meta, (_, count) in zip(results, sent, strict=True):
             last = meta.offset + count - 1
             persisted[meta.partition] = max(last, persisted.get(meta.partition, -1))
         for partition, offset in persisted.items():
             self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
+
+    @property
+    def unsettled(self) -> bool:
+        """True once a write stored values locally without seeing them acknowledged (it
+        failed, or was cancelled), or while one still waits for its acknowledgement."""
+        return self._failed or self._outstanding > 0
 
     def write_locally(self, partition: int, values: Mapping[bytes, bytes | None]) -> None:
         """Apply ``values`` to the partition's RocksDB in one ``WriteBatch`` (no changelog)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from app.kafka import partition_for_key
@@ -85,6 +85,14 @@ class OnlineStore:
         batch's source offsets are committed only after this returns, so a crash before it
         re-reads the batch; :meth:`MemberState.apply` makes that re-read harmless.
         """
+        await (await self.send(updates))
+
+    async def send(
+        self, updates: Mapping[int, Mapping[bytes, MemberState | None]]
+    ) -> Awaitable[None]:
+        """Store new states and queue their changelog records; returns what to await for
+        the acknowledgement (see :meth:`ChangelogTable.send`): an ingest batch applies the
+        next batch meanwhile, and commits its offsets once acknowledged."""
         encoded: dict[int, dict[bytes, bytes | None]] = {}
         count = 0
         for partition, states in updates.items():
@@ -94,7 +102,7 @@ class OnlineStore:
                 count += 1
                 if count % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a large batch must not hold requests meanwhile
-        await self.table.write(encoded)
+        return await self.table.send(encoded)
 
     # -- retention ---------------------------------------------------------------------
 
