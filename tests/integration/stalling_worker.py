@@ -8,21 +8,23 @@ fault in nearline does it on purpose, so the stall-detection test injects one he
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from agents.ingest import BatchPlan, IngestProcessor, KafkaRecord
 from app.cli import main
 
-_process = IngestProcessor.process
+_apply = IngestProcessor.apply
 
 
-async def _process_or_hang(self: IngestProcessor, records: Sequence[KafkaRecord]) -> BatchPlan:
+async def _apply_or_hang(
+    self: IngestProcessor, records: Sequence[KafkaRecord]
+) -> tuple[BatchPlan, Awaitable[None]]:
     if any(record.partition == 0 for record in records):
         await asyncio.Event().wait()  # never set: the batch is never applied
-    return await _process(self, records)
+    return await _apply(self, records)
 
 
-IngestProcessor.process = _process_or_hang  # type: ignore[method-assign]
+IngestProcessor.apply = _apply_or_hang  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()
