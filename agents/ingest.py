@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -162,11 +162,29 @@ def plan_batch(
     return plan
 
 
+Reaction = tuple[str, str, str, float]
+
+
+class _Reactions(Mapping[tuple[int, bytes], list[Reaction]]):
+    """A batch's valid actions per (partition, member) as (event_id, item_id, action, ts),
+    built only for the members looked up: few have responses pending."""
+
+    def __init__(self, by_member: Mapping[tuple[int, bytes], list[PlannedEvent]]) -> None:
+        self._by_member = by_member
+
+    def __getitem__(self, member: tuple[int, bytes]) -> list[Reaction]:
+        return [(e.event_id, e.item_id, e.action, e.ts) for _, _, e in self._by_member[member]]
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        return iter(self._by_member)
+
+    def __len__(self) -> int:
+        return len(self._by_member)
+
+
 SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 #: Told every valid action of a batch, per (partition, member): (event_id, item_id, action, ts).
-RecordReactions = Callable[
-    [Mapping[tuple[int, bytes], list[tuple[str, str, str, float]]]], Awaitable[None]
-]
+RecordReactions = Callable[[Mapping[tuple[int, bytes], list[Reaction]]], Awaitable[None]]
 #: Sends records to the given partitions of the repartition topic, keyed by the given key
 #: (the member id) and otherwise unchanged; returns once the broker has acknowledged all.
 SendRepartitioned = Callable[[Mapping[int, Sequence[tuple[bytes, KafkaRecord]]]], Awaitable[None]]
@@ -267,12 +285,7 @@ class IngestProcessor:
         if self.record_reactions is not None and plan.by_member:
             # Every valid action, whatever apply() said of it: a re-read after a crash must
             # still reach the outcomes join, and its writes are idempotent.
-            await self.record_reactions(
-                {
-                    member: [(e.event_id, e.item_id, e.action, e.ts) for _, _, e in events]
-                    for member, events in plan.by_member.items()
-                }
-            )
+            await self.record_reactions(_Reactions(plan.by_member))
         if plan.dead_letters:
             await self.send_dead_letters(plan.dead_letters)
             for letter in plan.dead_letters:
