@@ -65,7 +65,7 @@ WARMUP = 2.0
 #: each would be 2,000 requests/s at 2 ms), and the worker then falls behind because of it.
 #: Past 250 ms a probe backs off to 1/20 of its wait (at most 50 ms, a 5 % error at most):
 #: when a worker falls seconds behind, fine polling by every late probe would become the load.
-PROBE_POLL_EVERY, PROBE_POLL_MAX = 0.005, 0.05
+PROBE_POLL_EVERY, PROBE_POLL_MAX, PROBE_RETRY_MAX = 0.005, 0.05, 1.0
 
 
 async def probe_freshness(
@@ -81,13 +81,21 @@ async def probe_freshness(
     sent = time.perf_counter()
     await (await producer.send(topic, event.to_json(), key=member.encode()))
     url = f"{worker_url}/v1/members/{member}/features"
+    failures = 0
     while (waited := time.perf_counter() - sent) < give_up:
         try:
             async with client.get(url) as response:
                 body = await response.json() if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError):
             body = None  # a worker restarting: keep polling
-        recent = body["recent_actions"] if body else []
+        if body is None:
+            # Backed off as a client retries: hundreds of probes polling a restarting
+            # worker every 50 ms would be a load of their own (~10k requests/s).
+            failures += 1
+            await asyncio.sleep(min(PROBE_RETRY_MAX, PROBE_POLL_MAX * 2**failures))
+            continue
+        failures = 0
+        recent = body["recent_actions"]
         if recent and recent[0]["event_id"] == event.event_id:
             return time.perf_counter() - sent
         await asyncio.sleep(min(PROBE_POLL_MAX, max(PROBE_POLL_EVERY, waited / 20)))
