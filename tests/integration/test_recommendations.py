@@ -131,6 +131,7 @@ def test_outcomes_become_training_examples_and_export(
 def test_a_trained_model_is_hot_reloaded_under_load_without_a_failed_request(
     deployment: Deployment, tmp_path: Path
 ) -> None:
+    """Also: PyTorch (~225 MB of a worker's memory) is loaded only once a model is served."""
     models = tmp_path / "models"
     worker = (
         deployment.worker(
@@ -143,6 +144,7 @@ def test_a_trained_model_is_hot_reloaded_under_load_without_a_failed_request(
     ask = {"member_id": "m3", "candidates": ["x", "y", "near-x-1", "near-x-2"]}
     first = recommend(worker, ask).json()
     assert first["model_version"] == "heuristic-v1"
+    assert not worker.maps("libtorch"), "a worker serving the heuristic has loaded torch"
 
     # Examples from the synthetic world, vectorized exactly as this worker does.
     vectorizer = Vectorizer(VectorizerConfig(embedding_dim=4))
@@ -183,6 +185,7 @@ def test_a_trained_model_is_hot_reloaded_under_load_without_a_failed_request(
     )
     after = recommend(worker, ask).json()
     assert after["ranker"] == "model" and after["model_version"] != "heuristic-v1"
+    assert worker.maps("libtorch")
     assert [i["score"] for i in after["items"]] != [i["score"] for i in first["items"]]
 
     # A way back: the worker follows `nearline model rollback` within the reload interval.
@@ -199,44 +202,6 @@ def test_a_trained_model_is_hot_reloaded_under_load_without_a_failed_request(
         timeout=30,
         message="the heuristic serving again after the rollback",
     )
-
-
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
-def test_a_worker_loads_torch_only_once_it_serves_a_model(
-    deployment: Deployment, tmp_path: Path
-) -> None:
-    """PyTorch is ~225 MB of a worker's memory: serving the heuristic must not load it."""
-    from model.registry import ModelRegistry
-    from model.training import TrainingConfig, train
-
-    models = tmp_path / "models"
-    worker = (
-        deployment.worker(
-            **JOINS, NEARLINE_MODEL_DIR=str(models), NEARLINE_MODEL_RELOAD_INTERVAL="200ms"
-        )
-        .start()
-        .wait_ready()
-    )
-    load_items(deployment, worker)
-    ask = {"member_id": "m4", "candidates": ["x", "y", "near-x-1", "near-x-2"]}
-    assert recommend(worker, ask).json()["model_version"] == "heuristic-v1"
-    assert not worker.maps("libtorch"), "a worker serving the heuristic has loaded torch"
-
-    # Trained and published as `nearline train --force` does (a short run: this test is
-    # about torch, not the gate); the worker follows and loads torch.
-    vectorizer = Vectorizer(VectorizerConfig(embedding_dim=4))
-    examples = generate_examples(WorldConfig(seed=1, embedding_dim=4, n_requests=200), vectorizer)
-    config = TrainingConfig(progress=False, max_epochs=2)
-    report = train(examples, ModelRegistry(models, vectorizer), config, force=True)
-    assert report.published and report.version is not None
-    version = report.version.version
-    wait_until(
-        lambda: recommend(worker, ask).json()["model_version"] == version,
-        timeout=30,
-        message="the trained model serving",
-    )
-    assert recommend(worker, ask).json()["ranker"] == "model"
-    assert worker.maps("libtorch")
 
 
 def test_bad_requests_get_a_4xx_that_says_what_is_wrong(deployment: Deployment) -> None:
