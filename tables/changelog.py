@@ -66,10 +66,11 @@ class ChangelogTable:
         # are batched normally.
         self.exact_end_offsets = exact_end_offsets
         # Held by every read-modify-write of this table until its changelog records are
-        # acknowledged, so the changelog's order of writes always equals RocksDB's.
+        # queued (see send), so the changelog's order of writes always equals RocksDB's.
         self.write_lock = asyncio.Lock()
         self._outstanding = 0  # writes sent and not yet acknowledged
         self._failed = False  # a write stored values locally and never saw them acknowledged
+        self._persisted: dict[int, int] = {}  # the highest changelog offset acknowledged
 
     @property
     def changelog_topic(self) -> str:
@@ -179,7 +180,9 @@ class ChangelogTable:
             last = meta.offset + count - 1
             persisted[meta.partition] = max(last, persisted.get(meta.partition, -1))
         for partition, offset in persisted.items():
-            self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
+            if offset > self._persisted.get(partition, -1):  # writers settle in any order
+                self._persisted[partition] = offset
+                self.table.data.set_persisted_offset(TP(topic, partition), offset)  # type: ignore[attr-defined]
 
     @property
     def unsettled(self) -> bool:
