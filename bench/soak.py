@@ -169,7 +169,10 @@ class Soak:
                 ready = httpx.get(f"{worker.url}/readyz", timeout=2)
             except httpx.HTTPError:
                 return False
-            if ready.status_code != 200 or any(p["lag"] > 0 for p in ready.json()["lag"]):
+            # Ready, and its lag measured since it took its partitions: an empty lag list
+            # (no refresh yet) is not "no lag".
+            lag = ready.json()["lag"] if ready.status_code == 200 else []
+            if not lag or any(p["lag"] > 0 for p in lag):
                 return False
         return True
 
