@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import logging
 import shutil
 import socket
@@ -267,7 +266,7 @@ class Nearline:
             await self._apply_fetches(self.actions_channel, self._ingest_batch)
 
         async def join_outcomes() -> None:
-            await self._apply_fetches(self.log_channel, self.outcomes.add)
+            await self._apply_fetches(self.log_channel, self._join_batch)
 
         self.faust.task(ingest)
         self.faust.task(join_outcomes)
@@ -332,8 +331,13 @@ class Nearline:
         self.timeline.record_batch(time.time(), len(records), plan)
         return acknowledged
 
+    async def _join_batch(self, records: list[Any]) -> None:
+        await self.outcomes.add(records)  # acknowledged by the broker on return
+
     async def _apply_fetches(
-        self, channel: BulkChannel, apply: Callable[[list[Any]], Awaitable[object]]
+        self,
+        channel: BulkChannel,
+        apply: Callable[[list[Any]], Awaitable[Awaitable[None] | None]],
     ) -> None:
         """Apply each fetch of ``channel``, then acknowledge its offsets for commit.
 
@@ -355,8 +359,10 @@ class Nearline:
             previous.add_done_callback(_log_unacknowledged)
 
     @staticmethod
-    async def _acknowledge(consumer: BulkConsumer, fetch: Fetch, done: object) -> None:
-        if inspect.isawaitable(done):
+    async def _acknowledge(
+        consumer: BulkConsumer, fetch: Fetch, done: Awaitable[None] | None
+    ) -> None:
+        if done is not None:
             await done
         if consumer.is_current(fetch):
             consumer.ack_fetch(fetch.records)

@@ -225,7 +225,8 @@ class Soak:
                     continue  # starting, rebalancing: no partition to report yet
                 row[f"w{n}_lag"] = metrics["lag"]
                 row[f"w{n}_stalled"] = metrics["stalled"]
-                row[f"w{n}_loop_ms"] = metrics["loop_ms"]
+                if metrics["loop_ms"] is not None:
+                    row[f"w{n}_loop_ms"] = metrics["loop_ms"]
                 row[f"w{n}_rss_mb"] = rss
             self.timeline.append(row)
             await asyncio.sleep(1.0)

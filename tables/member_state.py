@@ -237,13 +237,6 @@ class MemberState:
         added = _encode_rows(self.new_rows)
         return self.rows + b"," + added if self.rows else added
 
-    def _all_rows(self) -> list[ActionRow]:
-        """Every stored row, oldest event first (arrival order among equal event times)."""
-        encoded = self._encoded_rows()
-        rows: list[ActionRow] = codec.loads(b"[" + encoded + b"]") if encoded else []
-        rows.sort(key=itemgetter(_TS))
-        return rows
-
     def _replace_rows(self, rows: list[ActionRow]) -> None:
         """Store ``rows`` (oldest event first) in place of every row."""
         self.rows = _encode_rows(rows)
@@ -253,17 +246,22 @@ class MemberState:
 
     @property
     def actions(self) -> list[ActionRow]:
-        """Every stored row, oldest event first: up to ``max_recent_actions`` plus the
-        trimming's slack (see the class)."""
-        return self._all_rows()
+        """Every stored row, decoded, oldest event first (arrival order among equal event
+        times): up to ``max_recent_actions`` plus the trimming's slack (see the class)."""
+        encoded = self._encoded_rows()
+        rows: list[ActionRow] = codec.loads(b"[" + encoded + b"]") if encoded else []
+        rows.sort(key=itemgetter(_TS))
+        return rows
+
+    def kept_actions(self, policy: StatePolicy) -> list[ActionRow]:
+        """The rows reads serve: the newest ``max_recent_actions``, oldest first."""
+        return _newest(self.actions, policy.max_recent_actions)
 
     def recent_actions(self, policy: StatePolicy) -> list[RecentAction]:
-        """The kept actions (the newest ``max_recent_actions``), oldest first, as objects."""
+        """:meth:`kept_actions` as objects."""
         return [
             RecentAction(eid, item, action, ts, attrs or {}, joined)
-            for eid, item, action, ts, attrs, joined in _newest(
-                self.actions, policy.max_recent_actions
-            )
+            for eid, item, action, ts, attrs, joined in self.kept_actions(policy)
         ]
 
     # -- updates -----------------------------------------------------------------------
@@ -316,7 +314,7 @@ class MemberState:
         if self.oldest_ts is None or ts < self.oldest_ts:
             self.oldest_ts = ts
         if self.row_count > cap + max(8, cap // 4):
-            self._replace_rows(_newest(self._all_rows(), cap))
+            self._replace_rows(_newest(self.actions, cap))
 
     def prune(self, now: float, policy: StatePolicy) -> bool:
         """Drop what is older than the retention, and event ids older than the dedupe
@@ -324,7 +322,7 @@ class MemberState:
         horizon = now - policy.retention
         changed = False
         if self.oldest_ts is not None and self.oldest_ts <= horizon:
-            self._replace_rows([row for row in self._all_rows() if row[_TS] > horizon])
+            self._replace_rows([row for row in self.actions if row[_TS] > horizon])
             changed = True
         expired = [k for k in self.buckets if (k + 1) * policy.bucket <= horizon]
         for k in expired:
@@ -364,9 +362,7 @@ class MemberState:
         horizon = as_of - policy.retention
         recent = [
             RecentAction(eid, item, action, ts, attrs or {}, joined).as_dict()
-            for eid, item, action, ts, attrs, joined in reversed(
-                _newest(self.actions, policy.max_recent_actions)
-            )
+            for eid, item, action, ts, attrs, joined in reversed(self.kept_actions(policy))
             if horizon < ts <= as_of
         ]
         counts: dict[str, dict[str, int]] = {}
