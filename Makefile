@@ -29,11 +29,11 @@ demo: setup
 	$(BIN)/nearline demo
 
 lint: setup
-	$(BIN)/ruff check app agents tables model tests bench
-	$(BIN)/ruff format --check app agents tables model tests bench
+	$(BIN)/ruff check app agents tables attribute_store model tests bench
+	$(BIN)/ruff format --check app agents tables attribute_store model tests bench
 
 typecheck: setup
-	$(BIN)/mypy app agents tables model
+	$(BIN)/mypy app agents tables attribute_store model
 
 unit: setup
 	$(BIN)/python -m pytest tests/unit -q

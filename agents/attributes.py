@@ -13,7 +13,7 @@ from app import codec
 from app.kafka import client_options
 from app.metrics import Metrics
 from app.settings import Settings
-from tables.attributes import AttributeStore, InvalidRecord, ItemAttributes, validate_item
+from attribute_store import AttributeStore, InvalidRecord, ItemAttributes, validate_item
 
 __all__ = ["ItemAttributesFeed", "plan_attribute_batch"]
 

@@ -18,7 +18,7 @@ from agents.events import ActionEvent, InvalidEvent, parse_action
 from app.kafka import partition_for_key
 from app.metrics import Metrics
 from app.settings import Settings
-from tables.attributes import AttributeStore, StoreUnavailable, ingest_fields
+from attribute_store import AttributeStore, StoreUnavailable, ingest_fields
 from tables.member_state import Applied, MemberState, RecentAction, Source
 from tables.online_store import OnlineStore
 

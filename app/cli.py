@@ -191,7 +191,7 @@ def attributes_load(file: Path, kind: str, direct: bool, batch_size: int, quiet:
     item-attributes topic, so every worker's store picks them up.
     """
     from app.loading import load_attributes
-    from tables.attributes import LoadFailed
+    from attribute_store import LoadFailed
 
     settings = _settings()
     try:

@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaProducer
 
 from app.kafka import client_options
 from app.settings import Settings
-from tables.attributes import AttributeRecord, Kind, LoadSummary, Sink, encode_record, load_file
-from tables.attributes import from_settings as attribute_store_from_settings
+from attribute_store import AttributeRecord, Kind, LoadSummary, Sink, encode_record, load_file
+from attribute_store import from_settings as attribute_store_from_settings
 
 __all__ = ["load_attributes"]
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from attribute_store import ItemAttributes, Kind, StoreUnavailable
 from model.feature_log import log_record
 from model.item_rows import ItemRows
 from model.registry import ModelRegistry
 from model.vectorizer import Vectorizer
-from tables.attributes import ItemAttributes, Kind, StoreUnavailable
 
 if TYPE_CHECKING:
     from app.worker import Nearline

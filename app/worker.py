@@ -35,8 +35,7 @@ from app.settings import Settings
 from app.topics import ensure_topics
 from app.web import create_web_app
 from app.web_server import WebServer, WebServerError
-from model.registry import ModelRegistry
-from tables.attributes import (
+from attribute_store import (
     CachedAttributeStore,
     StoreHealth,
     StoreUnavailable,
@@ -44,7 +43,8 @@ from tables.attributes import (
     join_at_read,
     split_fields,
 )
-from tables.attributes import from_settings as attribute_store_from_settings
+from attribute_store import from_settings as attribute_store_from_settings
+from model.registry import ModelRegistry
 from tables.changelog import ChangelogTable
 from tables.member_state import StatePolicy
 from tables.online_store import OnlineStore

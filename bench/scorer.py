@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from attribute_store import ItemAttributes
+from attribute_store.schema import Geo
 from model.feature_log import encode_matrix
 from model.heuristic import HeuristicRanker
 from model.item_rows import ItemRows
 from model.scorer import Scorer, ScorerConfig, TorchRanker, configure_threads
 from model.vectorizer import Vectorizer, VectorizerConfig
-from tables.attributes import ItemAttributes
-from tables.attributes.schema import Geo
 
 NOW = 1_764_384_000.0
 ACTIONS = ("click", "view", "view", "apply", "save", "dismiss")

@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from app.recommend import RecommendationRequest
 from app.traffic import DEMO_CATALOGUE_SAMPLE
 from app.web import JSONResponse, error, forward_to_owner, invalid_request, lag_body
-from tables.attributes import StoreUnavailable
+from attribute_store import StoreUnavailable
 from tables.online_store import NotOwned
 
 if TYPE_CHECKING:

@@ -251,7 +251,7 @@ class World:
     # -- items -----------------------------------------------------------------------------
 
     def item_record(self, item: int) -> dict[str, Any]:
-        """The item as the ``item-attributes`` topic carries it (see tables/attributes)."""
+        """The item as the ``item-attributes`` topic carries it (see attribute_store)."""
         lat, lon = self.item_latlon[item]
         return {
             "item_id": self.item_ids[item],

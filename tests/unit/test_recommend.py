@@ -13,13 +13,13 @@ from agents.outcomes import label_response
 from app import codec
 from app.exporting import examples_to_set
 from app.recommend import RecommendationRequest, Recommender
+from attribute_store import CachedAttributeStore, ItemAttributes, MemberAttributes
+from attribute_store.schema import Geo
 from model.feature_log import decode_matrix, encode_matrix, logged_rows
 from model.heuristic import HeuristicRanker
 from model.registry import ModelRegistry
 from model.vectorizer import Vectorizer, VectorizerConfig
-from tables.attributes import CachedAttributeStore, ItemAttributes, MemberAttributes
-from tables.attributes.schema import Geo
-from tests.unit.attributes.conftest import RecordingStore
+from tests.unit.attribute_store.conftest import RecordingStore
 from tests.unit.model.reference_vectorizer import ReferenceVectorizer
 
 NOW = 1_764_384_000.0

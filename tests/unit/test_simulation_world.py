@@ -13,7 +13,7 @@ from app.simulation.report import compare, permutation_p_values
 from app.simulation.runner import SessionRecord
 from app.simulation.timescale import TimeScale
 from app.simulation.world import DAY, World, WorldConfig, arm_of
-from tables.attributes import validate_item
+from attribute_store import validate_item
 
 SMALL = WorldConfig(seed=11, members=40, items=300, days=2, warmup_days=1, candidates=30)
 

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from attribute_store import CachedAttributeStore, ItemAttributes
+from attribute_store.schema import Geo, Scalar
 from model.item_rows import ItemRows
 from model.vectorizer import Vectorizer, VectorizerConfig
-from tables.attributes import CachedAttributeStore, ItemAttributes
-from tables.attributes.schema import Geo, Scalar
-from tests.unit.attributes.conftest import RecordingStore
+from tests.unit.attribute_store.conftest import RecordingStore
 from tests.unit.model.reference_vectorizer import ReferenceVectorizer
 
 NOW = 1_764_384_000.0

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from tables.attributes import (
+from attribute_store import (
     ItemAttributes,
     item_ids,
     join_at_ingest,
     join_at_read,
     split_fields,
 )
-from tests.unit.attributes.conftest import item
+from tests.unit.attribute_store.conftest import item
 
 
 def action(n: int, item_id: str, **extra: Any) -> dict[str, Any]:

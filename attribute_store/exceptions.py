@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tables.attributes.loader import LoadSummary
+    from attribute_store.loader import LoadSummary
 
 __all__ = ["AttributeStoreError", "InvalidRecord", "LoadFailed", "StoreUnavailable"]
 

@@ -9,9 +9,9 @@ from typing import cast
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from tables.attributes.exceptions import StoreUnavailable
-from tables.attributes.schema import KINDS, AttributeRecord, Kind, decode_record, encode_record
-from tables.attributes.store import AttributeStore, StoreHealth
+from attribute_store.exceptions import StoreUnavailable
+from attribute_store.schema import KINDS, AttributeRecord, Kind, decode_record, encode_record
+from attribute_store.store import AttributeStore, StoreHealth
 
 __all__ = ["EmbeddedAttributeStore"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tables.attributes import EmbeddedAttributeStore, ItemAttributes, StoreUnavailable
-from tests.unit.attributes.conftest import item, member
+from attribute_store import EmbeddedAttributeStore, ItemAttributes, StoreUnavailable
+from tests.unit.attribute_store.conftest import item, member
 
 
 def test_records_survive_a_reopen(tmp_path: Path) -> None:

@@ -36,15 +36,15 @@ from aerospike import exception as aerospike_errors
 from aerospike_helpers.batch.records import BatchRecords, Write
 from aerospike_helpers.operations import operations
 
-from tables.attributes.exceptions import StoreUnavailable
-from tables.attributes.schema import (
+from attribute_store.exceptions import StoreUnavailable
+from attribute_store.schema import (
     AttributeRecord,
     Geo,
     ItemAttributes,
     Kind,
     MemberAttributes,
 )
-from tables.attributes.store import AttributeStore, StoreHealth
+from attribute_store.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
     from app.settings import Settings

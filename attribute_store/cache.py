@@ -7,8 +7,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
-from tables.attributes.schema import KINDS, AttributeRecord, Kind
-from tables.attributes.store import AttributeStore, StoreHealth
+from attribute_store.schema import KINDS, AttributeRecord, Kind
+from attribute_store.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
     from app.settings import Settings

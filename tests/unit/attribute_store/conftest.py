@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tables.attributes import (
+from attribute_store import (
     AttributeRecord,
     AttributeStore,
     ItemAttributes,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import load_settings
-from tables.attributes import (
+from attribute_store import (
     AerospikeAttributeStore,
     AttributeStore,
     EmbeddedAttributeStore,
@@ -20,7 +20,7 @@ from tables.attributes import (
     StoreUnavailable,
     validate_item,
 )
-from tests.unit.attributes.conftest import DIM, item, member
+from tests.unit.attribute_store.conftest import DIM, item, member
 
 NO_AEROSPIKE = (
     "NEARLINE_AEROSPIKE_HOSTS is not set: no Aerospike server can be installed in this "

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tables.attributes import AerospikeAttributeStore, StoreUnavailable
-from tests.unit.attributes.conftest import item
+from attribute_store import AerospikeAttributeStore, StoreUnavailable
+from tests.unit.attribute_store.conftest import item
 
 CONNECT_TIMEOUT = 0.4
 TOTAL_TIMEOUT = 0.2

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tables.attributes.aerospike import AerospikeAttributeStore
-from tables.attributes.cache import CachedAttributeStore
-from tables.attributes.embedded import EmbeddedAttributeStore
-from tables.attributes.exceptions import (
+from attribute_store.aerospike import AerospikeAttributeStore
+from attribute_store.cache import CachedAttributeStore
+from attribute_store.embedded import EmbeddedAttributeStore
+from attribute_store.exceptions import (
     AttributeStoreError,
     InvalidRecord,
     LoadFailed,
     StoreUnavailable,
 )
-from tables.attributes.join import (
+from attribute_store.join import (
     Action,
     JoinFields,
     ingest_fields,
@@ -22,8 +22,8 @@ from tables.attributes.join import (
     join_at_read,
     split_fields,
 )
-from tables.attributes.loader import LoadSummary, Sink, detect_format, load_file
-from tables.attributes.schema import (
+from attribute_store.loader import LoadSummary, Sink, detect_format, load_file
+from attribute_store.schema import (
     KINDS,
     AttributeRecord,
     Geo,
@@ -36,7 +36,7 @@ from tables.attributes.schema import (
     validate_member,
     validate_record,
 )
-from tables.attributes.store import AttributeStore, StoreHealth
+from attribute_store.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
     from app.settings import Settings

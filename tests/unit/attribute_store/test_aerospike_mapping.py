@@ -9,14 +9,14 @@ import aerospike
 import pytest
 
 from app.settings import load_settings
-from tables.attributes import (
+from attribute_store import (
     AerospikeAttributeStore,
     EmbeddedAttributeStore,
     ItemAttributes,
     from_settings,
 )
-from tables.attributes.aerospike import parse_host, record_from_bins, record_to_bins
-from tests.unit.attributes.conftest import item, member
+from attribute_store.aerospike import parse_host, record_from_bins, record_to_bins
+from tests.unit.attribute_store.conftest import item, member
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from app import codec
-from tables.attributes.exceptions import InvalidRecord
+from attribute_store.exceptions import InvalidRecord
 
 __all__ = [
     "KINDS",

@@ -29,8 +29,8 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from app import codec
-from tables.attributes.exceptions import InvalidRecord, LoadFailed
-from tables.attributes.schema import AttributeRecord, Kind, validate_record
+from attribute_store.exceptions import InvalidRecord, LoadFailed
+from attribute_store.schema import AttributeRecord, Kind, validate_record
 
 __all__ = ["FORMATS", "LoadSummary", "Sink", "detect_format", "load_file", "read_rows"]
 

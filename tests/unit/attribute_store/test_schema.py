@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tables.attributes import (
+from attribute_store import (
     Geo,
     InvalidRecord,
     ItemAttributes,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from tables.attributes import CachedAttributeStore, StoreUnavailable
-from tests.unit.attributes.conftest import RecordingStore, item, member
+from attribute_store import CachedAttributeStore, StoreUnavailable
+from tests.unit.attribute_store.conftest import RecordingStore, item, member
 
 
 class FakeClock:
