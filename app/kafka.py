@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
+from app.broker_workarounds import BrokerWorkarounds
 from app.settings import Settings
 
 __all__ = [
-    "EMBEDDED_MAX_BATCH_BYTES",
     "OutgoingRecord",
     "bootstrap_servers",
     "client_options",
@@ -25,10 +25,6 @@ __all__ = [
 
 #: Key, value, timestamp (ms; ``None`` or negative: now) and headers of a record to send.
 OutgoingRecord = tuple[bytes | None, bytes | None, int | None, Sequence[tuple[str, bytes]] | None]
-
-#: The embedded broker reports "latest" as the last *batch* base offset + 1; a batch size
-#: below one record makes every batch a single record, so that answer is exact.
-EMBEDDED_MAX_BATCH_BYTES = 16
 
 
 def bootstrap_servers(settings: Settings) -> list[str]:
@@ -59,8 +55,8 @@ def client_options(settings: Settings, *, producer: bool = False) -> dict[str, A
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password
-    if producer and settings.embedded:
-        options["max_batch_size"] = EMBEDDED_MAX_BATCH_BYTES
+    if producer:
+        options.update(BrokerWorkarounds.from_settings(settings).producer_options())
     return options
 
 

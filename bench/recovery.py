@@ -31,10 +31,10 @@ from app.kafka import partition_for_key
 from app.settings import load_settings
 from app.stack import StackError
 from app.traffic import generate_actions
-from app.worker import MEMBERS_TABLE
 from bench.harness import Stack, WorkerProcess, machine
 from tables.changelog import END_MARKER_KEY
 from tables.member_state import MemberState, RecentAction, StatePolicy
+from tables.online_store import MEMBERS_TABLE
 
 #: Distinct member states; member ``i`` gets state ``i % STATES``. Encoding one state per
 #: member would make writing 1M members take longer than restoring them.

@@ -16,7 +16,10 @@ from app.kafka import partition_for_key
 from tables.changelog import INTERNAL_PREFIXES, ChangelogTable
 from tables.member_state import MemberState, StatePolicy
 
-__all__ = ["NotOwned", "OnlineStore"]
+__all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore"]
+
+#: The Faust table of member states (its changelog topic is ``<app id>-members-changelog``).
+MEMBERS_TABLE = "members"
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 
 from tables.changelog import ChangelogTable, RawUpdates
 
-__all__ = ["DueResponse", "PendingResponses", "Reaction"]
+__all__ = ["PENDING_TABLE", "DueResponse", "PendingResponses", "Reaction"]
+
+#: The Faust table of responses waiting for their outcomes.
+PENDING_TABLE = "outcomes-pending"
 
 _DUE = b"d"
 _COUNT = b"m"

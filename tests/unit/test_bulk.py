@@ -11,7 +11,7 @@ import pytest
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
-from app.bulk import BulkChannel, BulkConsumer, Fetch
+from agents.bulk import BulkChannel, BulkConsumer, Fetch
 
 TOPIC = "member-actions"
 TP0 = TP(TOPIC, 0)
@@ -133,7 +133,7 @@ def test_records_before_the_read_offset_are_not_delivered() -> None:
     actions = BulkChannel([TOPIC], max_records=100)
 
     async def test(consumer: BulkConsumer, take: Any) -> None:
-        consumer._read_offset[TP0] = 316  # as Faust's perform_seek leaves it
+        consumer.set_read_offset(TP0, 316)  # as Faust's perform_seek leaves it
         await take([{TP0: records(166, 167, 315, 316, 317)}, {TP0: records(200, 201)}])
         async for batch in actions.batches(max_records=10):
             assert [record.offset for record in batch.records[TP0]] == [316, 317]

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import rocksdict
-from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
-from faust.types.tuples import ack_lock
+
+from app.faust_internals import ConsumerInternals, acknowledging, partition_db, recovery_of
 
 __all__ = ["BulkChannel", "BulkConsumer", "Fetch"]
 
@@ -104,7 +104,7 @@ class BulkChannel:
             yield batch
 
 
-class BulkConsumer(AIOKafkaConsumer):
+class BulkConsumer(ConsumerInternals):
     """Faust's aiokafka consumer, delivering each channel's topics a fetch at a time."""
 
     channels: tuple[BulkChannel, ...] = ()
@@ -121,14 +121,15 @@ class BulkConsumer(AIOKafkaConsumer):
         #: seconds) a record of it was last applied.
         self.applied_position: dict[TP, int] = {}
         self.applied_at: dict[TP, float] = {}
-        # Offsets the group coordinator accepted. Faust's own book (``_committed_offset``)
+        # Offsets the group coordinator accepted. Faust's own book (``committed_offset``)
         # also takes offsets whose commit failed ("already rebalanced"): those records are
         # delivered again, so nothing may treat them as committed.
         self._confirmed: dict[TP, int] = {}
 
-    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+    def before_fetch(self) -> None:
         self._resume_caught_up_channels()
-        records, active = await super()._wait_next_records(timeout)
+
+    def take_records(self, records: Any, active: Any) -> tuple[Any, Any]:
         if not records or not self.channels:
             return records, active
         if self.app.in_recovery:
@@ -144,7 +145,7 @@ class BulkConsumer(AIOKafkaConsumer):
             # made from an older position before a seek to the committed offsets (a restart
             # fetches before recovery ends and seeks). Delivered, those would be applied
             # again though the group has committed past them.
-            read = self._read_offset[tp]
+            read = self.read_offset(tp)
             if read is not None and batch[0].offset < read:
                 batch = [record for record in batch if record.offset >= read]
                 if not batch:
@@ -169,7 +170,7 @@ class BulkConsumer(AIOKafkaConsumer):
 
     def _delivers(self, tp: TP, active: Any) -> bool:
         """Faust's own test in ``getmany``: records of other partitions are dropped."""
-        return active is None or tp in active or tp in self._buffered_partitions
+        return active is None or tp in active or self.is_buffered(tp)
 
     def _recover_in_bulk(self, records: Mapping[TP, list[Any]], active: Any) -> dict[TP, list[Any]]:
         """Write changelog records of partitions in active recovery straight to RocksDB.
@@ -179,7 +180,7 @@ class BulkConsumer(AIOKafkaConsumer):
         ``apply_changelog_batch`` would, and moves recovery's offsets past them; the last
         record goes through Faust, which so still sees recovery through to its end.
         """
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        recovery = recovery_of(self.app)
         rest: dict[TP, list[Any]] = {}
         for tp, batch in records.items():
             in_active_recovery = tp in recovery.active_tps and self._delivers(tp, active)
@@ -196,29 +197,26 @@ class BulkConsumer(AIOKafkaConsumer):
                     write.delete(record.key)
                 else:
                     write.put(record.key, record.value)
-            store = recovery.tp_to_table[tp].data
-            store._db_for_partition(tp.partition).write(write)
+            table = recovery.tp_to_table[tp]
+            partition_db(table, tp.partition).write(write)
             last = head[-1].offset
-            store.set_persisted_offset(tp, last)
+            table.data.set_persisted_offset(tp, last)
             recovery.active_offsets[tp] = last
-            self._read_offset[tp] = last
+            self.set_read_offset(tp, last)
             rest[tp] = batch[-1:]
         return rest
 
-    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
-        committed = await super()._commit(offsets)
-        if committed:
-            assigned = self.assignment()
-            for tp, offset in offsets.items():
-                if tp in assigned:
-                    self._confirmed[tp] = max(offset, self._confirmed.get(tp, 0))
-        return committed
+    def on_committed(self, offsets: Mapping[TP, int]) -> None:
+        assigned = self.assignment()
+        for tp, offset in offsets.items():
+            if tp in assigned:
+                self._confirmed[tp] = max(offset, self._confirmed.get(tp, 0))
 
     async def perform_seek(self) -> None:
         # A (re)assignment reads the committed offsets from the broker: the truth.
         await super().perform_seek()
         self._confirmed = {
-            tp: offset for tp, offset in self._committed_offset.items() if offset is not None
+            tp: offset for tp, offset in self.committed_offsets().items() if offset is not None
         }
 
     def committed_position(self, tp: TP) -> int | None:
@@ -237,24 +235,19 @@ class BulkConsumer(AIOKafkaConsumer):
         """
         new_total = 0
         now = time.monotonic()
-        with ack_lock:
+        with acknowledging:
             for tp, batch in records.items():
                 if not batch:
                     continue
                 first, last = batch[0].offset, batch[-1].offset
-                read = self._read_offset[tp]
+                read = self.read_offset(tp)
                 low = first if read is None else min(first, read + 1)
-                committed = self._committed_offset[tp]
+                committed = self.committed_offset(tp)
                 if committed is not None:
                     low = max(low, committed)
-                index = self._acked_index[tp]
-                new = [offset for offset in range(low, last + 1) if offset not in index]
-                index.update(new)
-                self._acked[tp].extend(new)
-                new_total += len(new)
+                new_total += self.acknowledge_offsets(tp, low, last)
                 if read is None or last > read:
-                    self._read_offset[tp] = last
+                    self.set_read_offset(tp, last)
                 self.applied_position[tp] = max(last + 1, self.applied_position.get(tp, 0))
                 self.applied_at[tp] = now
-            self._n_acked += new_total
         return new_total

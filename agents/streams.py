@@ -1,0 +1,161 @@
+"""The worker's Faust agents: the tasks and timers that apply the streams, on one Faust app.
+
+Two tasks read the topics a fetch at a time (``agents/bulk.py``): ingest applies actions to
+the online store, the outcomes join queues logged responses. Timers label outcomes that are
+due, sweep expired history, measure lag, check the attribute store and reload the model.
+None of them holds the consumer: each topic's records wait in their own channel, and a
+channel that falls behind pauses only its own partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from itertools import chain
+from typing import Any
+
+import faust
+
+from agents.bulk import BulkChannel, BulkConsumer, Fetch
+from agents.ingest import IngestProcessor
+from agents.outcomes import OutcomeJoiner
+from app.console.timeline import IngestTimeline
+from app.faust_internals import set_fetch_max_wait
+from app.loop_lag import LoopMonitor
+from app.metrics import Metrics
+from app.settings import Settings
+from app.status import WorkerStatus
+from model.registry import ModelRegistry
+from tables.online_store import OnlineStore
+
+__all__ = ["Agents", "apply_fetches"]
+
+log = logging.getLogger(__name__)
+
+#: Applies one fetch's records; may return what to await before its offsets are committed.
+Apply = Callable[[list[Any]], Awaitable[Awaitable[None] | None]]
+
+
+async def apply_fetches(
+    channel: BulkChannel, consumer: Callable[[], BulkConsumer], apply: Apply, batch_max: int
+) -> None:
+    """Apply each fetch of ``channel``, then acknowledge its offsets for commit.
+
+    ``apply`` may return an awaitable: the fetch's offsets are acknowledged once it is
+    done, while the next fetch is applied (its changelog acknowledgement overlaps the
+    next batch instead of delaying it). Fetches are acknowledged in order.
+    """
+    bulk = consumer()
+    previous: asyncio.Future[None] | None = None
+    async for fetch in channel.batches(batch_max):
+        if not bulk.is_current(fetch):
+            continue  # made before a rebalance: Faust seeks back and reads it again
+        done = await apply(list(chain.from_iterable(fetch.records.values())))
+        if previous is not None:
+            await previous  # raises if the broker did not acknowledge that batch
+        # Not cancelled when this task is: on a clean stop the producer's flush still
+        # acknowledges it, and the tables count as settled.
+        previous = asyncio.ensure_future(_acknowledge(bulk, fetch, done))
+        previous.add_done_callback(_log_unacknowledged)
+
+
+async def _acknowledge(consumer: BulkConsumer, fetch: Fetch, done: Awaitable[None] | None) -> None:
+    if done is not None:
+        await done
+    if consumer.is_current(fetch):
+        consumer.ack_fetch(fetch.records)
+
+
+def _log_unacknowledged(acknowledging: asyncio.Future[None]) -> None:
+    if not acknowledging.cancelled() and (error := acknowledging.exception()) is not None:
+        log.error("a batch's changelog records were not acknowledged: %r", error)
+
+
+@dataclass
+class Agents:
+    """What the agents work on; :meth:`register` puts them on the Faust app."""
+
+    settings: Settings
+    faust_app: faust.App
+    consumer: Callable[[], BulkConsumer]
+    actions: BulkChannel
+    responses: BulkChannel
+    ingest: IngestProcessor
+    outcomes: OutcomeJoiner
+    store: OnlineStore
+    status: WorkerStatus
+    models: ModelRegistry
+    timeline: IngestTimeline
+    metrics: Metrics
+    loop_monitor: LoopMonitor
+
+    def register(self) -> None:
+        app, settings = self.faust_app, self.settings
+        app.task(self.ingest_actions)
+        app.task(self.join_outcomes)
+        app.task(self.loop_monitor.run)
+        app.task(self.shorten_fetch_wait)
+
+        def every(seconds: float, name: str, timer: Callable[[], Awaitable[None]]) -> None:
+            app.timer(timedelta(seconds=seconds), name=name)(timer)
+
+        every(settings.outcome_label_interval, "outcomes-labelling", self.label_outcomes)
+        every(settings.lag_interval, "consumer-lag", self.status.refresh_lag)
+        every(settings.sweep_interval, "retention-sweep", self.sweep_retention)
+        every(5.0, "attribute-store-health", self.status.check_attribute_store)
+        every(settings.model_reload_interval, "model-reload", self.reload_model)
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def ingest_actions(self) -> None:
+        """Actions (and those forwarded by the repartition topic) into the online store."""
+        await apply_fetches(self.actions, self.consumer, self._ingest, self.settings.batch_max)
+
+    async def _ingest(self, records: list[Any]) -> Awaitable[None]:
+        plan, acknowledged = await self.ingest.apply(records)
+        self.timeline.record_batch(time.time(), len(records), plan)
+        return acknowledged
+
+    async def join_outcomes(self) -> None:
+        """Logged responses queued until their outcomes are labelled."""
+        await apply_fetches(self.responses, self.consumer, self._join, self.settings.batch_max)
+
+    async def _join(self, records: list[Any]) -> None:
+        await self.outcomes.add(records)  # acknowledged by the broker on return
+
+    async def shorten_fetch_wait(self) -> None:
+        """Apply NEARLINE_FETCH_MAX_WAIT to Faust's consumer, which hard-codes 1.5 s.
+
+        A broker that does not answer a fetch as soon as data arrives (the embedded one,
+        for a fetch spanning several topics) otherwise holds every fresh action that long.
+        """
+        if not await set_fetch_max_wait(self.faust_app, self.settings.fetch_max_wait):
+            log.warning("could not set the consumer's fetch wait; freshness may suffer")
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _moving(self) -> bool:
+        """Whether partitions move or state recovers: writers wait for it to end."""
+        return bool(self.faust_app.rebalancing or self.faust_app.in_recovery)
+
+    async def label_outcomes(self) -> None:
+        if not self._moving():
+            await self.outcomes.label_due()
+
+    async def sweep_retention(self) -> None:
+        if self._moving():
+            return
+        _, deleted = await self.store.sweep()
+        self.metrics.members_expired.inc(deleted)
+
+    async def reload_model(self) -> None:
+        # In a thread: the first model loaded imports torch (a second or more of CPU),
+        # which on the event loop would stall every request meanwhile.
+        if self.settings.model_dir is not None and await asyncio.to_thread(
+            self.models.maybe_reload
+        ):
+            log.info("now ranking with model %s", self.models.active.version)

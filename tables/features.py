@@ -1,0 +1,63 @@
+"""A member's served features: the online store's state, item attributes joined at read."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from attribute_store import (
+    CachedAttributeStore,
+    JoinFields,
+    StoreUnavailable,
+    item_ids,
+    join_at_read,
+)
+from tables.online_store import OnlineStore
+
+__all__ = ["FeatureReader"]
+
+log = logging.getLogger(__name__)
+
+
+class FeatureReader:
+    """Reads a member's features from the partitions this worker owns."""
+
+    def __init__(
+        self,
+        store: OnlineStore,
+        attributes: CachedAttributeStore,
+        fields: JoinFields,
+        *,
+        timeout: float,
+    ) -> None:
+        self.store = store
+        self.attributes = attributes
+        self.fields = fields
+        #: How long the read-time join may wait for the attribute store.
+        self.timeout = timeout
+
+    async def features(self, member_id: str, as_of: float) -> dict[str, Any]:
+        """Features of a member this worker owns, attributes joined at read.
+
+        Raises :class:`~tables.online_store.NotOwned` when another worker owns the member.
+        An attribute store that does not answer in time leaves the actions unjoined and
+        says so (``"attribute_store": "unavailable"``): features are served either way.
+        """
+        features = self.store.features(member_id, as_of)
+        fields = self.fields
+        actions = features["recent_actions"]
+        if not actions or not (fields.read or fields.ingest):
+            return features
+        try:
+            records = await asyncio.wait_for(
+                self.attributes.get_many(item_ids(actions)), self.timeout
+            )
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("attribute store unavailable at read: %s", exc)
+            records = None
+            features["attribute_store"] = "unavailable"
+        features["recent_actions"] = join_at_read(
+            actions, records, fields.read, catch_up=fields.ingest
+        )
+        return features
