@@ -218,12 +218,6 @@ class IngestProcessor:
         self.join_timeout = join_timeout
         self.clock = clock
 
-    async def process(self, records: Sequence[KafkaRecord]) -> BatchPlan:
-        """Apply a batch and wait until the changelog has it: then its offsets may commit."""
-        plan, acknowledged = await self.apply(records)
-        await acknowledged
-        return plan
-
     async def apply(self, records: Sequence[KafkaRecord]) -> tuple[BatchPlan, Awaitable[None]]:
         """Apply a batch; returns its plan and what to await before committing its offsets.
 

@@ -73,7 +73,7 @@ async def _forwarded_then_applied() -> None:
 
     processor = IngestProcessor(store, SETTINGS, metrics, send_dead_letters, send_repartitioned)  # type: ignore[arg-type]
     batch = [record(0, "a", misplaced=True), record(1, "b", misplaced=False)]
-    processing = asyncio.ensure_future(processor.process(batch))
+    processing = asyncio.ensure_future(processor.apply(batch))
     for _ in range(20):
         await asyncio.sleep(0)
     # The direct action is applied, the misplaced one is on its way, and the batch is not
@@ -83,7 +83,8 @@ async def _forwarded_then_applied() -> None:
     assert store.load(partition_for_key(b"b", 4), b"b") is not None
     assert store.load(partition_for_key(b"a", 4), b"a") is None
     acknowledged.set()
-    plan = await processing
+    plan, stored = await processing
+    await stored
     assert plan.forwarded == 1
 
     def value(name: str) -> float | None:
@@ -96,7 +97,8 @@ async def _forwarded_then_applied() -> None:
     # between the send and the commit): counted once.
     again = record(0, "a", misplaced=False, topic=SETTINGS.topic_repartition)
     twice = SourceRecord(again.partition, 1, again.key, again.value, again.topic, again.timestamp)
-    await processor.process([again, twice])
+    _, stored = await processor.apply([again, twice])
+    await stored
     state = store.load(again.partition, b"a")
     assert state is not None and [a.event_id for a in state.recent_actions(store.policy)] == ["e0"]
     assert value("nearline_events_applied_total") == 2
