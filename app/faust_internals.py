@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
-from faust.types import TP, TableT
+from faust.types import TP, AppT, TableT
 from faust.types.tuples import ack_lock
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -83,7 +83,7 @@ def check_faust(version: str | None = None) -> None:
         )
 
 
-def kafka_producer(app: faust.App) -> AIOKafkaProducer:
+def kafka_producer(app: AppT) -> AIOKafkaProducer:
     """The aiokafka producer under Faust's (started with the app): sends whole batches."""
     return app.producer._ensure_producer()  # type: ignore[attr-defined,no-any-return]
 
@@ -93,17 +93,17 @@ def partition_db(table: TableT[Any, Any], partition: int) -> rocksdict.Rdict:
     return table.data._db_for_partition(partition)  # type: ignore[attr-defined,no-any-return]
 
 
-def recovery_of(app: faust.App) -> Any:
+def recovery_of(app: AppT) -> Any:
     """Faust's table recovery service (``active_tps``, ``active_offsets``, ``tp_to_table``)."""
     return app.tables.recovery  # type: ignore[attr-defined]
 
 
-def recovery_completed(app: faust.App) -> bool:
+def recovery_completed(app: AppT) -> bool:
     """Whether the tables have been recovered since the last assignment."""
     return bool(recovery_of(app).completed.is_set())
 
 
-async def set_fetch_max_wait(app: faust.App, seconds: float, *, within: float = 60.0) -> bool:
+async def set_fetch_max_wait(app: AppT, seconds: float, *, within: float = 60.0) -> bool:
     """Set how long the consumer's fetcher waits for data (Faust hard-codes 1.5 s).
 
     The fetcher exists once Faust's consumer thread has started its aiokafka consumer, so

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 import faust
 
@@ -16,7 +17,6 @@ from agents.bulk import BulkChannel
 from app.faust_internals import recovery_completed
 from app.lag import LagMonitor, PartitionLag
 from app.metrics import Metrics
-from app.settings import Settings
 from attribute_store import AttributeStore, StoreHealth
 from tables.online_store import OnlineStore
 
@@ -28,31 +28,25 @@ log = logging.getLogger(__name__)
 _HEALTH_TIMEOUT = 5.0
 
 
+@dataclass
 class WorkerStatus:
     """Readiness and liveness of one worker, from its Faust app, lag gauges and stores."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        faust_app: faust.App,
-        store: OnlineStore,
-        lag: LagMonitor,
-        actions: BulkChannel,
-        attributes: AttributeStore,
-        metrics: Metrics,
-    ) -> None:
-        self.stall_timeout = settings.stall_timeout
-        self.rebalance_timeout = settings.rebalance_timeout
-        self.faust_app = faust_app
-        self.store = store
-        self.lag = lag
-        self.actions = actions
-        self.attributes = attributes
-        self.metrics = metrics
-        self.attribute_health = StoreHealth(ok=True, backend=attributes.backend, detail="")
+    faust_app: faust.App
+    store: OnlineStore
+    lag: LagMonitor
+    #: The actions' channel: paused partitions mean ingest is behind.
+    actions: BulkChannel
+    attributes: AttributeStore
+    metrics: Metrics
+    stall_timeout: float
+    rebalance_timeout: float
+
+    def __post_init__(self) -> None:
+        self.attribute_health = StoreHealth(ok=True, backend=self.attributes.backend, detail="")
         self._rebalancing_since: float | None = None
         #: The topic's partition count: what the console lists owners of.
-        self.partitions = store.partitions
+        self.partitions = self.store.partitions
 
     # -- partitions --------------------------------------------------------------------
 

@@ -52,7 +52,6 @@ __all__ = ["Nearline", "run_worker"]
 log = logging.getLogger(__name__)
 
 
-
 def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
     context = ssl_context(settings)
     if settings.kafka_security_protocol.startswith("SASL"):
@@ -190,13 +189,14 @@ class Nearline:
         )
         metrics.track_lag(self.lag.snapshot)
         status = WorkerStatus(
-            settings,
             self.faust,
             self.store,
             self.lag,
             self.actions_channel,
             self.attributes,
             metrics,
+            stall_timeout=settings.stall_timeout,
+            rebalance_timeout=settings.rebalance_timeout,
         )
         timeline = IngestTimeline()  # the console's ingest rate and freshness
 

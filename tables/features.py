@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from attribute_store import (
@@ -20,22 +21,15 @@ __all__ = ["FeatureReader"]
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class FeatureReader:
     """Reads a member's features from the partitions this worker owns."""
 
-    def __init__(
-        self,
-        store: OnlineStore,
-        attributes: CachedAttributeStore,
-        fields: JoinFields,
-        *,
-        timeout: float,
-    ) -> None:
-        self.store = store
-        self.attributes = attributes
-        self.fields = fields
-        #: How long the read-time join may wait for the attribute store.
-        self.timeout = timeout
+    store: OnlineStore
+    attributes: CachedAttributeStore
+    fields: JoinFields
+    #: How long the read-time join may wait for the attribute store.
+    timeout: float
 
     async def features(self, member_id: str, as_of: float) -> dict[str, Any]:
         """Features of a member this worker owns, attributes joined at read.
