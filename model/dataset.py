@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,21 +63,6 @@ class ExampleSet:
 
     def time_range(self) -> tuple[float, float] | None:
         return (float(self.ts.min()), float(self.ts.max())) if len(self) else None
-
-    @staticmethod
-    def concat(parts: Sequence[ExampleSet]) -> ExampleSet:
-        if not parts:
-            raise ExamplesError("no example sets to concatenate")
-        return ExampleSet(
-            request_id=np.concatenate([p.request_id for p in parts]),
-            member_id=np.concatenate([p.member_id for p in parts]),
-            ts=np.concatenate([p.ts for p in parts]),
-            model_version=np.concatenate([p.model_version for p in parts]),
-            item_id=np.concatenate([p.item_id for p in parts]),
-            features=np.concatenate([p.features for p in parts]),
-            label=np.concatenate([p.label for p in parts]),
-            feature_names=parts[0].feature_names,
-        )
 
 
 def write_examples(path: Path | str, examples: ExampleSet) -> None:

@@ -387,8 +387,3 @@ class MemberState:
             "recent_actions": recent,
             "counts": counts,
         }
-
-
-def empty_features(member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
-    """The view of a member nearline has never seen (cold start), same shape as any other."""
-    return MemberState().features(member_id, as_of, policy)
