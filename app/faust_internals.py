@@ -15,8 +15,9 @@ in a few places where the public path costs too much (a record at a time) or off
 - the fetcher's wait for data, which Faust hard-codes (:func:`set_fetch_max_wait`).
 
 Private names can change in any release, so :func:`check_faust` runs when a worker starts:
-it fails with what to install when the installed Faust is not a version this module was
-written against, or lacks one of the names it reaches. Nothing else in nearline touches a
+it fails with what to install when the installed Faust is not in the range nearline's
+package requires (setup.cfg: the releases this module was written and tested against), or
+lacks one of the names it reaches. Nothing else in nearline touches a
 private attribute of Faust's.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
 import faust
@@ -34,6 +36,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from faust.types import TP, AppT, TableT
 from faust.types.tuples import ack_lock
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -50,8 +53,22 @@ __all__ = [
     "set_fetch_max_wait",
 ]
 
-#: The faust-streaming releases whose internals this module was written and tested against.
-SUPPORTED_FAUST = SpecifierSet(">=0.15.3,<0.16")
+
+def _pinned_faust() -> SpecifierSet:
+    """The faust-streaming releases nearline's package metadata (setup.cfg) accepts: the
+    ones whose internals this module was written and tested against."""
+    try:
+        required = metadata.requires("nearline") or []
+    except metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return SpecifierSet()
+    for line in required:
+        requirement = Requirement(line)
+        if requirement.name == "faust-streaming":
+            return requirement.specifier
+    return SpecifierSet()
+
+
+SUPPORTED_FAUST = _pinned_faust()
 
 #: (class, attribute) pairs reached below; checked at start so a changed Faust fails early.
 _REACHED: tuple[tuple[type, str], ...] = (
@@ -69,7 +86,7 @@ class FaustVersionError(RuntimeError):
 def check_faust(version: str | None = None) -> None:
     """Raise :class:`FaustVersionError`, saying what to install, unless Faust fits."""
     installed = version or faust.__version__
-    if Version(installed) not in SUPPORTED_FAUST:
+    if not SUPPORTED_FAUST.contains(Version(installed), prereleases=True):
         raise FaustVersionError(
             f"faust-streaming {installed} is installed; nearline reaches into Faust's "
             f"consumer, tables and recovery and supports faust-streaming{SUPPORTED_FAUST} "
