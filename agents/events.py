@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from app import codec
+from app import codec, limits
 
 __all__ = ["MILLISECONDS_FROM", "ActionEvent", "InvalidEvent", "event_time", "parse_action"]
 
@@ -24,7 +24,7 @@ _TS_RULE = (
     "send ts as Unix seconds or milliseconds (a number; 1e11 and above is milliseconds) "
     "or as an ISO-8601 string with a UTC offset"
 )
-_MAX_ID_LENGTH = 256
+_MAX_ID_LENGTH = limits.MAX_ID_LENGTH
 _CONTROL = re.compile(r"[\x00-\x1f]")
 _Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ID_LENGTH)]
 

@@ -1,207 +1,285 @@
-"""The OpenAPI description of the HTTP API, served at ``/openapi.json``."""
+"""The HTTP API's schemas as pydantic models, and the OpenAPI document generated from them.
+
+Each request and response shape is written once, as a model: the handlers validate
+requests with them (and the console's system view is built from its model), and
+``/openapi.json`` is their JSON Schema. Answers built as dicts on the hot path (features,
+rankings) are checked against their models by the unit tests and the schemathesis fuzz.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from app.limits import MAX_BODY_BYTES, MAX_ID_LENGTH
+from app.recommend import Id, RankedItem, RecommendationRequest, RecommendationResponse
 from app.settings import Settings
 
-__all__ = ["openapi_document"]
+__all__ = [
+    "ErrorBody",
+    "FeaturesParams",
+    "FeaturesResponse",
+    "Ranking",
+    "RankingParams",
+    "SystemView",
+    "candidates_pattern",
+    "openapi_document",
+]
 
-_ERROR = {
-    "description": "What is wrong, in words",
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {"error": {"type": "string"}},
-                "required": ["error"],
-            }
-        }
-    },
-}
+_REF = "#/components/schemas/{model}"
 
-_FEATURES = {
-    "type": "object",
-    "required": ["member_id", "as_of", "known", "recent_actions", "counts"],
-    "properties": {
-        "member_id": {"type": "string"},
-        "as_of": {"type": "number"},
-        "known": {"type": "boolean"},
-        "last_event_ts": {"type": "number", "nullable": True},
-        "last_applied_at": {"type": "number", "nullable": True},
-        "attribute_store": {"type": "string", "enum": ["unavailable"]},
-        "recent_actions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["event_id", "item_id", "action", "ts", "attributes"],
-                "properties": {
-                    "event_id": {"type": "string"},
-                    "item_id": {"type": "string"},
-                    "action": {"type": "string"},
-                    "ts": {"type": "number"},
-                    "attributes": {"type": "object"},
-                    "joined": {"type": "boolean"},
-                    "missing": {"type": "array", "items": {"type": "string"}},
-                },
-            },
-        },
-        "counts": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "additionalProperties": {"type": "integer"},
-            },
-        },
-    },
-}
 
-_FRESHNESS = {
-    "type": "object",
-    "required": ["events", "p50", "p99"],
-    "properties": {
-        "events": {"type": "integer"},
-        "p50": {"type": "number", "nullable": True},
-        "p99": {"type": "number", "nullable": True},
-    },
-}
+class ErrorBody(BaseModel):
+    """Every error's body: what is wrong and how to fix it, in words."""
 
-_SYSTEM = {
-    "type": "object",
-    "required": [
-        "now",
-        "worker",
-        "ready",
-        "ingest",
-        "freshness",
-        "lag",
-        "dead_letters",
-        "attribute_store",
-        "partitions",
-        "model",
-        "series",
-        "recent_members",
-    ],
-    "properties": {
-        "now": {"type": "number"},
-        "worker": {"type": "string"},
-        "ready": {"type": "boolean"},
-        "reason": {"type": "string"},
-        "ingest": {
-            "type": "object",
-            "required": ["per_s", "events_in", "applied", "dropped"],
-            "properties": {
-                "per_s": {"type": "number"},
-                "events_in": {"type": "number"},
-                "applied": {"type": "number"},
-                "dropped": {"type": "object", "additionalProperties": {"type": "number"}},
-            },
-        },
-        "freshness": {"type": "object", "additionalProperties": _FRESHNESS},
-        "alive": {"type": "boolean"},
-        "liveness": {"type": "string"},
-        "lag": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["topic", "partition", "lag", "stalled_seconds"],
-                "properties": {
-                    "topic": {"type": "string"},
-                    "partition": {"type": "integer"},
-                    "lag": {"type": "integer"},
-                    "stalled_seconds": {"type": "number"},
-                },
-            },
-        },
-        "dead_letters": {"type": "object", "additionalProperties": {"type": "number"}},
-        "attribute_store": {"type": "object"},
-        "partitions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["partition", "here", "owner"],
-                "properties": {
-                    "partition": {"type": "integer"},
-                    "here": {"type": "boolean"},
-                    "owner": {"type": "string", "nullable": True},
-                },
-            },
-        },
-        "model": {
-            "type": "object",
-            "required": ["version", "ranker"],
-            "properties": {"version": {"type": "string"}, "ranker": {"type": "string"}},
-        },
-        "topics": {"type": "object", "additionalProperties": {"type": "string"}},
-        "stall_timeout": {"type": "number"},
-        "series": {"type": "object"},
-        "recent_members": {"type": "array", "items": {"type": "string"}},
-    },
-}
+    model_config = ConfigDict(extra="allow")
 
-_CONSOLE_RANKING = {
-    "type": "object",
-    "required": ["model_version", "ranker", "items"],
-    "properties": {
-        "model_version": {"type": "string"},
-        "ranker": {"type": "string"},
-        "last_applied_at": {"type": "number", "nullable": True},
-        "items": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["item_id", "score"],
-                "properties": {
-                    "item_id": {"type": "string"},
-                    "score": {"type": "number"},
-                    "unknown": {"type": "boolean"},
-                    "category": {"type": "string", "nullable": True},
-                    "company": {"type": "string", "nullable": True},
-                },
-            },
-        },
-    },
-}
+    error: str
+    problems: list[str] | None = Field(
+        default=None, description="With a 422: each field's problem, as `field: message`"
+    )
+
+
+# -- member features -------------------------------------------------------------------
+
+
+class FeaturesParams(BaseModel):
+    """The path and query of ``GET /v1/members/{member_id}/features``."""
+
+    member_id: Id
+    as_of: float = Field(
+        default_factory=time.time,
+        ge=0,
+        allow_inf_nan=False,
+        description="Unix seconds; the member's state as of then (default: now)",
+    )
+
+
+class RecentAction(BaseModel):
+    event_id: str
+    item_id: str
+    action: str
+    ts: float
+    attributes: dict[str, Any]
+    joined: bool | None = Field(
+        default=None, description="Whether the ingest-time attributes were joined at ingest"
+    )
+    missing: list[str] | None = Field(
+        default=None, description="Attributes the action should have and does not"
+    )
+
+
+class FeaturesResponse(BaseModel):
+    """A member's recent actions (newest first) and counts per action per window."""
+
+    member_id: str
+    as_of: float
+    known: bool = Field(description="False for a member nearline has never seen (cold start)")
+    last_event_ts: float | None = None
+    last_applied_at: float | None = None
+    attribute_store: Literal["unavailable"] | None = Field(
+        default=None, description="Present when read-time attributes could not be joined"
+    )
+    recent_actions: list[RecentAction]
+    counts: dict[str, dict[str, int]] = Field(description="window → action → count")
+
+
+# -- the console -----------------------------------------------------------------------
+
+
+def candidates_pattern(max_candidates: int) -> str:
+    """What a console ranking's ``candidates`` may be: at most ``max_candidates`` ids."""
+    return rf"^[^,]{{0,{MAX_ID_LENGTH}}}(,[^,]{{0,{MAX_ID_LENGTH}}}){{0,{max_candidates - 1}}}$"
+
+
+class RankingParams(BaseModel):
+    """The path and query of ``GET /v1/console/members/{member_id}/ranking``."""
+
+    member_id: Id
+    candidates: str = Field(
+        default="",
+        description="Comma-separated item ids (at most NEARLINE_MAX_CANDIDATES, each at most "
+        f"{MAX_ID_LENGTH} characters); when it names none, the demo catalogue sample "
+        "(item-0 .. item-23)",
+    )
+
+
+class RankedItemView(RankedItem):
+    category: str | None = None
+    company: str | None = None
+
+
+class Ranking(RecommendationResponse):
+    """What ``POST /v1/recommendations`` would answer now, with each item's category and
+    company; not logged."""
+
+    items: list[RankedItemView]  # type: ignore[assignment]  # a subclass of the items
+    last_applied_at: float | None = None
+
+
+class Ingest(BaseModel):
+    per_s: float
+    events_in: float
+    applied: float
+    dropped: dict[str, float] = Field(description="Actions dropped, by reason")
+
+
+class Freshness(BaseModel):
+    """Seconds from an action's time to its being applied, over the window."""
+
+    events: int
+    p50: float | None
+    p99: float | None
+
+
+class PartitionLagView(BaseModel):
+    topic: str
+    partition: int
+    lag: int
+    stalled_seconds: float
+
+
+class AttributeStoreView(BaseModel):
+    backend: str
+    ok: bool
+    detail: str
+
+
+class PartitionOwner(BaseModel):
+    partition: int
+    here: bool
+    owner: str | None = Field(description="The owning worker's URL; null while unassigned")
+
+
+class ModelView(BaseModel):
+    version: str
+    ranker: Literal["heuristic", "model"]
+    created_at: Any = None
+    metrics: Any = None
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class SystemView(BaseModel):
+    """The console's view of one worker."""
+
+    now: float
+    worker: str
+    ready: bool
+    reason: str
+    alive: bool
+    liveness: str
+    ingest: Ingest
+    freshness: dict[str, Freshness] = Field(description="By window: 1m, 5m")
+    lag: list[PartitionLagView]
+    stall_timeout: float
+    topics: dict[str, str] = Field(description="Each consumed topic's role")
+    dead_letters: dict[str, float] = Field(description="Records dead-lettered, by reason")
+    attribute_store: AttributeStoreView
+    partitions: list[PartitionOwner]
+    model: ModelView
+    series: dict[str, list[int | float | None]] = Field(description="Per-second series for charts")
+    recent_members: list[str]
+
+
+# -- the document ----------------------------------------------------------------------
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorBody")}}},
+    }
+
+
+def _answer(description: str, model: type[BaseModel]) -> dict[str, Any]:
+    schema = {"$ref": _REF.format(model=model.__name__)}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _parameters(model: type[BaseModel], path: str) -> list[dict[str, Any]]:
+    """A params model's fields as OpenAPI parameters: in the path if ``path`` names them."""
+    schema = model.model_json_schema(ref_template=_REF)
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field in schema["properties"].items():
+        field = {key: value for key, value in field.items() if key != "title"}
+        in_path = f"{{{name}}}" in path
+        parameter = {"name": name, "in": "path" if in_path else "query"}
+        parameter["required"] = in_path or name in required
+        if "description" in field:
+            parameter["description"] = field.pop("description")
+        parameters.append({**parameter, "schema": field})
+    return parameters
+
+
+def _limit_candidates(request: dict[str, Any], limit: int) -> None:
+    """Write NEARLINE_MAX_CANDIDATES into RecommendationRequest's schema (``candidates``
+    and ``k``): the web app checks them with the deployment's value."""
+    properties = request["properties"]
+    properties["candidates"]["maxItems"] = limit
+    for option in properties["k"].get("anyOf", [properties["k"]]):
+        if option.get("type") == "integer":
+            option["maximum"] = limit
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
-    id_string = {"type": "string", "minLength": 1, "maxLength": 256}
+    """The OpenAPI 3.1 document of this deployment (its token and candidate limit)."""
+    _, top = models_json_schema(
+        [
+            (model, "validation")
+            for model in (
+                ErrorBody,
+                FeaturesResponse,
+                RecommendationRequest,
+                RecommendationResponse,
+                SystemView,
+                Ranking,
+            )
+        ],
+        ref_template=_REF,
+    )
+    schemas = top["$defs"]
+    _limit_candidates(schemas["RecommendationRequest"], settings.max_candidates)
     security: list[dict[str, list[str]]] = [{"bearer": []}] if settings.api_token else []
-    v1_errors = {"400": _ERROR, "503": _ERROR}
-    most = settings.max_candidates - 1  # commas between the candidates of a console ranking
+    v1_errors = {
+        "503": _error(
+            "Rebalancing, the owning worker unreachable, or overloaded: retry after "
+            "Retry-After seconds"
+        ),
+        "422": _error("A value breaks a limit or a field's rule"),
+    }
     if settings.api_token:
-        v1_errors["401"] = _ERROR
+        v1_errors["401"] = _error("Missing or wrong bearer token")
+    features_path = "/v1/members/{member_id}/features"
+    ranking_path = "/v1/console/members/{member_id}/ranking"
+    ranking_parameters = _parameters(RankingParams, ranking_path)
+    for parameter in ranking_parameters:
+        if parameter["name"] == "candidates":
+            parameter["schema"]["pattern"] = candidates_pattern(settings.max_candidates)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "nearline",
             "version": "0.1.0",
             "description": "Fresh member features and recommendations from the online store.",
         },
         "components": {
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "paths": {
-            "/v1/members/{member_id}/features": {
+            features_path: {
                 "get": {
                     "summary": "A member's recent actions and windowed counts",
                     "security": security,
-                    "parameters": [
-                        {"name": "member_id", "in": "path", "required": True, "schema": id_string},
-                        {
-                            "name": "as_of",
-                            "in": "query",
-                            "required": False,
-                            "description": "Unix seconds; the state as of then",
-                            "schema": {"type": "number", "minimum": 0},
-                        },
-                    ],
+                    "parameters": _parameters(FeaturesParams, features_path),
                     "responses": {
-                        "200": {
-                            "description": "The member's features (empty when unknown)",
-                            "content": {"application/json": {"schema": _FEATURES}},
-                        },
+                        "200": _answer(
+                            "The member's features (empty when unknown)", FeaturesResponse
+                        ),
                         **v1_errors,
                     },
                 }
@@ -214,66 +292,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "required": True,
                         "content": {
                             "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["member_id", "candidates"],
-                                    "properties": {
-                                        "member_id": id_string,
-                                        "candidates": {
-                                            "type": "array",
-                                            "minItems": 1,
-                                            "maxItems": settings.max_candidates,
-                                            "items": id_string,
-                                        },
-                                        "k": {
-                                            "type": "integer",
-                                            "minimum": 1,
-                                            "maximum": settings.max_candidates,
-                                            "nullable": True,
-                                        },
-                                        "context": {"type": "object", "nullable": True},
-                                        "features_as_of": {
-                                            "type": "number",
-                                            "minimum": 0,
-                                            "nullable": True,
-                                        },
-                                    },
-                                }
+                                "schema": {"$ref": _REF.format(model="RecommendationRequest")}
                             }
                         },
                     },
                     "responses": {
-                        "200": {
-                            "description": "Candidates ranked by score, best first",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["request_id", "model_version", "items"],
-                                        "properties": {
-                                            "request_id": {"type": "string"},
-                                            "model_version": {"type": "string"},
-                                            "ranker": {"type": "string"},
-                                            "items": {
-                                                "type": "array",
-                                                "items": {
-                                                    "type": "object",
-                                                    "required": ["item_id", "score"],
-                                                    "properties": {
-                                                        "item_id": {"type": "string"},
-                                                        "score": {"type": "number"},
-                                                        "unknown": {"type": "boolean"},
-                                                    },
-                                                },
-                                            },
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        "413": _ERROR,
-                        "422": _ERROR,
+                        "200": _answer(
+                            "Candidates ranked by score, best first", RecommendationResponse
+                        ),
+                        "400": _error("The body is not JSON"),
+                        "413": _error(f"The body is over {MAX_BODY_BYTES} bytes"),
                         **v1_errors,
                     },
                 }
@@ -285,43 +313,19 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "per partition, dead letters by reason, attribute store health, partition "
                     "owners, the active model, and per-second series for charts.",
                     "security": security,
-                    "responses": {
-                        "200": {
-                            "description": "The system view",
-                            "content": {"application/json": {"schema": _SYSTEM}},
-                        },
-                        **v1_errors,
-                    },
+                    "responses": {"200": _answer("The system view", SystemView), **v1_errors},
                 }
             },
-            "/v1/console/members/{member_id}/ranking": {
+            ranking_path: {
                 "get": {
                     "summary": "The member's ranking of candidates now, not logged",
                     "description": "What /v1/recommendations would answer, without writing to "
                     "the recommendations log (a preview is no impression). Ranked by the worker "
                     "owning the member.",
                     "security": security,
-                    "parameters": [
-                        {"name": "member_id", "in": "path", "required": True, "schema": id_string},
-                        {
-                            "name": "candidates",
-                            "in": "query",
-                            "required": False,
-                            "description": "Comma-separated item ids (at most "
-                            "NEARLINE_MAX_CANDIDATES, each at most 256 characters); when it "
-                            "names none, the demo catalogue sample (item-0 .. item-23)",
-                            "schema": {
-                                "type": "string",
-                                "pattern": rf"^[^,]{{0,256}}(,[^,]{{0,256}}){{0,{most}}}$",
-                            },
-                        },
-                    ],
+                    "parameters": ranking_parameters,
                     "responses": {
-                        "200": {
-                            "description": "Candidates ranked by score, best first",
-                            "content": {"application/json": {"schema": _CONSOLE_RANKING}},
-                        },
-                        "422": _ERROR,
+                        "200": _answer("Candidates ranked by score, best first", Ranking),
                         **v1_errors,
                     },
                 }

@@ -5,43 +5,84 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import Annotated, Any, Literal, Protocol, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from attribute_store import ItemAttributes, Kind, StoreUnavailable
+from app.limits import MAX_ID_LENGTH
+from attribute_store import CachedAttributeStore, ItemAttributes, Kind, StoreUnavailable
 from model.feature_log import log_record
 from model.item_rows import ItemRows
 from model.registry import ModelRegistry
 from model.vectorizer import Vectorizer
 
-if TYPE_CHECKING:
-    from app.worker import Nearline
-
-__all__ = ["RecommendationRequest", "Recommender"]
+__all__ = [
+    "Id",
+    "RankedItem",
+    "RecommendationRequest",
+    "RecommendationResponse",
+    "RecommendationsLog",
+    "Recommender",
+]
 
 log = logging.getLogger(__name__)
 
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+#: A member or item id as a request may name it.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class RecommendationRequest(BaseModel):
-    """The body of ``POST /v1/recommendations``."""
+    """The body of ``POST /v1/recommendations``.
+
+    ``candidates`` and ``k`` are at most the deployment's NEARLINE_MAX_CANDIDATES: the web
+    app checks that, and its OpenAPI document states the value.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    member_id: str = Field(min_length=1, max_length=256)
+    member_id: Id
     # Checked item by item in pydantic's core: a Python validator cost ~30 us per 500.
-    candidates: list[ItemId] = Field(min_length=1)
+    candidates: list[Id] = Field(min_length=1)
     k: int | None = Field(default=None, ge=1, le=1_000_000)
     context: dict[str, Any] | None = None
     features_as_of: float | None = Field(
         default=None,
         ge=0,
+        allow_inf_nan=False,
         description="Read the member's features as of this Unix time (e.g. a daily batch "
         "cut-off); events after it are ignored. Default: now.",
     )
+
+
+class RankedItem(BaseModel):
+    """One candidate of a response, best first."""
+
+    item_id: str
+    score: float
+    unknown: bool | None = Field(
+        default=None, description="Present (true) when the item has no attribute record"
+    )
+
+
+class RecommendationResponse(BaseModel):
+    """The answer of ``POST /v1/recommendations`` (built as a dict on the hot path)."""
+
+    request_id: str
+    model_version: str
+    ranker: Literal["heuristic", "model"]
+    items: list[RankedItem]
+    attribute_store: Literal["unavailable"] | None = Field(
+        default=None,
+        description="Present when the attribute store could not be read: items were ranked "
+        "with what was cached",
+    )
+
+
+class RecommendationsLog(Protocol):
+    """Where served responses go to become training examples (the recommendations log)."""
+
+    async def log(self, member_id: str, record: dict[str, Any]) -> None: ...
 
 
 class Recommender:
@@ -49,21 +90,23 @@ class Recommender:
 
     def __init__(
         self,
-        nearline: Nearline,
         registry: ModelRegistry,
-        memo_size: int = 100_000,
+        attributes: CachedAttributeStore,
+        log: RecommendationsLog,
         *,
+        memo_size: int = 100_000,
         log_candidates: str = "served",
     ) -> None:
-        self.nearline = nearline
         self.registry = registry
+        self.attributes = attributes
+        self.recommendations_log = log
         self.vectorizer: Vectorizer = registry.vectorizer
         self._feature_names = list(self.vectorizer.feature_names)  # logged with every response
         self.log_served_only = log_candidates == "served"  # else every candidate's row
         # Each candidate's half of the vectorizer, computed once per attribute record and
         # trusted as long as the attribute cache would hand out that record.
         self.items = ItemRows(self.vectorizer, capacity=memo_size)
-        nearline.attributes_cached.watch(self._attributes_changed)
+        attributes.watch(self._attributes_changed)
 
     def _attributes_changed(self, kind: Kind, ids: list[str] | None) -> None:
         if kind == "items":
@@ -77,10 +120,9 @@ class Recommender:
         ``log_response=False`` ranks without logging: a preview nobody is shown must not
         become a training example.
         """
-        nearline = self.nearline
         now = time.time()
         candidates = list(dict.fromkeys(request.candidates))
-        cache = nearline.attributes_cached
+        cache = self.attributes
         store_ok = True
 
         async def fetch(ids: list[str]) -> dict[str, tuple[ItemAttributes | None, float]]:
@@ -131,7 +173,7 @@ class Recommender:
         # The examples are what the member was shown: the served items' rows, top first
         # (NEARLINE_LOG_CANDIDATES=all logs every candidate's, ~25x the bytes at 500 / 20).
         logged = order if self.log_served_only else np.arange(len(candidates))
-        await nearline.log_recommendation(
+        await self.recommendations_log.log(
             request.member_id,
             log_record(
                 request_id=request_id,

@@ -1,17 +1,27 @@
-"""The HTTP API (Starlette): member features, health, readiness and metrics."""
+"""The HTTP API (Starlette): member features, recommendations, health, readiness and metrics.
+
+The web app depends on a few narrow services, not on the worker that builds them: what it
+asks of each is a Protocol here (or :class:`app.recommend.Recommender`), bundled in
+:class:`WebServices` and put on ``app.state`` one by one (``request.app.state.features``).
+
+A client's mistake, an unreachable owner or an overload is an :class:`ApiError`, raised
+wherever it is found and rendered by one exception handler as ``{"error": message, ...}``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
-import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -19,27 +29,82 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import codec
-from app.openapi import openapi_document
-from app.recommend import RecommendationRequest
+from app.console.timeline import IngestTimeline
+from app.lag import PartitionLag
+from app.limits import MAX_BODY_BYTES
+from app.metrics import Metrics
+from app.openapi import FeaturesParams, openapi_document
+from app.recommend import RecommendationRequest, Recommender
+from app.settings import Settings
+from attribute_store import CachedAttributeStore, StoreHealth
+from model.registry import ModelRegistry
 from tables.online_store import NotOwned
-
-if TYPE_CHECKING:
-    from app.worker import Nearline
 
 __all__ = [
     "FORWARDED_HEADER",
+    "ApiError",
+    "FeatureSource",
     "JSONResponse",
+    "StatusSource",
+    "WebServices",
+    "check_candidates",
     "create_web_app",
-    "error",
     "forward_to_owner",
-    "invalid_request",
     "lag_body",
+    "parse",
 ]
 
 #: Marks a request one worker forwarded to the owner of a partition, so it is never bounced on.
 FORWARDED_HEADER = "x-nearline-forwarded-by"
-_MAX_MEMBER_ID = 256
-MAX_BODY_BYTES = 1 << 20
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class FeatureSource(Protocol):
+    """A member's features, attributes joined at read, from the worker owning the member."""
+
+    async def features(self, member_id: str, as_of: float) -> dict[str, Any]:
+        """Raises :class:`~tables.online_store.NotOwned` when another worker owns the member."""
+        ...
+
+
+class StatusSource(Protocol):
+    """What the probes and the console say about this worker."""
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+    def liveness(self) -> tuple[bool, str]: ...
+
+    def consumer_lag(self) -> list[PartitionLag]: ...
+
+    def ingest_behind(self) -> bool: ...
+
+    @property
+    def attribute_health(self) -> StoreHealth: ...
+
+    def owned_partitions(self) -> list[int]: ...
+
+    def owner_url(self, partition: int) -> str | None: ...
+
+    @property
+    def partitions(self) -> int:
+        """The actions topic's partition count."""
+        ...
+
+
+@dataclass(frozen=True)
+class WebServices:
+    """Everything the web app uses; each is put on ``app.state`` under its field's name."""
+
+    features: FeatureSource
+    status: StatusSource
+    recommender: Recommender
+    settings: Settings
+    metrics: Metrics
+    timeline: IngestTimeline
+    models: ModelRegistry
+    attributes: CachedAttributeStore  # the console's ranking shows category and company
+    http: httpx.AsyncClient  # for requests forwarded to the owning worker
 
 
 class JSONResponse(Response):
@@ -49,23 +114,61 @@ class JSONResponse(Response):
         return codec.dumps(content)
 
 
-def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    """A client-facing error body: ``{"error": message, ...}``."""
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+class ApiError(Exception):
+    """An answer other than the one asked for: ``{"error": message, **extra}``.
+
+    ``message`` says what is wrong and how to fix it. A 503 tells the client to retry
+    after a second (``Retry-After``).
+    """
+
+    def __init__(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+        if status == 503:
+            self.headers["Retry-After"] = "1"
+        self.extra = extra
+
+    @classmethod
+    def invalid(cls, exc: ValidationError) -> ApiError:
+        """A 422 listing every problem pydantic found, each as ``field: message``."""
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        ]
+        return cls(422, "invalid request: " + "; ".join(problems), problems=problems)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            {"error": self.message, **self.extra},
+            status_code=self.status,
+            headers=self.headers or None,
+        )
 
 
-def invalid_request(exc: ValidationError) -> JSONResponse:
-    """A 422 listing every problem pydantic found, each as ``field: message``."""
-    problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
-    return error(422, "invalid request: " + "; ".join(problems), problems=problems)
+def parse(model: type[_Model], data: Any) -> _Model:
+    """``data`` (a body, or a path and query) as ``model``; a 422 naming each problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError.invalid(exc) from None
 
 
-def _nearline(request: Request) -> Nearline:
-    return request.app.state.nearline  # type: ignore[no-any-return]
+def check_candidates(count: int, limit: int, k: int | None = None) -> None:
+    """A 422 when a request ranks more candidates (or asks for more) than ``limit``."""
+    if k is not None and k > limit:
+        raise ApiError(422, f"k must be at most {limit} (NEARLINE_MAX_CANDIDATES)")
+    if count > limit:
+        raise ApiError(
+            422,
+            f"{count} candidates is over the limit of {limit} (NEARLINE_MAX_CANDIDATES); "
+            "send fewer",
+        )
 
 
-def lag_body(nearline: Nearline) -> list[dict[str, Any]]:
+def lag_body(status: StatusSource) -> list[dict[str, Any]]:
     """Lag and stalled seconds of each assigned partition, as /healthz and /readyz show it."""
     return [
         {
@@ -74,106 +177,73 @@ def lag_body(nearline: Nearline) -> list[dict[str, Any]]:
             "lag": p.lag,
             "stalled_seconds": round(p.stalled_seconds, 1),
         }
-        for p in nearline.consumer_lag()
+        for p in status.consumer_lag()
     ]
 
 
 async def healthz(request: Request) -> Response:
     """Liveness: 503 when a partition holds lag and applies nothing (a restart mends it)."""
-    nearline = _nearline(request)
-    alive, reason = nearline.liveness()
-    body = {"status": "ok" if alive else "stalled", "reason": reason, "lag": lag_body(nearline)}
+    status: StatusSource = request.app.state.status
+    alive, reason = status.liveness()
+    body = {"status": "ok" if alive else "stalled", "reason": reason, "lag": lag_body(status)}
     return JSONResponse(body, status_code=200 if alive else 503)
 
 
 async def readyz(request: Request) -> Response:
-    nearline = _nearline(request)
-    ready, reason = nearline.readiness()
-    health = nearline.attribute_health
+    status: StatusSource = request.app.state.status
+    ready, reason = status.readiness()
+    health = status.attribute_health
     body = {
         "ready": ready,
         "reason": reason,
-        "partitions": nearline.store.owned_partitions(),
-        "lag": lag_body(nearline),
+        "partitions": status.owned_partitions(),
+        "lag": lag_body(status),
         "attribute_store": {"backend": health.backend, "ok": health.ok, "detail": health.detail},
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
-    body = _nearline(request).metrics.exposition()
+    body = request.app.state.metrics.exposition()
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-def _as_of(request: Request) -> float | JSONResponse:
-    raw = request.query_params.get("as_of")
-    if raw is None:
-        return time.time()
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        return error(400, f"as_of must be Unix seconds (a non-negative number), got {raw!r}")
-    return value
 
 
 async def member_features(request: Request) -> Response:
     """Recent actions and windowed counts of one member, read from the owning worker."""
-    nearline = _nearline(request)
-    member_id = request.path_params["member_id"]
-    if len(member_id) > _MAX_MEMBER_ID:
-        return error(400, f"member_id is longer than {_MAX_MEMBER_ID} characters")
-    as_of = _as_of(request)
-    if isinstance(as_of, JSONResponse):
-        return as_of
+    params = parse(FeaturesParams, {**request.query_params, **request.path_params})
+    source: FeatureSource = request.app.state.features
     try:
-        return JSONResponse(await nearline.member_features(member_id, as_of))
-    except NotOwned as exc:
-        return await forward_to_owner(request, nearline, exc)
-
-
-class _OwnerUnavailable(Exception):
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
+        return JSONResponse(await source.features(params.member_id, params.as_of))
+    except NotOwned as owner:
+        return await forward_to_owner(request, owner)
 
 
 async def _ask_owner(
-    nearline: Nearline, owner: NotOwned, path: str, params: dict[str, str], forwarded: bool
+    request: Request, owner: NotOwned, path: str, params: dict[str, str]
 ) -> httpx.Response:
-    """GET ``path`` from the worker owning the partition; raise with a 503 if impossible."""
-    if forwarded or owner.owner_url in (None, nearline.settings.web_url):
-        # No owner yet, or the owner thinks it is us: a rebalance is under way.
-        raise _OwnerUnavailable(
-            error(503, f"partition {owner.partition} is being rebalanced; retry shortly")
-        )
-    headers = {FORWARDED_HEADER: nearline.settings.web_url}
-    if nearline.settings.api_token:
-        headers["authorization"] = f"Bearer {nearline.settings.api_token}"
+    """GET ``path`` from the worker owning the partition; a 503 if that is impossible."""
+    settings: Settings = request.app.state.settings
+    if request.headers.get(FORWARDED_HEADER) or owner.owner_url in (None, settings.web_url):
+        # Already forwarded once, no owner yet, or the owner thinks it is us: a rebalance
+        # is under way, and bouncing the request on would only chase it.
+        raise ApiError(503, f"partition {owner.partition} is being rebalanced; retry shortly")
+    headers = {FORWARDED_HEADER: settings.web_url}
+    if settings.api_token:
+        headers["authorization"] = f"Bearer {settings.api_token}"
+    http: httpx.AsyncClient = request.app.state.http
     try:
-        return await nearline.http.get(f"{owner.owner_url}{path}", params=params, headers=headers)
+        return await http.get(f"{owner.owner_url}{path}", params=params, headers=headers)
     except httpx.HTTPError as exc:
-        raise _OwnerUnavailable(
-            error(
-                503,
-                f"the worker owning partition {owner.partition} ({owner.owner_url}) "
-                f"did not answer: {type(exc).__name__}",
-            )
+        raise ApiError(
+            503,
+            f"the worker owning partition {owner.partition} ({owner.owner_url}) "
+            f"did not answer: {type(exc).__name__}; retry shortly",
         ) from None
 
 
-async def forward_to_owner(request: Request, nearline: Nearline, owner: NotOwned) -> Response:
+async def forward_to_owner(request: Request, owner: NotOwned) -> Response:
     """Answer ``request`` with what the worker owning the partition answers to it."""
-    try:
-        response = await _ask_owner(
-            nearline,
-            owner,
-            request.url.path,
-            dict(request.query_params),
-            bool(request.headers.get(FORWARDED_HEADER)),
-        )
-    except _OwnerUnavailable as exc:
-        return exc.response
+    response = await _ask_owner(request, owner, request.url.path, dict(request.query_params))
     return Response(
         response.content,
         status_code=response.status_code,
@@ -181,69 +251,55 @@ async def forward_to_owner(request: Request, nearline: Nearline, owner: NotOwned
     )
 
 
-async def _body_up_to(request: Request, limit: int) -> bytes | None:
-    """The request body, or ``None`` as soon as it grows past ``limit`` bytes."""
+async def _body_up_to(request: Request, limit: int) -> bytes:
+    """The request body; a 413 as soon as it grows past ``limit`` bytes."""
+    too_large = ApiError(413, f"the body is over the limit of {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
+        raise too_large
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return None
+            raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 async def recommendations(request: Request) -> Response:
     """Rank the candidates for a member, with fresh features from the online store."""
-    nearline = _nearline(request)
-    settings = nearline.settings
+    settings: Settings = request.app.state.settings
     try:
         raw = await _body_up_to(request, MAX_BODY_BYTES)
     except ClientDisconnect:
         return Response(status_code=499)  # the client is gone; nobody reads this
-    if raw is None:
-        return error(413, f"the body is over the limit of {MAX_BODY_BYTES} bytes")
     try:
         body = codec.loads(raw)
     except codec.DecodeError as exc:
-        return error(400, f"the body is not JSON: {exc}")
-    try:
-        ask = RecommendationRequest.model_validate(body)
-    except ValidationError as exc:
-        return invalid_request(exc)
-    if ask.k is not None and ask.k > settings.max_candidates:
-        return error(422, f"k must be at most {settings.max_candidates} (NEARLINE_MAX_CANDIDATES)")
-    if len(ask.candidates) > settings.max_candidates:
-        return error(
-            400,
-            f"{len(ask.candidates)} candidates is over the limit of {settings.max_candidates} "
-            "(NEARLINE_MAX_CANDIDATES)",
-        )
+        raise ApiError(400, f"the body is not JSON: {exc}") from None
+    ask = parse(RecommendationRequest, body)
+    check_candidates(len(ask.candidates), settings.max_candidates, ask.k)
     as_of = ask.features_as_of if ask.features_as_of is not None else time.time()
+    source: FeatureSource = request.app.state.features
     try:
-        features = await nearline.member_features(ask.member_id, as_of)
+        features = await source.features(ask.member_id, as_of)
     except NotOwned as owner:
-        try:
-            answer = await _ask_owner(
-                nearline,
-                owner,
-                f"/v1/members/{quote(ask.member_id, safe='')}/features",
-                {"as_of": repr(as_of)},
-                bool(request.headers.get(FORWARDED_HEADER)),
-            )
-        except _OwnerUnavailable as exc:
-            return exc.response
-        if answer.status_code != 200:
+        answer = await _ask_owner(
+            request,
+            owner,
+            f"/v1/members/{quote(ask.member_id, safe='')}/features",
+            {"as_of": repr(as_of)},
+        )
+        if answer.status_code != 200:  # the owner's own error, relayed as it said it
             return Response(answer.content, answer.status_code, media_type="application/json")
         features = answer.json()
-    return JSONResponse(await nearline.recommender.recommend(ask, features))
+    recommender: Recommender = request.app.state.recommender
+    return JSONResponse(await recommender.recommend(ask, features))
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document(_nearline(request).settings))
+    return JSONResponse(openapi_document(request.app.state.settings))
 
 
 class _BearerAuth:
@@ -261,12 +317,12 @@ class _BearerAuth:
         ):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                response = JSONResponse(
-                    {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                    status_code=401,
+                refused = ApiError(
+                    401,
+                    "missing or wrong bearer token (Authorization: Bearer <token>)",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-                await response(scope, receive, send)
+                await refused.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -305,7 +361,8 @@ class _Shedding:
         if shed is not None:
             reason, message = shed
             self.on_shed(reason)
-            await error(503, f"overloaded: {message}; retry shortly")(scope, receive, send)
+            overloaded = ApiError(503, f"overloaded: {message}; retry shortly")
+            await overloaded.response()(scope, receive, send)
             return
         self.in_flight += 1
         try:
@@ -328,9 +385,9 @@ class _Shedding:
 class _Timing:
     """Records each request's latency by route template (bounded label set)."""
 
-    def __init__(self, app: ASGIApp, nearline: Nearline) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self.nearline = nearline
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -350,23 +407,34 @@ class _Timing:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.nearline.metrics.request_seconds.labels(
-                path, scope["method"], str(status)
-            ).observe(time.perf_counter() - started)
+            self.metrics.request_seconds.labels(path, scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return error(404, f"no route for {request.method} {request.url.path}")
+async def _render_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
 
 
-async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return error(405, f"{request.method} is not allowed on {request.url.path}")
+async def _render_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route, wrong method) in the API's error body."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no route for {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    else:
+        message = exc.detail
+    return ApiError(exc.status_code, message, headers=exc.headers).response()
 
 
-def create_web_app(nearline: Nearline) -> Starlette:
-    # Imported here: the console's routes build on this module's responses and forwarding.
+def create_web_app(services: WebServices) -> Starlette:
+    """The HTTP API over ``services``; each is on ``app.state`` under its field's name."""
+    # Imported here: the console's routes build on this module's errors and forwarding.
     from app.console.routes import console_routes
 
+    settings = services.settings
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -379,17 +447,21 @@ def create_web_app(nearline: Nearline) -> Starlette:
     web = Starlette(
         routes=routes,
         middleware=[
-            Middleware(_Timing, nearline=nearline),
+            Middleware(_Timing, metrics=services.metrics),
             Middleware(
                 _Shedding,
-                limit=nearline.settings.max_in_flight,
-                limit_behind=nearline.settings.max_in_flight_behind,
-                behind=nearline.ingest_behind,
-                on_shed=lambda reason: nearline.metrics.requests_shed.labels(reason).inc(),
+                limit=settings.max_in_flight,
+                limit_behind=settings.max_in_flight_behind,
+                behind=services.status.ingest_behind,
+                on_shed=lambda reason: services.metrics.requests_shed.labels(reason).inc(),
             ),
-            Middleware(_BearerAuth, token=nearline.settings.api_token),
+            Middleware(_BearerAuth, token=settings.api_token),
         ],
-        exception_handlers={404: _not_found, 405: _method_not_allowed},
+        exception_handlers={
+            ApiError: _render_api_error,
+            HTTPException: _render_http_exception,
+        },
     )
-    web.state.nearline = nearline
+    for field in dataclasses.fields(services):
+        setattr(web.state, field.name, getattr(services, field.name))
     return web

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
-from app import codec
+from app import codec, limits
 from attribute_store.exceptions import InvalidRecord
 
 __all__ = [
@@ -30,7 +30,7 @@ Scalar: TypeAlias = str | int | float | bool
 #: The two sets (Aerospike) or column families (RocksDB) of the store.
 Kind: TypeAlias = Literal["items", "members"]
 KINDS: tuple[Kind, ...] = ("items", "members")
-MAX_ID_LENGTH = 512
+MAX_ID_LENGTH = limits.MAX_ID_LENGTH
 
 _ITEM_FIELDS = frozenset({"item_id", "embedding", "geo", "attributes"})
 _MEMBER_FIELDS = frozenset({"member_id", "attributes"})

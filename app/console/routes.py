@@ -4,33 +4,38 @@ from __future__ import annotations
 
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app.recommend import RecommendationRequest
+from app.console.timeline import IngestTimeline
+from app.metrics import Metrics
+from app.openapi import RankingParams, SystemView
+from app.recommend import RecommendationRequest, Recommender
+from app.settings import Settings
 from app.traffic import DEMO_CATALOGUE_SAMPLE
-from app.web import JSONResponse, error, forward_to_owner, invalid_request, lag_body
-from attribute_store import StoreUnavailable
+from app.web import (
+    FeatureSource,
+    JSONResponse,
+    StatusSource,
+    check_candidates,
+    forward_to_owner,
+    lag_body,
+    parse,
+)
+from attribute_store import CachedAttributeStore, StoreUnavailable
+from model.registry import ModelRegistry
 from tables.online_store import NotOwned
-
-if TYPE_CHECKING:
-    from app.worker import Nearline
 
 __all__ = ["console_routes", "parse_candidates", "totals_by_label"]
 
 #: How often the page asks for fresh data (milliseconds); sent to it in its config.
 POLL_MS = 1000
 _STATIC = resources.files("app.console") / "static"
-
-
-def _nearline(request: Request) -> Nearline:
-    return request.app.state.nearline  # type: ignore[no-any-return]
 
 
 def totals_by_label(counter: Counter) -> dict[str, float]:
@@ -69,7 +74,7 @@ async def _page(request: Request) -> Response:
 
 async def _config(request: Request) -> Response:
     """What the page needs before it may call /v1: never secret, so never protected."""
-    settings = _nearline(request).settings
+    settings: Settings = request.app.state.settings
     return JSONResponse(
         {
             "token_required": bool(settings.api_token),
@@ -80,8 +85,7 @@ async def _config(request: Request) -> Response:
     )
 
 
-def _model(nearline: Nearline) -> dict[str, Any]:
-    registry = nearline.models
+def _model(registry: ModelRegistry) -> dict[str, Any]:
     version = registry.active.version
     metadata = registry.active_metadata
     return {
@@ -99,18 +103,19 @@ def _model(nearline: Nearline) -> dict[str, Any]:
 
 async def _system(request: Request) -> Response:
     """The system view of this worker: ingest, freshness, lag, DLQ, store, partitions, model."""
-    nearline = _nearline(request)
+    state = request.app.state
+    settings: Settings = state.settings
+    status: StatusSource = state.status
+    timeline: IngestTimeline = state.timeline
+    metrics: Metrics = state.metrics
     now = time.time()
-    timeline = nearline.timeline
-    metrics = nearline.metrics
-    store = nearline.store
-    ready, reason = nearline.readiness()
-    alive, liveness = nearline.liveness()
-    health = nearline.attribute_health
-    owned = store.owned_partitions()
-    body = {
+    ready, reason = status.readiness()
+    alive, liveness = status.liveness()
+    health = status.attribute_health
+    owned = status.owned_partitions()
+    view = {
         "now": now,
-        "worker": nearline.settings.web_url,
+        "worker": settings.web_url,
         "ready": ready,
         "reason": reason,
         "alive": alive,
@@ -122,12 +127,12 @@ async def _system(request: Request) -> Response:
             "dropped": totals_by_label(metrics.events_dropped),
         },
         "freshness": {"1m": timeline.freshness(now, 60), "5m": timeline.freshness(now, 300)},
-        "lag": lag_body(nearline),
-        "stall_timeout": nearline.settings.stall_timeout,
+        "lag": lag_body(status),
+        "stall_timeout": settings.stall_timeout,
         # What each consumed topic is, for the lag columns' headings.
         "topics": {
-            nearline.settings.topic_actions: "actions",
-            nearline.settings.topic_recommendations_log: "recommendations log",
+            settings.topic_actions: "actions",
+            settings.topic_recommendations_log: "recommendations log",
         },
         "dead_letters": totals_by_label(metrics.events_dead_lettered),
         "attribute_store": {"backend": health.backend, "ok": health.ok, "detail": health.detail},
@@ -135,15 +140,16 @@ async def _system(request: Request) -> Response:
             {
                 "partition": p,
                 "here": p in owned,
-                "owner": nearline.settings.web_url if p in owned else store.owner_url(p),
+                "owner": settings.web_url if p in owned else status.owner_url(p),
             }
-            for p in range(store.partitions)
+            for p in range(status.partitions)
         ],
-        "model": _model(nearline),
+        "model": _model(state.models),
         "series": timeline.series(now),
         "recent_members": timeline.recent_members(),
     }
-    return JSONResponse(body)
+    # Built through its model: the OpenAPI document describes exactly what is sent.
+    return JSONResponse(SystemView.model_validate(view).model_dump())
 
 
 async def _ranking(request: Request) -> Response:
@@ -152,28 +158,22 @@ async def _ranking(request: Request) -> Response:
     Not logged to the recommendations log: nobody was shown it, so it must not become a
     training example. Members of partitions owned elsewhere are ranked by their owner.
     """
-    nearline = _nearline(request)
-    member_id = request.path_params["member_id"]
-    candidates = parse_candidates(request.query_params.get("candidates"))
-    limit = nearline.settings.max_candidates
-    if len(candidates) > limit:
-        return error(
-            400,
-            f"{len(candidates)} candidates is over the limit of {limit} (NEARLINE_MAX_CANDIDATES)",
-        )
+    state = request.app.state
+    settings: Settings = state.settings
+    params = parse(RankingParams, {**request.query_params, **request.path_params})
+    candidates = parse_candidates(params.candidates)
+    check_candidates(len(candidates), settings.max_candidates)
+    ask = parse(RecommendationRequest, {"member_id": params.member_id, "candidates": candidates})
+    source: FeatureSource = state.features
     try:
-        ask = RecommendationRequest.model_validate(
-            {"member_id": member_id, "candidates": candidates}
-        )
-    except ValidationError as exc:
-        return invalid_request(exc)
-    try:
-        features = await nearline.member_features(member_id, time.time())
+        features = await source.features(ask.member_id, time.time())
     except NotOwned as owner:
-        return await forward_to_owner(request, nearline, owner)
-    ranked = await nearline.recommender.recommend(ask, features, log_response=False)
+        return await forward_to_owner(request, owner)
+    recommender: Recommender = state.recommender
+    ranked = await recommender.recommend(ask, features, log_response=False)
+    attributes: CachedAttributeStore = state.attributes
     try:
-        found = await nearline.attributes_cached.get_many([i["item_id"] for i in ranked["items"]])
+        found = await attributes.get_many([i["item_id"] for i in ranked["items"]])
     except (StoreUnavailable, TimeoutError):
         found = {}
     for item in ranked["items"]:

@@ -12,7 +12,7 @@ import pytest
 from agents.outcomes import label_response
 from app import codec
 from app.exporting import examples_to_set
-from app.recommend import RecommendationRequest, Recommender
+from app.recommend import RecommendationRequest, RecommendationResponse, Recommender
 from attribute_store import CachedAttributeStore, ItemAttributes, MemberAttributes
 from attribute_store.schema import Geo
 from model.feature_log import decode_matrix, encode_matrix, logged_rows
@@ -26,13 +26,18 @@ NOW = 1_764_384_000.0
 DIM = 16
 
 
-class FakeNearline:
+class ListLog:
+    """The recommendations log as a list of the records' bytes."""
+
     def __init__(self) -> None:
-        self.attributes_cached = CachedAttributeStore(RecordingStore(), maxsize=10_000, ttl=60.0)
         self.logged: list[bytes] = []
 
-    async def log_recommendation(self, member_id: str, record: dict[str, Any]) -> None:
+    async def log(self, member_id: str, record: dict[str, Any]) -> None:
         self.logged.append(codec.dumps(record))
+
+
+def _cache() -> CachedAttributeStore:
+    return CachedAttributeStore(RecordingStore(), maxsize=10_000, ttl=60.0)
 
 
 def _item(rng: random.Random, n: int) -> ItemAttributes:
@@ -71,7 +76,7 @@ def _features(rng: random.Random, items: list[ItemAttributes]) -> dict[str, Any]
 def recommender(monkeypatch: pytest.MonkeyPatch) -> Recommender:
     monkeypatch.setattr("app.recommend.time.time", lambda: NOW)
     registry = ModelRegistry(None, Vectorizer(VectorizerConfig(embedding_dim=DIM)))
-    return Recommender(FakeNearline(), registry, memo_size=50)  # type: ignore[arg-type]
+    return Recommender(registry, _cache(), ListLog(), memo_size=50)
 
 
 REFERENCE_NAMES = ReferenceVectorizer(VectorizerConfig(embedding_dim=DIM)).feature_names
@@ -95,8 +100,8 @@ def _reference(
 
 def test_rankings_scores_and_log_match_the_reference(recommender: Recommender) -> None:
     rng = random.Random(3)
-    nearline: FakeNearline = recommender.nearline  # type: ignore[assignment]
-    store = nearline.attributes_cached
+    sink: ListLog = recommender.recommendations_log  # type: ignore[assignment]
+    store = recommender.attributes
     items = [_item(rng, n) for n in range(120)]
     home = MemberAttributes("m1", {"seniority": "senior"})
     asyncio.run(store.put_many([*items, home]))
@@ -112,6 +117,7 @@ def test_rankings_scores_and_log_match_the_reference(recommender: Recommender) -
         wanted = [f"item-{n}" for n in rng.sample(range(130), 80)]  # some do not exist
         request = RecommendationRequest(member_id="m1", candidates=[*wanted, wanted[0]], k=30)
         response = asyncio.run(recommender.recommend(request, features))
+        RecommendationResponse.model_validate(response)  # what the OpenAPI document says
 
         matrix, expected = _reference(
             recommender.vectorizer, features, wanted, records, home.as_flat_dict()
@@ -123,7 +129,7 @@ def test_rankings_scores_and_log_match_the_reference(recommender: Recommender) -
         assert unknown == {item_id for item_id, _ in got if item_id not in records}
 
         # What the member was shown is logged, top first, with its rows.
-        logged = codec.loads(nearline.logged[-1])
+        logged = codec.loads(sink.logged[-1])
         item_ids, rows = logged_rows(logged)
         assert item_ids == [item_id for item_id, _ in got] == logged["ranked"]
         assert logged["request_id"] == response["request_id"]
@@ -134,12 +140,12 @@ def test_rankings_scores_and_log_match_the_reference(recommender: Recommender) -
 
 def test_every_candidate_is_logged_when_configured() -> None:
     registry = ModelRegistry(None, Vectorizer(VectorizerConfig(embedding_dim=DIM)))
-    nearline = FakeNearline()
-    recommender = Recommender(nearline, registry, log_candidates="all")  # type: ignore[arg-type]
+    sink = ListLog()
+    recommender = Recommender(registry, _cache(), sink, log_candidates="all")
     request = RecommendationRequest(member_id="m1", candidates=["a", "b", "c", "d"], k=2)
     response = asyncio.run(recommender.recommend(request, {}))
     assert len(response["items"]) == 2
-    item_ids, rows = logged_rows(codec.loads(nearline.logged[-1]))
+    item_ids, rows = logged_rows(codec.loads(sink.logged[-1]))
     assert item_ids == ["a", "b", "c", "d"] and rows.shape[0] == 4
 
 
