@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from model.ranker import NamedColumns
+
 __all__ = ["HEURISTIC_VERSION", "HEURISTIC_WEIGHTS", "HeuristicRanker"]
 
 HEURISTIC_VERSION = "heuristic-v1"
@@ -43,7 +45,7 @@ HEURISTIC_WEIGHTS: Mapping[str, float] = {
 }
 
 
-class HeuristicRanker:
+class HeuristicRanker(NamedColumns):
     """A linear score ``matrix @ weights``: no model file, no torch, ~microseconds per call."""
 
     def __init__(
@@ -52,23 +54,11 @@ class HeuristicRanker:
         weights: Mapping[str, float] = HEURISTIC_WEIGHTS,
         version: str = HEURISTIC_VERSION,
     ) -> None:
-        self._feature_names = tuple(feature_names)
-        self._version = version
+        super().__init__(version, feature_names)
         self._weights = np.array(
             [weights.get(name, 0.0) for name in self._feature_names], dtype=np.float32
         )
 
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return self._feature_names
-
     def score(self, matrix: np.ndarray) -> np.ndarray:
-        if matrix.ndim != 2 or matrix.shape[1] != len(self._weights):
-            raise ValueError(
-                f"expected a [n, {len(self._weights)}] matrix, got shape {matrix.shape}"
-            )
+        self.check_matrix(matrix)
         return np.asarray(matrix @ self._weights, dtype=np.float32)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.ranker import NamedColumns
 from model.scorer_config import Backend, ScorerConfig, apply_threads, configure_threads
 
 __all__ = ["Backend", "Scorer", "ScorerConfig", "TorchRanker", "configure_threads"]
@@ -89,7 +90,7 @@ class Scorer(nn.Module):
         return nn.Sequential(*copies).eval()
 
 
-class TorchRanker:
+class TorchRanker(NamedColumns):
     """Serves a trained :class:`Scorer`: one forward pass per request, no autograd.
 
     ``backend="auto"`` times the plain and the oneDNN (mkldnn) module on a
@@ -109,8 +110,7 @@ class TorchRanker:
                 f"scorer expects {scorer.config.n_features} features, "
                 f"{len(feature_names)} names given"
             )
-        self._version = version
-        self._feature_names = tuple(feature_names)
+        super().__init__(version, feature_names)
         self._dense = scorer.inference_module()
         self._mkldnn: nn.Module | None = None
         if backend != "default" and torch.backends.mkldnn.is_available():
@@ -128,19 +128,8 @@ class TorchRanker:
             self.backend = self._calibrate(calibration_rows)
             log.info("model %s scores on the %s backend", version, self.backend)
 
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return self._feature_names
-
     def score(self, matrix: np.ndarray) -> np.ndarray:
-        if matrix.ndim != 2 or matrix.shape[1] != len(self._feature_names):
-            raise ValueError(
-                f"expected a [n, {len(self._feature_names)}] matrix, got shape {matrix.shape}"
-            )
+        self.check_matrix(matrix)
         if matrix.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         return self._forward(np.ascontiguousarray(matrix, dtype=np.float32), self.backend)
