@@ -86,17 +86,14 @@ def parse_host(spec: str, tls_name: str | None = None) -> tuple[Any, ...]:
     return (host, port, tls_name) if tls_name else (host, port)
 
 
+#: Bin names of the stored form's fields where they differ (the table at the top).
+_BIN_NAMES = {"item_id": "id", "member_id": "id", "attributes": "attrs"}
+
+
 def record_to_bins(record: AttributeRecord) -> dict[str, Any]:
-    """The bins of a record, as in the table at the top of this module."""
-    bins: dict[str, Any] = {"id": record.id}
-    if isinstance(record, ItemAttributes):
-        if record.embedding is not None:
-            bins["embedding"] = record.embedding
-        if record.geo is not None:
-            bins["geo"] = record.geo.as_dict()
-    if record.attributes:
-        bins["attrs"] = record.attributes
-    return bins
+    """The bins of a record: its stored form (``to_dict``, parts it lacks left out), under
+    the bin names of the table at the top of this module."""
+    return {_BIN_NAMES.get(name, name): value for name, value in record.to_dict().items()}
 
 
 def record_from_bins(kind: Kind, bins: Mapping[str, Any]) -> AttributeRecord:
