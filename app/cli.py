@@ -11,8 +11,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import asyncio
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -446,7 +444,7 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
     One demo member (member-shifting) moves from one job category to the next every 30 of
     their actions; the console shows their ranking follow.
     """
-    from app.stack import StackError, wait_ready
+    from app.stack import Stack, StackError
     from app.traffic import (
         DEMO_CATALOGUE_SAMPLE,
         DEMO_MALFORMED_EVERY,
@@ -457,26 +455,31 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
     from app.traffic import produce as send
 
     with EmbeddedBroker(port=broker_port or None) as instance:
-        data_dir = tempfile.mkdtemp(prefix="nearline-demo-")
-        env = {
-            **os.environ,
-            "NEARLINE_PROFILE": "embedded",
-            "NEARLINE_BROKER_URL": instance.url,
-            "NEARLINE_DATA_DIR": data_dir,
-            "NEARLINE_WEB_PORT": str(port),
-            "NEARLINE_LOG_LEVEL": os.environ.get("NEARLINE_LOG_LEVEL", "WARNING"),
-        }
-        os.environ.update(env)
-        settings = _settings()
+        # The default app id and topics: the demo is the deployment, nothing to keep apart.
+        stack = Stack(
+            broker=instance,
+            tmp=Path(tempfile.mkdtemp(prefix="nearline-demo-")),
+            settings={
+                "NEARLINE_PROFILE": "embedded",
+                "NEARLINE_BROKER_URL": instance.url,
+                "NEARLINE_LOG_LEVEL": os.environ.get("NEARLINE_LOG_LEVEL", "WARNING"),
+            },
+        )
+        # Its log goes to the terminal; Ctrl-C there reaches the demo only, which stops it.
+        worker = stack.worker(port=port, terminal=True)
+        try:
+            settings = stack.app_settings(web_port=port)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
         console = f"{settings.web_url}/console?member={DEMO_SHIFTING_MEMBER}"
         click.echo(f"console: {console}  (live once the worker is ready)")
-        click.echo(f"broker on {instance.bootstrap}; starting a worker (state in {data_dir})")
-        worker_process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], env=env, start_new_session=True
+        click.echo(
+            f"broker on {instance.bootstrap}; starting a worker (state in {worker.data_dir})"
         )
+        worker.start(new_session=True)
         try:
             try:
-                wait_ready(settings.web_url, worker_process, timeout=60)
+                worker.wait_ready(timeout=60)
             except StackError as exc:
                 raise click.ClickException(f"{exc}; see its log above") from None
             items = list(demo_items(DEMO_ITEMS, settings.embedding_dim))
@@ -524,11 +527,7 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
         except KeyboardInterrupt:
             click.echo("stopping")
         finally:
-            worker_process.send_signal(signal.SIGTERM)
-            try:
-                worker_process.wait(15)
-            except subprocess.TimeoutExpired:
-                worker_process.kill()
+            worker.stop(timeout=15)
 
 
 from app.simulation.cli import simulate  # noqa: E402

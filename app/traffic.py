@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -21,6 +23,7 @@ __all__ = [
     "DEMO_SHIFTING_MEMBER",
     "demo_records",
     "demo_traffic",
+    "demo_traffic_running",
     "generate_actions",
     "produce",
     "read_jsonl",
@@ -136,6 +139,31 @@ def demo_records(count: int | None, *, members: int) -> Iterator[tuple[bytes, by
             yield event.member_id.encode(), b"{this record is not JSON"
         else:
             yield event.member_id.encode(), event.to_json()
+
+
+@contextmanager
+def demo_traffic_running(settings: Settings, *, rate: float, members: int) -> Iterator[None]:
+    """:func:`demo_traffic` (``members`` and the shifting one) sent at ``rate``/s by a thread
+    until the block ends; a failure of the sending is raised there, not lost in the thread."""
+    records = ((e.member_id.encode(), e.to_json()) for e in demo_traffic(None, members=members))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(produce(settings, records, rate=rate, should_stop=stop.is_set))
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="demo-traffic")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+    if failures:
+        raise RuntimeError(f"the demo traffic failed: {failures[0]!r}") from failures[0]
 
 
 def demo_items(count: int, embedding_dim: int, *, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:

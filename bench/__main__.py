@@ -76,7 +76,7 @@ def main() -> None:
 
     started = time.time()
     with EmbeddedBroker() as broker:
-        stack = Stack(broker)
+        stack = Stack.isolated(broker)
         try:
             preload_actions(stack, args.actions, args.members)
             # The peer first, alone on the machine; then nearline on the same topic.

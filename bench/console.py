@@ -19,10 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -30,8 +26,8 @@ import httpx
 
 from app.broker import EmbeddedBroker
 from app.console.routes import POLL_MS
-from app.settings import load_settings
-from app.traffic import DEMO_SHIFTING_MEMBER, demo_items, demo_traffic, produce
+from app.stack import wait_until
+from app.traffic import DEMO_SHIFTING_MEMBER, demo_items, demo_traffic_running
 from bench.harness import WARMUP, Stack, WorkerProcess, machine, preload
 from bench.spine import _reads, ingest, preload_actions
 from tests.integration.browser import Chromium
@@ -62,24 +58,6 @@ def _server_ms(worker: WorkerProcess, path: str, route: str, requests: int = 200
             client.get(path).raise_for_status()
     count_after, spent_after = _served(worker, route)
     return round(1000 * (spent_after - spent) / (count_after - count), 3)
-
-
-@contextmanager
-def _demo_traffic(stack: Stack, rate: float) -> Iterator[None]:
-    settings = load_settings(
-        **{k.removeprefix("NEARLINE_").lower(): v for k, v in stack.settings_env().items()}
-    )
-    records = ((e.member_id.encode(), e.to_json()) for e in demo_traffic(None, members=20))
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=lambda: asyncio.run(produce(settings, records, rate=rate, should_stop=stop.is_set))
-    )
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 async def _reads_with_console_requests(
@@ -154,25 +132,27 @@ def main() -> None:
     print(f"machine: {machine()}")
     results: list[dict[str, Any]] = []
     with EmbeddedBroker() as broker:
-        stack = Stack(broker, prefix="console")
+        stack = Stack.isolated(broker, prefix="console")
         try:
             preload_actions(stack, args.actions, args.members)
             items = list(demo_items(5000, 64))
             asyncio.run(
-                preload(broker.bootstrap, stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"], items)
+                preload(broker.bootstrap, stack.settings["NEARLINE_TOPIC_ITEM_ATTRIBUTES"], items)
             )
             result = ingest(stack, args.actions, args.members)
             worker: WorkerProcess = result.pop("worker")
             worker.wait_for_metric('nearline_attribute_records_total{outcome="upserted"}', 5000)
             print(f"ingest: {result['actions_per_s']:,} actions/s; demo traffic at 20/s from now")
-            with _demo_traffic(stack, 20.0):
+            with demo_traffic_running(stack.app_settings(), rate=20.0, members=20):
                 member = DEMO_SHIFTING_MEMBER
-                features = f"{worker.url}/v1/members/{member}/features"
-                deadline = time.monotonic() + 60
-                while len(httpx.get(features, timeout=5).json()["recent_actions"]) < 20:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{member} has no 20 actions after 60 s of demo traffic")
-                    time.sleep(0.5)  # until the watched member has a history worth ranking
+                features = f"/v1/members/{member}/features"
+                wait_until(  # until the watched member has a history worth ranking
+                    lambda: len(worker.get(features).json()["recent_actions"]) >= 20,
+                    timeout=60,
+                    interval=0.5,
+                    message=f"{member} to have 20 actions of demo traffic",
+                    workers=[worker],
+                )
                 costs = {
                     "features read": _server_ms(
                         worker, f"/v1/members/{member}/features", 'route="/v1/members/'

@@ -50,7 +50,7 @@ def _bytes_per_member(data_dir: Path) -> float:
 def run(broker: Any, dim: int, mode: str, actions: int, members: int, items: int) -> dict[str, Any]:
     ingest_fields = "category,company,geo" + (",embedding" if mode == "ingest" else "")
     read_fields = "embedding" if mode == "read" else ""
-    stack = Stack(
+    stack = Stack.isolated(
         broker,
         embedding_dim=str(dim),
         join_at_ingest=ingest_fields,
@@ -58,7 +58,7 @@ def run(broker: Any, dim: int, mode: str, actions: int, members: int, items: int
     )
     try:
         stack.create_topics()
-        topic = stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"]
+        topic = stack.settings["NEARLINE_TOPIC_ITEM_ATTRIBUTES"]
         asyncio.run(preload(broker.bootstrap, topic, _items(items, dim)))
         worker = stack.start_worker()
         worker.wait_for_metric('nearline_attribute_records_total{outcome="upserted"}', items)

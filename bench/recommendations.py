@@ -21,13 +21,13 @@ from bench.joins import _items
 
 def recommendation_stack(broker: EmbeddedBroker) -> Stack:
     """The stack the latency is measured on: 64-dim embeddings joined at read."""
-    return Stack(broker, embedding_dim="64", join_at_read="embedding")
+    return Stack.isolated(broker, embedding_dim="64", join_at_read="embedding")
 
 
 def start_worker(stack: Stack, items: int, members: int, actions: int = 20_000) -> WorkerProcess:
     """Topics, ``items`` item attributes and ``actions`` over ``members``, all applied."""
     stack.create_topics()
-    topic = stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"]
+    topic = stack.settings["NEARLINE_TOPIC_ITEM_ATTRIBUTES"]
     asyncio.run(preload(stack.broker.bootstrap, topic, _items(items, 64)))
     worker = stack.start_worker()
     worker.wait_for_metric('nearline_attribute_records_total{outcome="upserted"}', items)

@@ -75,7 +75,7 @@ def populate(stack: Stack, members: int, states: list[MemberState]) -> dict[str,
     """Write ``members`` states to the changelog as the worker would; the end offsets must
     then count every record (the broker answers exactly once the end markers are in)."""
     bootstrap = stack.broker.bootstrap
-    partitions = int(stack.env["NEARLINE_TOPIC_PARTITIONS"])
+    partitions = stack.partitions
     topic = changelog_topic(stack.app_id)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     spec = NewTopic(topic, partitions, 1, config={"cleanup.policy": "compact"})
@@ -153,8 +153,8 @@ def wait_recovered(
     try:
         with httpx.Client(timeout=5) as client:
             while time.perf_counter() < deadline:
-                if worker.process.poll() is not None:
-                    raise StackError(f"the worker exited: {worker.log.read_text()[-2000:]}")
+                if worker.exited:
+                    raise StackError(f"the worker exited: {worker.log_tail()}")
                 try:
                     response = client.get(f"{worker.url}/readyz")
                 except httpx.HTTPError:
@@ -166,7 +166,7 @@ def wait_recovered(
                 if assigned is None and not response.json()["reason"].startswith("starting"):
                     assigned = now
                     if profile is not None:
-                        profiler = _profiler(worker.process.pid, profile)
+                        profiler = _profiler(worker.pid, profile)
                 time.sleep(0.05)
     finally:
         if profiler is not None:
@@ -227,7 +227,7 @@ def recovery(
     policy = StatePolicy.from_settings(load_settings())
     states = member_states(min(STATES, members), policy, time.time())
     with EmbeddedBroker() as broker:
-        stack = Stack(broker, prefix="recovery")
+        stack = Stack.isolated(broker, prefix="recovery")
         try:
             stack.create_topics()
             written = populate(stack, members, states)

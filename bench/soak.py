@@ -131,8 +131,7 @@ class Soak:
         port = int(first.url.rsplit(":", 1)[1])
         await self._at(0.4)
         began = self._event("SIGKILL + restart")
-        first.process.kill()
-        first.process.wait()
+        first.kill()
         restarted = await asyncio.to_thread(
             self.stack.start_worker, "w1", 120.0, wait=False, port=port
         )
@@ -163,7 +162,7 @@ class Soak:
 
     def _all_ready(self) -> bool:
         for worker in self.workers:
-            if worker.process.poll() is not None:
+            if worker.exited:
                 continue
             try:
                 ready = httpx.get(f"{worker.url}/readyz", timeout=2)
@@ -183,8 +182,7 @@ class Soak:
         """Who shares the two cores: the workers, the broker, the actions producer, and this
         process (the HTTP load and the probes)."""
         found: dict[str, int | None] = {
-            f"w{n}": w.process.pid if w.process.poll() is None else None
-            for n, w in enumerate(self.workers, 1)
+            f"w{n}": None if w.exited else w.pid for n, w in enumerate(self.workers, 1)
         }
         load = self.load
         found |= {
@@ -211,7 +209,7 @@ class Soak:
             row: dict[str, Any] = {"t": round(time.perf_counter() - self.start, 2)}
             row |= self._cpu_shares()
             for n, worker in enumerate(self.workers, 1):
-                if worker.process.poll() is not None:
+                if worker.exited:
                     continue
                 try:
                     metrics = await asyncio.to_thread(_metrics, worker.url)
@@ -346,7 +344,7 @@ def compare(url: str, expected: dict[str, Counter[str]], window: str) -> dict[st
 
 
 def examples_per_response(stack: Stack) -> dict[str, int]:
-    env = stack.env
+    env = stack.settings
     bootstrap = stack.broker.bootstrap
     logged = asyncio.run(
         consume_topic(bootstrap, env["NEARLINE_TOPIC_RECOMMENDATIONS_LOG"], 10**9, timeout=10)
@@ -439,7 +437,7 @@ def soak(
 
     with EmbeddedBroker() as broker:
         stack = recommendation_stack(broker)
-        stack.env["NEARLINE_OUTCOME_HORIZON"] = f"{horizon}s"
+        stack.settings["NEARLINE_OUTCOME_HORIZON"] = f"{horizon}s"
         try:
             worker = start_worker(stack, ITEMS, MEMBERS, PRELOADED)
             preloaded = list(generate_actions(PRELOADED, members=MEMBERS, items=ITEMS))
@@ -450,7 +448,7 @@ def soak(
                 spy = subprocess.Popen(
                     [
                         *(str(Path(sys.executable).with_name("py-spy")), "record"),
-                        *("--pid", str(worker.process.pid), "--duration", str(int(seconds))),
+                        *("--pid", str(worker.pid), "--duration", str(int(seconds))),
                         *("--rate", "100", "--format", "speedscope", "--output", str(profile)),
                         "--nonblocking",
                     ],

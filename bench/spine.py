@@ -52,11 +52,7 @@ def preload_actions(stack: Stack, actions: int, members: int, partitioner: str =
         (e.member_id.encode(), e.to_json())
         for e in generate_actions(actions, members=members, items=50_000, seed=11)
     ]
-    partition_of = (
-        librdkafka_partition(int(stack.env["NEARLINE_TOPIC_PARTITIONS"]))
-        if partitioner == "librdkafka"
-        else None
-    )
+    partition_of = librdkafka_partition(stack.partitions) if partitioner == "librdkafka" else None
     return asyncio.run(preload(stack.broker.bootstrap, stack.topic, records, partition_of))
 
 
@@ -190,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     with EmbeddedBroker() as broker:
-        stack = Stack(broker)
+        stack = Stack.isolated(broker)
         try:
             preloaded_s = preload_actions(stack, args.actions, args.members, args.partitioner)
             print(f"pre-loaded {args.actions:,} actions in {preloaded_s:.1f} s")

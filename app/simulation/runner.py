@@ -37,7 +37,7 @@ from app.settings import load_settings
 from app.simulation.behaviour import ENGAGED, BehaviourModel
 from app.simulation.timescale import TimeScale
 from app.simulation.world import DAY, Arm, Session, World, WorldConfig
-from app.stack import Stack, WorkerProcess
+from app.stack import Stack, StackError, WorkerProcess
 
 if TYPE_CHECKING:
     from model.dataset import ExampleSet
@@ -234,9 +234,9 @@ def simulate(
     assert broker is not None
     scale = TimeScale(config.compression)
     settings = _worker_settings(config, scale)
-    stack = Stack(broker, partitions=config.partitions, prefix="sim", **settings)
+    stack = Stack.isolated(broker, partitions=config.partitions, prefix="sim", **settings)
     if config.train and config.model_dir is None:
-        stack.env["NEARLINE_MODEL_DIR"] = str(stack.tmp / "models")
+        stack.settings["NEARLINE_MODEL_DIR"] = str(stack.tmp / "models")
     try:
         worker = stack.start_worker()
         driver = _Driver(config, world, stack, worker, progress)
@@ -259,7 +259,7 @@ def simulate(
     log_path = None
     if keep_log is not None and stack.workers:
         keep_log.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(stack.workers[0].log, keep_log)
+        shutil.copyfile(stack.workers[0].log_path, keep_log)
         log_path = keep_log
     shutil.rmtree(stack.tmp, ignore_errors=True)
     drift = {"focus": 0, "move": 0}
@@ -269,7 +269,7 @@ def simulate(
     return SimulationResult(
         config=config,
         sessions=sorted(driver.records, key=lambda r: r.session),
-        worker_env=stack.settings_env(),
+        worker_env=dict(stack.settings),
         wall_seconds=time.monotonic() - started,
         actions_produced=driver.actions_produced,
         worker_metrics=metrics,
@@ -283,12 +283,12 @@ def simulate(
 
 def _wait_ingested(worker: WorkerProcess, produced: int, timeout: float = 15.0) -> None:
     """Let the worker read the last actions, so its counters describe the whole run."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.metric("nearline_events_in_total") >= produced:
-            return
-        time.sleep(0.1)
-    log.warning("the worker had not read all %d actions %.0f s after the run", produced, timeout)
+    try:
+        worker.wait_for_metric("nearline_events_in_total", produced, timeout=timeout)
+    except StackError:
+        log.warning(
+            "the worker had not read all %d actions %.0f s after the run", produced, timeout
+        )
 
 
 class _Driver:
@@ -311,8 +311,8 @@ class _Driver:
             **{
                 "profile": "embedded",
                 "broker_url": [stack.broker.url],
-                "topic_actions": stack.env["NEARLINE_TOPIC_ACTIONS"],
-                "topic_item_attributes": stack.env["NEARLINE_TOPIC_ITEM_ATTRIBUTES"],
+                "topic_actions": stack.settings["NEARLINE_TOPIC_ACTIONS"],
+                "topic_item_attributes": stack.settings["NEARLINE_TOPIC_ITEM_ATTRIBUTES"],
             }
         )
         self.records: list[SessionRecord] = []
@@ -391,11 +391,7 @@ class _Driver:
         from model.vectorizer import Vectorizer
 
         started = time.monotonic()
-        overrides = {
-            name.removeprefix("NEARLINE_").lower(): value
-            for name, value in self.stack.settings_env().items()
-        }
-        settings = load_settings(**overrides)
+        settings = self.stack.app_settings()
         # Every response is labelled once its horizon has passed; wait for all of them.
         warmup_end = self.scale.wall(self.config.world.warmup_days * DAY)
         await asyncio.sleep(max(warmup_end - time.time(), 0.0) + settings.outcome_horizon)

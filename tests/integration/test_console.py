@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,9 +13,7 @@ import pytest
 
 from app import codec
 from app.kafka import partition_for_key
-from app.settings import load_settings
-from app.stack import isolated_env
-from app.traffic import demo_items, demo_traffic, produce
+from app.traffic import demo_items, demo_traffic_running
 from tests.integration.browser import Chromium
 from tests.integration.conftest import REPO, Deployment, Worker, wait_until
 
@@ -32,11 +28,8 @@ ARTIFACTS = REPO / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def console_stack(broker, tmp_path_factory) -> Iterator[tuple[Deployment, Worker]]:  # type: ignore[no-untyped-def]
-    name = f"console{uuid.uuid4().hex[:6]}"
-    deployment = Deployment(
-        broker=broker,
-        tmp=tmp_path_factory.mktemp(name),
-        settings={**isolated_env(broker.url, name), "NEARLINE_LOG_LEVEL": "INFO"},
+    deployment = Deployment.isolated(
+        broker, prefix="console", tmp=tmp_path_factory.mktemp("console"), log_level="INFO"
     )
     worker = deployment.worker(NEARLINE_API_TOKEN=TOKEN).start().wait_ready()
     deployment.produce_to(
@@ -47,33 +40,7 @@ def console_stack(broker, tmp_path_factory) -> Iterator[tuple[Deployment, Worker
         message="the demo items in the attribute store",
     )
     yield deployment, worker
-    worker.stop()
-
-
-@contextmanager
-def running_demo_traffic(deployment: Deployment, rate: float = 20.0) -> Iterator[None]:
-    """The demo's traffic (10 members and the shifting one) until the block ends."""
-    settings = load_settings(
-        **{k.removeprefix("NEARLINE_").lower(): v for k, v in deployment.settings.items()}
-    )
-    records = ((e.member_id.encode(), e.to_json()) for e in demo_traffic(None, members=10))
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(produce(settings, records, rate=rate, should_stop=stop.is_set))
-        except BaseException as exc:  # reported by the test, not lost in the thread
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, name="demo-traffic")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not failures, f"the demo traffic failed: {failures[0]!r}"
+    deployment.stop()
 
 
 def action(member: str, item: int, kind: str) -> tuple[bytes, bytes]:
@@ -215,7 +182,8 @@ def test_console_in_a_browser_follows_a_member_and_the_system(
             (ARTIFACTS / "console.png").write_bytes(shot.read_bytes())
             assert browser.errors == [], browser.errors
 
-    with running_demo_traffic(deployment):
+    # The demo's traffic (10 members and the shifting one) meanwhile, as in `nearline demo`.
+    with demo_traffic_running(deployment.app_settings(), rate=20.0, members=10):
         asyncio.run(scenario())
 
 
@@ -246,8 +214,8 @@ def test_every_worker_serves_the_console_and_ranks_members_owned_elsewhere(
         deployment.settings["NEARLINE_TOPIC_ITEM_ATTRIBUTES"], list(demo_items(40, 64))
     )
     for worker in (first, second):  # the embedded store: every worker keeps a full copy
-        wait_until(
-            lambda w=worker: w.metric('nearline_attribute_records_total{outcome="upserted"}') >= 40
+        worker.wait_for_metric(
+            'nearline_attribute_records_total{outcome="upserted"}', 40, timeout=30
         )
     mine = owners()[first.url]
     member = next(
