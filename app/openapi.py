@@ -186,15 +186,19 @@ class SystemView(BaseModel):
 
 # -- the document ----------------------------------------------------------------------
 
+#: Every schema of the document; their nested models come along as components too.
+_COMPONENTS: tuple[type[BaseModel], ...] = (
+    ErrorBody,
+    FeaturesResponse,
+    RecommendationRequest,
+    RecommendationResponse,
+    SystemView,
+    Ranking,
+)
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorBody")}}},
-    }
 
-
-def _answer(description: str, model: type[BaseModel]) -> dict[str, Any]:
+def _json(description: str, model: type[BaseModel]) -> dict[str, Any]:
+    """A response (or request body) of ``model`` as JSON."""
     schema = {"$ref": _REF.format(model=model.__name__)}
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -215,50 +219,52 @@ def _parameters(model: type[BaseModel], path: str) -> list[dict[str, Any]]:
     return parameters
 
 
-def _limit_candidates(request: dict[str, Any], limit: int) -> None:
-    """Write NEARLINE_MAX_CANDIDATES into RecommendationRequest's schema (``candidates``
-    and ``k``): the web app checks them with the deployment's value."""
-    properties = request["properties"]
+def _limit_candidates(schemas: dict[str, Any], ranking: list[dict[str, Any]], limit: int) -> None:
+    """Write NEARLINE_MAX_CANDIDATES where it bounds a request (the web app checks it with
+    the deployment's value): RecommendationRequest's ``candidates`` and ``k``, and the
+    console ranking's ``candidates``."""
+    properties = schemas["RecommendationRequest"]["properties"]
     properties["candidates"]["maxItems"] = limit
     for option in properties["k"].get("anyOf", [properties["k"]]):
         if option.get("type") == "integer":
             option["maximum"] = limit
+    for parameter in ranking:
+        if parameter["name"] == "candidates":
+            parameter["schema"]["pattern"] = candidates_pattern(limit)
+
+
+def _probe(summary: str, ok: str, failing: str | None = None) -> dict[str, Any]:
+    responses = {"200": {"description": ok}}
+    if failing is not None:
+        responses["503"] = {"description": failing}
+    return {"get": {"summary": summary, "responses": responses}}
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this deployment (its token and candidate limit)."""
-    _, top = models_json_schema(
-        [
-            (model, "validation")
-            for model in (
-                ErrorBody,
-                FeaturesResponse,
-                RecommendationRequest,
-                RecommendationResponse,
-                SystemView,
-                Ranking,
-            )
-        ],
-        ref_template=_REF,
-    )
+    _, top = models_json_schema([(model, "validation") for model in _COMPONENTS], ref_template=_REF)
     schemas = top["$defs"]
-    _limit_candidates(schemas["RecommendationRequest"], settings.max_candidates)
-    security: list[dict[str, list[str]]] = [{"bearer": []}] if settings.api_token else []
-    v1_errors = {
-        "503": _error(
-            "Rebalancing, the owning worker unreachable, or overloaded: retry after "
-            "Retry-After seconds"
-        ),
-        "422": _error("A value breaks a limit or a field's rule"),
-    }
-    if settings.api_token:
-        v1_errors["401"] = _error("Missing or wrong bearer token")
     features_path = "/v1/members/{member_id}/features"
     ranking_path = "/v1/console/members/{member_id}/ranking"
     ranking_parameters = _parameters(RankingParams, ranking_path)
-    for parameter in ranking_parameters:
-        if parameter["name"] == "candidates":
-            parameter["schema"]["pattern"] = candidates_pattern(settings.max_candidates)
+    _limit_candidates(schemas, ranking_parameters, settings.max_candidates)
+    errors = {
+        "503": _json(
+            "Rebalancing, the owning worker unreachable, or overloaded: retry after "
+            "Retry-After seconds",
+            ErrorBody,
+        ),
+        "422": _json("A value breaks a limit or a field's rule", ErrorBody),
+    }
+    if settings.api_token:
+        errors["401"] = _json("Missing or wrong bearer token", ErrorBody)
+
+    def v1(summary: str, answer: dict[str, Any], **operation: Any) -> dict[str, Any]:
+        """A /v1 operation: behind the token if one is set, and its errors."""
+        security: list[dict[str, list[str]]] = [{"bearer": []}] if settings.api_token else []
+        responses = {"200": answer, **operation.pop("responses", {}), **errors}
+        return {"summary": summary, "security": security, **operation, "responses": responses}
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -272,87 +278,51 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "paths": {
             features_path: {
-                "get": {
-                    "summary": "A member's recent actions and windowed counts",
-                    "security": security,
-                    "parameters": _parameters(FeaturesParams, features_path),
-                    "responses": {
-                        "200": _answer(
-                            "The member's features (empty when unknown)", FeaturesResponse
-                        ),
-                        **v1_errors,
-                    },
-                }
+                "get": v1(
+                    "A member's recent actions and windowed counts",
+                    _json("The member's features (empty when unknown)", FeaturesResponse),
+                    parameters=_parameters(FeaturesParams, features_path),
+                )
             },
             "/v1/recommendations": {
-                "post": {
-                    "summary": "Rank candidate items for a member",
-                    "security": security,
-                    "requestBody": {
+                "post": v1(
+                    "Rank candidate items for a member",
+                    _json("Candidates ranked by score, best first", RecommendationResponse),
+                    requestBody={
                         "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": _REF.format(model="RecommendationRequest")}
-                            }
-                        },
+                        **_json("The member and the candidates", RecommendationRequest),
                     },
-                    "responses": {
-                        "200": _answer(
-                            "Candidates ranked by score, best first", RecommendationResponse
-                        ),
-                        "400": _error("The body is not JSON"),
-                        "413": _error(f"The body is over {MAX_BODY_BYTES} bytes"),
-                        **v1_errors,
+                    responses={
+                        "400": _json("The body is not JSON", ErrorBody),
+                        "413": _json(f"The body is over {MAX_BODY_BYTES} bytes", ErrorBody),
                     },
-                }
+                )
             },
             "/v1/console/system": {
-                "get": {
-                    "summary": "The console's system view of this worker",
-                    "description": "Ingest rate, freshness p50/p99 (1 and 5 min), consumer lag "
+                "get": v1(
+                    "The console's system view of this worker",
+                    _json("The system view", SystemView),
+                    description="Ingest rate, freshness p50/p99 (1 and 5 min), consumer lag "
                     "per partition, dead letters by reason, attribute store health, partition "
                     "owners, the active model, and per-second series for charts.",
-                    "security": security,
-                    "responses": {"200": _answer("The system view", SystemView), **v1_errors},
-                }
+                )
             },
             ranking_path: {
-                "get": {
-                    "summary": "The member's ranking of candidates now, not logged",
-                    "description": "What /v1/recommendations would answer, without writing to "
+                "get": v1(
+                    "The member's ranking of candidates now, not logged",
+                    _json("Candidates ranked by score, best first", Ranking),
+                    description="What /v1/recommendations would answer, without writing to "
                     "the recommendations log (a preview is no impression). Ranked by the worker "
                     "owning the member.",
-                    "security": security,
-                    "parameters": ranking_parameters,
-                    "responses": {
-                        "200": _answer("Candidates ranked by score, best first", Ranking),
-                        **v1_errors,
-                    },
-                }
+                    parameters=ranking_parameters,
+                )
             },
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness",
-                    "responses": {
-                        "200": {"description": "alive and making progress"},
-                        "503": {"description": "stalled: a partition with lag applies nothing"},
-                    },
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness",
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text"}},
-                }
-            },
+            "/healthz": _probe(
+                "Liveness",
+                "alive and making progress",
+                "stalled: a partition with lag applies nothing",
+            ),
+            "/readyz": _probe("Readiness", "ready", "not ready"),
+            "/metrics": _probe("Prometheus metrics", "text"),
         },
     }

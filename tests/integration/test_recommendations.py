@@ -220,7 +220,7 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(deployment: Deployment) 
         (codec.dumps({"member_id": "m", "candidates": ["a"], "extra": 1}), 422, "extra"),
         (
             codec.dumps({"member_id": "m", "candidates": [str(i) for i in range(6)]}),
-            400,
+            422,
             "limit of 5",
         ),
         (b'{"member_id": "m", "candidates": ["' + b"a" * (2 << 20) + b'"]}', 413, "limit"),
