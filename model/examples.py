@@ -1,15 +1,18 @@
-"""Synthetic training examples from a small seeded world, vectorized by the real Vectorizer.
+"""Synthetic training examples from the simulator's seeded world, vectorized by the real Vectorizer.
 
-The world: items belong to latent topics (embeddings near a topic centre), have a
-category (mostly their topic), a company, a region and a popularity. Members like one or
-two topics, dislike one, and live in a region. True affinity of a member for an item is
+The world is :class:`app.simulation.world.World` (topics, jobs with a category, company,
+city and here a popularity; members with an interest near one topic, a city and a disliked
+topic), and its members behave as :class:`app.simulation.behaviour.BehaviourModel` says,
+with the weights of :data:`EXAMPLES_BEHAVIOUR`: a member's true affinity for a job is
 
-    3.0 * cos(member taste, item embedding) + 0.4 * (log1p(popularity) - 1.5)
-    - 0.6 * min(distance_km / 1000, 3) - 2.0 * [item topic is disliked] - 1.0
+    4.0 * cos(interest, embedding) + 1.5 * [same city] - 3.0
+    + 0.4 * (log1p(popularity) - 1.5) - 0.6 * min(distance_km / 1000, 3)
+    - 2.0 * [job's topic is the disliked one]
 
-A request samples a recent-action history in the member-features shape the online store
-serves (engaged items drawn with probability sigmoid(affinity), dismisses mostly on disliked
-topics), then candidates; each candidate's label is Bernoulli(sigmoid(affinity)). Some
+A request at a random time of the world's time line samples a recent-action history in the
+member-features shape the online store serves (jobs a topic-aware candidate generator
+offered, each reacted to by the behaviour model), then candidates the same way; each
+candidate's label is Bernoulli(sigmoid(1.5 * affinity)): would the member engage. Some
 attributes are dropped at random so the missing-value flags carry weight.
 
 Run ``python -m model.examples OUT.parquet`` to write a file for :mod:`model.training`.
@@ -18,235 +21,156 @@ Run ``python -m model.examples OUT.parquet`` to write a file for :mod:`model.tra
 from __future__ import annotations
 
 import argparse
-import math
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.settings import parse_duration
+from app.simulation.behaviour import BehaviourModel
+from app.simulation.world import DAY, World, WorldConfig
 from model.dataset import ExampleSet, write_examples
 from model.heuristic import HEURISTIC_VERSION
-from model.vectorizer import Vectorizer, VectorizerConfig, haversine_km
+from model.vectorizer import Vectorizer, VectorizerConfig
 
-__all__ = ["SyntheticWorld", "WorldConfig", "generate_examples", "main"]
+__all__ = ["EXAMPLES_BEHAVIOUR", "EXAMPLES_WORLD", "WorldConfig", "generate_examples", "main"]
 
-_REGIONS = (  # (name, lat, lon)
-    ("nl", 52.37, 4.90),
-    ("de", 52.52, 13.40),
-    ("uk", 51.51, -0.13),
-    ("fr", 48.86, 2.35),
-    ("es", 40.42, -3.70),
-    ("us", 40.71, -74.01),
+#: The world the examples come from unless told otherwise: the simulator's, with the
+#: vectorizer's default embedding dimension, popularity and blurred categories, and members
+#: whose interests and cities hold still (the simulator is where drift is studied; here it
+#: would only blur what the tests hold the trainer to).
+EXAMPLES_WORLD = WorldConfig(
+    embedding_dim=VectorizerConfig().embedding_dim,
+    popularity=True,
+    category_blur=0.1,
+    focus_changes_per_day=0.0,
+    moves_per_day=0.0,
 )
-_HOUR = 3600.0
+
+#: How the examples' members react: the simulator's members, who also weigh a job's
+#: popularity and distance, and avoid the topic they dislike.
+EXAMPLES_BEHAVIOUR = BehaviourModel(popularity_weight=0.4, distance_weight=0.6, dislike_weight=2.0)
+
+_START_TS = 1_764_000_000.0  # Unix time of the world's simulated second 0
+_MAX_HISTORY = 60  # jobs a member came across before a request, at most
+_MISSING_EMBEDDING = 0.05  # share of served attributes without their embedding
+_MISSING_GEO = 0.10  # … without their geo
+_UNKNOWN_CANDIDATE = 0.02  # share of candidates the attribute store does not know
+_HOME_GEO = 0.5  # share of members with a static home location in the attribute store
 
 
-@dataclass(frozen=True)
-class WorldConfig:
-    """Size and seed of the synthetic world; the same config always yields the same rows."""
-
-    seed: int = 0
-    n_members: int = 300
-    n_items: int = 3000
-    n_topics: int = 10
-    n_companies: int = 60
-    embedding_dim: int = 64
-    n_requests: int = 1000
-    candidates_per_request: int = 30
-    max_history: int = 60
-    start_ts: float = 1_764_000_000.0
-    span_days: float = 14.0
-    missing_embedding: float = 0.05
-    missing_geo: float = 0.10
-    unknown_candidate: float = 0.02
+def _served_attributes(world: World, item: int, rng: np.random.Generator) -> dict[str, Any]:
+    """The job's attributes as the attribute store serves them, some dropped at random."""
+    attrs = world.item_categorical(item)
+    if rng.random() >= _MISSING_EMBEDDING:
+        attrs["embedding"] = world.item_embedding[item].astype(np.float32)
+    if rng.random() >= _MISSING_GEO:
+        attrs["geo"] = world.item_geo(item)
+    return attrs
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-class SyntheticWorld:
-    """Members, items and the true affinity between them."""
-
-    def __init__(self, config: WorldConfig) -> None:
-        self.config = config
-        rng = np.random.default_rng(config.seed)
-        self.rng = rng
-        dim, k = config.embedding_dim, config.n_topics
-        centres = rng.standard_normal((k, dim))
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        self.item_topic = rng.integers(0, k, config.n_items)
-        noise = rng.standard_normal((config.n_items, dim)) / math.sqrt(dim)
-        emb = centres[self.item_topic] + 0.8 * noise
-        self.item_embedding = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
-        company_topic = rng.integers(0, k, config.n_companies)
-        self.item_company = np.array(
-            [
-                rng.choice(np.flatnonzero(company_topic == t))
-                if (company_topic == t).any()
-                else rng.integers(0, config.n_companies)
-                for t in self.item_topic
-            ]
-        )
-        # Mostly the topic's category; sometimes a neighbouring one, as real taxonomies blur.
-        off = rng.random(config.n_items) < 0.1
-        self.item_category = np.where(off, rng.integers(0, k, config.n_items), self.item_topic)
-        self.item_region = rng.integers(0, len(_REGIONS), config.n_items)
-        base = np.array([(lat, lon) for _, lat, lon in _REGIONS])
-        self.item_latlon = base[self.item_region] + rng.normal(0, 0.5, (config.n_items, 2))
-        self.item_popularity = rng.lognormal(1.0, 1.0, config.n_items)
-        self.item_ids = [f"item-{i}" for i in range(config.n_items)]
-
-        likes = [
-            rng.choice(k, size=rng.integers(1, 3), replace=False) for _ in range(config.n_members)
-        ]
-        taste = np.stack([centres[topics].sum(axis=0) for topics in likes])
-        self.member_taste = taste / np.linalg.norm(taste, axis=1, keepdims=True)
-        self.member_likes = likes
-        self.member_dislike = np.array(
-            [rng.choice([t for t in range(k) if t not in topics]) for topics in likes]
-        )
-        self.member_region = rng.integers(0, len(_REGIONS), config.n_members)
-        self.member_latlon = base[self.member_region] + rng.normal(0, 0.3, (config.n_members, 2))
-        self.member_has_static_geo = rng.random(config.n_members) < 0.5
-
-    def affinity(self, member: int, items: np.ndarray) -> np.ndarray:
-        """The true (unobserved) log-odds that ``member`` engages with each item."""
-        cosine = self.item_embedding[items] @ self.member_taste[member]
-        km = haversine_km(
-            self.item_latlon[items, 0],
-            self.item_latlon[items, 1],
-            self.member_latlon[member, 0],
-            self.member_latlon[member, 1],
-        )
-        return (
-            3.0 * cosine
-            + 0.4 * (np.log1p(self.item_popularity[items]) - 1.5)
-            - 0.6 * np.minimum(km / 1000.0, 3.0)
-            - 2.0 * (self.item_topic[items] == self.member_dislike[member])
-            - 1.0
-        )
-
-    def _sample_items(self, member: int, count: int) -> np.ndarray:
-        """Items a member is shown: half from liked topics, some disliked, the rest random."""
-        rng, cfg = self.rng, self.config
-        kind = rng.random(count)
-        liked = np.isin(self.item_topic, self.member_likes[member])
-        disliked = self.item_topic == self.member_dislike[member]
-        pools = (np.flatnonzero(liked), np.flatnonzero(disliked))
-        out = rng.integers(0, cfg.n_items, count)
-        for mask, pool in ((kind < 0.5, pools[0]), ((kind >= 0.5) & (kind < 0.7), pools[1])):
-            if len(pool) and mask.any():
-                out[mask] = rng.choice(pool, int(mask.sum()))
-        return out
-
-    def item_attributes(self, item: int, drop: bool = True) -> dict[str, Any]:
-        """Attributes as the attribute store serves them (some dropped at random)."""
-        rng, cfg = self.rng, self.config
-        attrs: dict[str, Any] = {
-            "category": f"cat-{self.item_category[item]}",
-            "company": f"company-{self.item_company[item]}",
-            "popularity": float(self.item_popularity[item]),
-        }
-        if not drop or rng.random() >= cfg.missing_embedding:
-            attrs["embedding"] = self.item_embedding[item]
-        if not drop or rng.random() >= cfg.missing_geo:
-            lat, lon = self.item_latlon[item]
-            attrs["geo"] = {
-                "lat": float(lat),
-                "lon": float(lon),
-                "region": _REGIONS[self.item_region[item]][0],
+def _member_features(
+    world: World,
+    behaviour: BehaviourModel,
+    member: int,
+    sim_time: float,
+    windows: tuple[float, ...],
+    names: tuple[str, ...],
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Recent actions and windowed counts, newest first, in the online store's shape."""
+    now = _START_TS + sim_time
+    count = int(rng.integers(0, _MAX_HISTORY + 1))
+    ages = np.sort(rng.uniform(0, max(windows), count))
+    # Each past job as the candidate generator offered it then: members drift.
+    seen_at = sim_time - ages
+    items = np.array(
+        [world.sample_items(member, float(t), 1, rng)[0] for t in seen_at], dtype=np.int64
+    )
+    actions: list[dict[str, Any]] = []
+    counts = {name: dict[str, int]() for name in names}
+    for n, reaction in enumerate(behaviour.history(world, member, items, seen_at, rng)):
+        # One item's events a moment apart in their order (view, then click, then apply).
+        age = float(ages[reaction.rank]) - 0.01 * n / max(len(items), 1)
+        ts = now - age
+        actions.append(
+            {
+                "event_id": f"e-{member}-{int(ts * 1000)}-{n}",
+                "item_id": world.item_ids[reaction.item],
+                "action": reaction.action,
+                "ts": ts,
+                "attributes": _served_attributes(world, reaction.item, rng),
+                "joined": True,
             }
-        return attrs
-
-    def member_features(
-        self, member: int, now: float, windows: tuple[float, ...], names: tuple[str, ...]
-    ) -> dict[str, Any]:
-        """Recent actions and windowed counts, newest first, in the online store's shape."""
-        rng, cfg = self.rng, self.config
-        count = int(rng.integers(0, cfg.max_history + 1))
-        items = self._sample_items(member, count)
-        ages = np.sort(rng.uniform(0, max(windows), count))
-        engaged = rng.random(count) < _sigmoid(self.affinity(member, items))
-        disliked = self.item_topic[items] == self.member_dislike[member]
-        dismiss = rng.random(count) < np.where(disliked, 0.6, 0.1)
-        kinds = rng.choice(["click", "apply", "save"], size=count, p=[0.7, 0.15, 0.15])
-        actions: list[dict[str, Any]] = []
-        counts = {name: dict[str, int]() for name in names}
-        for i in range(count):
-            action = str(kinds[i]) if engaged[i] else "dismiss" if dismiss[i] else "view"
-            ts = now - float(ages[i])
-            actions.append(
-                {
-                    "event_id": f"e-{member}-{int(ts * 1000)}-{i}",
-                    "item_id": self.item_ids[items[i]],
-                    "action": action,
-                    "ts": ts,
-                    "attributes": self.item_attributes(int(items[i])),
-                    "joined": True,
-                }
-            )
-            for name, window in zip(names, windows, strict=True):
-                if ages[i] < window:
-                    counts[name][action] = counts[name].get(action, 0) + 1
-        return {
-            "member_id": f"member-{member}",
-            "as_of": now,
-            "last_event_ts": actions[0]["ts"] if actions else None,
-            "last_applied_at": actions[0]["ts"] + 0.2 if actions else None,
-            "recent_actions": actions,
-            "counts": counts,
-        }
+        )
+        for name, window in zip(names, windows, strict=True):
+            if age < window:
+                counts[name][reaction.action] = counts[name].get(reaction.action, 0) + 1
+    actions.sort(key=lambda action: -action["ts"])
+    return {
+        "member_id": world.member_ids[member],
+        "as_of": now,
+        "last_event_ts": actions[0]["ts"] if actions else None,
+        "last_applied_at": actions[0]["ts"] + 0.2 if actions else None,
+        "recent_actions": actions,
+        "counts": counts,
+    }
 
 
-def generate_examples(config: WorldConfig, vectorizer: Vectorizer | None = None) -> ExampleSet:
-    """``config.n_requests`` requests of ``candidates_per_request`` labelled rows each."""
+def generate_examples(
+    config: WorldConfig = EXAMPLES_WORLD,
+    vectorizer: Vectorizer | None = None,
+    behaviour: BehaviourModel = EXAMPLES_BEHAVIOUR,
+    per_request: int = 30,
+) -> ExampleSet:
+    """``config.n_requests`` requests of up to ``per_request`` labelled rows each.
+
+    ``per_request`` is what a response logs (the jobs it showed), not the world's
+    ``candidates`` (what a simulated session asks to rank).
+    """
     vectorizer = vectorizer or Vectorizer(VectorizerConfig(embedding_dim=config.embedding_dim))
     if vectorizer.config.embedding_dim != config.embedding_dim:
         raise ValueError("the world's embedding_dim must match the vectorizer's")
-    world = SyntheticWorld(config)
-    rng = world.rng
+    world = World(config)
+    index = {item_id: i for i, item_id in enumerate(world.item_ids)}
+    rng = np.random.default_rng([config.seed, 8])  # the requests' own stream
     names = vectorizer.config.windows
     windows = tuple(parse_duration(w) for w in names)
-    span = config.span_days * 86400.0
-    times = np.sort(config.start_ts + rng.uniform(0, span, config.n_requests))
-    members = rng.integers(0, config.n_members, config.n_requests)
-    per = config.candidates_per_request
+    times = np.sort(rng.uniform(0, config.total_days * DAY, config.n_requests))
+    members = rng.integers(0, config.members, config.n_requests)
+    has_home = rng.random(config.members) < _HOME_GEO
+    per = per_request
     rows = config.n_requests * per
     features = np.empty((rows, vectorizer.dim), dtype=np.float32)
     labels = np.empty(rows, dtype=np.int8)
     item_ids: list[str] = []
-    for r, (now, member) in enumerate(zip(times, members, strict=True)):
-        now = float(now)
+    for r, (sim_time, member) in enumerate(zip(times, members, strict=True)):
+        sim_time = float(sim_time)
         member = int(member)
-        state = world.member_features(member, now, windows, names)
-        items = world._sample_items(member, per)
+        state = _member_features(world, behaviour, member, sim_time, windows, names, rng)
         # A few candidates the member just acted on, as real candidate generators repeat.
         recent = [a["item_id"] for a in state["recent_actions"][:5]]
         candidates: dict[str, dict[str, Any]] = {}
         chosen: list[int] = []
-        for item in items:
+        for item in world.sample_items(member, sim_time, per, rng):
             item_id = world.item_ids[item]
             if recent and rng.random() < 0.1:
                 item_id = recent[int(rng.integers(0, len(recent)))]
-                item = int(item_id.removeprefix("item-"))
             if item_id in candidates:
                 continue
-            unknown = rng.random() < config.unknown_candidate
-            candidates[item_id] = {} if unknown else world.item_attributes(int(item))
-            chosen.append(int(item))
-        static = None
-        if world.member_has_static_geo[member]:
-            lat, lon = world.member_latlon[member]
-            region = _REGIONS[world.member_region[member]][0]
-            static = {"geo": {"lat": float(lat), "lon": float(lon), "region": region}}
+            unknown = rng.random() < _UNKNOWN_CANDIDATE
+            candidates[item_id] = {} if unknown else _served_attributes(world, index[item_id], rng)
+            chosen.append(index[item_id])
+        static = {"geo": world.home_geo(member, sim_time)} if has_home[member] else None
+        now = _START_TS + sim_time
         matrix = vectorizer.transform(state, candidates, now, static)
-        p = _sigmoid(world.affinity(member, np.asarray(chosen)))
+        affinity = behaviour.affinity(world, world.state(member, sim_time), np.asarray(chosen))
         start = r * per
         features[start : start + len(chosen)] = matrix
-        labels[start : start + len(chosen)] = rng.random(len(chosen)) < p
+        labels[start : start + len(chosen)] = rng.random(len(chosen)) < (
+            behaviour.engage_probability(affinity)
+        )
         item_ids.extend(candidates)
         # Duplicates were skipped: mark the unused tail of this request's block.
         labels[start + len(chosen) : start + per] = -1
@@ -254,8 +178,8 @@ def generate_examples(config: WorldConfig, vectorizer: Vectorizer | None = None)
     request_ids = np.repeat([f"req-{config.seed}-{r}" for r in range(config.n_requests)], per)
     return ExampleSet(
         request_id=request_ids[keep].astype(object),
-        member_id=np.repeat([f"member-{m}" for m in members], per)[keep].astype(object),
-        ts=np.repeat(times, per)[keep],
+        member_id=np.repeat([world.member_ids[m] for m in members], per)[keep].astype(object),
+        ts=np.repeat(_START_TS + times, per)[keep],
         model_version=np.full(int(keep.sum()), HEURISTIC_VERSION, dtype=object),
         item_id=np.asarray(item_ids, dtype=object),
         features=features[keep],
@@ -268,13 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write synthetic nearline training examples.")
     parser.add_argument("out", type=Path, help="Parquet file to write")
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--candidates", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidates", type=int, default=30, help="rows per request")
+    parser.add_argument("--seed", type=int, default=EXAMPLES_WORLD.seed)
     args = parser.parse_args(argv)
-    config = WorldConfig(
-        seed=args.seed, n_requests=args.requests, candidates_per_request=args.candidates
-    )
-    examples = generate_examples(config)
+    config = replace(EXAMPLES_WORLD, seed=args.seed, n_requests=args.requests)
+    examples = generate_examples(config, per_request=args.candidates)
     write_examples(args.out, examples)
     print(
         f"wrote {len(examples)} examples ({examples.n_requests} requests, "

@@ -17,6 +17,13 @@ built from equal configs are equal, whatever order they are queried in.
   (a candidate generator that knows nothing about the member, the same for both arms).
 * **Arms**: a member is in the near-real-time arm (``nrt``) or the daily-batch arm
   (``batch``) by a seeded hash of the member id, half and half in expectation.
+
+The same world makes the synthetic training examples of :mod:`model.examples`, which also
+want what a catalogue has and the simulator leaves out: a ``popularity`` per job, a
+category that is not always the topic's (``category_blur``), and a topic each member
+dislikes (:meth:`World.sample_items` shows it to them now and then). Each of these comes
+from a random stream of its own, so turning them on or off never changes the rest of the
+world, and the simulator's worlds are what they were before the examples used them.
 """
 
 from __future__ import annotations
@@ -73,7 +80,12 @@ CITIES = (  # (region, lat, lon)
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Size, drift and seed of the world; equal configs give equal worlds."""
+    """Size, drift and seed of the world; equal configs give equal worlds.
+
+    The defaults are the simulator's; :mod:`model.examples` sets its own sizes and turns on
+    ``category_blur`` and ``popularity``, and reads ``n_requests`` (the simulator plays
+    sessions instead: ``sessions_per_day`` over ``total_days``).
+    """
 
     seed: int = 7
     members: int = 200
@@ -90,6 +102,9 @@ class WorldConfig:
     member_noise: float = 0.5
     focus_changes_per_day: float = 0.3
     moves_per_day: float = 0.1
+    category_blur: float = 0.0
+    popularity: bool = False
+    n_requests: int = 1000
 
     def __post_init__(self) -> None:
         checks = {
@@ -107,6 +122,8 @@ class WorldConfig:
             "member_noise": self.member_noise >= 0,
             "focus_changes_per_day": self.focus_changes_per_day >= 0,
             "moves_per_day": self.moves_per_day >= 0,
+            "category_blur": 0 <= self.category_blur <= 1,
+            "n_requests": self.n_requests >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -125,11 +142,12 @@ class WorldConfig:
 
 @dataclass(frozen=True)
 class MemberState:
-    """A member's hidden truth at one moment: what they want and where they are."""
+    """A member's hidden truth at one moment: what they want, where they are, what they avoid."""
 
     topic: int
     interest: np.ndarray
     city: int
+    dislike: int  # a topic the member does not want (never the first focus; drift may reach it)
 
 
 @dataclass(frozen=True)
@@ -179,12 +197,21 @@ class World:
         self.item_embedding = _unit(self.topic_centres[self.item_topic] + noise)
         self.item_city = rng.integers(0, cfg.cities, cfg.items)
         jitter = rng.normal(0.0, 0.2, (cfg.items, 2))
-        centres = np.array([(lat, lon) for _, lat, lon in CITIES[: cfg.cities]])
-        self.item_latlon = centres[self.item_city] + jitter
+        self.city_latlon = np.array([(lat, lon) for _, lat, lon in CITIES[: cfg.cities]])
+        self.item_latlon = self.city_latlon[self.item_city] + jitter
         self.item_company = self.item_topic * cfg.companies_per_topic + rng.integers(
             0, cfg.companies_per_topic, cfg.items
         )
         self.item_ids = [f"job-{i}" for i in range(cfg.items)]
+        # Drawn from a stream of their own: the rest of the world is the same with or without.
+        extra = np.random.default_rng([cfg.seed, 6])
+        blurred = extra.random(cfg.items) < cfg.category_blur
+        # Mostly the topic's category; sometimes another one, as real taxonomies blur.
+        self.item_category = np.where(
+            blurred, extra.integers(0, cfg.topics, cfg.items), self.item_topic
+        )
+        self.item_popularity = extra.lognormal(1.0, 1.0, cfg.items) if cfg.popularity else None
+        self._topic_items = [np.flatnonzero(self.item_topic == t) for t in range(cfg.topics)]
 
         self.member_ids = [f"member-{m}" for m in range(cfg.members)]
         self.member_arm: list[Arm] = [arm_of(m, cfg.seed) for m in self.member_ids]
@@ -202,7 +229,10 @@ class World:
         rng = np.random.default_rng([self.config.seed, 1, member])
         topic = int(rng.integers(0, self.config.topics))
         city = int(rng.integers(0, self.config.cities))
-        return MemberState(topic, self._interest_near(topic, rng), city)
+        interest = self._interest_near(topic, rng)
+        dislikes = np.random.default_rng([self.config.seed, 7, member])
+        dislike = int((topic + dislikes.integers(1, self.config.topics)) % self.config.topics)
+        return MemberState(topic, interest, city, dislike)
 
     def _drift(self, member: int) -> list[_Change]:
         """The member's changes of focus and city over the whole time line, in time order."""
@@ -242,7 +272,7 @@ class World:
                 topic, interest = change.value, change.interest
             else:
                 city = change.value
-        return MemberState(topic, interest, city)
+        return MemberState(topic, interest, city, state.dislike)
 
     def changes(self, member: int) -> list[tuple[float, str, int]]:
         """``(sim_time, "focus" | "move", new topic or city)`` for every drift of a member."""
@@ -250,22 +280,54 @@ class World:
 
     # -- items -----------------------------------------------------------------------------
 
+    def item_categorical(self, item: int) -> dict[str, Any]:
+        """The item's categorical attributes: category, company and popularity if the world
+        has one."""
+        attributes: dict[str, Any] = {
+            "category": TOPICS[int(self.item_category[item])],
+            "company": f"company-{int(self.item_company[item])}",
+        }
+        if self.item_popularity is not None:
+            attributes["popularity"] = float(self.item_popularity[item])
+        return attributes
+
+    def item_geo(self, item: int, digits: int | None = None) -> dict[str, Any]:
+        """Where the job is: lat/lon (rounded to ``digits`` if given) and the city as region."""
+        lat, lon = (float(x) for x in self.item_latlon[item])
+        if digits is not None:
+            lat, lon = round(lat, digits), round(lon, digits)
+        return {"lat": lat, "lon": lon, "region": CITIES[int(self.item_city[item])][0]}
+
+    def home_geo(self, member: int, sim_time: float) -> dict[str, Any]:
+        """The member's city at ``sim_time`` as a static geo attribute (its centre)."""
+        city = self.state(member, sim_time).city
+        lat, lon = (float(x) for x in self.city_latlon[city])
+        return {"lat": lat, "lon": lon, "region": CITIES[city][0]}
+
     def item_record(self, item: int) -> dict[str, Any]:
         """The item as the ``item-attributes`` topic carries it (see attribute_store)."""
-        lat, lon = self.item_latlon[item]
         return {
             "item_id": self.item_ids[item],
             "embedding": [round(float(x), 6) for x in self.item_embedding[item]],
-            "geo": {
-                "lat": round(float(lat), 5),
-                "lon": round(float(lon), 5),
-                "region": CITIES[int(self.item_city[item])][0],
-            },
-            "attributes": {
-                "category": TOPICS[int(self.item_topic[item])],
-                "company": f"company-{int(self.item_company[item])}",
-            },
+            "geo": self.item_geo(item, digits=5),
+            "attributes": self.item_categorical(item),
         }
+
+    def sample_items(
+        self, member: int, sim_time: float, count: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Jobs a topic-aware candidate generator offers ``member`` at ``sim_time`` (with
+        repeats): half from their current topic, a fifth from the topic they dislike, the
+        rest from the whole catalogue. (The simulator's sessions draw uniformly instead.)"""
+        state = self.state(member, sim_time)
+        kind = rng.random(count)
+        out = rng.integers(0, self.config.items, count)
+        pools = ((kind < 0.5, state.topic), ((kind >= 0.5) & (kind < 0.7), state.dislike))
+        for mask, topic in pools:
+            pool = self._topic_items[topic]
+            if len(pool) and mask.any():
+                out[mask] = rng.choice(pool, int(mask.sum()))
+        return out
 
     # -- sessions --------------------------------------------------------------------------
 

@@ -191,3 +191,41 @@ def test_statistics_find_a_planted_effect_and_no_effect_where_there_is_none() ->
         null = _records({"nrt": 0.2, "batch": 0.2}, members=60, seed=100 + seed)
         misses += not compare(null, seed=seed).difference["dismiss_rate"].contains(0.0)
     assert misses <= 4  # ~1 expected at 95 %; 5+ of 20 would mean the intervals are too narrow
+
+
+def test_the_examples_extras_leave_the_rest_of_the_world_alone() -> None:
+    plain = World(SMALL)
+    rich = World(dataclasses.replace(SMALL, popularity=True, category_blur=0.3))
+    assert np.array_equal(plain.item_embedding, rich.item_embedding)
+    assert plain.sessions == rich.sessions
+    assert [plain.changes(m) for m in range(5)] == [rich.changes(m) for m in range(5)]
+    assert plain.item_popularity is None and rich.item_popularity is not None
+    assert np.array_equal(plain.item_category, plain.item_topic)
+    assert 0.15 < np.mean(rich.item_category != rich.item_topic) < 0.4
+    assert "popularity" not in plain.item_record(0)["attributes"]
+    assert rich.item_categorical(0)["popularity"] == pytest.approx(rich.item_popularity[0])
+    # Zero weights leave the affinity exactly the simulator's; a disliked topic lowers it.
+    state = rich.state(0, 0.0)
+    items = np.arange(SMALL.items)
+    base = BehaviourModel().affinity(rich, state, items)
+    weighted = BehaviourModel(dislike_weight=2.0, popularity_weight=0.4, distance_weight=0.6)
+    assert np.array_equal(base, BehaviourModel().affinity(plain, plain.state(0, 0.0), items))
+    disliked = rich.item_topic == state.dislike
+    assert weighted.affinity(rich, state, items)[disliked].mean() < base[disliked].mean() - 1.5
+
+
+def test_a_topic_aware_history_favours_the_members_topic() -> None:
+    world = World(SMALL)
+    behaviour = BehaviourModel()
+    rng = np.random.default_rng(0)
+    state = world.state(3, DAY)
+    items = world.sample_items(3, DAY, 400, rng)
+    assert np.mean(world.item_topic[items] == state.topic) > 0.45
+    assert np.mean(world.item_topic[items] == state.dislike) > 0.15
+    events = behaviour.history(world, 3, items, np.full(len(items), DAY), rng)
+    assert {r.rank for r in events if r.action == "view"} == set(range(len(items)))
+    engaged = [r.item for r in events if r.action == "click"]
+    dismissed = [r.item for r in events if r.action == "dismiss"]
+    assert np.mean(world.item_topic[engaged] == state.topic) > np.mean(
+        world.item_topic[dismissed] == state.topic
+    )

@@ -7,6 +7,7 @@ reload timer does.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from app.cli import main
 from app.settings import load_settings
 from model.dataset import ExampleSet, split_by_time, write_examples
-from model.examples import WorldConfig, generate_examples
+from model.examples import EXAMPLES_WORLD, generate_examples
 from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
 from model.registry import ACTIVE_FILE, ModelRegistry
 from model.scorer import TorchRanker
@@ -27,7 +28,7 @@ from model.vectorizer import Vectorizer
 
 @pytest.fixture(scope="module")
 def examples() -> ExampleSet:
-    return generate_examples(WorldConfig(n_requests=900, seed=3))
+    return generate_examples(replace(EXAMPLES_WORLD, n_requests=900, seed=3))
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from app.settings import load_settings
 from model.dataset import write_examples
-from model.examples import WorldConfig, generate_examples
+from model.examples import EXAMPLES_WORLD, generate_examples
 from model.exceptions import ExamplesError
 from model.heuristic import HeuristicRanker
 from model.registry import ModelRegistry
@@ -22,13 +23,13 @@ from model.vectorizer import Vectorizer
 @pytest.fixture(scope="module")
 def examples_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("examples") / "examples.parquet"
-    write_examples(path, generate_examples(WorldConfig(n_requests=900, seed=3)))
+    write_examples(path, generate_examples(replace(EXAMPLES_WORLD, n_requests=900, seed=3)))
     return path
 
 
 def test_synthetic_examples_are_seeded_and_well_formed() -> None:
-    a = generate_examples(WorldConfig(n_requests=20, seed=5))
-    b = generate_examples(WorldConfig(n_requests=20, seed=5))
+    a = generate_examples(replace(EXAMPLES_WORLD, n_requests=20, seed=5))
+    b = generate_examples(replace(EXAMPLES_WORLD, n_requests=20, seed=5))
     assert np.array_equal(a.features, b.features) and np.array_equal(a.label, b.label)
     assert a.features.shape[1] == Vectorizer().dim and a.feature_names == Vectorizer().feature_names
     assert 0.1 < a.label.mean() < 0.9
@@ -57,7 +58,7 @@ def test_trained_model_beats_the_heuristic(tmp_path: Path, examples_file: Path) 
     # The loaded model ranks differently from the heuristic on real requests.
     ranker = registry.load_latest()
     assert ranker.version == report.version.version
-    examples = generate_examples(WorldConfig(n_requests=30, seed=11))
+    examples = generate_examples(replace(EXAMPLES_WORLD, n_requests=30, seed=11))
     heuristic_ranker = HeuristicRanker(vectorizer.feature_names)
     changed = 0
     for request in np.unique(examples.request_id):
