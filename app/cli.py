@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from app.broker import BrokerError, EmbeddedBroker
 from app.settings import Settings, SettingsError, load_settings
+from app.training_options import force_option, loss_option
 
 __all__ = ["main"]
 
@@ -261,14 +262,7 @@ _MODEL_DIR = click.option(
 @click.argument("examples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_MODEL_DIR
 @click.option("--max-epochs", default=30, show_default=True)
-@click.option(
-    "--loss",
-    type=click.Choice(["pointwise", "listwise", "pairwise"]),
-    default="pairwise",
-    show_default=True,
-    help="pointwise: cross-entropy per candidate (class-weighted); listwise: softmax over "
-    "each request's candidates; pairwise: BPR, positives over sampled negatives.",
-)
+@loss_option()
 @click.option(
     "--validation-fraction",
     default=0.2,
@@ -282,7 +276,7 @@ _MODEL_DIR = click.option(
     help="The gate: the lower bound of the NDCG@10 gain's interval must exceed this.",
 )
 @click.option("--confidence", default=0.95, show_default=True, help="The gate's interval level.")
-@click.option("--force", is_flag=True, help="Publish even if the gate refuses the model.")
+@force_option()
 @click.option(
     "--compare-losses",
     is_flag=True,

@@ -1,11 +1,22 @@
-"""The ``nearline simulate`` command: options in, a report folder out."""
+"""The ``nearline simulate`` command: options in, a report folder out.
+
+The world's and the behaviour model's options are generated from tables of (flag, field,
+help), with the dataclass fields' defaults; ``--loss`` and ``--force`` are the ones
+``nearline train`` has (:mod:`app.training_options`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from app.simulation.behaviour import BehaviourModel
+from app.simulation.world import WorldConfig
+from app.training_options import force_option, loss_option
 
 if TYPE_CHECKING:
     from app.simulation.runner import SimulationConfig
@@ -13,6 +24,80 @@ if TYPE_CHECKING:
 __all__ = ["simulate"]
 
 _BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
+
+#: (flag, field of WorldConfig, help) of the world's options; defaults are the fields'.
+_WORLD_OPTIONS = (
+    ("--days", "days", "Measured simulated days."),
+    (
+        "--warmup-days",
+        "warmup_days",
+        "Simulated days before the measurement in which every member gets fresh features "
+        "(gives both arms a history); not counted in the results.",
+    ),
+    ("--members", "members", "Members (split ~50/50)."),
+    ("--items", "items", "Jobs in the catalogue."),
+    (
+        "--sessions-per-day",
+        "sessions_per_day",
+        "Mean sessions per member per simulated day (Poisson).",
+    ),
+    ("--candidates", "candidates", "Jobs the worker ranks per session."),
+    (
+        "--drift",
+        "focus_changes_per_day",
+        "Drift speed: focus changes (new job family) per member per simulated day. 0 = none.",
+    ),
+    (
+        "--move-rate",
+        "moves_per_day",
+        "Moves to another city per member per simulated day. 0 = none.",
+    ),
+    ("--topics", "topics", "Job families (categories)."),
+    ("--cities", "cities", "Cities (geo regions)."),
+    (
+        "--embedding-dim",
+        "embedding_dim",
+        "Item embedding dimension; the worker is started with NEARLINE_EMBEDDING_DIM set to it.",
+    ),
+    ("--seed", "seed", "Seed of the world and behaviour."),
+)
+
+#: (flag, field of BehaviourModel, help) of the behaviour model's options, likewise.
+_BEHAVIOUR_OPTIONS = (
+    ("--interest-weight", "interest_weight", f"{_BEHAVIOUR}: weight of cos."),
+    ("--geo-weight", "geo_weight", f"{_BEHAVIOUR}: same-city bonus."),
+    ("--offset", "offset", f"{_BEHAVIOUR}: affinity offset."),
+    ("--sharpness", "sharpness", f"{_BEHAVIOUR}: slope of the sigmoids."),
+    (
+        "--examine-decay",
+        "examine_decay",
+        f"{_BEHAVIOUR}: P(examine rank r) = decay^r (position bias).",
+    ),
+    ("--dismiss-max", "dismiss_max", f"{_BEHAVIOUR}: P(dismiss | examined) for a hopeless match."),
+    ("--click-max", "click_max", f"{_BEHAVIOUR}: P(click | examined) for a perfect match."),
+    ("--apply-given-click", "apply_given_click", f"{_BEHAVIOUR}: P(apply | click)."),
+    ("--save-given-click", "save_given_click", f"{_BEHAVIOUR}: P(save | click, no apply)."),
+)
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _field_options(
+    config: type, table: tuple[tuple[str, str, str], ...]
+) -> Callable[[_Command], _Command]:
+    """One click option per row of ``table``, its default the dataclass field's: a default
+    is stated once, where the parameter is defined."""
+    defaults = {f.name: f.default for f in fields(config)}
+
+    def apply(command: _Command) -> _Command:
+        for flag, name, help_text in reversed(table):
+            option = click.option(
+                flag, name, default=defaults[name], show_default=True, help=help_text
+            )
+            command = option(command)
+        return command
+
+    return apply
 
 
 @click.command()
@@ -23,46 +108,8 @@ _BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for report.md, the PNG plots, sessions.csv and the worker log.",
 )
-@click.option("--days", default=7, show_default=True, help="Measured simulated days.")
-@click.option(
-    "--warmup-days",
-    default=1,
-    show_default=True,
-    help="Simulated days before the measurement in which every member gets fresh features "
-    "(gives both arms a history); not counted in the results.",
-)
-@click.option("--members", default=200, show_default=True, help="Members (split ~50/50).")
-@click.option("--items", default=2000, show_default=True, help="Jobs in the catalogue.")
-@click.option(
-    "--sessions-per-day",
-    default=4.0,
-    show_default=True,
-    help="Mean sessions per member per simulated day (Poisson).",
-)
-@click.option(
-    "--candidates", default=100, show_default=True, help="Jobs the worker ranks per session."
-)
+@_field_options(WorldConfig, _WORLD_OPTIONS)
 @click.option("-k", "--k", "k", default=10, show_default=True, help="Top k shown per session.")
-@click.option(
-    "--drift",
-    default=0.3,
-    show_default=True,
-    help="Drift speed: focus changes (new job family) per member per simulated day. 0 = none.",
-)
-@click.option(
-    "--move-rate",
-    default=0.1,
-    show_default=True,
-    help="Moves to another city per member per simulated day. 0 = none.",
-)
-@click.option("--topics", default=8, show_default=True, help="Job families (categories).")
-@click.option("--cities", default=6, show_default=True, help="Cities (geo regions).")
-@click.option(
-    "--embedding-dim",
-    default=16,
-    show_default=True,
-    help="Item embedding dimension; the worker is started with NEARLINE_EMBEDDING_DIM set to it.",
-)
 @click.option(
     "--compression",
     default=2000.0,
@@ -82,14 +129,8 @@ _BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
     "promotion gate, rank the measured days with what it publishes, and run the same world "
     "with the heuristic to compare (two runs: twice the wall time).",
 )
-@click.option("--force", is_flag=True, help="With --train: publish even if the gate refuses.")
-@click.option(
-    "--loss",
-    type=click.Choice(["pointwise", "listwise", "pairwise"]),
-    default="pairwise",
-    show_default=True,
-    help="With --train: the training loss.",
-)
+@force_option("With --train: ")
+@loss_option("With --train: the training loss. ")
 @click.option(
     "--unlabeled-as",
     type=click.Choice(["skip", "negative"]),
@@ -98,76 +139,19 @@ _BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
     help="The worker's NEARLINE_UNLABELED_AS: skip = only jobs the member reacted to "
     "become examples; negative = every other logged job (the shown ones) is a negative.",
 )
-@click.option("--seed", default=7, show_default=True, help="Seed of the world and behaviour.")
-@click.option(
-    "--interest-weight", default=4.0, show_default=True, help=f"{_BEHAVIOUR}: weight of cos."
-)
-@click.option(
-    "--geo-weight", default=1.5, show_default=True, help=f"{_BEHAVIOUR}: same-city bonus."
-)
-@click.option("--offset", default=3.0, show_default=True, help=f"{_BEHAVIOUR}: affinity offset.")
-@click.option(
-    "--sharpness", default=1.5, show_default=True, help=f"{_BEHAVIOUR}: slope of the sigmoids."
-)
-@click.option(
-    "--examine-decay",
-    default=0.9,
-    show_default=True,
-    help=f"{_BEHAVIOUR}: P(examine rank r) = decay^r (position bias).",
-)
-@click.option(
-    "--dismiss-max",
-    default=0.4,
-    show_default=True,
-    help=f"{_BEHAVIOUR}: P(dismiss | examined) for a hopeless match.",
-)
-@click.option(
-    "--click-max",
-    default=0.4,
-    show_default=True,
-    help=f"{_BEHAVIOUR}: P(click | examined) for a perfect match.",
-)
-@click.option(
-    "--apply-given-click", default=0.3, show_default=True, help=f"{_BEHAVIOUR}: P(apply | click)."
-)
-@click.option(
-    "--save-given-click",
-    default=0.2,
-    show_default=True,
-    help=f"{_BEHAVIOUR}: P(save | click, no apply).",
-)
+@_field_options(BehaviourModel, _BEHAVIOUR_OPTIONS)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def simulate(
     out: Path,
-    days: int,
-    warmup_days: int,
-    members: int,
-    items: int,
-    sessions_per_day: float,
-    candidates: int,
     k: int,
-    drift: float,
-    move_rate: float,
-    topics: int,
-    cities: int,
-    embedding_dim: int,
     compression: float,
     model_dir: Path | None,
     train: bool,
     force: bool,
     loss: str,
     unlabeled_as: str,
-    seed: int,
-    interest_weight: float,
-    geo_weight: float,
-    offset: float,
-    sharpness: float,
-    examine_decay: float,
-    dismiss_max: float,
-    click_max: float,
-    apply_given_click: float,
-    save_given_click: float,
     quiet: bool,
+    **parameters: Any,
 ) -> None:
     """Does freshness pay? Run near-real-time vs daily-batch features through the real system.
 
@@ -180,41 +164,18 @@ def simulate(
     NRT vs batch beside the seed's figures, and daily plots.
     """
     from app.broker import BrokerError
-    from app.simulation.behaviour import BehaviourModel
     from app.simulation.report import compare, write_report
     from app.simulation.runner import SimulationConfig, SimulationError
     from app.simulation.runner import simulate as run
-    from app.simulation.world import WorldConfig
     from app.stack import StackError
 
-    if k > candidates:
+    if k > parameters["candidates"]:
         raise click.BadParameter("must not exceed --candidates", param_hint="--k")
     try:
         config = SimulationConfig(
-            world=WorldConfig(
-                seed=seed,
-                members=members,
-                items=items,
-                days=days,
-                warmup_days=warmup_days,
-                sessions_per_day=sessions_per_day,
-                candidates=candidates,
-                topics=topics,
-                cities=cities,
-                embedding_dim=embedding_dim,
-                focus_changes_per_day=drift,
-                moves_per_day=move_rate,
-            ),
+            world=WorldConfig(**{name: parameters[name] for _, name, _ in _WORLD_OPTIONS}),
             behaviour=BehaviourModel(
-                interest_weight=interest_weight,
-                geo_weight=geo_weight,
-                offset=offset,
-                sharpness=sharpness,
-                examine_decay=examine_decay,
-                dismiss_max=dismiss_max,
-                click_max=click_max,
-                apply_given_click=apply_given_click,
-                save_given_click=save_given_click,
+                **{name: parameters[name] for _, name, _ in _BEHAVIOUR_OPTIONS}
             ),
             compression=compression,
             k=k,
@@ -234,7 +195,7 @@ def simulate(
     except (SimulationError, StackError, BrokerError) as exc:
         raise click.ClickException(str(exc)) from None
     report = write_report(result, out)
-    comparison = compare(result.sessions, seed=seed)
+    comparison = compare(result.sessions, seed=config.world.seed)
     for name, rel in comparison.relative.items():
         diff = comparison.difference[name]
         click.echo(f"{name:>20}: NRT vs batch {rel.fmt(percent=True)} (difference {diff.fmt()})")
