@@ -1,7 +1,7 @@
 """The ``nearline simulate`` command: options in, a report folder out.
 
-The world's and the behaviour model's options are generated from tables of (flag, field,
-help), with the dataclass fields' defaults; ``--loss`` and ``--force`` are the ones
+The world's and the behaviour model's options are generated from their dataclasses' fields
+(a help text each here, the default the field's); ``--loss`` and ``--force`` are the ones
 ``nearline train`` has (:mod:`app.training_options`).
 """
 
@@ -25,74 +25,56 @@ __all__ = ["simulate"]
 
 _BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
 
-#: (flag, field of WorldConfig, help) of the world's options; defaults are the fields'.
-_WORLD_OPTIONS = (
-    ("--days", "days", "Measured simulated days."),
-    (
-        "--warmup-days",
-        "warmup_days",
-        "Simulated days before the measurement in which every member gets fresh features "
-        "(gives both arms a history); not counted in the results.",
-    ),
-    ("--members", "members", "Members (split ~50/50)."),
-    ("--items", "items", "Jobs in the catalogue."),
-    (
-        "--sessions-per-day",
-        "sessions_per_day",
-        "Mean sessions per member per simulated day (Poisson).",
-    ),
-    ("--candidates", "candidates", "Jobs the worker ranks per session."),
-    (
-        "--drift",
-        "focus_changes_per_day",
-        "Drift speed: focus changes (new job family) per member per simulated day. 0 = none.",
-    ),
-    (
-        "--move-rate",
-        "moves_per_day",
-        "Moves to another city per member per simulated day. 0 = none.",
-    ),
-    ("--topics", "topics", "Job families (categories)."),
-    ("--cities", "cities", "Cities (geo regions)."),
-    (
-        "--embedding-dim",
-        "embedding_dim",
-        "Item embedding dimension; the worker is started with NEARLINE_EMBEDDING_DIM set to it.",
-    ),
-    ("--seed", "seed", "Seed of the world and behaviour."),
-)
+#: Help of the world's options by WorldConfig field; defaults are the fields'.
+_WORLD_OPTIONS = {
+    "days": "Measured simulated days.",
+    "warmup_days": "Simulated days before the measurement in which every member gets fresh "
+    "features (gives both arms a history); not counted in the results.",
+    "members": "Members (split ~50/50).",
+    "items": "Jobs in the catalogue.",
+    "sessions_per_day": "Mean sessions per member per simulated day (Poisson).",
+    "candidates": "Jobs the worker ranks per session.",
+    "focus_changes_per_day": "Drift speed: focus changes (new job family) per member per "
+    "simulated day. 0 = none.",
+    "moves_per_day": "Moves to another city per member per simulated day. 0 = none.",
+    "topics": "Job families (categories).",
+    "cities": "Cities (geo regions).",
+    "embedding_dim": "Item embedding dimension; the worker is started with "
+    "NEARLINE_EMBEDDING_DIM set to it.",
+    "seed": "Seed of the world and behaviour.",
+}
 
-#: (flag, field of BehaviourModel, help) of the behaviour model's options, likewise.
-_BEHAVIOUR_OPTIONS = (
-    ("--interest-weight", "interest_weight", f"{_BEHAVIOUR}: weight of cos."),
-    ("--geo-weight", "geo_weight", f"{_BEHAVIOUR}: same-city bonus."),
-    ("--offset", "offset", f"{_BEHAVIOUR}: affinity offset."),
-    ("--sharpness", "sharpness", f"{_BEHAVIOUR}: slope of the sigmoids."),
-    (
-        "--examine-decay",
-        "examine_decay",
-        f"{_BEHAVIOUR}: P(examine rank r) = decay^r (position bias).",
-    ),
-    ("--dismiss-max", "dismiss_max", f"{_BEHAVIOUR}: P(dismiss | examined) for a hopeless match."),
-    ("--click-max", "click_max", f"{_BEHAVIOUR}: P(click | examined) for a perfect match."),
-    ("--apply-given-click", "apply_given_click", f"{_BEHAVIOUR}: P(apply | click)."),
-    ("--save-given-click", "save_given_click", f"{_BEHAVIOUR}: P(save | click, no apply)."),
-)
+#: Help of the behaviour model's options by BehaviourModel field, likewise.
+_BEHAVIOUR_OPTIONS = {
+    "interest_weight": "weight of cos.",
+    "geo_weight": "same-city bonus.",
+    "offset": "affinity offset.",
+    "sharpness": "slope of the sigmoids.",
+    "examine_decay": "P(examine rank r) = decay^r (position bias).",
+    "dismiss_max": "P(dismiss | examined) for a hopeless match.",
+    "click_max": "P(click | examined) for a perfect match.",
+    "apply_given_click": "P(apply | click).",
+    "save_given_click": "P(save | click, no apply).",
+}
+
+#: Flags that are not the field's name (``--warmup-days`` for ``warmup_days`` otherwise).
+_FLAGS = {"focus_changes_per_day": "--drift", "moves_per_day": "--move-rate"}
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
 def _field_options(
-    config: type, table: tuple[tuple[str, str, str], ...]
+    config: type, helps: dict[str, str], context: str = ""
 ) -> Callable[[_Command], _Command]:
-    """One click option per row of ``table``, its default the dataclass field's: a default
-    is stated once, where the parameter is defined."""
+    """One click option per field named in ``helps`` (help text after ``context``), with the
+    dataclass field's default: a default is stated once, where the parameter is defined."""
     defaults = {f.name: f.default for f in fields(config)}
 
     def apply(command: _Command) -> _Command:
-        for flag, name, help_text in reversed(table):
+        for name, help_text in reversed(helps.items()):
+            flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
             option = click.option(
-                flag, name, default=defaults[name], show_default=True, help=help_text
+                flag, name, default=defaults[name], show_default=True, help=context + help_text
             )
             command = option(command)
         return command
@@ -139,7 +121,7 @@ def _field_options(
     help="The worker's NEARLINE_UNLABELED_AS: skip = only jobs the member reacted to "
     "become examples; negative = every other logged job (the shown ones) is a negative.",
 )
-@_field_options(BehaviourModel, _BEHAVIOUR_OPTIONS)
+@_field_options(BehaviourModel, _BEHAVIOUR_OPTIONS, f"{_BEHAVIOUR}: ")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def simulate(
     out: Path,
@@ -173,10 +155,8 @@ def simulate(
         raise click.BadParameter("must not exceed --candidates", param_hint="--k")
     try:
         config = SimulationConfig(
-            world=WorldConfig(**{name: parameters[name] for _, name, _ in _WORLD_OPTIONS}),
-            behaviour=BehaviourModel(
-                **{name: parameters[name] for _, name, _ in _BEHAVIOUR_OPTIONS}
-            ),
+            world=WorldConfig(**{name: parameters[name] for name in _WORLD_OPTIONS}),
+            behaviour=BehaviourModel(**{name: parameters[name] for name in _BEHAVIOUR_OPTIONS}),
             compression=compression,
             k=k,
             model_dir=model_dir,
