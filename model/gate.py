@@ -14,7 +14,7 @@ clearly on another is not promoted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,13 +55,7 @@ class MetricComparison:
     high: float
 
     def to_dict(self) -> dict[str, float]:
-        return {
-            "candidate": self.candidate,
-            "served": self.served,
-            "difference": self.difference,
-            "low": self.low,
-            "high": self.high,
-        }
+        return asdict(self)
 
     def fmt(self) -> str:
         return (
