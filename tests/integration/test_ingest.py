@@ -11,7 +11,8 @@ import pytest
 
 from app import codec
 from app.kafka import partition_for_key
-from tests.integration.conftest import Deployment, Record, wait_until
+from tests.integration.conftest import Deployment, Record, Worker
+from tests.integration.helpers import read_to_end, wait_applied_to_end
 from tests.oracle import expected_features, served_view
 
 pytestmark = pytest.mark.integration
@@ -67,9 +68,9 @@ def oracle(events: list[dict[str, Any]], as_of: float) -> dict[str, dict[str, An
     )
 
 
-def assert_matches(worker_url_get: Any, expected: dict[str, dict[str, Any]], as_of: float) -> None:
+def assert_matches(worker: Worker, expected: dict[str, dict[str, Any]], as_of: float) -> None:
     for member, view in expected.items():
-        response = worker_url_get(f"/v1/members/{member}/features", as_of=as_of)
+        response = worker.get(f"/v1/members/{member}/features", as_of=as_of)
         assert response.status_code == 200, response.text
         assert served_view(response.json()) == view, member
 
@@ -79,11 +80,9 @@ def test_features_equal_the_oracle(deployment: Deployment) -> None:
     now = time.time()
     events = make_events(3000, members=60, now=now, seed=1)
     deployment.produce(records(events))
-    wait_until(
-        lambda: worker.metric("nearline_events_in_total") >= len(events), message="all events read"
-    )
-    expected = oracle(events, as_of=now)
-    assert_matches(worker.get, expected, now)
+    wait_applied_to_end(deployment)
+    assert worker.metric("nearline_events_in_total") == len(events)
+    assert_matches(worker, oracle(events, as_of=now), now)
     unique_of_interest = len({e["event_id"] for e in events if e["action"] in INTEREST})
     assert worker.metric("nearline_events_applied_total") == unique_of_interest
     assert worker.metric('nearline_events_dropped_total{reason="not_of_interest"}') > 0
@@ -122,7 +121,9 @@ def test_malformed_events_go_to_the_dlq_and_the_stream_goes_on(deployment: Deplo
         mixed.append(record)
     expected_reasons = [reason for record in mixed for r, reason in bad if r is record]
     deployment.produce(mixed)
-    letters = deployment.consume(deployment.dlq, expected=len(expected_reasons))
+    # Dead letters are acknowledged before their source offsets are committed.
+    wait_applied_to_end(deployment)
+    letters = read_to_end(deployment, deployment.dlq)
     assert len(letters) == len(expected_reasons)
     reasons = sorted(dict(m.headers)["nearline-reason"].decode() for m in letters)
     assert reasons == sorted(expected_reasons)
@@ -133,8 +134,8 @@ def test_malformed_events_go_to_the_dlq_and_the_stream_goes_on(deployment: Deplo
         assert int(headers["nearline-source-partition"]) in range(deployment.partitions)
     originals = {r for r, _ in bad}
     assert {(m.key, m.value) for m in letters} <= originals  # original bytes, untouched
-    wait_until(lambda: worker.metric("nearline_events_in_total") >= len(mixed))
-    assert_matches(worker.get, oracle(good, as_of=now), now)
+    assert worker.metric("nearline_events_in_total") == len(mixed)
+    assert_matches(worker, oracle(good, as_of=now), now)
     assert worker.metric("nearline_events_dead_lettered_total") == len(expected_reasons)
 
 
@@ -148,10 +149,9 @@ def test_actions_on_other_partitions_are_repartitioned_not_dead_lettered(
     # Every fifth without a key (a producer's default): the member id is its key.
     placed = [(None, *r[1:]) if i % 5 == 0 else r for i, r in enumerate(placed)]
     deployment.produce(placed)
-    wait_until(
-        lambda: worker.metric("nearline_events_in_total") >= len(events), message="all handled"
-    )
-    assert_matches(worker.get, oracle(events, as_of=now), now)
+    wait_applied_to_end(deployment)
+    assert worker.metric("nearline_events_in_total") == len(events)
+    assert_matches(worker, oracle(events, as_of=now), now)
     unique_of_interest = len({e["event_id"] for e in events if e["action"] in INTEREST})
     assert worker.metric("nearline_events_applied_total") == unique_of_interest
     assert worker.metric("nearline_events_dead_lettered_total") == 0
@@ -164,7 +164,7 @@ def test_actions_on_other_partitions_are_repartitioned_not_dead_lettered(
             moved.append((member, value))
     assert worker.metric("nearline_events_repartitioned_total") == len(moved)
     topic = f"{deployment.settings['NEARLINE_APP_ID']}-{deployment.topic}-repartition"
-    forwarded = deployment.consume(topic, expected=len(moved))
+    forwarded = read_to_end(deployment, topic)
     # Values unchanged, keyed by member (also those sent without a key) ...
     assert sorted((m.key, m.value) for m in forwarded) == sorted(moved)
     for message in forwarded:  # ... and each at its owner's partition
