@@ -32,6 +32,7 @@ import rocksdict
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, TableT
 
+from app.faust_internals import kafka_producer, partition_db
 from app.kafka import send_in_batches
 
 __all__ = ["END_MARKER_KEY", "INTERNAL_PREFIXES", "ChangelogTable", "RawUpdates"]
@@ -50,13 +51,13 @@ class ChangelogTable:
 
     def __init__(
         self,
-        app: faust.App,
+        faust_app: faust.App,
         table: TableT[bytes, bytes],
         *,
         exact_end_offsets: bool,
         observe_ack: Callable[[float], None] | None = None,
     ):
-        self.app = app
+        self.faust_app = faust_app
         #: Told the seconds each write waited for the broker's acknowledgement.
         self.observe_ack = observe_ack
         self.table = table
@@ -79,18 +80,18 @@ class ChangelogTable:
     # -- ownership ---------------------------------------------------------------------
 
     def owns(self, partition: int) -> bool:
-        return TP(self.changelog_topic, partition) in self.app.assignor.assigned_actives()
+        return TP(self.changelog_topic, partition) in self.faust_app.assignor.assigned_actives()
 
     def owned_partitions(self) -> list[int]:
         topic = self.changelog_topic
         return sorted(
-            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic
+            tp.partition for tp in self.faust_app.assignor.assigned_actives() if tp.topic == topic
         )
 
     def owner_url(self, partition: int) -> str | None:
         """The advertised URL of the worker that holds ``partition`` (from the assignor)."""
         try:
-            metadata = self.app.router.table_metadata(self.table.name)
+            metadata = self.faust_app.router.table_metadata(self.table.name)
         except KeyError:
             return None
         for url, topics in metadata.items():
@@ -102,7 +103,7 @@ class ChangelogTable:
 
     def db(self, partition: int) -> rocksdict.Rdict:
         # Faust opens one RocksDB per partition when it is assigned; reuse those handles.
-        return self.table.data._db_for_partition(partition)  # type: ignore[attr-defined,no-any-return]
+        return partition_db(self.table, partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         value = self.db(partition).get(key)
@@ -203,4 +204,4 @@ class ChangelogTable:
     def _producer(self) -> AIOKafkaProducer:
         # Faust's producer sends one record at a time, a future each; changelog records go
         # straight to its aiokafka producer in whole batches instead.
-        return self.app.producer._ensure_producer()  # type: ignore[attr-defined,no-any-return]
+        return kafka_producer(self.faust_app)
