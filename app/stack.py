@@ -374,13 +374,12 @@ class Stack:
         *,
         wait: bool = True,
         port: int = 0,
-        module: str = "app.cli",
     ) -> WorkerProcess:
         """Start a worker; unless ``wait`` is False, return once its ``/readyz`` says 200.
 
         A worker restarted under its old name and port keeps its data dir, log and URL.
         """
-        worker = self.worker(name, port=port).start(module)
+        worker = self.worker(name, port=port).start()
         return worker.wait_ready(timeout) if wait else worker
 
     def produce(self, records: Sequence[Record]) -> None:
