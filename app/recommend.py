@@ -22,7 +22,7 @@ __all__ = [
     "RankedItem",
     "RecommendationRequest",
     "RecommendationResponse",
-    "RecommendationsLog",
+    "RecommendationsSink",
     "Recommender",
 ]
 
@@ -79,7 +79,7 @@ class RecommendationResponse(BaseModel):
     )
 
 
-class RecommendationsLog(Protocol):
+class RecommendationsSink(Protocol):
     """Where served responses go to become training examples (the recommendations log)."""
 
     async def log(self, member_id: str, record: dict[str, Any]) -> None: ...
@@ -92,7 +92,7 @@ class Recommender:
         self,
         registry: ModelRegistry,
         attributes: CachedAttributeStore,
-        log: RecommendationsLog,
+        log: RecommendationsSink,
         *,
         memo_size: int = 100_000,
         log_candidates: str = "served",
