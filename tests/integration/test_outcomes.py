@@ -14,7 +14,8 @@ import pytest
 
 from app import codec
 from app.kafka import partition_for_key
-from tests.integration.conftest import Deployment, Worker, consume_topic, wait_until
+from tests.integration.conftest import Deployment, Worker, wait_until
+from tests.integration.helpers import pending_outcomes, read_to_end
 from tests.integration.test_ingest import make_events, records
 
 pytestmark = pytest.mark.integration
@@ -101,19 +102,6 @@ def test_a_worker_restarted_after_serving_ingests_at_once(deployment: Deployment
     )
 
 
-def _pending_state(deployment: Deployment, app_id: str) -> dict[bytes, bytes]:
-    """The join's state as its changelog says it is now: the last value of each key."""
-    topic = f"{app_id}-outcomes-pending-changelog"
-    log = asyncio.run(consume_topic(deployment.broker.bootstrap, topic, 10**9, timeout=3))
-    state: dict[bytes, bytes] = {}
-    for record in log:
-        if record.value is None:
-            state.pop(record.key, None)
-        elif record.key[:1] in (b"d", b"i"):  # responses, and a pass in progress
-            state[record.key] = record.value
-    return state
-
-
 # The restarted worker may read log records again that were already labelled (here, about one
 # run in five, a fetch from an older position before the seek to the committed offsets):
 # neither may be stored, and labelled, a second time.
@@ -142,17 +130,16 @@ def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
     if keep_local_state:
         # RocksDB may hold writes its changelogs never got: it is restored from them instead.
         assert "did not stop cleanly" in restarted.log_path.read_text(errors="replace")
-    app_id = deployment.settings["NEARLINE_APP_ID"]
     # Done when the state holds nothing: no response, no pass in progress. Nothing can
     # write examples after that, so the count below is final.
     wait_until(
-        lambda: _pending_state(deployment, app_id) == {},
+        lambda: pending_outcomes(deployment) == {},
         timeout=60,
         interval=1,
         message="every pending response labelled",
     )
     topic = deployment.settings["NEARLINE_TOPIC_TRAINING_EXAMPLES"]
-    sets = [codec.loads(r.value) for r in deployment.consume(topic, 10**9, timeout=5)]
+    sets = [codec.loads(r.value) for r in read_to_end(deployment, topic)]
     per_request = Counter(s["request_id"] for s in sets)
     assert set(per_request) == set(served)
     assert [rid for rid, n in per_request.items() if n != 1] == []

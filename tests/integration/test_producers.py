@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaProducer
 from app import codec
 from app.broker import EmbeddedBroker
 from app.stack import isolated_env
-from tests.integration.conftest import Deployment, Worker, wait_until
-from tests.integration.test_ingest import WINDOWS, assert_matches
-from tests.oracle import expected_features
+from tests.integration.conftest import Deployment, Worker
+from tests.integration.helpers import wait_applied_to_end
+from tests.integration.test_ingest import INTEREST, assert_matches, oracle
 
 pytestmark = [
     pytest.mark.integration,
@@ -36,7 +36,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:(read|open)_text is deprecated:DeprecationWarning"),
 ]
 
-INTEREST = ("view", "click", "apply", "save", "dismiss")
 MEMBERS = 40
 EVENTS_PER_MEMBER = 150  # over the 100 recent actions kept: retries of forgotten ones too
 RETRY_SHARE = 0.05
@@ -191,24 +190,13 @@ def test_every_client_with_its_defaults_gives_the_oracles_features(
     sends = matrix_sends(client, now, seed=12)
     before = {name: worker.metric(metric) for name, metric in COUNTERS.items()}
     CLIENTS[client](deployment.broker.bootstrap, deployment.topic, sends)
-    wait_until(
-        lambda: worker.metric(COUNTERS["in"]) >= before["in"] + len(sends),
-        timeout=60,
-        message=f"all {len(sends)} records of {client} handled",
-    )
+    wait_applied_to_end(deployment)
     events = [s.event for s in sends]
-    expected = expected_features(
-        events,
-        as_of=now,
-        windows=WINDOWS,
-        retention=345600.0,
-        bucket=60.0,
-        max_recent=100,
-        actions_of_interest=INTEREST,
-    )
+    expected = oracle(events, as_of=now)
     assert len(expected) == MEMBERS
-    assert_matches(worker.get, expected, now)
+    assert_matches(worker, expected, now)
     delta = {name: worker.metric(metric) - before[name] for name, metric in COUNTERS.items()}
+    assert delta["in"] == len(sends)
     unique = len({e["event_id"] for e in events})
     assert delta["applied"] == unique
     assert delta["duplicate"] == len(sends) - unique
