@@ -1,4 +1,9 @@
-"""Bulk delivery: acknowledgements land in Faust's own commit book-keeping, fetches merge."""
+"""Bulk delivery: acknowledgements land in Faust's own commit book-keeping, fetches merge.
+
+The assertions read Faust's private state on purpose (``_new_offset``: what its next commit
+writes; ``_paused_partitions``): what Faust will do is what these tests are about. Outside
+the tests, only ``app/faust_internals.py`` touches Faust's privates.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ from typing import Any
 
 import faust
 import pytest
-from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
 from agents.bulk import BulkChannel, BulkConsumer, Fetch
@@ -90,15 +94,13 @@ def _run(channels: tuple[BulkChannel, ...], test: Any) -> None:
     assert isinstance(consumer, BulkConsumer)
 
     async def take(fetched: list[dict[TP, list[Record]]]) -> list[object]:
-        async def fetch(self: object, timeout: float) -> tuple[object, object]:
-            return fetched.pop(0), None
-
-        with_fetches = AIOKafkaConsumer._wait_next_records
-        AIOKafkaConsumer._wait_next_records = fetch  # type: ignore[assignment,method-assign]
-        try:
-            return [(await consumer._wait_next_records(1.0))[0] for _ in range(len(fetched))]
-        finally:
-            AIOKafkaConsumer._wait_next_records = with_fetches  # type: ignore[method-assign]
+        # What Faust's fetch loop does with each fetch (app/faust_internals.py): the hooks
+        # run before the wait and on the records it returns.
+        rests = []
+        for records_by_tp in fetched:
+            consumer.before_fetch()
+            rests.append(consumer.take_records(records_by_tp, None)[0])
+        return rests
 
     try:
         loop.run_until_complete(test(consumer, take))
@@ -121,7 +123,7 @@ def test_a_channel_that_falls_behind_pauses_only_its_own_partitions() -> None:
         async for batch in log.batches(max_records=10):
             assert len(batch) == 2
             break
-        consumer._resume_caught_up_channels()
+        consumer.before_fetch()  # the next fetch resumes what has room again
         assert consumer._paused_partitions == set() and not log.paused
 
     _run((actions, log), test)
