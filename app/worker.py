@@ -36,7 +36,8 @@ from app.recommend import Recommender
 from app.settings import Settings
 from app.status import WorkerStatus
 from app.topics import ensure_topics
-from app.web import WebServices, create_web_app
+from app.web import WebServices
+from app.web_app import create_web_app
 from app.web_server import WebServer, WebServerError
 from attribute_store import CachedAttributeStore, split_fields
 from attribute_store import from_settings as attribute_store_from_settings

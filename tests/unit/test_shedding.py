@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from app.web import _Shedding
+from app.web_app import _Shedding
 
 
 def test_requests_past_the_limit_are_shed_and_probes_never_are() -> None:

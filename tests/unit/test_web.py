@@ -25,7 +25,8 @@ from app.metrics import Metrics
 from app.openapi import FeaturesResponse, Ranking, SystemView
 from app.recommend import RecommendationResponse, Recommender
 from app.settings import Settings, load_settings
-from app.web import FORWARDED_HEADER, WebServices, create_web_app
+from app.web import FORWARDED_HEADER, WebServices
+from app.web_app import create_web_app
 from attribute_store import CachedAttributeStore, StoreHealth
 from model.registry import ModelRegistry
 from model.vectorizer import Vectorizer, VectorizerConfig
