@@ -10,7 +10,6 @@ from attribute_store.embedded import EmbeddedAttributeStore
 from attribute_store.exceptions import (
     AttributeStoreError,
     InvalidRecord,
-    LoadFailed,
     StoreUnavailable,
 )
 from attribute_store.join import (
@@ -22,7 +21,7 @@ from attribute_store.join import (
     join_at_read,
     split_fields,
 )
-from attribute_store.loader import LoadSummary, Sink, detect_format, load_file
+from attribute_store.loader import LoadFailed, LoadSummary, Sink, detect_format, load_file
 from attribute_store.schema import (
     KINDS,
     AttributeRecord,

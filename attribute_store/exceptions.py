@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from attribute_store.loader import LoadSummary
-
-__all__ = ["AttributeStoreError", "InvalidRecord", "LoadFailed", "StoreUnavailable"]
+__all__ = ["AttributeStoreError", "InvalidRecord", "StoreUnavailable"]
 
 
 class AttributeStoreError(Exception):
@@ -28,15 +23,3 @@ class StoreUnavailable(AttributeStoreError):
     Callers on the hot path treat this as "no attributes" (an action is stored unjoined,
     a read reports the attribute as missing) rather than as a crash.
     """
-
-
-class LoadFailed(AttributeStoreError):
-    """The sink failed part way through a load; ``summary`` counts what was loaded before.
-
-    Batches before the failing one are loaded; the failing batch is written as a whole or
-    not at all (the sink's own guarantee), so the load can simply be run again.
-    """
-
-    def __init__(self, message: str, summary: LoadSummary) -> None:
-        super().__init__(message)
-        self.summary = summary

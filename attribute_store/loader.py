@@ -29,10 +29,18 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from app import codec
-from attribute_store.exceptions import InvalidRecord, LoadFailed
+from attribute_store.exceptions import AttributeStoreError, InvalidRecord
 from attribute_store.schema import AttributeRecord, Kind, validate_record
 
-__all__ = ["FORMATS", "LoadSummary", "Sink", "detect_format", "load_file", "read_rows"]
+__all__ = [
+    "FORMATS",
+    "LoadFailed",
+    "LoadSummary",
+    "Sink",
+    "detect_format",
+    "load_file",
+    "read_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,18 @@ class LoadSummary:
     loaded: int = 0
     skipped: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+class LoadFailed(AttributeStoreError):
+    """The sink failed part way through a load; ``summary`` counts what was loaded before.
+
+    Batches before the failing one are loaded; the failing batch is written as a whole or
+    not at all (the sink's own guarantee), so the load can simply be run again.
+    """
+
+    def __init__(self, message: str, summary: LoadSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def detect_format(path: Path | str) -> Format:
