@@ -20,13 +20,13 @@ from aiokafka import AIOKafkaConsumer
 
 from agents.attributes import ItemAttributesFeed
 from agents.bulk import BulkChannel, BulkConsumer
+from agents.examples_topic import KafkaExamplesTopic
 from agents.ingest import IngestProcessor
 from agents.outcomes import OutcomeJoiner
 from agents.sinks import DeadLetters, RecommendationsLog, Repartition
 from agents.streams import Agents
 from app.broker_workarounds import BrokerWorkarounds
 from app.console.timeline import IngestTimeline
-from app.examples_topic import KafkaExamplesTopic
 from app.faust_internals import check_faust, kafka_producer
 from app.kafka import client_options, ssl_context
 from app.lag import LagMonitor
