@@ -34,6 +34,7 @@ from model.dataset import ExampleSet, write_examples
 from model.heuristic import HEURISTIC_VERSION
 from model.vectorizer import Vectorizer, VectorizerConfig
 
+# WorldConfig is the simulator's, named here too: callers size their examples' world with it.
 __all__ = ["EXAMPLES_BEHAVIOUR", "EXAMPLES_WORLD", "WorldConfig", "generate_examples", "main"]
 
 #: The world the examples come from unless told otherwise: the simulator's, with the
