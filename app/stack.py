@@ -159,7 +159,7 @@ class WorkerProcess:
     """
 
     name: str
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)  # all of os.environ: too long to show
     log_path: Path
     terminal: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
