@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +12,7 @@ import pytest
 
 from app import codec
 from tests.integration.conftest import Deployment, wait_until
+from tests.integration.helpers import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -169,13 +168,7 @@ def test_attributes_load_reports_bad_lines_and_feeds_every_worker(
         '{"item_id": "c", "embedding": [0, 0, 0, NaN]}\n'
         '{"item_id": "d", "geo": {"lat": 52.1, "lon": 4.3}}\n'
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "attributes", "load", "--quiet", str(items)],
-        env=worker.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(worker, "attributes", "load", "--quiet", str(items))
     assert done.returncode == 0, done.stderr
     assert "loaded 2 items, skipped 3" in done.stdout
     assert f"{items}:2: skipped: embedding has dimension 2, expected 4" in done.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from model.examples import WorldConfig, generate_examples
 from model.feature_log import logged_rows
 from model.vectorizer import Vectorizer, VectorizerConfig
 from tests.integration.conftest import Deployment, Worker, wait_until
+from tests.integration.helpers import pending_outcomes, read_to_end, run_cli
 from tests.integration.test_attributes import JOINS, item
 
 pytestmark = pytest.mark.integration
@@ -101,9 +100,9 @@ def test_outcomes_become_training_examples_and_export(
     response = recommend(worker, {"member_id": "m2", "candidates": ["x", "y", "near-x-1"]}).json()
     deployment.produce([act(1, "m2", "x", "apply"), act(2, "m2", "y", "dismiss")])
     wait_until(lambda: worker.metric('nearline_outcome_responses_total{outcome="labelled"}') == 1)
-    (record,) = deployment.consume(
-        deployment.settings["NEARLINE_TOPIC_TRAINING_EXAMPLES"], expected=1, timeout=30
-    )
+    # Nothing is pending any more, so nothing can be labelled after this: one example set.
+    wait_until(lambda: pending_outcomes(deployment) == {}, message="no response pending")
+    (record,) = read_to_end(deployment, deployment.settings["NEARLINE_TOPIC_TRAINING_EXAMPLES"])
     example_set = codec.loads(record.value)
     assert example_set["request_id"] == response["request_id"]
     labelled = zip(
@@ -115,13 +114,7 @@ def test_outcomes_become_training_examples_and_export(
         "near-x-1": (0, "none"),
     }
     out = tmp_path / "examples.parquet"
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "export-training", "--out", str(out)],
-        env=worker.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(worker, "export-training", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "wrote 3 examples (1 positive) of 1 requests" in done.stdout
     exported = read_examples(out)
@@ -167,12 +160,8 @@ def test_a_trained_model_is_hot_reloaded_under_load_without_a_failed_request(
     traffic = threading.Thread(target=load)
     traffic.start()
     try:
-        trained = subprocess.run(
-            [sys.executable, "-m", "app.cli", "train", str(path), "--max-epochs", "5"],
-            env={**worker.env, "NEARLINE_EMBEDDING_DIM": "4"},
-            capture_output=True,
-            text=True,
-            timeout=180,
+        trained = run_cli(
+            worker, "train", str(path), "--max-epochs", "5", timeout=180, NEARLINE_EMBEDDING_DIM="4"
         )
         assert trained.returncode == 0, trained.stderr
         assert "gate PASSED" in trained.stdout, trained.stdout
@@ -189,13 +178,7 @@ def test_a_trained_model_is_hot_reloaded_under_load_without_a_failed_request(
     assert [i["score"] for i in after["items"]] != [i["score"] for i in first["items"]]
 
     # A way back: the worker follows `nearline model rollback` within the reload interval.
-    rolled = subprocess.run(
-        [sys.executable, "-m", "app.cli", "model", "rollback"],
-        env={**worker.env, "NEARLINE_EMBEDDING_DIM": "4"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    rolled = run_cli(worker, "model", "rollback", NEARLINE_EMBEDDING_DIM="4")
     assert rolled.returncode == 0 and "serving heuristic-v1" in rolled.stdout, rolled.stderr
     wait_until(
         lambda: recommend(worker, ask).json()["model_version"] == "heuristic-v1",
