@@ -26,6 +26,7 @@ from tests.integration.conftest import Deployment, Worker
 __all__ = [
     "pending_outcomes",
     "read_to_end",
+    "read_topic_to_end",
     "run_cli",
     "unapplied",
     "wait_applied_to_end",
@@ -144,7 +145,12 @@ async def _read_to_end(bootstrap: str, topic: str, timeout: float) -> list[Any]:
 def read_to_end(deployment: Deployment, topic: str, timeout: float = 30.0) -> list[Any]:
     """Every record of ``topic`` up to its end offset as of the call: all it holds then, not
     what arrived within some time."""
-    return asyncio.run(_read_to_end(deployment.broker.bootstrap, topic, timeout))
+    return read_topic_to_end(deployment.broker.bootstrap, topic, timeout)
+
+
+def read_topic_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    """:func:`read_to_end` for a broker without a :class:`Deployment` (the simulator's)."""
+    return asyncio.run(_read_to_end(bootstrap, topic, timeout))
 
 
 def pending_outcomes(deployment: Deployment, app_id: str | None = None) -> dict[bytes, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from app.simulation.report import (
 from app.simulation.runner import SimulationConfig, simulate
 from app.simulation.world import DAY, WorldConfig
 from model.dataset import read_examples
-from tests.integration.conftest import consume_topic
+from tests.integration.helpers import read_topic_to_end
 
 SECTIONS = (
     "## Results",
@@ -48,14 +47,11 @@ def test_a_small_run_completes_and_reports(broker: EmbeddedBroker, tmp_path: Pat
     assert result.worker_metrics["nearline_events_dead_lettered_total"] == 0
 
     # The batch arm really read its features as of the daily cut-off, the NRT arm fresh.
+    # The worker has stopped (cleanly, its producer flushed): the log is all there is.
     log = [
         codec.loads(message.value)
-        for message in asyncio.run(
-            consume_topic(
-                broker.bootstrap,
-                result.worker_env["NEARLINE_TOPIC_RECOMMENDATIONS_LOG"],
-                len(result.sessions),
-            )
+        for message in read_topic_to_end(
+            broker.bootstrap, result.worker_env["NEARLINE_TOPIC_RECOMMENDATIONS_LOG"]
         )
     ]
     assert len(log) == len(result.sessions)
