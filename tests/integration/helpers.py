@@ -21,6 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from app.stack import StackError, wait_until
 from tests.integration.conftest import Deployment, Worker
 
 __all__ = [
@@ -102,22 +103,25 @@ def wait_applied_to_end(
 ) -> None:
     """Wait until the workers have applied and committed every record of ``topics``.
 
-    A record is committed only once it is applied (app/bulk.py), and an action only once its
+    A record is committed only once it is applied (agents/bulk.py), and an action only once its
     forward to the repartition topic is acknowledged; the workers read nothing more after
     this unless a rebalance or a restart has them read records again. Call it once the test
     has produced everything.
     """
     topics = list(topics) if topics is not None else None
-    deadline = time.monotonic() + timeout
-    behind = unapplied(deployment, topics)
-    while behind:
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for the consumer group to commit "
-                f"every record; still behind: {behind}"
-            )
-        time.sleep(0.5)
-        behind = unapplied(deployment, topics)
+    behind: dict[str, int] = {}
+
+    def applied() -> bool:
+        behind.clear()
+        behind.update(unapplied(deployment, topics))
+        return not behind
+
+    try:
+        wait_until(
+            applied, timeout, interval=0.5, message="the consumer group to commit every record"
+        )
+    except StackError as exc:
+        raise AssertionError(f"{exc}\nstill behind: {behind}") from None
 
 
 async def _read_to_end(bootstrap: str, topic: str, timeout: float) -> list[Any]:

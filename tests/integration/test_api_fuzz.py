@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +10,6 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from app import codec
-from app.stack import isolated_env
 from tests.integration.conftest import Deployment, Worker
 
 pytestmark = pytest.mark.integration
@@ -19,11 +17,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def fuzzed_worker(broker, tmp_path_factory) -> Iterator[Worker]:  # type: ignore[no-untyped-def]
-    name = f"fuzz{uuid.uuid4().hex[:6]}"
-    deployment = Deployment(
-        broker=broker,
-        tmp=tmp_path_factory.mktemp(name),
-        settings={**isolated_env(broker.url, name), "NEARLINE_MAX_CANDIDATES": "50"},
+    deployment = Deployment.isolated(
+        broker,
+        prefix="fuzz",
+        tmp=tmp_path_factory.mktemp("fuzz"),
+        max_candidates="50",
+        log_level="INFO",
     )
     worker = deployment.worker().start().wait_ready()
     now = time.time()

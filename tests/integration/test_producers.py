@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from aiokafka import AIOKafkaProducer
 
 from app import codec
 from app.broker import EmbeddedBroker
-from app.stack import isolated_env
 from tests.integration.conftest import Deployment, Worker
 from tests.integration.helpers import wait_applied_to_end
 from tests.integration.test_ingest import INTEREST, assert_matches, oracle
@@ -164,9 +162,9 @@ def matrix_worker(
     broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Deployment, Worker]]:
     """One worker for the whole matrix: each client's members are its own."""
-    name = f"t{uuid.uuid4().hex[:8]}"
-    tmp: Path = tmp_path_factory.mktemp("matrix")
-    deployment = Deployment(broker=broker, tmp=tmp, settings=isolated_env(broker.url, name))
+    deployment = Deployment.isolated(
+        broker, prefix="t", tmp=tmp_path_factory.mktemp("matrix"), log_level="INFO"
+    )
     worker = deployment.worker().start().wait_ready()
     yield deployment, worker
     worker.stop()
