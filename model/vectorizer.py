@@ -387,18 +387,6 @@ class Vectorizer:
         rows = self.candidate_rows(list(candidates), list(candidates.values()), Vocabulary())
         return self.transform_rows(features, rows, now, member_attributes)
 
-    def transform_ordered(
-        self,
-        features: Mapping[str, Any],
-        item_ids: Sequence[str],
-        attributes: Mapping[str, Mapping[str, Any] | None],
-        now: float,
-        member_attributes: Mapping[str, Any] | None = None,
-    ) -> np.ndarray:
-        """Like :meth:`transform` for an explicit candidate order; unknown ids get ``{}``."""
-        ordered = {item_id: attributes.get(item_id) or {} for item_id in item_ids}
-        return self.transform(features, ordered, now, member_attributes)
-
     def candidate_rows(
         self,
         item_ids: Sequence[str],

@@ -187,7 +187,6 @@ class SimulationResult:
     worker_metrics: dict[str, float]
     drift_events: dict[str, int]
     time_scale: TimeScale
-    worker_log: Path | None = None
     pause: float = 0.0  # wall seconds the measured days started late (see SimulationConfig)
     training: TrainingOutcome | None = None
 
@@ -256,11 +255,9 @@ def simulate(
         stack.stop()
         if own_broker:
             broker.stop()
-    log_path = None
     if keep_log is not None and stack.workers:
         keep_log.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(stack.workers[0].log_path, keep_log)
-        log_path = keep_log
     shutil.rmtree(stack.tmp, ignore_errors=True)
     drift = {"focus": 0, "move": 0}
     for member in range(config.world.members):
@@ -275,7 +272,6 @@ def simulate(
         worker_metrics=metrics,
         drift_events=drift,
         time_scale=driver.scale,
-        worker_log=log_path,
         pause=driver.pause,
         training=driver.training,
     )

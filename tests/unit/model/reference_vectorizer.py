@@ -294,18 +294,6 @@ class ReferenceVectorizer:
         out[:, idx["popularity_missing"]] = ~has_popularity
         return out
 
-    def transform_ordered(
-        self,
-        features: Mapping[str, Any],
-        item_ids: Sequence[str],
-        attributes: Mapping[str, Mapping[str, Any] | None],
-        now: float,
-        member_attributes: Mapping[str, Any] | None = None,
-    ) -> np.ndarray:
-        """Like :meth:`transform` for an explicit candidate order; unknown ids get ``{}``."""
-        ordered = {item_id: attributes.get(item_id) or {} for item_id in item_ids}
-        return self.transform(features, ordered, now, member_attributes)
-
 
 def _sized(value: Any, dim: int) -> bool:
     if value.__class__ is bytes:

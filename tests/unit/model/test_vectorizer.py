@@ -211,13 +211,6 @@ def test_embeddings_as_lists_arrays_or_bytes_give_the_same_rows(vectorizer: Vect
     assert np.array_equal(expected, vectorizer.transform(features, as_bytes, NOW))
 
 
-def test_transform_ordered_uses_the_given_order(vectorizer: Vectorizer) -> None:
-    attrs = {"a": {"popularity": 1.0}, "b": {"popularity": 2.0}}
-    m = vectorizer.transform_ordered(member(), ["b", "zz", "a"], attrs, NOW)
-    assert np.expm1(column(vectorizer, m, "log_popularity")).tolist() == pytest.approx([2, 0, 1])
-    assert column(vectorizer, m, "candidate_unknown").tolist() == [0, 1, 0]
-
-
 def test_config_round_trip() -> None:
     config = VectorizerConfig(windows=("1h", "4d"), half_life_s=120.0, embedding_dim=3)
     assert VectorizerConfig.from_dict(config.to_dict()) == config
