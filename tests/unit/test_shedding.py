@@ -14,11 +14,24 @@ from starlette.routing import Route
 from app.web_app import _Shedding
 
 
+async def _until_inside(inside: list[int], count: int) -> None:
+    """Until ``count`` requests are in the handler (so counted in flight), at most 5 s."""
+
+    async def poll() -> None:
+        while inside[0] < count:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), 5.0)
+
+
 def test_requests_past_the_limit_are_shed_and_probes_never_are() -> None:
     release = asyncio.Event()
     shed: list[int] = []
 
+    inside = [0]
+
     async def slow(request: Request) -> PlainTextResponse:
+        inside[0] += 1
         await release.wait()
         return PlainTextResponse("done")
 
@@ -34,7 +47,7 @@ def test_requests_past_the_limit_are_shed_and_probes_never_are() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://nearline") as client:
             held = [asyncio.ensure_future(client.get("/v1/slow")) for _ in range(2)]
-            await asyncio.sleep(0.05)  # both in progress
+            await _until_inside(inside, 2)  # both in progress
             over = await client.get("/v1/slow")
             assert over.status_code == 503 and "NEARLINE_MAX_IN_FLIGHT" in over.json()["error"]
             assert over.headers["retry-after"] == "1"
@@ -53,7 +66,10 @@ def test_while_ingest_is_behind_fewer_requests_are_served_at_once() -> None:
     shed: list[str] = []
     behind = [False]
 
+    inside = [0]
+
     async def slow(request: Request) -> PlainTextResponse:
+        inside[0] += 1
         await release.wait()
         return PlainTextResponse("done")
 
@@ -70,7 +86,7 @@ def test_while_ingest_is_behind_fewer_requests_are_served_at_once() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://nearline") as client:
             held = [asyncio.ensure_future(client.get("/v1/slow")) for _ in range(2)]
-            await asyncio.sleep(0.05)  # two in progress: fine while ingest keeps up
+            await _until_inside(inside, 2)  # two in progress: fine while ingest keeps up
             behind[0] = True
             over = await client.get("/v1/slow")
             assert over.status_code == 503
