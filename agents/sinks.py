@@ -19,8 +19,6 @@ from app.kafka import send_in_batches
 
 __all__ = ["DeadLetters", "RecommendationsLog", "Repartition", "dead_letter_headers"]
 
-_Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
-
 
 def dead_letter_headers(
     reason: str, detail: str, topic: str, partition: int, offset: int
@@ -35,13 +33,6 @@ def dead_letter_headers(
     ]
 
 
-async def _send_all(faust_app: faust.App, topic: str, records: Iterable[_Record]) -> None:
-    """Send (key, value, headers) records and wait until the broker has them all."""
-    producer = faust_app.producer
-    sends = [await producer.send(topic, k, v, None, None, h) for k, v, h in records]
-    await asyncio.gather(*sends)
-
-
 class DeadLetters:
     """Original bytes to a dead-letter topic, the reason and source position in headers."""
 
@@ -49,43 +40,29 @@ class DeadLetters:
         self.faust_app = faust_app
         self.topic = topic
 
+    async def send(self, letters: Iterable[tuple[Any, str, str]]) -> None:
+        """``(record, reason, detail)`` each; returns once the broker has them all."""
+        producer = self.faust_app.producer
+        sends = [
+            await producer.send(
+                self.topic,
+                record.key,
+                record.value,
+                None,
+                None,
+                dead_letter_headers(reason, detail, record.topic, record.partition, record.offset),
+            )
+            for record, reason, detail in letters
+        ]
+        await asyncio.gather(*sends)
+
     async def send_actions(self, letters: Sequence[DeadLetter]) -> None:
         """Invalid actions, each with the reason ingest gave."""
-        await _send_all(
-            self.faust_app,
-            self.topic,
-            (
-                (
-                    letter.record.key,
-                    letter.record.value,
-                    dead_letter_headers(
-                        letter.reason,
-                        letter.detail,
-                        letter.record.topic,
-                        letter.record.partition,
-                        letter.record.offset,
-                    ),
-                )
-                for letter in letters
-            ),
-        )
+        await self.send((letter.record, letter.reason, letter.detail) for letter in letters)
 
     async def send_items(self, rejected: Sequence[tuple[Any, str]]) -> None:
         """Invalid item-attributes records (reason ``invalid_item``), with why in words."""
-        await _send_all(
-            self.faust_app,
-            self.topic,
-            (
-                (
-                    record.key,
-                    record.value,
-                    dead_letter_headers(
-                        "invalid_item", reason, record.topic, record.partition, record.offset
-                    ),
-                )
-                for record, reason in rejected
-            ),
-        )
+        await self.send((record, "invalid_item", why) for record, why in rejected)
 
 
 class Repartition:

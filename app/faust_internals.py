@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from functools import cache
 from importlib import metadata
 from typing import Any
 
@@ -41,7 +42,6 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 __all__ = [
-    "SUPPORTED_FAUST",
     "ConsumerInternals",
     "FaustVersionError",
     "acknowledging",
@@ -51,12 +51,18 @@ __all__ = [
     "recovery_completed",
     "recovery_of",
     "set_fetch_max_wait",
+    "supported_faust",
 ]
 
 
-def _pinned_faust() -> SpecifierSet:
+@cache
+def supported_faust() -> SpecifierSet:
     """The faust-streaming releases nearline's package metadata (setup.cfg) accepts: the
-    ones whose internals this module was written and tested against."""
+    ones whose internals this module was written and tested against.
+
+    Read when first asked (at worker start), not on import: finding the package's metadata
+    takes ~40 ms, and every command imports this module.
+    """
     try:
         required = metadata.requires("nearline") or []
     except metadata.PackageNotFoundError:  # run from a source tree, not installed
@@ -67,8 +73,6 @@ def _pinned_faust() -> SpecifierSet:
             return requirement.specifier
     return SpecifierSet()
 
-
-SUPPORTED_FAUST = _pinned_faust()
 
 #: (class, attribute) pairs reached below; checked at start so a changed Faust fails early.
 _REACHED: tuple[tuple[type, str], ...] = (
@@ -86,17 +90,18 @@ class FaustVersionError(RuntimeError):
 def check_faust(version: str | None = None) -> None:
     """Raise :class:`FaustVersionError`, saying what to install, unless Faust fits."""
     installed = version or faust.__version__
-    if not SUPPORTED_FAUST.contains(Version(installed), prereleases=True):
+    supported = supported_faust()
+    if not supported.contains(Version(installed), prereleases=True):
         raise FaustVersionError(
             f"faust-streaming {installed} is installed; nearline reaches into Faust's "
-            f"consumer, tables and recovery and supports faust-streaming{SUPPORTED_FAUST} "
-            f"only: pip install 'faust-streaming{SUPPORTED_FAUST}'"
+            f"consumer, tables and recovery and supports faust-streaming{supported} "
+            f"only: pip install 'faust-streaming{supported}'"
         )
     missing = [f"{owner.__name__}.{name}" for owner, name in _REACHED if not hasattr(owner, name)]
     if missing:
         raise FaustVersionError(
             f"faust-streaming {installed} lacks {', '.join(missing)}, which nearline uses: "
-            f"pip install 'faust-streaming{SUPPORTED_FAUST}'"
+            f"pip install 'faust-streaming{supported}'"
         )
 
 

@@ -9,6 +9,7 @@ rankings) are checked against their models by the unit tests and the schemathesi
 from __future__ import annotations
 
 import time
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -241,13 +242,22 @@ def _probe(summary: str, ok: str, failing: str | None = None) -> dict[str, Any]:
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of this deployment (its token and candidate limit)."""
+    """The OpenAPI 3.1 document of this deployment (its token and candidate limit).
+
+    Built once per limit and token setting (generating the schemas takes milliseconds, and
+    every ``/openapi.json`` asks): the same dict is returned each time, not to be changed.
+    """
+    return _document(settings.max_candidates, bool(settings.api_token))
+
+
+@cache
+def _document(max_candidates: int, token_required: bool) -> dict[str, Any]:
     _, top = models_json_schema([(model, "validation") for model in _COMPONENTS], ref_template=_REF)
     schemas = top["$defs"]
     features_path = "/v1/members/{member_id}/features"
     ranking_path = "/v1/console/members/{member_id}/ranking"
     ranking_parameters = _parameters(RankingParams, ranking_path)
-    _limit_candidates(schemas, ranking_parameters, settings.max_candidates)
+    _limit_candidates(schemas, ranking_parameters, max_candidates)
     errors = {
         "503": _json(
             "Rebalancing, the owning worker unreachable, or overloaded: retry after "
@@ -256,12 +266,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         ),
         "422": _json("A value breaks a limit or a field's rule", ErrorBody),
     }
-    if settings.api_token:
+    if token_required:
         errors["401"] = _json("Missing or wrong bearer token", ErrorBody)
 
     def v1(summary: str, answer: dict[str, Any], **operation: Any) -> dict[str, Any]:
         """A /v1 operation: behind the token if one is set, and its errors."""
-        security: list[dict[str, list[str]]] = [{"bearer": []}] if settings.api_token else []
+        security: list[dict[str, list[str]]] = [{"bearer": []}] if token_required else []
         responses = {"200": answer, **operation.pop("responses", {}), **errors}
         return {"summary": summary, "security": security, **operation, "responses": responses}
 

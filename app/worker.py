@@ -104,13 +104,14 @@ class Nearline:
         self.metrics = metrics = Metrics()
         workarounds = BrokerWorkarounds.from_settings(settings)
         self.faust = _faust_app(settings, workarounds)
-        for topic in (
+        consumed = (
             settings.topic_actions,
             # Co-partitioned with the actions (same partition count, same subscribers), so
             # the owner of a partition reads both topics' records for it.
             settings.topic_repartition,
             settings.topic_recommendations_log,
-        ):
+        )
+        for topic in consumed:
             # Taken off Faust's consumer a fetch at a time (agents/bulk.py): the records
             # still commit through its book-keeping, acknowledged once applied.
             self.faust.topics.add(self._raw_topic(topic))
@@ -179,11 +180,7 @@ class Nearline:
         faust_app = self.faust
         self.lag = LagMonitor(
             self._bulk_consumer,
-            [
-                settings.topic_actions,
-                settings.topic_repartition,
-                settings.topic_recommendations_log,
-            ],
+            consumed,
             self._client,
             # Lag counts as a stall only while no partitions move and no state recovers.
             counting=lambda: not (faust_app.rebalancing or faust_app.in_recovery),
