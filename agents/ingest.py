@@ -245,7 +245,7 @@ class IngestProcessor:
         joined = await self._attributes_at_ingest(plan)
         joining = bool(self.ingest_fields)
         async with self.store.write_lock:
-            updates: dict[int, dict[bytes, MemberState | None]] = {}
+            updates: dict[int, dict[bytes, MemberState]] = {}
             for n, ((partition, key), events) in enumerate(plan.by_member.items(), 1):
                 if n % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # reads meanwhile see the states before the batch

@@ -112,6 +112,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.changelog_bytes = Counter(
+            "nearline_changelog_bytes",
+            "Bytes (keys and values) of the changelog records a table wrote.",
+            ["table"],
+            registry=r,
+        )
         self.responses = Counter(
             "nearline_outcome_responses",
             "Logged responses in the outcomes join, by what happened to them (stored, "

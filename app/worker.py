@@ -258,6 +258,7 @@ class Nearline:
             table,
             exact_end_offsets=workarounds.end_markers,
             observe_ack=self.metrics.changelog_ack_seconds.labels(name).observe,
+            count_bytes=self.metrics.changelog_bytes.labels(name).inc,
         )
 
     def _client(self) -> AIOKafkaConsumer:

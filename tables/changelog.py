@@ -35,7 +35,14 @@ from faust.types import TP, TableT
 from app.faust_internals import kafka_producer, partition_db
 from app.kafka import send_in_batches
 
-__all__ = ["END_MARKER_KEY", "INTERNAL_PREFIXES", "ChangelogTable", "RawUpdates"]
+__all__ = [
+    "END_MARKER_KEY",
+    "INTERNAL_PREFIXES",
+    "ChangelogTable",
+    "LocalTable",
+    "RawUpdates",
+    "scan",
+]
 
 #: Written alone after each batch when the broker needs it (see ``exact_end_offsets``).
 END_MARKER_KEY = b"\0nearline-end"
@@ -44,6 +51,29 @@ INTERNAL_PREFIXES = (b"__faust", b"\0")
 
 #: New values (``None`` deletes) by partition, then by key.
 RawUpdates = Mapping[int, Mapping[bytes, bytes | None]]
+
+
+def scan(db: rocksdict.Rdict, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The keys of a raw-mode RocksDB in ``[start, stop)``, in key order, with their values."""
+    iterator = db.iter()
+    iterator.seek(start)
+    while iterator.valid():
+        key = iterator.key()
+        if key >= stop:
+            return
+        yield key, iterator.value()
+        iterator.next()
+
+
+def write_batch(db: rocksdict.Rdict, values: Mapping[bytes, bytes | None]) -> None:
+    """Apply ``values`` (``None`` deletes) to a raw-mode RocksDB in one ``WriteBatch``."""
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for key, value in values.items():
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    db.write(batch)
 
 
 class ChangelogTable:
@@ -56,10 +86,13 @@ class ChangelogTable:
         *,
         exact_end_offsets: bool,
         observe_ack: Callable[[float], None] | None = None,
+        count_bytes: Callable[[int], None] | None = None,
     ):
         self.faust_app = faust_app
         #: Told the seconds each write waited for the broker's acknowledgement.
         self.observe_ack = observe_ack
+        #: Told the bytes (keys and values) of each write's changelog records.
+        self.count_bytes = count_bytes
         self.table = table
         # The embedded broker reports a partition's end as "base offset of the last record
         # batch + 1", and Faust's recovery reads up to that end. Ending every write with a
@@ -112,14 +145,7 @@ class ChangelogTable:
 
     def scan(self, partition: int, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Keys in ``[start, stop)`` in key order, with their values."""
-        iterator = self.db(partition).iter()
-        iterator.seek(start)
-        while iterator.valid():
-            key = iterator.key()
-            if key >= stop:
-                return
-            yield key, iterator.value()
-            iterator.next()
+        return scan(self.db(partition), start, stop)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -148,6 +174,10 @@ class ChangelogTable:
                 if not values:
                     continue
                 self.write_locally(partition, values)
+                if self.count_bytes is not None:
+                    self.count_bytes(
+                        sum(len(k) + (0 if v is None else len(v)) for k, v in values.items())
+                    )
                 sent += await send_in_batches(
                     producer, topic, partition, ((k, v, None, None) for k, v in values.items())
                 )
@@ -193,15 +223,63 @@ class ChangelogTable:
 
     def write_locally(self, partition: int, values: Mapping[bytes, bytes | None]) -> None:
         """Apply ``values`` to the partition's RocksDB in one ``WriteBatch`` (no changelog)."""
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in values.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        self.db(partition).write(batch)
+        write_batch(self.db(partition), values)
 
     def _producer(self) -> AIOKafkaProducer:
         # Faust's producer sends one record at a time, a future each; changelog records go
         # straight to its aiokafka producer in whole batches instead.
         return kafka_producer(self.faust_app)
+
+
+class LocalTable:
+    """A table's reads and writes over local RocksDB partitions, with no changelog and every
+    partition owned: for tests and benchmarks of what sits on a table (a worker uses
+    :class:`ChangelogTable`). ``records`` counts the records written and their bytes."""
+
+    changelog_topic = "local"
+
+    def __init__(self, path: str, partitions: int) -> None:
+        self.write_lock = asyncio.Lock()
+        self.records = 0
+        self.bytes = 0
+        self._dbs = [
+            rocksdict.Rdict(f"{path}/{p}", options=rocksdict.Options(raw_mode=True))
+            for p in range(partitions)
+        ]
+
+    def owns(self, partition: int) -> bool:
+        return True
+
+    def owned_partitions(self) -> list[int]:
+        return list(range(len(self._dbs)))
+
+    def owner_url(self, partition: int) -> str | None:
+        return None
+
+    def db(self, partition: int) -> rocksdict.Rdict:
+        return self._dbs[partition]
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        value = self._dbs[partition].get(key)
+        assert value is None or isinstance(value, bytes)  # raw-mode RocksDB
+        return value
+
+    def scan(self, partition: int, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return scan(self._dbs[partition], start, stop)
+
+    def write_locally(self, partition: int, values: Mapping[bytes, bytes | None]) -> None:
+        write_batch(self._dbs[partition], values)
+        self.records += len(values)
+        self.bytes += sum(len(k) + (0 if v is None else len(v)) for k, v in values.items())
+
+    async def write(self, updates: RawUpdates) -> None:
+        await (await self.send(updates))
+
+    async def send(self, updates: RawUpdates) -> Awaitable[None]:
+        for partition, values in updates.items():
+            self.write_locally(partition, values)
+        return asyncio.sleep(0)
+
+    def close(self) -> None:
+        for db in self._dbs:
+            db.close()

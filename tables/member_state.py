@@ -1,23 +1,43 @@
 """A member's online state: recent actions and time-bucketed counts, with pure update rules.
 
-One value per member holds everything the features endpoint serves, so an ingest batch
-costs one read and one write per member it touches, however many events it holds. The
-member's actions sit in that value encoded, and ingest appends a new action's row to them
-without decoding the others: applying an action costs the same for a member with 3 actions
-as for one with 100 (see :class:`MemberState`).
-Windows are computed at read time from fixed-size event-time buckets: an event counts in
-window ``W`` at time ``t`` while its bucket overlaps ``(t - W, t]``.
+A member's state is a few keys of its own, so that the bytes an ingest batch writes (to
+RocksDB and to the changelog) follow what the batch changed, not how much the member has:
+
+* ``<member>\\0<seq>`` (``seq`` ≥ 1, 4 bytes big-endian): a chunk of the member's actions, in
+  arrival order, with the 8-byte hashes of their event ids. Chunks are immutable: a batch
+  writes its new actions as a new chunk; once the small chunks at the end hold
+  ``CHUNK_ROWS`` actions (or are that many), they are merged into one chunk. Every chunk
+  also carries the state's header (source offsets, last event and apply times): the
+  newest chunk's is current.
+* ``<member>\\0\\0\\0\\0\\0`` (seq 0), the rollup: counts and event-id hashes of actions that
+  left the kept ones (beyond ``max_recent_actions``), whose chunks were retired into it.
+
+A read is one range read of the keys ``[<member>, <member>\\x01)``. Counts are computed at
+read time from the actions' event times (and the rollup's buckets): an event counts in
+window ``W`` at time ``t`` while its fixed-size event-time bucket overlaps ``(t - W, t]``.
+Pruning deletes whole chunks once everything in them has expired, with tombstones.
+
+A write is ordered so that every prefix of it, as a changelog cut short by a crash would
+restore it, reads as either the state before or the state after: superseded keys left
+behind by an earlier cut are deleted first, then the new chunk (a merge names the chunks it
+replaces) and the rollup (which names the chunks it absorbed), then the keys they replace.
 
 Event ids are remembered apart from the capped recent actions: 8-byte hashes grouped by
 arrival-time bucket and kept for the dedupe window, so a producer retry counts once however
 late or old the original event was.
+
+Values of the older one-key layout (``<member>`` alone) are read, and a member is rewritten
+in this layout on its next write.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from binascii import a2b_base64, b2a_base64
+from binascii import a2b_base64
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from hashlib import blake2b
@@ -27,7 +47,16 @@ from typing import Any
 from app import codec
 from app.settings import Settings, format_duration
 
-__all__ = ["Applied", "MemberState", "RecentAction", "Source", "StatePolicy", "event_id_hash"]
+__all__ = [
+    "CHUNK_ROWS",
+    "Applied",
+    "MemberState",
+    "RecentAction",
+    "Source",
+    "StatePolicy",
+    "event_id_hash",
+    "member_range",
+]
 
 #: Arrival-time buckets per dedupe window: an id is remembered for the window and at most
 #: 1/24 of it longer, and expires a bucket at a time.
@@ -124,10 +153,23 @@ class RecentAction:
 ActionRow = list[Any]
 _EID, _ITEM, _ACTION, _TS, _ATTRS, _JOINED = range(6)
 
-#: Leads a value in the current layout: the header's length, the header, then the rows.
-#: Older values are one JSON object and start with ``{``.
-_LAYOUT = b"\x02"
-_HEADER_LENGTH = struct.Struct(">I")
+#: Small chunks at a member's end are merged into one once they hold this many actions, or
+#: are this many: each action is so written about twice, and a member of ``n`` kept actions
+#: has about ``n / CHUNK_ROWS + CHUNK_ROWS / 2`` keys.
+CHUNK_ROWS = 8
+#: The rollup's sequence number: its key sorts before the member's chunks.
+ROLLUP_SEQ = 0
+
+#: Leads a chunk. Values of the older one-key layout start with ``\x02`` or ``{``.
+_CHUNK_LAYOUT = 3
+#: layout, offsets (one per Source), last event ts, last applied at, newest event ts of the
+#: rows, first seq a merge replaced (0: none), rows, bytes of ids, bytes of the extra JSON.
+_CHUNK_HEAD = struct.Struct(">BqqdddIIII")
+#: An id group: arrival bucket, ids in it; then the ids' hashes.
+_ID_GROUP = struct.Struct(">iI")
+_SEQ = struct.Struct(">I")
+_NONE = math.nan  # a float field with no value
+_HEADER_LENGTH = struct.Struct(">I")  # the older layout's header length
 
 
 def _row(action: RecentAction) -> ActionRow:
@@ -147,109 +189,259 @@ def _newest(rows: list[ActionRow], count: int) -> list[ActionRow]:
 
 
 def _encode_rows(rows: list[ActionRow]) -> bytes:
-    """Rows as the inside of a JSON array, so appending one is a byte concatenation."""
+    """Rows as the inside of a JSON array, so that joining encoded rows is a concatenation."""
     return codec.dumps(rows)[1:-1]
+
+
+def _decode_rows(parts: Iterable[bytes]) -> list[ActionRow]:
+    joined = b",".join(part for part in parts if part)
+    return codec.loads(b"[" + joined + b"]") if joined else []  # type: ignore[no-any-return]
+
+
+def _float(value: float) -> float | None:
+    return None if value != value else value  # NaN: none
+
+
+def member_range(member: bytes) -> tuple[bytes, bytes]:
+    """The keys of a member's state: ``[member, member + b"\\x01")`` holds ``member`` (the
+    older layout) and ``member\\0…`` (chunks); member ids hold no control characters."""
+    return member, member + b"\x01"
+
+
+def chunk_key(member: bytes, seq: int) -> bytes:
+    return member + b"\0" + _SEQ.pack(seq)
+
+
+def member_of(key: bytes) -> bytes:
+    """The member a key of the table belongs to."""
+    return key.split(b"\0", 1)[0]
+
+
+def _add_counts(into: dict[int, dict[str, int]], counts: dict[int, dict[str, int]]) -> None:
+    for k, names in counts.items():
+        bucket = into.setdefault(k, {})
+        for name, n in names.items():
+            bucket[name] = bucket.get(name, 0) + n
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """One stored chunk (or the rollup), decoded as far as its fixed header."""
+
+    seq: int
+    offsets: list[int]
+    last_event_ts: float | None
+    last_applied_at: float | None
+    max_ts: float  # newest event time of its rows; NaN without rows
+    covers_from: int  # a merge: the chunks [covers_from, seq) are replaced by this one
+    n: int  # rows
+    ids: bytes  # id groups (see _ID_GROUP)
+    rows: bytes  # encoded rows (see _encode_rows)
+    extra: dict[str, Any] = field(default_factory=dict)  # "b": counts, "a": absorbed seqs
+
+    @classmethod
+    def decode(cls, seq: int, data: bytes) -> _Chunk:
+        _, o0, o1, t, p, max_ts, covers, n, ids_len, extra_len = _CHUNK_HEAD.unpack_from(data)
+        start = _CHUNK_HEAD.size
+        ids_end = start + ids_len
+        extra_end = ids_end + extra_len
+        extra: dict[str, Any] = {}
+        if extra_len:
+            extra = codec.loads(data[ids_end:extra_end])
+            if "b" in extra:
+                extra["b"] = {k: names for k, names in extra["b"]}
+        return cls(
+            seq,
+            [o0, o1],
+            _float(t),
+            _float(p),
+            max_ts,
+            covers,
+            n,
+            data[start:ids_end],
+            data[extra_end:],
+            extra,
+        )
+
+    def encode(self) -> bytes:
+        extra = b""
+        if self.extra:
+            body = dict(self.extra)
+            if "b" in body:
+                body["b"] = sorted(body["b"].items())
+            extra = codec.dumps(body)
+        t, p = self.last_event_ts, self.last_applied_at
+        return b"".join(
+            (
+                _CHUNK_HEAD.pack(
+                    _CHUNK_LAYOUT,
+                    *self.offsets,
+                    _NONE if t is None else t,
+                    _NONE if p is None else p,
+                    self.max_ts,
+                    self.covers_from,
+                    self.n,
+                    len(self.ids),
+                    len(extra),
+                ),
+                self.ids,
+                extra,
+                self.rows,
+            )
+        )
+
+    @property
+    def buckets(self) -> dict[int, dict[str, int]]:
+        """Counts of actions not among its rows (the rollup's; a migrated member's)."""
+        return self.extra.get("b", {})  # type: ignore[no-any-return]
+
+    def id_groups(self) -> Iterable[tuple[int, bytes]]:
+        ids, at = self.ids, 0
+        while at < len(ids):
+            arrival, count = _ID_GROUP.unpack_from(ids, at)
+            at += _ID_GROUP.size
+            yield arrival, ids[at : at + count * _HASH_BYTES]
+            at += count * _HASH_BYTES
+
+
+def _row_counts(rows: Iterable[ActionRow], policy: StatePolicy) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = {}
+    for row in rows:
+        names = counts.setdefault(policy.bucket_of(row[_TS]), {})
+        names[row[_ACTION]] = names.get(row[_ACTION], 0) + 1
+    return counts
+
+
+def _encode_ids(groups: Iterable[tuple[int, bytes | bytearray]]) -> bytes:
+    return b"".join(
+        _ID_GROUP.pack(arrival, len(ids) // _HASH_BYTES) + ids for arrival, ids in groups if ids
+    )
 
 
 @dataclass(slots=True)
 class MemberState:
-    """Everything kept for one member.
+    """Everything kept for one member, as read from its keys, and what a batch added.
 
-    ``last_offsets`` holds the offset of the last event applied from each :class:`Source`;
-    ``seen`` the hashes of the event ids applied, concatenated per arrival-time bucket.
-
-    The kept actions are stored encoded (``rows``, in arrival order) and decoded only when
-    read, so applying an action costs the same however many the member has: its row is
-    appended to the encoded ones. ``max_recent_actions`` is kept by trimming to the newest
-    by event time once the rows exceed it by a quarter (at least 8), and reads serve the
-    newest ``max_recent_actions`` by event time, so the trimming is invisible to them.
-    ``oldest_ts`` (the oldest row's event time) tells pruning when rows have expired without
-    decoding them.
+    ``last_offsets`` holds the offset of the last event applied from each :class:`Source`.
+    Applying an action adds its row to ``new_rows`` and its id hash to ``new_ids``: neither
+    the stored rows nor the stored ids are decoded (applying costs the same for a member
+    with 3 actions as for one with 100). :meth:`records` turns what was added and pruned
+    into the keys to write. Reads serve the newest ``max_recent_actions`` by event time;
+    chunks whose rows are all older than those are retired into the rollup once the member
+    has a quarter more (at least 8), so the retiring is invisible to reads.
     """
 
     last_offsets: list[int] = field(default_factory=lambda: [-1] * len(Source))
     last_event_ts: float | None = None
     last_applied_at: float | None = None
-    buckets: dict[int, dict[str, int]] = field(default_factory=dict)
-    seen: dict[int, bytearray] = field(default_factory=dict)
-    rows: bytes = b""  # encoded rows (see _encode_rows), arrival order
-    row_count: int = 0
-    oldest_ts: float | None = None
-    new_rows: list[ActionRow] = field(default_factory=list)  # applied, not yet encoded
+    chunks: list[_Chunk] = field(default_factory=list)  # live, in seq (arrival) order
+    rollup: _Chunk | None = None
+    new_rows: list[ActionRow] = field(default_factory=list)  # applied, not yet written
+    new_ids: dict[int, bytearray] = field(default_factory=dict)  # their hashes by arrival
+    new_buckets: dict[int, dict[str, int]] = field(default_factory=dict)  # a migration's
+    changed: bool = False  # applied something since loaded: a chunk to write
+    legacy: bool = False  # stored under the member's own key, in the older layout
+    stale: list[int] = field(default_factory=list)  # superseded chunks found at load
+    dropped: list[int] = field(default_factory=list)  # chunks pruned, not yet deleted
+    last_seq: int = 0  # the highest sequence number in use (or named) for the member
+    _seen: dict[int, bytearray] | None = None  # every id hash, by arrival bucket
+    _forgotten: dict[int, int] | None = None  # leading bytes of each no longer remembered
+    _now: float | None = None
 
     # -- codec -------------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
-        header = codec.dumps(
-            {
-                "o": self.last_offsets,
-                "t": self.last_event_ts,
-                "p": self.last_applied_at,
-                "b": sorted(self.buckets.items()),
-                "d": [
-                    [k, b2a_base64(ids, newline=False).decode()]
-                    for k, ids in sorted(self.seen.items())
-                ],
-                "n": self.row_count,
-                "m": self.oldest_ts,
-            }
-        )
-        return b"".join((_LAYOUT, _HEADER_LENGTH.pack(len(header)), header, self._encoded_rows()))
+    @classmethod
+    def from_records(
+        cls, member: bytes, records: Iterable[tuple[bytes, bytes]], policy: StatePolicy
+    ) -> MemberState | None:
+        """The state stored under ``records`` (the keys in :func:`member_range`, in key
+        order); ``None`` for none."""
+        legacy: bytes | None = None
+        chunks: list[_Chunk] = []
+        rollup: _Chunk | None = None
+        prefix = len(member) + 1
+        for key, value in records:
+            if len(key) != prefix + _SEQ.size:
+                if key == member:
+                    legacy = value
+                continue
+            (seq,) = _SEQ.unpack_from(key, prefix)
+            chunk = _Chunk.decode(seq, value)
+            if seq == ROLLUP_SEQ:
+                rollup = chunk
+            else:
+                chunks.append(chunk)
+        if not chunks and rollup is None:
+            return None if legacy is None else cls._from_legacy(legacy, policy)
+        state = cls(rollup=rollup, legacy=False)
+        absorbed: set[int] = set(rollup.extra.get("a", ())) if rollup is not None else set()
+        replaced = [(c.covers_from, c.seq) for c in chunks if c.covers_from]
+        state.last_seq = max([c.seq for c in chunks] + list(absorbed) + [0])
+        for chunk in chunks:
+            seq = chunk.seq
+            if seq in absorbed or any(lo <= seq < hi for lo, hi in replaced):
+                state.stale.append(seq)  # left behind by a write cut short
+            else:
+                state.chunks.append(chunk)
+        if legacy is not None:
+            state.stale.append(-1)  # the older layout's key, rewritten as chunks
+        if state.chunks:
+            newest = state.chunks[-1]
+            state.last_offsets = list(newest.offsets)
+            state.last_event_ts = newest.last_event_ts
+            state.last_applied_at = newest.last_applied_at
+        return state
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> MemberState:
-        if data[:1] != _LAYOUT:  # one JSON object, rows included: an older layout
-            return cls._from_json(codec.loads(data))
-        (length,) = _HEADER_LENGTH.unpack_from(data, 1)
-        start = 1 + _HEADER_LENGTH.size
-        body = codec.loads(data[start : start + length])
-        return cls(
-            last_offsets=body["o"],
-            last_event_ts=body["t"],
-            last_applied_at=body["p"],
-            buckets=dict(body["b"]),
-            seen={k: bytearray(a2b_base64(ids)) for k, ids in body["d"]},
-            rows=data[start + length :],
-            row_count=body["n"],
-            oldest_ts=body["m"],
-        )
-
-    @classmethod
-    def _from_json(cls, body: dict[str, Any]) -> MemberState:
+    def _from_legacy(cls, data: bytes, policy: StatePolicy) -> MemberState:
+        """A value of the one-key layout, as the rows and ids of the member's next chunk."""
+        if data[:1] == b"\x02":
+            (length,) = _HEADER_LENGTH.unpack_from(data, 1)
+            start = 1 + _HEADER_LENGTH.size
+            body = codec.loads(data[start : start + length])
+            rows: list[ActionRow] = _decode_rows([data[start + length :]])
+        else:  # one JSON object, rows included
+            body = codec.loads(data)
+            rows = body["a"]
         offsets = body["o"]
         if isinstance(offsets, int):  # written before the repartition topic existed
             offsets = [offsets] + [-1] * (len(Source) - 1)
-        rows: list[ActionRow] = body["a"]
+        rows.sort(key=itemgetter(_TS))
+        # Counts of actions whose rows were trimmed stay as counts; the rows count for the rest.
+        buckets: dict[int, dict[str, int]] = {}
+        for k, names in body["b"]:
+            left = {n: c for n, c in names.items() if c > 0}
+            if left:
+                buckets[k] = left
+        for k, names in _row_counts(rows, policy).items():
+            held = buckets.get(k, {})
+            for name, n in names.items():
+                if held.get(name, 0) > n:
+                    held[name] -= n
+                else:
+                    held.pop(name, None)
+            if not held:
+                buckets.pop(k, None)
         return cls(
             last_offsets=offsets,
             last_event_ts=body["t"],
             last_applied_at=body["p"],
-            buckets=dict(body["b"]),
-            seen={k: bytearray(a2b_base64(ids)) for k, ids in body.get("d", ())},
-            rows=_encode_rows(rows),
-            row_count=len(rows),
-            oldest_ts=min((row[_TS] for row in rows), default=None),
+            new_rows=rows,
+            new_ids={k: bytearray(a2b_base64(ids)) for k, ids in body.get("d", ())},
+            new_buckets=buckets,
+            legacy=True,
         )
 
-    def _encoded_rows(self) -> bytes:
-        if not self.new_rows:
-            return self.rows
-        added = _encode_rows(self.new_rows)
-        return self.rows + b"," + added if self.rows else added
-
-    def _replace_rows(self, rows: list[ActionRow]) -> None:
-        """Store ``rows`` (oldest event first) in place of every row."""
-        self.rows = _encode_rows(rows)
-        self.new_rows = []
-        self.row_count = len(rows)
-        self.oldest_ts = rows[0][_TS] if rows else None
+    # -- reads -------------------------------------------------------------------------
 
     @property
     def actions(self) -> list[ActionRow]:
         """Every stored row, decoded, oldest event first (arrival order among equal event
-        times): up to ``max_recent_actions`` plus the trimming's slack (see the class)."""
-        encoded = self._encoded_rows()
-        rows: list[ActionRow] = codec.loads(b"[" + encoded + b"]") if encoded else []
+        times): up to ``max_recent_actions`` plus the retiring's slack (see the class)."""
+        parts = [c.rows for c in self.chunks]
+        if self.new_rows:
+            parts.append(_encode_rows(self.new_rows))
+        rows = _decode_rows(parts)
         rows.sort(key=itemgetter(_TS))
         return rows
 
@@ -263,6 +455,95 @@ class MemberState:
             RecentAction(eid, item, action, ts, attrs or {}, joined)
             for eid, item, action, ts, attrs, joined in self.kept_actions(policy)
         ]
+
+    @property
+    def row_count(self) -> int:
+        return sum(c.n for c in self.chunks) + len(self.new_rows)
+
+    def bucket_counts(self, policy: StatePolicy) -> dict[int, dict[str, int]]:
+        """Counts per event-time bucket of every action stored (expired ones included until
+        their chunk is pruned)."""
+        counts: dict[int, dict[str, int]] = {}
+        for extra in self._extra_buckets():
+            _add_counts(counts, extra)
+        _add_counts(counts, _row_counts(self.actions, policy))
+        return counts
+
+    def _extra_buckets(self) -> Iterable[dict[int, dict[str, int]]]:
+        if self.rollup is not None:
+            yield self.rollup.buckets
+        for chunk in self.chunks:
+            if chunk.extra:
+                yield chunk.buckets
+        if self.new_buckets:
+            yield self.new_buckets
+
+    @property
+    def is_empty(self) -> bool:
+        return (
+            not self.chunks and self.rollup is None and not self.new_rows and not (self.new_buckets)
+        )
+
+    def features(self, member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
+        """The served view as of ``as_of``: nothing older than the retention, nothing later."""
+        horizon = as_of - policy.retention
+        rows = self.actions
+        cap = policy.max_recent_actions
+        recent: list[dict[str, Any]] = []
+        for eid, item, action, ts, attrs, joined in reversed(rows[max(0, len(rows) - cap) :]):
+            if horizon < ts <= as_of:
+                body = {
+                    "event_id": eid,
+                    "item_id": item,
+                    "action": action,
+                    "ts": ts,
+                    "attributes": attrs or {},
+                }
+                if joined is not None:
+                    body["joined"] = joined
+                recent.append(body)
+        size = policy.bucket
+        # Rows are sorted by event time, so by bucket: a window's rows are one slice.
+        buckets = [math.floor(row[_TS] / size) for row in rows]
+        extras = list(self._extra_buckets())
+        last = math.floor(as_of / size)
+        while last * size > as_of:  # the last bucket that starts at or before as_of
+            last -= 1
+        while (last + 1) * size <= as_of:
+            last += 1
+        end = bisect_right(buckets, last)
+        counts: dict[str, dict[str, int]] = {}
+        for window in policy.windows:
+            # The first bucket that ends after as_of - W.
+            first = math.floor((as_of - window) / size)
+            while (first + 1) * size <= as_of - window:
+                first += 1
+            while first * size > as_of - window:
+                first -= 1
+            totals = dict.fromkeys(policy.actions_of_interest, 0)
+            totals.update(
+                Counter(map(itemgetter(_ACTION), rows[bisect_left(buckets, first) : end]))
+            )
+            for extra in extras:
+                for k, bucket_counts in extra.items():
+                    if policy.bucket_in_window(k, as_of, window):
+                        for name, n in bucket_counts.items():
+                            totals[name] = totals.get(name, 0) + n
+            counts[format_duration(window)] = totals
+        last_event_ts, last_applied_at = self.last_event_ts, self.last_applied_at
+        if last_event_ts is not None and last_event_ts > as_of:
+            # An earlier view must not leak how recent the member's later activity is.
+            last_event_ts = recent[0]["ts"] if recent else None
+            last_applied_at = None
+        return {
+            "member_id": member_id,
+            "as_of": as_of,
+            "known": bool(recent) or any(any(c.values()) for c in counts.values()),
+            "last_event_ts": last_event_ts,
+            "last_applied_at": last_applied_at,
+            "recent_actions": recent,
+            "counts": counts,
+        }
 
     # -- updates -----------------------------------------------------------------------
 
@@ -281,109 +562,301 @@ class MemberState:
         if offset <= offsets[source]:
             return Applied.REPLAYED
         offsets[source] = offset
+        self.changed = True
+        self._now = applied_at
         digest = event_id_hash(action.event_id)
-        if self._has_seen(digest):
+        seen = self._remembered(applied_at, policy)
+        if self._has_seen(seen, digest):
             return Applied.DUPLICATE
         arrival = math.floor(applied_at * DEDUPE_BUCKETS_PER_WINDOW / policy.dedupe_window)
-        ids = self.seen.get(arrival)
-        if ids is None:
-            self.seen[arrival] = bytearray(digest)
-        else:
-            ids += digest
-        self._add_row(_row(action), policy.max_recent_actions)
-        counts = self.buckets.setdefault(policy.bucket_of(action.ts), {})
-        counts[action.action] = counts.get(action.action, 0) + 1
+        for ids in (seen, self.new_ids):
+            group = ids.get(arrival)
+            if group is None:
+                ids[arrival] = bytearray(digest)
+            else:
+                group += digest
+        self.new_rows.append(_row(action))
         if self.last_event_ts is None or action.ts > self.last_event_ts:
             self.last_event_ts = action.ts
         self.last_applied_at = applied_at
         return Applied.APPLIED
 
-    def _has_seen(self, digest: bytes) -> bool:
-        for ids in self.seen.values():
-            at = ids.find(digest)
+    @property
+    def seen(self) -> dict[int, bytearray]:
+        """Every id hash stored, by arrival bucket (forgotten ones included until their
+        chunk is deleted: see :meth:`prune`)."""
+        if self._seen is None:
+            seen: dict[int, bytearray] = {}
+            groups: list[Iterable[tuple[int, bytes | bytearray]]] = []
+            if self.rollup is not None:
+                groups.append(self.rollup.id_groups())
+            groups += [c.id_groups() for c in self.chunks]
+            groups.append(self.new_ids.items())
+            for group in groups:
+                for arrival, ids in group:
+                    held = seen.get(arrival)
+                    if held is None:
+                        seen[arrival] = bytearray(ids)
+                    else:
+                        held += ids
+            self._seen = seen
+        return self._seen
+
+    def _remembered(self, now: float, policy: StatePolicy) -> dict[int, bytearray]:
+        if self._forgotten is None:
+            self._forget_ids(now, policy)
+        return self.seen
+
+    def _has_seen(self, seen: dict[int, bytearray], digest: bytes) -> bool:
+        forgotten = self._forgotten or {}
+        for arrival, ids in seen.items():
+            start = forgotten.get(arrival, 0)
+            if start >= len(ids):
+                continue
+            at = ids.find(digest, start)
             while at != -1:  # a C-level search; a match must start on a hash boundary
                 if at % _HASH_BYTES == 0:
                     return True
                 at = ids.find(digest, at + 1)
         return False
 
-    def _add_row(self, row: ActionRow, cap: int) -> None:
-        self.new_rows.append(row)
-        self.row_count += 1
-        ts = row[_TS]
-        if self.oldest_ts is None or ts < self.oldest_ts:
-            self.oldest_ts = ts
-        if self.row_count > cap + max(8, cap // 4):
-            self._replace_rows(_newest(self.actions, cap))
-
-    def prune(self, now: float, policy: StatePolicy) -> bool:
-        """Drop what is older than the retention, and event ids older than the dedupe
-        window or over its cap; True if anything was dropped."""
-        horizon = now - policy.retention
-        changed = False
-        if self.oldest_ts is not None and self.oldest_ts <= horizon:
-            self._replace_rows([row for row in self.actions if row[_TS] > horizon])
-            changed = True
-        expired = [k for k in self.buckets if (k + 1) * policy.bucket <= horizon]
-        for k in expired:
-            del self.buckets[k]
-        return self._forget_ids(now, policy) or changed or bool(expired)
-
-    def _forget_ids(self, now: float, policy: StatePolicy) -> bool:
-        """Ids that left the dedupe window; then the oldest beyond the cap (bounded space)."""
-        seen = self.seen
+    def _forget_ids(self, now: float, policy: StatePolicy) -> None:
+        """Which ids are no longer remembered: those that left the dedupe window, then the
+        oldest beyond its cap (bounded space). Stored ids are dropped with their chunk."""
         size = policy.dedupe_bucket
         horizon = now - policy.dedupe_window
-        forgot = False
-        while seen and (oldest := min(seen)) * size + size <= horizon:
-            del seen[oldest]
-            forgot = True
-        excess = sum(map(len, seen.values())) - policy.dedupe_max_ids * _HASH_BYTES
-        if excess <= 0:
-            return forgot
-        for k in sorted(seen):
-            ids = seen[k]
-            if len(ids) <= excess:
-                excess -= len(ids)
-                del seen[k]
+        seen = self.seen
+        forgotten: dict[int, int] = {}
+        live = 0
+        for arrival in sorted(seen):
+            if arrival * size + size <= horizon:
+                forgotten[arrival] = len(seen[arrival])
             else:
-                del ids[:excess]  # ids are in arrival order: the oldest go first
+                live += len(seen[arrival])
+        excess = live - policy.dedupe_max_ids * _HASH_BYTES
+        for arrival in sorted(seen):
+            if excess <= 0:
                 break
+            if arrival in forgotten:
+                continue
+            skip = min(excess, len(seen[arrival]))  # arrival order: the oldest go first
+            forgotten[arrival] = skip
+            excess -= skip
+        self._forgotten = forgotten
+
+    def prune(self, now: float, policy: StatePolicy) -> bool:
+        """Drop the chunks whose every action has left the retention (counts included) and
+        whose every id has left the dedupe window, and a rollup that has all expired; True if
+        anything was dropped. Reads never serve what has expired, whether dropped or not."""
+        self._now = now
+        self._forget_ids(now, policy)
+        horizon = now - policy.retention
+        id_horizon = now - policy.dedupe_window
+        expired = [self._expired(c, horizon, id_horizon, policy) for c in self.chunks]
+        rollup_expired = self.rollup is not None and self._expired(
+            self.rollup, horizon, id_horizon, policy
+        )
+        everything = (
+            all(expired)
+            and (self.rollup is None or rollup_expired)
+            and not self.new_rows
+            and not self.new_buckets
+        )
+        if not everything and expired:
+            expired[-1] = False  # the newest chunk holds the current offsets: kept
+        drop = [c for c, gone in zip(self.chunks, expired, strict=True) if gone]
+        pending = self._prune_pending(horizon, id_horizon, policy)
+        if not drop and not rollup_expired:
+            return pending
+        self.dropped += [c.seq for c in drop]
+        self.chunks = [c for c, gone in zip(self.chunks, expired, strict=True) if not gone]
+        if rollup_expired:
+            self.dropped.append(ROLLUP_SEQ)
+            self.rollup = None
+        self._seen = None
+        self._forget_ids(now, policy)
         return True
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.row_count and not self.buckets
+    def _prune_pending(self, horizon: float, id_horizon: float, policy: StatePolicy) -> bool:
+        """Drop what has expired from what is not yet written (a member read in the older
+        layout holds all it has there); True if anything was."""
+        if not self.legacy:
+            return False
+        size, bucket = policy.dedupe_bucket, policy.bucket
+        rows = [r for r in self.new_rows if (policy.bucket_of(r[_TS]) + 1) * bucket > horizon]
+        buckets = {k: v for k, v in self.new_buckets.items() if (k + 1) * bucket > horizon}
+        ids = {k: v for k, v in self.new_ids.items() if k * size + size > id_horizon}
+        if (len(rows), len(buckets), len(ids)) == (
+            len(self.new_rows),
+            len(self.new_buckets),
+            len(self.new_ids),
+        ):
+            return False
+        self.new_rows, self.new_buckets, self.new_ids = rows, buckets, ids
+        self._seen = None
+        return True
 
-    # -- reads -------------------------------------------------------------------------
+    @staticmethod
+    def _expired(chunk: _Chunk, horizon: float, id_horizon: float, policy: StatePolicy) -> bool:
+        if chunk.n and (policy.bucket_of(chunk.max_ts) + 1) * policy.bucket > horizon:
+            return False
+        if any((k + 1) * policy.bucket > horizon for k in chunk.buckets):
+            return False
+        size = policy.dedupe_bucket
+        return all(arrival * size + size <= id_horizon for arrival, _ in chunk.id_groups())
 
-    def features(self, member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
-        """The served view as of ``as_of``: nothing older than the retention, nothing later."""
-        horizon = as_of - policy.retention
-        recent = [
-            RecentAction(eid, item, action, ts, attrs or {}, joined).as_dict()
-            for eid, item, action, ts, attrs, joined in reversed(self.kept_actions(policy))
-            if horizon < ts <= as_of
+    # -- writes ------------------------------------------------------------------------
+
+    def records(self, member: bytes, policy: StatePolicy) -> dict[bytes, bytes | None]:
+        """The keys to write (``None``: delete) for what was applied and pruned since the
+        state was read, in the order that keeps every prefix readable (see the module);
+        the state is then as stored."""
+        out: dict[bytes, bytes | None] = {}
+        key = chunk_key
+
+        def tombstone(seq: int) -> None:
+            out[member if seq < 0 else key(member, seq)] = None
+
+        for seq in self.stale:
+            tombstone(seq)
+        self.stale = []
+        replaced: list[int] = []
+        if self.is_empty:
+            replaced = self.dropped + ([-1] if self.legacy else [])
+        elif self.changed or self.legacy or self.new_rows:
+            replaced = self._write_chunk(member, policy, out)
+            replaced += self._retire(member, policy, out)
+            replaced += self.dropped
+            if self.legacy:
+                replaced.append(-1)
+        else:
+            replaced = list(self.dropped)
+        for seq in replaced:
+            if seq == ROLLUP_SEQ and self.rollup is not None:
+                continue  # rewritten by this write
+            tombstone(seq)
+        self.dropped = []
+        self.legacy = False
+        self.changed = False
+        return out
+
+    def _write_chunk(
+        self, member: bytes, policy: StatePolicy, out: dict[bytes, bytes | None]
+    ) -> list[int]:
+        """Write what was applied as a new chunk, merged with the small ones at the end
+        when they are enough; returns the chunks it replaces."""
+        smalls: list[_Chunk] = []
+        for chunk in reversed(self.chunks):
+            if chunk.n >= CHUNK_ROWS:
+                break
+            smalls.append(chunk)
+        smalls.reverse()
+        rows = sum(c.n for c in smalls) + len(self.new_rows)
+        merge = bool(smalls) and (rows >= CHUNK_ROWS or len(smalls) + 1 >= CHUNK_ROWS)
+        parts = [c for c in smalls if merge]
+        new_rows = _encode_rows(self.new_rows) if self.new_rows else b""
+        groups: dict[int, bytearray] = {}
+        buckets: dict[int, dict[str, int]] = {}
+        for chunk in parts:
+            for arrival, ids in chunk.id_groups():
+                groups.setdefault(arrival, bytearray()).extend(ids)
+            _add_counts(buckets, chunk.buckets)
+        for arrival, added in self.new_ids.items():
+            groups.setdefault(arrival, bytearray()).extend(added)
+        _add_counts(buckets, self.new_buckets)
+        max_ts = max(
+            [c.max_ts for c in parts if c.n] + [row[_TS] for row in self.new_rows],
+            default=_NONE,
+        )
+        self.last_seq += 1
+        chunk = _Chunk(
+            seq=self.last_seq,
+            offsets=list(self.last_offsets),
+            last_event_ts=self.last_event_ts,
+            last_applied_at=self.last_applied_at,
+            max_ts=max_ts,
+            covers_from=parts[0].seq if parts else 0,
+            n=rows if merge else len(self.new_rows),
+            ids=_encode_ids(sorted(groups.items())),
+            rows=b",".join([c.rows for c in parts if c.n] + ([new_rows] if new_rows else [])),
+            extra={"b": buckets} if buckets else {},
+        )
+        out[chunk_key(member, chunk.seq)] = chunk.encode()
+        if merge:
+            self.chunks = self.chunks[: len(self.chunks) - len(smalls)]
+        self.chunks.append(chunk)
+        self.new_rows = []
+        self.new_ids = {}
+        self.new_buckets = {}
+        return [c.seq for c in parts]
+
+    def _retire(
+        self, member: bytes, policy: StatePolicy, out: dict[bytes, bytes | None]
+    ) -> list[int]:
+        """Once the member holds a quarter more rows than reads serve (at least 8), move
+        the chunks none of whose rows are served into the rollup: their counts and ids stay,
+        their rows go. Returns the chunks retired."""
+        cap = policy.max_recent_actions
+        slack = max(8, cap // 4)
+        rows = self.row_count
+        if rows <= cap + slack or len(self.chunks) < 2:
+            return []
+        if self.rollup is not None and rows - self.rollup.extra.get("r", 0) < slack:
+            return []  # not a slack's worth of rows since the last retiring (events out of order)
+        tagged = [
+            (row[_TS], n, row)
+            for n, chunk in enumerate(self.chunks)
+            for row in _decode_rows([chunk.rows])
         ]
-        counts: dict[str, dict[str, int]] = {}
-        for window in policy.windows:
-            totals = dict.fromkeys(policy.actions_of_interest, 0)
-            for k, bucket_counts in self.buckets.items():
-                if policy.bucket_in_window(k, as_of, window):
-                    for name, n in bucket_counts.items():
-                        totals[name] = totals.get(name, 0) + n
-            counts[format_duration(window)] = totals
-        last_event_ts, last_applied_at = self.last_event_ts, self.last_applied_at
-        if last_event_ts is not None and last_event_ts > as_of:
-            # An earlier view must not leak how recent the member's later activity is.
-            last_event_ts = recent[0]["ts"] if recent else None
-            last_applied_at = None
-        return {
-            "member_id": member_id,
-            "as_of": as_of,
-            "known": bool(recent) or any(any(c.values()) for c in counts.values()),
-            "last_event_ts": last_event_ts,
-            "last_applied_at": last_applied_at,
-            "recent_actions": recent,
-            "counts": counts,
-        }
+        tagged.sort(key=itemgetter(0))  # stable: arrival order among equal event times
+        served = {n for _, n, _ in tagged[max(0, len(tagged) - cap) :]}
+        served.add(len(self.chunks) - 1)  # the newest holds the current offsets
+        retired = [c for n, c in enumerate(self.chunks) if n not in served]
+        if not retired:
+            return []
+        now = self._now if self._now is not None else (self.last_applied_at or 0.0)
+        horizon = now - policy.retention
+        id_horizon = now - policy.dedupe_window
+        buckets: dict[int, dict[str, int]] = {}
+        groups: dict[int, bytearray] = {}
+        absorbed = [self.rollup] if self.rollup is not None else []
+        for chunk in absorbed + retired:
+            _add_counts(buckets, chunk.buckets)
+            for arrival, ids in chunk.id_groups():
+                groups.setdefault(arrival, bytearray()).extend(ids)
+        retired_seqs = {c.seq for c in retired}
+        _add_counts(
+            buckets,
+            _row_counts(
+                (row for _, n, row in tagged if self.chunks[n].seq in retired_seqs), policy
+            ),
+        )
+        # Nothing expired, nor any id forgotten, is carried over into the new rollup.
+        buckets = {k: v for k, v in buckets.items() if (k + 1) * policy.bucket > horizon}
+        size = policy.dedupe_bucket
+        forgotten = self._forgotten or {}
+        kept_groups = []
+        for arrival in sorted(groups):
+            if arrival * size + size <= id_horizon:
+                continue
+            group = groups[arrival]
+            skip = forgotten.get(arrival, 0)
+            kept_groups.append((arrival, group[min(skip, len(group)) :]))
+        self.rollup = _Chunk(
+            seq=ROLLUP_SEQ,
+            offsets=list(self.last_offsets),
+            last_event_ts=self.last_event_ts,
+            last_applied_at=self.last_applied_at,
+            max_ts=_NONE,
+            covers_from=0,
+            n=0,
+            ids=_encode_ids(kept_groups),
+            rows=b"",
+            extra={"b": buckets, "a": sorted(retired_seqs), "r": 0},
+        )
+        self.chunks = [c for c in self.chunks if c.seq not in retired_seqs]
+        self.rollup.extra["r"] = self.row_count  # rows left: the next retiring waits a slack
+        out[chunk_key(member, ROLLUP_SEQ)] = self.rollup.encode()
+        self._seen = None
+        self._forgotten = None
+        return sorted(retired_seqs)

@@ -1,7 +1,11 @@
 """The online store: member state in a changelog-backed Faust table on RocksDB, written in batches.
 
-One value per member (:class:`MemberState`); an ingest batch costs one read and one write per
-member it touches and one changelog record each, written through :class:`ChangelogTable`.
+A member's state is a few keys of its own (:class:`MemberState`): an ingest batch costs one
+range read per member it touches and writes its new actions as a new chunk (see
+``tables.member_state``), through :class:`ChangelogTable`.
+
+Every read of member state goes through ``table.scan`` alone, so a read-only copy of the
+table that offers ``get``/``scan`` and the ownership methods serves reads as well.
 """
 
 from __future__ import annotations
@@ -9,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
 from app.kafka import partition_for_key
 from tables.changelog import INTERNAL_PREFIXES, ChangelogTable
-from tables.member_state import MemberState, StatePolicy
+from tables.member_state import MemberState, StatePolicy, member_of, member_range
 
 __all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore"]
 
@@ -68,8 +72,9 @@ class OnlineStore:
     # -- reads -------------------------------------------------------------------------
 
     def load(self, partition: int, key: bytes) -> MemberState | None:
-        raw = self.table.get(partition, key)
-        return None if raw is None else MemberState.from_bytes(raw)
+        """The member's state: one range read of its keys."""
+        start, stop = member_range(key)
+        return MemberState.from_records(key, self.table.scan(partition, start, stop), self.policy)
 
     def features(self, member_id: str, as_of: float) -> dict[str, Any]:
         """The member's served features; raises :class:`NotOwned` if another worker has them."""
@@ -81,8 +86,9 @@ class OnlineStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def write(self, updates: Mapping[int, Mapping[bytes, MemberState | None]]) -> None:
-        """Store new states (``None`` deletes) and wait until the changelog has them all.
+    async def write(self, updates: Mapping[int, Mapping[bytes, MemberState]]) -> None:
+        """Store what changed in these states (an empty state is deleted, with a tombstone
+        for each of its keys) and wait until the changelog has it all.
 
         Call with :attr:`write_lock` held, around the reads the new states came from. The
         batch's source offsets are committed only after this returns, so a crash before it
@@ -90,18 +96,17 @@ class OnlineStore:
         """
         await (await self.send(updates))
 
-    async def send(
-        self, updates: Mapping[int, Mapping[bytes, MemberState | None]]
-    ) -> Awaitable[None]:
+    async def send(self, updates: Mapping[int, Mapping[bytes, MemberState]]) -> Awaitable[None]:
         """Store new states and queue their changelog records; returns what to await for
         the acknowledgement (see :meth:`ChangelogTable.send`): an ingest batch applies the
         next batch meanwhile, and commits its offsets once acknowledged."""
         encoded: dict[int, dict[bytes, bytes | None]] = {}
         count = 0
+        policy = self.policy
         for partition, states in updates.items():
             values = encoded[partition] = {}
             for key, state in states.items():
-                values[key] = None if state is None else state.to_bytes()
+                values.update(state.records(key, policy))
                 count += 1
                 if count % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a large batch must not hold requests meanwhile
@@ -116,12 +121,10 @@ class OnlineStore:
         for partition in self.owned_partitions():
             expired: list[bytes] = []
             seen = 0
-            for key, raw in self.table.db(partition).items():
-                assert isinstance(key, bytes) and isinstance(raw, bytes)  # raw-mode RocksDB
-                if key.startswith(INTERNAL_PREFIXES):
-                    continue
-                if MemberState.from_bytes(raw).prune(now, self.policy):
-                    expired.append(key)
+            for member, records in self._members(partition):
+                state = MemberState.from_records(member, records, self.policy)
+                if state is not None and state.prune(now, self.policy):
+                    expired.append(member)
                 seen += 1
                 if seen % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # keep serving while a large partition is swept
@@ -129,16 +132,32 @@ class OnlineStore:
                 continue
             async with self.write_lock:
                 # Re-read: the ingest agent may have written these members while we yielded.
-                fresh: dict[bytes, MemberState | None] = {}
+                fresh: dict[bytes, MemberState] = {}
                 for key in expired:
                     current = self.load(partition, key)
-                    if current is None:
-                        continue
-                    current.prune(now, self.policy)
-                    fresh[key] = None if current.is_empty else current
+                    if current is not None and current.prune(now, self.policy):
+                        fresh[key] = current
+                gone = sum(1 for state in fresh.values() if state.is_empty)
                 await self.write({partition: fresh})
-            deleted += sum(1 for v in fresh.values() if v is None)
-            pruned += sum(1 for v in fresh.values() if v is not None)
+            deleted += gone
+            pruned += len(fresh) - gone
         if pruned or deleted:
             log.info("retention sweep: %d members pruned, %d deleted", pruned, deleted)
         return pruned, deleted
+
+    def _members(self, partition: int) -> Iterator[tuple[bytes, list[tuple[bytes, bytes]]]]:
+        """Each member of the partition with its keys and values, in key order."""
+        member: bytes | None = None
+        records: list[tuple[bytes, bytes]] = []
+        for key, raw in self.table.db(partition).items():
+            assert isinstance(key, bytes) and isinstance(raw, bytes)  # raw-mode RocksDB
+            if key.startswith(INTERNAL_PREFIXES):
+                continue
+            owner = member_of(key)
+            if owner != member:
+                if member is not None:
+                    yield member, records
+                member, records = owner, []
+            records.append((key, raw))
+        if member is not None:
+            yield member, records

@@ -1,7 +1,7 @@
 """The ingest processor's contract with its caller: a batch is done only once forwards are.
 
-The store here is a dict standing in for the RocksDB table (its real path runs in
-tests/integration), and the repartition sender is one whose broker acknowledgement the
+The store is the online store on real RocksDB without a changelog (its changelog path runs
+in tests/integration), and the repartition sender is one whose broker acknowledgement the
 test releases, so the order of events can be checked without a broker.
 """
 
@@ -9,41 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from pathlib import Path
 
 from agents.ingest import IngestProcessor, SourceRecord
 from app import codec
 from app.kafka import partition_for_key
 from app.metrics import Metrics
 from app.settings import load_settings
-from tables.member_state import MemberState, StatePolicy
+from tables.changelog import LocalTable
+from tables.member_state import StatePolicy
+from tables.online_store import OnlineStore
 
 SETTINGS = load_settings(actions_of_interest="click")
-
-
-class DictStore:
-    """The parts of OnlineStore ingest uses, over a dict."""
-
-    partitions = 4
-
-    def __init__(self) -> None:
-        self.policy = StatePolicy.from_settings(SETTINGS)
-        self.write_lock = asyncio.Lock()
-        self.values: dict[tuple[int, bytes], bytes] = {}
-
-    def load(self, partition: int, key: bytes) -> MemberState | None:
-        raw = self.values.get((partition, key))
-        return None if raw is None else MemberState.from_bytes(raw)
-
-    async def write(self, updates: dict[int, dict[bytes, MemberState | None]]) -> None:
-        for partition, states in updates.items():
-            for key, state in states.items():
-                assert state is not None
-                self.values[(partition, key)] = state.to_bytes()
-
-    async def send(self, updates: dict[int, dict[bytes, MemberState | None]]) -> Awaitable[None]:
-        await self.write(updates)
-        return asyncio.sleep(0)  # acknowledged at once
 
 
 def record(
@@ -58,9 +35,10 @@ def record(
     return SourceRecord(partition, offset, key, value, topic, int(time.time() * 1000))
 
 
-async def _forwarded_then_applied() -> None:
+async def _forwarded_then_applied(tmp_path: Path) -> None:
     metrics = Metrics()
-    store = DictStore()
+    table = LocalTable(str(tmp_path / "members"), 4)
+    store = OnlineStore(table, StatePolicy.from_settings(SETTINGS), 4)  # type: ignore[arg-type]
     acknowledged = asyncio.Event()
     sent: list[dict[int, list[tuple[bytes, SourceRecord]]]] = []
 
@@ -109,5 +87,5 @@ async def _forwarded_then_applied() -> None:
     assert value("nearline_events_in_total") == 3
 
 
-def test_a_batch_is_done_only_once_its_forwards_are_acknowledged() -> None:
-    asyncio.run(_forwarded_then_applied())
+def test_a_batch_is_done_only_once_its_forwards_are_acknowledged(tmp_path: Path) -> None:
+    asyncio.run(_forwarded_then_applied(tmp_path))
