@@ -91,11 +91,29 @@ def broker(host: str, port: int) -> None:
 
 
 @main.command()
+def serve() -> None:
+    """Serve the HTTP API from NEARLINE_SERVE_PROCESSES processes beside a worker.
+
+    Run it next to `nearline worker` with the same NEARLINE_* settings (the same data dir
+    above all): the worker ingests, the serving processes answer features, recommendations
+    and the console on NEARLINE_WEB_PORT, reading the worker's RocksDB through secondary
+    instances. A serving process that dies is started again; while the worker restarts they
+    go on answering from its last state, flagged "stale_ms".
+    """
+    from app.serve import run_serving
+
+    run_serving(_settings())
+
+
+@main.command()
 def worker() -> None:
     """Run a worker: the ingest agent, the online store and the HTTP API on one event loop.
 
     Start as many as the actions topic has partitions; each serves the members of the
-    partitions it owns and forwards other requests to their owner.
+    partitions it owns and forwards other requests to their owner. With
+    NEARLINE_SERVE_PROCESSES above 0 the HTTP API is left to `nearline serve` (run it
+    beside the worker, with the same settings), and the worker answers its probes and
+    metrics on NEARLINE_WORKER_PORT.
     """
     from app.web_server import WebServerError
     from app.worker import run_worker

@@ -86,6 +86,11 @@ class FeaturesResponse(BaseModel):
     )
     recent_actions: list[RecentAction]
     counts: dict[str, dict[str, int]] = Field(description="window → action → count")
+    stale_ms: int | None = Field(
+        default=None,
+        description="Present when the answer comes from state that may be this many "
+        "milliseconds old: the worker is restarting or restoring the member's partition",
+    )
 
 
 # -- the console -----------------------------------------------------------------------

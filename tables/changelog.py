@@ -87,8 +87,11 @@ class ChangelogTable:
         exact_end_offsets: bool,
         observe_ack: Callable[[float], None] | None = None,
         count_bytes: Callable[[int], None] | None = None,
+        on_local_write: Callable[[int], None] | None = None,
     ):
         self.faust_app = faust_app
+        #: Told the partition of each local write: the serving processes follow it.
+        self.on_local_write = on_local_write
         #: Told the seconds each write waited for the broker's acknowledgement.
         self.observe_ack = observe_ack
         #: Told the bytes (keys and values) of each write's changelog records.
@@ -224,6 +227,8 @@ class ChangelogTable:
     def write_locally(self, partition: int, values: Mapping[bytes, bytes | None]) -> None:
         """Apply ``values`` to the partition's RocksDB in one ``WriteBatch`` (no changelog)."""
         write_batch(self.db(partition), values)
+        if self.on_local_write is not None:
+            self.on_local_write(partition)
 
     def _producer(self) -> AIOKafkaProducer:
         # Faust's producer sends one record at a time, a future each; changelog records go

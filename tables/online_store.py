@@ -4,8 +4,8 @@ A member's state is a few keys of its own (:class:`MemberState`): an ingest batc
 range read per member it touches and writes its new actions as a new chunk (see
 ``tables.member_state``), through :class:`ChangelogTable`.
 
-Every read of member state goes through ``table.scan`` alone, so a read-only copy of the
-table that offers ``get``/``scan`` and the ownership methods serves reads as well.
+Every read of member state goes through ``table.scan`` alone, so a serving process reads
+through a :class:`SecondaryTable` as the worker reads through its own table.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
 from app.kafka import partition_for_key
-from tables.changelog import INTERNAL_PREFIXES, ChangelogTable
+from tables.changelog import INTERNAL_PREFIXES, ChangelogTable, LocalTable
 from tables.member_state import MemberState, StatePolicy, member_of, member_range
+from tables.secondary import SecondaryTable
 
 __all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore"]
 
@@ -43,13 +44,26 @@ class NotOwned(LookupError):
 class OnlineStore:
     """Reads and batched writes of :class:`MemberState` values, keyed by member id."""
 
-    def __init__(self, table: ChangelogTable, policy: StatePolicy, partitions: int) -> None:
+    def __init__(
+        self,
+        table: ChangelogTable | LocalTable | SecondaryTable,
+        policy: StatePolicy,
+        partitions: int,
+    ) -> None:
+        # A serving process reads through a SecondaryTable and never writes.
         self.table = table
         self.policy = policy
         self.partitions = partitions
-        # Held by every read-modify-write (ingest batch, retention sweep) until its
-        # changelog records are acknowledged, so changelog order always equals write order.
-        self.write_lock = table.write_lock
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        """Held by every read-modify-write (ingest batch, retention sweep) until its
+        changelog records are acknowledged, so changelog order always equals write order."""
+        return self._writable().write_lock
+
+    def _writable(self) -> ChangelogTable | LocalTable:
+        assert not isinstance(self.table, SecondaryTable), "a serving process does not write"
+        return self.table
 
     @property
     def changelog_topic(self) -> str:
@@ -110,7 +124,7 @@ class OnlineStore:
                 count += 1
                 if count % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a large batch must not hold requests meanwhile
-        return await self.table.send(encoded)
+        return await self._writable().send(encoded)
 
     # -- retention ---------------------------------------------------------------------
 
@@ -149,7 +163,7 @@ class OnlineStore:
         """Each member of the partition with its keys and values, in key order."""
         member: bytes | None = None
         records: list[tuple[bytes, bytes]] = []
-        for key, raw in self.table.db(partition).items():
+        for key, raw in self._writable().db(partition).items():
             assert isinstance(key, bytes) and isinstance(raw, bytes)  # raw-mode RocksDB
             if key.startswith(INTERNAL_PREFIXES):
                 continue

@@ -19,9 +19,11 @@ from app.recommend import RecommendationRequest, Recommender
 from app.settings import Settings
 from app.traffic import DEMO_CATALOGUE_SAMPLE
 from app.web import (
+    ApiError,
     FeatureSource,
     JSONResponse,
     StatusSource,
+    ask_worker,
     check_candidates,
     forward_to_owner,
     lag_body,
@@ -104,6 +106,12 @@ def _model(registry: ModelRegistry) -> dict[str, Any]:
 async def _system(request: Request) -> Response:
     """The system view of this worker: ingest, freshness, lag, DLQ, store, partitions, model."""
     state = request.app.state
+    if state.worker_url is not None:
+        # A serving process: ingest, lag and freshness are the worker's to tell.
+        answer = await ask_worker(request, "/v1/console/system")
+        if answer is None:
+            raise ApiError(503, "the worker is not answering (restarting?); retry shortly")
+        return Response(answer.content, answer.status_code, media_type="application/json")
     settings: Settings = state.settings
     status: StatusSource = state.status
     timeline: IngestTimeline = state.timeline
