@@ -165,6 +165,7 @@ _CHUNK_LAYOUT = 3
 #: layout, offsets (one per Source), last event ts, last applied at, newest event ts of the
 #: rows, first seq a merge replaced (0: none), rows, bytes of ids, bytes of the extra JSON.
 _CHUNK_HEAD = struct.Struct(">BqqdddIIII")
+_HEAD_SIZE = _CHUNK_HEAD.size
 #: An id group: arrival bucket, ids in it; then the ids' hashes.
 _ID_GROUP = struct.Struct(">iI")
 _SEQ = struct.Struct(">I")
@@ -238,18 +239,28 @@ class _Chunk:
     ids: bytes  # id groups (see _ID_GROUP)
     rows: bytes  # encoded rows (see _encode_rows)
     extra: dict[str, Any] = field(default_factory=dict)  # "b": counts, "a": absorbed seqs
+    max_arrival: int | None = None  # the newest arrival bucket of its ids (once asked)
 
     @classmethod
     def decode(cls, seq: int, data: bytes) -> _Chunk:
         _, o0, o1, t, p, max_ts, covers, n, ids_len, extra_len = _CHUNK_HEAD.unpack_from(data)
-        start = _CHUNK_HEAD.size
-        ids_end = start + ids_len
+        ids_end = _HEAD_SIZE + ids_len
+        if not extra_len:
+            return cls(
+                seq,
+                [o0, o1],
+                None if t != t else t,  # NaN: none
+                None if p != p else p,
+                max_ts,
+                covers,
+                n,
+                data[_HEAD_SIZE:ids_end],
+                data[ids_end:],
+            )
         extra_end = ids_end + extra_len
-        extra: dict[str, Any] = {}
-        if extra_len:
-            extra = codec.loads(data[ids_end:extra_end])
-            if "b" in extra:
-                extra["b"] = {k: names for k, names in extra["b"]}
+        extra = codec.loads(data[ids_end:extra_end])
+        if "b" in extra:
+            extra["b"] = {k: names for k, names in extra["b"]}
         return cls(
             seq,
             [o0, o1],
@@ -258,7 +269,7 @@ class _Chunk:
             max_ts,
             covers,
             n,
-            data[start:ids_end],
+            data[_HEAD_SIZE:ids_end],
             data[extra_end:],
             extra,
         )
@@ -312,6 +323,32 @@ def _row_counts(rows: Iterable[ActionRow], policy: StatePolicy) -> dict[int, dic
     return counts
 
 
+def _first_in_bucket_after(
+    times: list[float], guess: int, edge: float, size: float, *, ends: bool = False
+) -> int:
+    """Index of the first of ``times`` (ascending) whose bucket ``floor(t / size)`` is past
+    the last bucket that starts at or before ``edge`` (``ends``: the last that ends at or
+    before it): a bisection, checked against the buckets themselves at the boundary."""
+    bucket = guess  # floor(edge / size), maybe one off by rounding
+    if ends:  # the last bucket that ends at or before edge
+        while (bucket + 1) * size > edge:
+            bucket -= 1
+        while (bucket + 2) * size <= edge:
+            bucket += 1
+    else:  # the last bucket that starts at or before edge
+        while bucket * size > edge:
+            bucket -= 1
+        while (bucket + 1) * size <= edge:
+            bucket += 1
+    at = bisect_left(times, (bucket + 1) * size)
+    floor = math.floor
+    while at > 0 and floor(times[at - 1] / size) > bucket:
+        at -= 1
+    while at < len(times) and floor(times[at] / size) <= bucket:
+        at += 1
+    return at
+
+
 def _encode_ids(groups: Iterable[tuple[int, bytes | bytearray]]) -> bytes:
     return b"".join(
         _ID_GROUP.pack(arrival, len(ids) // _HASH_BYTES) + ids for arrival, ids in groups if ids
@@ -358,39 +395,51 @@ class MemberState:
         order); ``None`` for none."""
         legacy: bytes | None = None
         chunks: list[_Chunk] = []
+        stale: list[int] = []
         rollup: _Chunk | None = None
+        absorbed: frozenset[int] = frozenset()
+        last_seq = 0
         prefix = len(member) + 1
+        size = prefix + _SEQ.size
+        decode = _Chunk.decode
         for key, value in records:
-            if len(key) != prefix + _SEQ.size:
+            if len(key) != size:
                 if key == member:
                     legacy = value
                 continue
-            (seq,) = _SEQ.unpack_from(key, prefix)
-            chunk = _Chunk.decode(seq, value)
+            seq = int.from_bytes(key[prefix:], "big")
+            chunk = decode(seq, value)
+            if seq > last_seq:
+                last_seq = seq
             if seq == ROLLUP_SEQ:
                 rollup = chunk
+                absorbed = frozenset(chunk.extra.get("a", ()))
+            elif absorbed and seq in absorbed:
+                stale.append(seq)  # retired by a write cut short before its tombstone
             else:
+                covers = chunk.covers_from
+                # Keys come in seq order: chunks a merge replaced come just before it.
+                while covers and chunks and chunks[-1].seq >= covers:
+                    stale.append(chunks.pop().seq)
                 chunks.append(chunk)
         if not chunks and rollup is None:
             return None if legacy is None else cls._from_legacy(legacy, policy)
-        state = cls(rollup=rollup, legacy=False)
-        absorbed: set[int] = set(rollup.extra.get("a", ())) if rollup is not None else set()
-        replaced = [(c.covers_from, c.seq) for c in chunks if c.covers_from]
-        state.last_seq = max([c.seq for c in chunks] + list(absorbed) + [0])
-        for chunk in chunks:
-            seq = chunk.seq
-            if seq in absorbed or any(lo <= seq < hi for lo, hi in replaced):
-                state.stale.append(seq)  # left behind by a write cut short
-            else:
-                state.chunks.append(chunk)
         if legacy is not None:
-            state.stale.append(-1)  # the older layout's key, rewritten as chunks
-        if state.chunks:
-            newest = state.chunks[-1]
-            state.last_offsets = list(newest.offsets)
-            state.last_event_ts = newest.last_event_ts
-            state.last_applied_at = newest.last_applied_at
-        return state
+            stale.append(-1)  # the older layout's key, rewritten as chunks
+        if absorbed:
+            last_seq = max(last_seq, max(absorbed))
+        if not chunks:
+            return cls(rollup=rollup, stale=stale, last_seq=last_seq)
+        newest = chunks[-1]
+        return cls(
+            list(newest.offsets),
+            newest.last_event_ts,
+            newest.last_applied_at,
+            chunks,
+            rollup,
+            stale=stale,
+            last_seq=last_seq,
+        )
 
     @classmethod
     def _from_legacy(cls, data: bytes, policy: StatePolicy) -> MemberState:
@@ -486,44 +535,33 @@ class MemberState:
 
     def features(self, member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
         """The served view as of ``as_of``: nothing older than the retention, nothing later."""
-        horizon = as_of - policy.retention
         rows = self.actions
-        cap = policy.max_recent_actions
-        recent: list[dict[str, Any]] = []
-        for eid, item, action, ts, attrs, joined in reversed(rows[max(0, len(rows) - cap) :]):
-            if horizon < ts <= as_of:
-                body = {
-                    "event_id": eid,
-                    "item_id": item,
-                    "action": action,
-                    "ts": ts,
-                    "attributes": attrs or {},
-                }
-                if joined is not None:
-                    body["joined"] = joined
-                recent.append(body)
+        times = list(map(itemgetter(_TS), rows))  # ascending
+        # The newest max_recent_actions, then those within (as_of - retention, as_of].
+        start = max(
+            len(rows) - policy.max_recent_actions, bisect_right(times, as_of - policy.retention)
+        )
+        shown = rows[start : bisect_right(times, as_of)]
+        shown.reverse()
+        recent = [
+            {"event_id": e, "item_id": i, "action": a, "ts": t, "attributes": attrs or {}}
+            for e, i, a, t, attrs, _ in shown
+        ]
+        for body, row in zip(recent, shown, strict=True):
+            if row[_JOINED] is not None:
+                body["joined"] = row[_JOINED]
         size = policy.bucket
         # Rows are sorted by event time, so by bucket: a window's rows are one slice.
-        buckets = [math.floor(row[_TS] / size) for row in rows]
+        end = _first_in_bucket_after(times, math.floor(as_of / size), as_of, size)
         extras = list(self._extra_buckets())
-        last = math.floor(as_of / size)
-        while last * size > as_of:  # the last bucket that starts at or before as_of
-            last -= 1
-        while (last + 1) * size <= as_of:
-            last += 1
-        end = bisect_right(buckets, last)
         counts: dict[str, dict[str, int]] = {}
         for window in policy.windows:
-            # The first bucket that ends after as_of - W.
-            first = math.floor((as_of - window) / size)
-            while (first + 1) * size <= as_of - window:
-                first += 1
-            while first * size > as_of - window:
-                first -= 1
             totals = dict.fromkeys(policy.actions_of_interest, 0)
-            totals.update(
-                Counter(map(itemgetter(_ACTION), rows[bisect_left(buckets, first) : end]))
+            # The first bucket that ends after as_of - W holds the window's first row.
+            first = _first_in_bucket_after(
+                times, math.floor((as_of - window) / size), as_of - window, size, ends=True
             )
+            totals.update(Counter(map(itemgetter(_ACTION), rows[first:end])))
             for extra in extras:
                 for k, bucket_counts in extra.items():
                     if policy.bucket_in_window(k, as_of, window):
@@ -565,17 +603,32 @@ class MemberState:
         self.changed = True
         self._now = applied_at
         digest = event_id_hash(action.event_id)
-        seen = self._remembered(applied_at, policy)
+        if self._forgotten is None:
+            self._forget_ids(applied_at, policy)
+        seen = self.seen
         if self._has_seen(seen, digest):
             return Applied.DUPLICATE
         arrival = math.floor(applied_at * DEDUPE_BUCKETS_PER_WINDOW / policy.dedupe_window)
-        for ids in (seen, self.new_ids):
-            group = ids.get(arrival)
-            if group is None:
-                ids[arrival] = bytearray(digest)
-            else:
-                group += digest
-        self.new_rows.append(_row(action))
+        added = self.new_ids.get(arrival)
+        if added is None:
+            self.new_ids[arrival] = bytearray(digest)
+        else:
+            added += digest
+        held = seen.get(arrival)
+        if held is None:
+            seen[arrival] = bytearray(digest)
+        else:
+            held += digest
+        self.new_rows.append(
+            [
+                action.event_id,
+                action.item_id,
+                action.action,
+                action.ts,
+                action.attributes or None,
+                action.joined,
+            ]
+        )
         if self.last_event_ts is None or action.ts > self.last_event_ts:
             self.last_event_ts = action.ts
         self.last_applied_at = applied_at
@@ -585,34 +638,35 @@ class MemberState:
     def seen(self) -> dict[int, bytearray]:
         """Every id hash stored, by arrival bucket (forgotten ones included until their
         chunk is deleted: see :meth:`prune`)."""
-        if self._seen is None:
-            seen: dict[int, bytearray] = {}
-            groups: list[Iterable[tuple[int, bytes | bytearray]]] = []
-            if self.rollup is not None:
-                groups.append(self.rollup.id_groups())
-            groups += [c.id_groups() for c in self.chunks]
-            groups.append(self.new_ids.items())
-            for group in groups:
-                for arrival, ids in group:
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = {}
+            sources = [self.rollup.ids] if self.rollup is not None else []
+            sources += [c.ids for c in self.chunks]
+            for ids in sources:
+                at, end = 0, len(ids)
+                while at < end:
+                    arrival, count = _ID_GROUP.unpack_from(ids, at)
+                    at += _ID_GROUP.size
+                    stop = at + count * _HASH_BYTES
                     held = seen.get(arrival)
                     if held is None:
-                        seen[arrival] = bytearray(ids)
+                        seen[arrival] = bytearray(ids[at:stop])
                     else:
-                        held += ids
-            self._seen = seen
-        return self._seen
-
-    def _remembered(self, now: float, policy: StatePolicy) -> dict[int, bytearray]:
-        if self._forgotten is None:
-            self._forget_ids(now, policy)
-        return self.seen
+                        held += ids[at:stop]
+                    at = stop
+            for arrival, added in self.new_ids.items():
+                held = seen.get(arrival)
+                if held is None:
+                    seen[arrival] = bytearray(added)
+                else:
+                    held += added
+        return seen
 
     def _has_seen(self, seen: dict[int, bytearray], digest: bytes) -> bool:
-        forgotten = self._forgotten or {}
+        forgotten = self._forgotten
         for arrival, ids in seen.items():
-            start = forgotten.get(arrival, 0)
-            if start >= len(ids):
-                continue
+            start = forgotten.get(arrival, 0) if forgotten else 0
             at = ids.find(digest, start)
             while at != -1:  # a C-level search; a match must start on a hash boundary
                 if at % _HASH_BYTES == 0:
@@ -626,6 +680,10 @@ class MemberState:
         size = policy.dedupe_bucket
         horizon = now - policy.dedupe_window
         seen = self.seen
+        cap = policy.dedupe_max_ids * _HASH_BYTES
+        if not seen or (min(seen) * size + size > horizon and sum(map(len, seen.values())) <= cap):
+            self._forgotten = {}  # all remembered
+            return
         forgotten: dict[int, int] = {}
         live = 0
         for arrival in sorted(seen):
@@ -633,7 +691,7 @@ class MemberState:
                 forgotten[arrival] = len(seen[arrival])
             else:
                 live += len(seen[arrival])
-        excess = live - policy.dedupe_max_ids * _HASH_BYTES
+        excess = live - cap
         for arrival in sorted(seen):
             if excess <= 0:
                 break
@@ -649,32 +707,39 @@ class MemberState:
         whose every id has left the dedupe window, and a rollup that has all expired; True if
         anything was dropped. Reads never serve what has expired, whether dropped or not."""
         self._now = now
-        self._forget_ids(now, policy)
+        self._forgotten = None  # worked out again at the next apply, as of then
         horizon = now - policy.retention
+        chunks = self.chunks
+        rollup = self.rollup
+        # The newest chunk holds the current offsets: kept unless everything goes.
+        candidates = [
+            c for c in chunks[:-1] if not (c.max_ts > horizon) or c.extra
+        ]  # a row within the retention keeps its chunk: most chunks stop here
+        if chunks and (not chunks[-1].max_ts > horizon or chunks[-1].extra):
+            candidates.append(chunks[-1])
+        pending = self._prune_pending(horizon, now - policy.dedupe_window, policy)
+        if not candidates and rollup is None:
+            return pending
         id_horizon = now - policy.dedupe_window
-        expired = [self._expired(c, horizon, id_horizon, policy) for c in self.chunks]
-        rollup_expired = self.rollup is not None and self._expired(
-            self.rollup, horizon, id_horizon, policy
-        )
+        drop = [c for c in candidates if self._expired(c, horizon, id_horizon, policy)]
+        rollup_expired = rollup is not None and self._expired(rollup, horizon, id_horizon, policy)
         everything = (
-            all(expired)
-            and (self.rollup is None or rollup_expired)
+            len(drop) == len(chunks)
+            and (rollup is None or rollup_expired)
             and not self.new_rows
             and not self.new_buckets
         )
-        if not everything and expired:
-            expired[-1] = False  # the newest chunk holds the current offsets: kept
-        drop = [c for c, gone in zip(self.chunks, expired, strict=True) if gone]
-        pending = self._prune_pending(horizon, id_horizon, policy)
+        if not everything and drop and drop[-1] is chunks[-1]:
+            drop.pop()
         if not drop and not rollup_expired:
             return pending
+        gone = {c.seq for c in drop}
         self.dropped += [c.seq for c in drop]
-        self.chunks = [c for c, gone in zip(self.chunks, expired, strict=True) if not gone]
+        self.chunks = [c for c in chunks if c.seq not in gone]
         if rollup_expired:
             self.dropped.append(ROLLUP_SEQ)
             self.rollup = None
         self._seen = None
-        self._forget_ids(now, policy)
         return True
 
     def _prune_pending(self, horizon: float, id_horizon: float, policy: StatePolicy) -> bool:
@@ -751,8 +816,11 @@ class MemberState:
                 break
             smalls.append(chunk)
         smalls.reverse()
-        rows = sum(c.n for c in smalls) + len(self.new_rows)
+        new_count = len(self.new_rows)
+        rows = sum(c.n for c in smalls) + new_count
         merge = bool(smalls) and (rows >= CHUNK_ROWS or len(smalls) + 1 >= CHUNK_ROWS)
+        if not merge and not self.new_buckets:
+            return self._append_chunk(member, out)
         parts = [c for c in smalls if merge]
         new_rows = _encode_rows(self.new_rows) if self.new_rows else b""
         groups: dict[int, bytearray] = {}
@@ -789,6 +857,41 @@ class MemberState:
         self.new_ids = {}
         self.new_buckets = {}
         return [c.seq for c in parts]
+
+    def _append_chunk(self, member: bytes, out: dict[bytes, bytes | None]) -> list[int]:
+        """:meth:`_write_chunk` when nothing is merged: what a batch writes most often."""
+        rows = self.new_rows
+        new_ids = self.new_ids
+        ids = b"".join(
+            [_ID_GROUP.pack(arrival, len(added) >> 3) + added for arrival, added in new_ids.items()]
+        )
+        t, p = self.last_event_ts, self.last_applied_at
+        encoded = codec.dumps(rows)[1:-1] if rows else b""
+        max_ts = max(map(itemgetter(_TS), rows)) if rows else _NONE
+        seq = self.last_seq = self.last_seq + 1
+        offsets = self.last_offsets
+        out[member + b"\0" + _SEQ.pack(seq)] = b"".join(
+            (
+                _CHUNK_HEAD.pack(
+                    _CHUNK_LAYOUT,
+                    offsets[0],
+                    offsets[1],
+                    _NONE if t is None else t,
+                    _NONE if p is None else p,
+                    max_ts,
+                    0,
+                    len(rows),
+                    len(ids),
+                    0,
+                ),
+                ids,
+                encoded,
+            )
+        )
+        self.chunks.append(_Chunk(seq, list(offsets), t, p, max_ts, 0, len(rows), ids, encoded))
+        self.new_rows = []
+        self.new_ids = {}
+        return []
 
     def _retire(
         self, member: bytes, policy: StatePolicy, out: dict[bytes, bytes | None]
