@@ -199,3 +199,13 @@ async def preload(
     finally:
         await producer.stop()
     return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

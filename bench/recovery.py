@@ -1,9 +1,10 @@
 """Recovery benchmark: a worker with no local state restores N members from the changelog.
 
 Run: ``python -m bench.recovery [--members 100000 1000000] [--sample 200] [--profile DIR]``.
-Each size gets a broker of its own. The changelog is written as the worker writes it
-(MemberState values, member id keys, Kafka's partitioner, an end marker per partition);
-then a worker starts on an empty data directory. Prints one JSON line per size: seconds
+Each size gets a broker of its own. The changelog holds what ingest writes: each member's
+1 to 6 actions applied one batch at a time through the online store, every record each
+batch wrote (Kafka's partitioner on the member id, an end marker per partition), nothing
+compacted; then a worker starts on an empty data directory. Prints one JSON line per size: seconds
 from process start and from partition assignment to ready, members/s, RSS, and the checks
 that a sample of members serve exactly what was written and that every member is restored.
 """
@@ -11,12 +12,14 @@ that a sample of members serve exactly what was written and that every member is
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,11 @@ from app.settings import load_settings
 from app.stack import StackError
 from app.traffic import generate_actions
 from bench.harness import Stack, WorkerProcess, machine
-from tables.changelog import END_MARKER_KEY
+from tables.changelog import END_MARKER_KEY, LocalTable
 from tables.member_state import MemberState, RecentAction, StatePolicy
-from tables.online_store import MEMBERS_TABLE
+from tables.online_store import MEMBERS_TABLE, OnlineStore
 
-#: Distinct member states; member ``i`` gets state ``i % STATES``. Encoding one state per
+#: Distinct member histories; member ``i`` gets history ``i % STATES``. Applying one per
 #: member would make writing 1M members take longer than restoring them.
 STATES = 10_000
 #: Keys in the table's RocksDB that are not members: Faust's offsets, the end markers.
@@ -52,28 +55,62 @@ def changelog_topic(app_id: str) -> str:
     return f"{app_id}-{MEMBERS_TABLE}-changelog"
 
 
-def member_states(count: int, policy: StatePolicy, now: float, seed: int = 21) -> list[MemberState]:
-    """``count`` states built as ingest builds them: 1 to 6 actions of the last day applied."""
+class _RecordingTable(LocalTable):
+    """A table on local RocksDB that also keeps every record written, in order."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, 1)
+        self.written: list[tuple[bytes, bytes | None]] = []
+
+    def write_locally(self, partition: int, values: Any) -> None:
+        super().write_locally(partition, values)
+        self.written += values.items()
+
+
+def member_histories(
+    count: int, policy: StatePolicy, now: float, seed: int = 21
+) -> tuple[list[MemberState], list[list[tuple[bytes, bytes | None]]]]:
+    """``count`` members as ingest builds them, 1 to 6 actions of the last day, each in a
+    batch of its own: their final states, and the records every batch wrote (keys without
+    the member id, which :func:`populate` puts in front)."""
     actions = generate_actions(None, members=1, items=50_000, seed=seed, spread=86_400.0)
-    states = []
-    for n in range(count):
-        state = MemberState()
-        for offset in range(1 + n % 6):
-            e = next(actions)
-            state.apply(
-                RecentAction(e.event_id, e.item_id, e.action, e.ts, e.attributes),
-                offset=offset,
-                applied_at=now,
-                policy=policy,
-            )
-        state.prune(now, policy)
-        states.append(state)
-    return states
+    path = tempfile.mkdtemp(prefix="recovery-histories-")
+    table = _RecordingTable(path)
+    store = OnlineStore(table, policy, 1)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    states: list[MemberState] = []
+    histories: list[list[tuple[bytes, bytes | None]]] = []
+    try:
+        for n in range(count):
+            key = f"h{n}".encode()
+            table.written = []
+            for offset in range(1 + n % 6):
+                e = next(actions)
+                state = store.load(0, key) or MemberState()
+                state.apply(
+                    RecentAction(e.event_id, e.item_id, e.action, e.ts, e.attributes),
+                    offset=offset,
+                    applied_at=now,
+                    policy=policy,
+                )
+                state.prune(now, policy)
+                loop.run_until_complete(store.write({0: {key: state}}))
+            final = store.load(0, key)
+            assert final is not None
+            states.append(final)
+            histories.append([(k[len(key) :], v) for k, v in table.written])
+    finally:
+        loop.close()
+        table.close()
+        shutil.rmtree(path, ignore_errors=True)
+    return states, histories
 
 
-def populate(stack: Stack, members: int, states: list[MemberState]) -> dict[str, Any]:
-    """Write ``members`` states to the changelog as the worker would; the end offsets must
-    then count every record (the broker answers exactly once the end markers are in)."""
+def populate(
+    stack: Stack, members: int, histories: list[list[tuple[bytes, bytes | None]]]
+) -> dict[str, Any]:
+    """Write ``members`` histories to the changelog as the worker would; the end offsets
+    must then count every record (the broker answers exactly once the end markers are in)."""
     bootstrap = stack.broker.bootstrap
     partitions = stack.partitions
     topic = changelog_topic(stack.app_id)
@@ -89,19 +126,22 @@ def populate(stack: Stack, members: int, states: list[MemberState]) -> dict[str,
             "queue.buffering.max.messages": 1_000_000,
         }
     )
-    values = [state.to_bytes() for state in states]
     started = time.perf_counter()
+    records = size = 0
     for n in range(members):
-        key = f"member-{n}".encode()
-        value = values[n % len(values)]
-        partition = partition_for_key(key, partitions)
-        while True:
-            try:
-                producer.produce(topic, value, key, partition)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                producer.poll(0.05)
-    if producer.flush(120):
+        member = f"member-{n}".encode()
+        partition = partition_for_key(member, partitions)
+        for suffix, value in histories[n % len(histories)]:
+            key = member + suffix
+            records += 1
+            size += len(key) + (len(value) if value is not None else 0)
+            while True:
+                try:
+                    producer.produce(topic, value, key, partition)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    producer.poll(0.05)
+    if producer.flush(300):
         raise RuntimeError("the changelog records were not all delivered")
     # Alone, after the batches: see OnlineStore (the broker's "latest" is the last batch + 1).
     for partition in range(partitions):
@@ -116,12 +156,12 @@ def populate(stack: Stack, members: int, states: list[MemberState]) -> dict[str,
         ]
     finally:
         consumer.close()
-    if sum(ends) != members + partitions:
-        raise RuntimeError(f"the changelog ends at {ends}, not {members + partitions} records")
-    size = sum(len(values[n % len(values)]) + len(f"member-{n}") for n in range(members))
+    if sum(ends) != records + partitions:
+        raise RuntimeError(f"the changelog ends at {ends}, not {records + partitions} records")
     return {
         "produce_s": round(seconds, 2),
-        "produced_per_s": round(members / seconds),
+        "records": records,
+        "produced_per_s": round(records / seconds),
         "changelog_mb": round(size / 2**20),
     }
 
@@ -201,17 +241,19 @@ def check_sample(
 
 
 def count_restored(data_dir: Path) -> int:
-    """Members in a stopped worker's RocksDB partitions."""
-    total = 0
+    """Members in a stopped worker's RocksDB partitions (a member's keys are its id, or its
+    id, a zero byte and more)."""
+    members: set[bytes] = set()
     for path in data_dir.rglob(f"{MEMBERS_TABLE}-*.db"):
         db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
         try:
             for key in db.keys():
                 assert isinstance(key, bytes)  # raw-mode RocksDB
-                total += not key.startswith(_NOT_MEMBERS)
+                if not key.startswith(_NOT_MEMBERS):
+                    members.add(key.split(b"\0", 1)[0])
         finally:
             db.close()
-    return total
+    return len(members)
 
 
 def recovery(
@@ -225,12 +267,12 @@ def recovery(
     with an empty data directory restoring them; raises :class:`RecoveryMismatch` if the
     restored state is not what was written."""
     policy = StatePolicy.from_settings(load_settings())
-    states = member_states(min(STATES, members), policy, time.time())
+    states, histories = member_histories(min(STATES, members), policy, time.time())
     with EmbeddedBroker() as broker:
         stack = Stack.isolated(broker, prefix="recovery")
         try:
             stack.create_topics()
-            written = populate(stack, members, states)
+            written = populate(stack, members, histories)
             started = time.perf_counter()
             worker = stack.start_worker("recovery", wait=False)
             assigned, ready = wait_recovered(worker, timeout, profile)

@@ -37,7 +37,16 @@ from app import codec
 from app.broker import EmbeddedBroker
 from app.settings import format_duration
 from app.stack import consume_topic, read_metric
-from bench.harness import REPO, Samples, Stack, WorkerProcess, machine, paced, probe_freshness
+from bench.harness import (
+    REPO,
+    Samples,
+    Stack,
+    WorkerProcess,
+    cpu_seconds,
+    machine,
+    paced,
+    probe_freshness,
+)
 from bench.load import LoadProcess
 from bench.recommendations import recommendation_stack, start_worker
 
@@ -197,7 +206,7 @@ class Soak:
         now = time.perf_counter()
         shares: dict[str, float] = {}
         for name, pid in self._processes().items():
-            seconds = _cpu_seconds(pid) if pid is not None else None
+            seconds = cpu_seconds(pid) if pid is not None else None
             before = self._cpu_before.get(name)
             if seconds is not None and before is not None and before[1] <= seconds:
                 shares[f"cpu_{name}"] = round(100 * (seconds - before[1]) / (now - before[0]), 1)
@@ -265,16 +274,6 @@ class Soak:
             },
             "chaos_windows": self.windows,
         }
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a live process, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_means(timeline: list[dict[str, Any]]) -> dict[str, float]:

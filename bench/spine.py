@@ -21,6 +21,7 @@ from app.traffic import generate_actions
 from bench.harness import (
     Stack,
     WorkerProcess,
+    cpu_seconds,
     machine,
     open_loop,
     percentiles,
@@ -60,32 +61,50 @@ def ingest(stack: Stack, actions: int, members: int) -> dict[str, Any]:
     """Actions/s applied by one worker from the pre-loaded topic (see :func:`preload_actions`).
 
     Timed from the first batch applied to the last, counting the actions in between: the
-    worker's start-up and group join are not ingest.
+    worker's start-up and group join are not ingest. Also the broker's CPU over that time
+    per 1,000 actions/s ingested (the share of a core it took, divided by the rate in
+    thousands), and the online store's changelog bytes per action applied.
     """
     started = time.perf_counter()
     worker = stack.start_worker("ingest")
     ready = time.perf_counter()
     first: tuple[float, float] | None = None
+    broker_pid = stack.broker.pid
+    broker_cpu: float | None = None
     while True:
         done = worker.metric("nearline_events_in_total")
         if first is None and done > 0:
             first = (time.perf_counter(), done)
+            broker_cpu = cpu_seconds(broker_pid) if broker_pid else None
         if done >= actions:
             break
         time.sleep(0.05)
     finished = time.perf_counter()
+    broker_cpu_end = cpu_seconds(broker_pid) if broker_pid else None
+    changelog = worker.metric('nearline_changelog_bytes_total{table="members"}')
     rss = worker.rss_mb()
     applied = worker.metric("nearline_events_applied_total")
     repartitioned = worker.metric("nearline_events_repartitioned_total")
     since, done_at_first = first or (ready, 0.0)
     seconds = finished - since
+    rate = (actions - done_at_first) / seconds
+    broker_share = (
+        (broker_cpu_end - broker_cpu) / seconds
+        if broker_cpu is not None and broker_cpu_end is not None
+        else None
+    )
     return {
         "actions": actions,
         "members": members,
         "startup_s": round(ready - started, 2),
         "timed_actions": int(actions - done_at_first),
         "seconds": round(seconds, 2),
-        "actions_per_s": round((actions - done_at_first) / seconds),
+        "actions_per_s": round(rate),
+        "broker_cpu_percent": None if broker_share is None else round(100 * broker_share, 1),
+        "broker_cpu_percent_per_1k_actions_per_s": (
+            None if broker_share is None else round(100 * broker_share / (rate / 1000), 2)
+        ),
+        "changelog_bytes_per_action": round(changelog / applied) if applied else None,
         "applied": applied,
         "repartitioned": repartitioned,
         "rss_mb": round(rss),
@@ -173,8 +192,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--actions", type=int, default=200_000)
     parser.add_argument("--members", type=int, default=10_000)
-    parser.add_argument("--fresh-rate", type=float, nargs="+", default=[1000.0])
-    parser.add_argument("--read-rate", type=float, nargs="+", default=[200.0])
+    parser.add_argument("--fresh-rate", type=float, nargs="*", default=[1000.0])
+    parser.add_argument("--read-rate", type=float, nargs="*", default=[200.0])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument(
         "--partitioner",
