@@ -163,8 +163,10 @@ ROLLUP_SEQ = 0
 #: Leads a chunk. Values of the older one-key layout start with ``\x02`` or ``{``.
 _CHUNK_LAYOUT = 3
 #: layout, offsets (one per Source), last event ts, last applied at, newest event ts of the
-#: rows, first seq a merge replaced (0: none), rows, bytes of ids, bytes of the extra JSON.
-_CHUNK_HEAD = struct.Struct(">BqqdddIIII")
+#: rows, oldest arrival bucket of the ids, first seq a merge replaced (0: none), rows, bytes of
+#: ids, bytes of the extra JSON.
+_CHUNK_HEAD = struct.Struct(">BqqdddiIIII")
+_NO_ARRIVAL = 2**31 - 1  # a chunk without ids
 _HEAD_SIZE = _CHUNK_HEAD.size
 #: An id group: arrival bucket, ids in it; then the ids' hashes.
 _ID_GROUP = struct.Struct(">iI")
@@ -239,11 +241,13 @@ class _Chunk:
     ids: bytes  # id groups (see _ID_GROUP)
     rows: bytes  # encoded rows (see _encode_rows)
     extra: dict[str, Any] = field(default_factory=dict)  # "b": counts, "a": absorbed seqs
-    max_arrival: int | None = None  # the newest arrival bucket of its ids (once asked)
+    first_arrival: int = _NO_ARRIVAL  # the oldest arrival bucket of its ids
 
     @classmethod
     def decode(cls, seq: int, data: bytes) -> _Chunk:
-        _, o0, o1, t, p, max_ts, covers, n, ids_len, extra_len = _CHUNK_HEAD.unpack_from(data)
+        _, o0, o1, t, p, max_ts, arrival, covers, n, ids_len, extra_len = _CHUNK_HEAD.unpack_from(
+            data
+        )
         ids_end = _HEAD_SIZE + ids_len
         if not extra_len:
             return cls(
@@ -256,6 +260,7 @@ class _Chunk:
                 n,
                 data[_HEAD_SIZE:ids_end],
                 data[ids_end:],
+                first_arrival=arrival,
             )
         extra_end = ids_end + extra_len
         extra = codec.loads(data[ids_end:extra_end])
@@ -272,6 +277,7 @@ class _Chunk:
             data[_HEAD_SIZE:ids_end],
             data[extra_end:],
             extra,
+            arrival,
         )
 
     def encode(self) -> bytes:
@@ -290,6 +296,7 @@ class _Chunk:
                     _NONE if t is None else t,
                     _NONE if p is None else p,
                     self.max_ts,
+                    self.first_arrival,
                     self.covers_from,
                     self.n,
                     len(self.ids),
@@ -347,6 +354,29 @@ def _first_in_bucket_after(
     while at < len(times) and floor(times[at] / size) <= bucket:
         at += 1
     return at
+
+
+def _find_hash(ids: bytes | bytearray, digest: bytes, start: int) -> bool:
+    """Whether ``digest`` is one of the 8-byte hashes in ``ids[start:]``."""
+    at = ids.find(digest, start)
+    while at != -1:  # a C-level search; a match must start on a hash boundary
+        if (at - start) % _HASH_BYTES == 0:
+            return True
+        at = ids.find(digest, at + 1)
+    return False
+
+
+def _in_groups(ids: bytes, digest: bytes) -> bool:
+    """Whether ``digest`` is one of the hashes of a chunk's id groups (see _ID_GROUP)."""
+    at, end = 0, len(ids)
+    while at < end:
+        _, count = _ID_GROUP.unpack_from(ids, at)
+        at += _ID_GROUP.size
+        stop = at + count * _HASH_BYTES
+        if _find_hash(ids[at:stop], digest, 0):
+            return True
+        at = stop
+    return False
 
 
 def _encode_ids(groups: Iterable[tuple[int, bytes | bytearray]]) -> bytes:
@@ -605,8 +635,7 @@ class MemberState:
         digest = event_id_hash(action.event_id)
         if self._forgotten is None:
             self._forget_ids(applied_at, policy)
-        seen = self.seen
-        if self._has_seen(seen, digest):
+        if self._has_seen(digest):
             return Applied.DUPLICATE
         arrival = math.floor(applied_at * DEDUPE_BUCKETS_PER_WINDOW / policy.dedupe_window)
         added = self.new_ids.get(arrival)
@@ -614,11 +643,13 @@ class MemberState:
             self.new_ids[arrival] = bytearray(digest)
         else:
             added += digest
-        held = seen.get(arrival)
-        if held is None:
-            seen[arrival] = bytearray(digest)
-        else:
-            held += digest
+        seen = self._seen
+        if seen is not None:
+            held = seen.get(arrival)
+            if held is None:
+                seen[arrival] = bytearray(digest)
+            else:
+                held += digest
         self.new_rows.append(
             [
                 action.event_id,
@@ -663,27 +694,39 @@ class MemberState:
                     held += added
         return seen
 
-    def _has_seen(self, seen: dict[int, bytearray], digest: bytes) -> bool:
+    def _has_seen(self, digest: bytes) -> bool:
         forgotten = self._forgotten
-        for arrival, ids in seen.items():
-            start = forgotten.get(arrival, 0) if forgotten else 0
-            at = ids.find(digest, start)
-            while at != -1:  # a C-level search; a match must start on a hash boundary
-                if at % _HASH_BYTES == 0:
+        if forgotten:  # some ids no longer count: look in the merged ids, past those
+            for arrival, ids in self.seen.items():
+                if _find_hash(ids, digest, forgotten.get(arrival, 0)):
                     return True
-                at = ids.find(digest, at + 1)
-        return False
+            return False
+        # Everything stored counts: search each chunk's ids where they lie.
+        rollup = self.rollup
+        if rollup is not None and digest in rollup.ids and _in_groups(rollup.ids, digest):
+            return True
+        for chunk in self.chunks:
+            if digest in chunk.ids and _in_groups(chunk.ids, digest):
+                return True
+        return any(_find_hash(ids, digest, 0) for ids in self.new_ids.values())
 
     def _forget_ids(self, now: float, policy: StatePolicy) -> None:
         """Which ids are no longer remembered: those that left the dedupe window, then the
         oldest beyond its cap (bounded space). Stored ids are dropped with their chunk."""
         size = policy.dedupe_bucket
         horizon = now - policy.dedupe_window
-        seen = self.seen
         cap = policy.dedupe_max_ids * _HASH_BYTES
-        if not seen or (min(seen) * size + size > horizon and sum(map(len, seen.values())) <= cap):
+        # At most this many bytes of ids, and none older than this: then all count.
+        chunks = self.chunks if self.rollup is None else [self.rollup, *self.chunks]
+        most = sum(len(c.ids) for c in chunks) + sum(map(len, self.new_ids.values()))
+        oldest = min(
+            min((c.first_arrival for c in chunks), default=_NO_ARRIVAL),
+            min(self.new_ids, default=_NO_ARRIVAL),
+        )
+        if most <= cap and oldest * size + size > horizon:
             self._forgotten = {}  # all remembered
             return
+        seen = self.seen
         forgotten: dict[int, int] = {}
         live = 0
         for arrival in sorted(seen):
@@ -810,17 +853,18 @@ class MemberState:
     ) -> list[int]:
         """Write what was applied as a new chunk, merged with the small ones at the end
         when they are enough; returns the chunks it replaces."""
-        smalls: list[_Chunk] = []
-        for chunk in reversed(self.chunks):
+        chunks = self.chunks
+        count = rows = 0
+        for chunk in reversed(chunks):
             if chunk.n >= CHUNK_ROWS:
                 break
-            smalls.append(chunk)
-        smalls.reverse()
-        new_count = len(self.new_rows)
-        rows = sum(c.n for c in smalls) + new_count
-        merge = bool(smalls) and (rows >= CHUNK_ROWS or len(smalls) + 1 >= CHUNK_ROWS)
+            count += 1
+            rows += chunk.n
+        rows += len(self.new_rows)
+        merge = count > 0 and (rows >= CHUNK_ROWS or count + 1 >= CHUNK_ROWS)
         if not merge and not self.new_buckets:
             return self._append_chunk(member, out)
+        smalls = chunks[len(chunks) - count :] if count else []
         parts = [c for c in smalls if merge]
         new_rows = _encode_rows(self.new_rows) if self.new_rows else b""
         groups: dict[int, bytearray] = {}
@@ -848,6 +892,7 @@ class MemberState:
             ids=_encode_ids(sorted(groups.items())),
             rows=b",".join([c.rows for c in parts if c.n] + ([new_rows] if new_rows else [])),
             extra={"b": buckets} if buckets else {},
+            first_arrival=min(groups, default=_NO_ARRIVAL),
         )
         out[chunk_key(member, chunk.seq)] = chunk.encode()
         if merge:
@@ -865,6 +910,7 @@ class MemberState:
         ids = b"".join(
             [_ID_GROUP.pack(arrival, len(added) >> 3) + added for arrival, added in new_ids.items()]
         )
+        first = min(new_ids) if new_ids else _NO_ARRIVAL
         t, p = self.last_event_ts, self.last_applied_at
         encoded = codec.dumps(rows)[1:-1] if rows else b""
         max_ts = max(map(itemgetter(_TS), rows)) if rows else _NONE
@@ -879,6 +925,7 @@ class MemberState:
                     _NONE if t is None else t,
                     _NONE if p is None else p,
                     max_ts,
+                    first,
                     0,
                     len(rows),
                     len(ids),
@@ -888,7 +935,11 @@ class MemberState:
                 encoded,
             )
         )
-        self.chunks.append(_Chunk(seq, list(offsets), t, p, max_ts, 0, len(rows), ids, encoded))
+        self.chunks.append(
+            _Chunk(
+                seq, list(offsets), t, p, max_ts, 0, len(rows), ids, encoded, first_arrival=first
+            )
+        )
         self.new_rows = []
         self.new_ids = {}
         return []
@@ -955,6 +1006,7 @@ class MemberState:
             n=0,
             ids=_encode_ids(kept_groups),
             rows=b"",
+            first_arrival=kept_groups[0][0] if kept_groups else _NO_ARRIVAL,
             extra={"b": buckets, "a": sorted(retired_seqs), "r": 0},
         )
         self.chunks = [c for c in self.chunks if c.seq not in retired_seqs]
