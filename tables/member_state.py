@@ -385,6 +385,62 @@ def _encode_ids(groups: Iterable[tuple[int, bytes | bytearray]]) -> bytes:
     )
 
 
+def _view(
+    member_id: str,
+    as_of: float,
+    policy: StatePolicy,
+    rows: list[ActionRow],
+    extras: list[dict[int, dict[str, int]]],
+    last_event_ts: float | None,
+    last_applied_at: float | None,
+) -> dict[str, Any]:
+    """The features of a member: its rows (oldest event first) and counts besides them."""
+    times = list(map(itemgetter(_TS), rows))  # ascending
+    # The newest max_recent_actions, then those within (as_of - retention, as_of].
+    start = max(
+        len(rows) - policy.max_recent_actions, bisect_right(times, as_of - policy.retention)
+    )
+    shown = rows[start : bisect_right(times, as_of)]
+    shown.reverse()
+    recent = [
+        {"event_id": e, "item_id": i, "action": a, "ts": t, "attributes": attrs or {}}
+        for e, i, a, t, attrs, _ in shown
+    ]
+    for body, row in zip(recent, shown, strict=True):
+        if row[_JOINED] is not None:
+            body["joined"] = row[_JOINED]
+    size = policy.bucket
+    # Rows are sorted by event time, so by bucket: a window's rows are one slice.
+    end = _first_in_bucket_after(times, math.floor(as_of / size), as_of, size)
+    counts: dict[str, dict[str, int]] = {}
+    for window in policy.windows:
+        totals = dict.fromkeys(policy.actions_of_interest, 0)
+        # The first bucket that ends after as_of - W holds the window's first row.
+        first = _first_in_bucket_after(
+            times, math.floor((as_of - window) / size), as_of - window, size, ends=True
+        )
+        totals.update(Counter(map(itemgetter(_ACTION), rows[first:end])))
+        for extra in extras:
+            for k, bucket_counts in extra.items():
+                if policy.bucket_in_window(k, as_of, window):
+                    for name, n in bucket_counts.items():
+                        totals[name] = totals.get(name, 0) + n
+        counts[format_duration(window)] = totals
+    if last_event_ts is not None and last_event_ts > as_of:
+        # An earlier view must not leak how recent the member's later activity is.
+        last_event_ts = recent[0]["ts"] if recent else None
+        last_applied_at = None
+    return {
+        "member_id": member_id,
+        "as_of": as_of,
+        "known": bool(recent) or any(any(c.values()) for c in counts.values()),
+        "last_event_ts": last_event_ts,
+        "last_applied_at": last_applied_at,
+        "recent_actions": recent,
+        "counts": counts,
+    }
+
+
 @dataclass(slots=True)
 class MemberState:
     """Everything kept for one member, as read from its keys, and what a batch added.
@@ -565,53 +621,52 @@ class MemberState:
 
     def features(self, member_id: str, as_of: float, policy: StatePolicy) -> dict[str, Any]:
         """The served view as of ``as_of``: nothing older than the retention, nothing later."""
-        rows = self.actions
-        times = list(map(itemgetter(_TS), rows))  # ascending
-        # The newest max_recent_actions, then those within (as_of - retention, as_of].
-        start = max(
-            len(rows) - policy.max_recent_actions, bisect_right(times, as_of - policy.retention)
+        return _view(
+            member_id,
+            as_of,
+            policy,
+            self.actions,
+            list(self._extra_buckets()),
+            self.last_event_ts,
+            self.last_applied_at,
         )
-        shown = rows[start : bisect_right(times, as_of)]
-        shown.reverse()
-        recent = [
-            {"event_id": e, "item_id": i, "action": a, "ts": t, "attributes": attrs or {}}
-            for e, i, a, t, attrs, _ in shown
-        ]
-        for body, row in zip(recent, shown, strict=True):
-            if row[_JOINED] is not None:
-                body["joined"] = row[_JOINED]
-        size = policy.bucket
-        # Rows are sorted by event time, so by bucket: a window's rows are one slice.
-        end = _first_in_bucket_after(times, math.floor(as_of / size), as_of, size)
-        extras = list(self._extra_buckets())
-        counts: dict[str, dict[str, int]] = {}
-        for window in policy.windows:
-            totals = dict.fromkeys(policy.actions_of_interest, 0)
-            # The first bucket that ends after as_of - W holds the window's first row.
-            first = _first_in_bucket_after(
-                times, math.floor((as_of - window) / size), as_of - window, size, ends=True
-            )
-            totals.update(Counter(map(itemgetter(_ACTION), rows[first:end])))
-            for extra in extras:
-                for k, bucket_counts in extra.items():
-                    if policy.bucket_in_window(k, as_of, window):
-                        for name, n in bucket_counts.items():
-                            totals[name] = totals.get(name, 0) + n
-            counts[format_duration(window)] = totals
-        last_event_ts, last_applied_at = self.last_event_ts, self.last_applied_at
-        if last_event_ts is not None and last_event_ts > as_of:
-            # An earlier view must not leak how recent the member's later activity is.
-            last_event_ts = recent[0]["ts"] if recent else None
-            last_applied_at = None
-        return {
-            "member_id": member_id,
-            "as_of": as_of,
-            "known": bool(recent) or any(any(c.values()) for c in counts.values()),
-            "last_event_ts": last_event_ts,
-            "last_applied_at": last_applied_at,
-            "recent_actions": recent,
-            "counts": counts,
-        }
+
+    @classmethod
+    def read_features(
+        cls,
+        member: bytes,
+        records: Iterable[tuple[bytes, bytes]],
+        as_of: float,
+        policy: StatePolicy,
+    ) -> dict[str, Any]:
+        """:meth:`features` of the state stored under ``records`` (see :meth:`from_records`),
+        reading no more of them than a read needs."""
+        prefix = len(member) + 1
+        size = prefix + _SEQ.size
+        unpack = _CHUNK_HEAD.unpack_from
+        parts: list[bytes] = []
+        last_seq = -1
+        t = p = _NONE
+        seen: list[tuple[bytes, bytes]] = []
+        remaining = iter(records)
+        for key, value in remaining:
+            seen.append((key, value))
+            if len(key) != size or key[prefix:] == b"\0\0\0\0":
+                break  # the older layout, or a rollup: the general way
+            head = unpack(value)
+            covers = head[7]
+            if head[10] or (covers and last_seq >= covers):
+                break  # counts beside the rows, or chunks a merge replaced
+            last_seq = int.from_bytes(key[prefix:], "big")
+            parts.append(value[_HEAD_SIZE + head[9] :])
+            t, p = head[3], head[4]
+        else:
+            rows = _decode_rows(parts)
+            rows.sort(key=itemgetter(_TS))
+            return _view(member.decode(), as_of, policy, rows, [], _float(t), _float(p))
+        seen += remaining
+        state = cls.from_records(member, seen, policy) or cls()
+        return state.features(member.decode(), as_of, policy)
 
     # -- updates -----------------------------------------------------------------------
 

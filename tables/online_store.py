@@ -95,8 +95,9 @@ class OnlineStore:
         partition = self.partition_of(member_id)
         if not self.owns(partition):
             raise NotOwned(partition, self.owner_url(partition))
-        state = self.load(partition, member_id.encode()) or MemberState()
-        return state.features(member_id, as_of, self.policy)
+        key = member_id.encode()
+        records = self.table.scan(partition, *member_range(key))
+        return MemberState.read_features(key, records, as_of, self.policy)
 
     # -- writes ------------------------------------------------------------------------
 
