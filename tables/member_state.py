@@ -801,9 +801,9 @@ class MemberState:
         self._forgotten = forgotten
 
     def prune(self, now: float, policy: StatePolicy) -> bool:
-        """Drop the chunks whose every action has left the retention (counts included) and
-        whose every id has left the dedupe window, and a rollup that has all expired; True if
-        anything was dropped. Reads never serve what has expired, whether dropped or not."""
+        """Drop the chunks whose every action has left the retention (counts included), and a
+        rollup that has all expired; True if anything was dropped. Reads never serve what has
+        expired, whether dropped or not."""
         self._now = now
         self._forgotten = None  # worked out again at the next apply, as of then
         horizon = now - policy.retention
@@ -818,9 +818,8 @@ class MemberState:
         pending = self._prune_pending(horizon, now - policy.dedupe_window, policy)
         if not candidates and rollup is None:
             return pending
-        id_horizon = now - policy.dedupe_window
-        drop = [c for c in candidates if self._expired(c, horizon, id_horizon, policy)]
-        rollup_expired = rollup is not None and self._expired(rollup, horizon, id_horizon, policy)
+        drop = [c for c in candidates if self._expired(c, horizon, policy)]
+        rollup_expired = rollup is not None and self._expired(rollup, horizon, policy)
         everything = (
             len(drop) == len(chunks)
             and (rollup is None or rollup_expired)
@@ -860,13 +859,13 @@ class MemberState:
         return True
 
     @staticmethod
-    def _expired(chunk: _Chunk, horizon: float, id_horizon: float, policy: StatePolicy) -> bool:
+    def _expired(chunk: _Chunk, horizon: float, policy: StatePolicy) -> bool:
+        """Every action of the chunk (its counts included) has left the retention. Its ids
+        go with it: a retry of any of those events is older than the retention, and so
+        refused before it is applied."""
         if chunk.n and (policy.bucket_of(chunk.max_ts) + 1) * policy.bucket > horizon:
             return False
-        if any((k + 1) * policy.bucket > horizon for k in chunk.buckets):
-            return False
-        size = policy.dedupe_bucket
-        return all(arrival * size + size <= id_horizon for arrival, _ in chunk.id_groups())
+        return all((k + 1) * policy.bucket <= horizon for k in chunk.buckets)
 
     # -- writes ------------------------------------------------------------------------
 

@@ -56,14 +56,16 @@ def misplaced(events: list[dict[str, Any]], partitions: int, every: int = 2) -> 
     return placed
 
 
-def oracle(events: list[dict[str, Any]], as_of: float) -> dict[str, dict[str, Any]]:
+def oracle(
+    events: list[dict[str, Any]], as_of: float, max_recent: int = 100
+) -> dict[str, dict[str, Any]]:
     return expected_features(
         events,
         as_of=as_of,
         windows=WINDOWS,
         retention=345600.0,
         bucket=60.0,
-        max_recent=100,
+        max_recent=max_recent,
         actions_of_interest=INTEREST,
     )
 

@@ -135,8 +135,7 @@ def test_members_growing_past_many_chunks_retired_pruned_and_swept_equal_the_ora
         assert outcome is Applied.DUPLICATE
     table = store.table
     keys_before = sum(1 for p in range(PARTITIONS) for _ in table.db(p).keys())
-    # The sweep, 30 h on: chunks whose events have all left the 96 h retention (and whose
-    # ids have left the dedupe window) are deleted.
+    # The sweep, 30 h on: chunks whose events have all left the 96 h retention are deleted.
     later = now + 30 * 3600
     pruned, deleted = asyncio.run(store.sweep(later))
     assert pruned > 0 and deleted == 0
