@@ -121,6 +121,7 @@ async def _freshness(
     *,
     probes_per_s: float = PROBES_PER_S,
     warmup: float = FRESHNESS_WARMUP,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """Produce → visible over HTTP for probe actions, while ``python -m bench.load`` (a
     process of its own) keeps the topic at ``rate`` actions/s in all, probes included.
@@ -142,12 +143,16 @@ async def _freshness(
 
     probes: list[asyncio.Future[None]] = []
     started = time.perf_counter()
+    broker_cpu: tuple[float, float | None] | None = None  # (when, CPU seconds) after warm-up
     try:
         while (elapsed := time.perf_counter() - started) < warmup + seconds:
+            if broker_cpu is None and elapsed >= warmup and broker_pid:
+                broker_cpu = (time.perf_counter(), cpu_seconds(broker_pid))
             while len(probes) < int(elapsed * probes_per_s):
                 member = f"probe-{rng.randrange(1000)}"
                 probes.append(asyncio.ensure_future(probe(member, elapsed >= warmup)))
             await asyncio.sleep(0.005)
+        broker_end = (time.perf_counter(), cpu_seconds(broker_pid) if broker_pid else None)
         await asyncio.gather(*probes)
         probe_rate = len(probes) / (warmup + seconds)
     finally:
@@ -155,7 +160,15 @@ async def _freshness(
         await producer.stop()
         background = await load.result()
     achieved = background["achieved_rate"] + probe_rate
-    return {"rate": rate, "achieved_rate": round(achieved), **_ms(percentiles(latencies))}
+    result = {"rate": rate, "achieved_rate": round(achieved), **_ms(percentiles(latencies))}
+    if broker_cpu is not None and broker_cpu[1] is not None and broker_end[1] is not None:
+        # The broker's share of a core while the load ran, per 1,000 actions/s of it.
+        share = (broker_end[1] - broker_cpu[1]) / (broker_end[0] - broker_cpu[0])
+        result["broker_cpu_percent"] = round(100 * share, 1)
+        result["broker_cpu_percent_per_1k_actions_per_s"] = round(
+            100 * share / (achieved / 1000), 2
+        )
+    return result
 
 
 def _ms(stats: dict[str, float]) -> dict[str, float]:
@@ -217,7 +230,14 @@ def main() -> None:
                 print(f"features read: {reads}")
             for rate in args.fresh_rate:
                 fresh = asyncio.run(
-                    _freshness(worker, broker.bootstrap, stack.topic, rate, args.seconds)
+                    _freshness(
+                        worker,
+                        broker.bootstrap,
+                        stack.topic,
+                        rate,
+                        args.seconds,
+                        broker_pid=broker.pid,
+                    )
                 )
                 print(f"freshness: {fresh}")
         finally:
