@@ -23,8 +23,9 @@ behind by an earlier cut are deleted first, then the new chunk (a merge names th
 replaces) and the rollup (which names the chunks it absorbed), then the keys they replace.
 
 Event ids are remembered apart from the capped recent actions: 8-byte hashes grouped by
-arrival-time bucket and kept for the dedupe window, so a producer retry counts once however
-late or old the original event was.
+arrival-time bucket, counted for the dedupe window, so a producer retry counts once however
+late or old the original event was (within the retention: an older retry is refused before
+it is applied, which is why a chunk's ids go with it once its actions have expired).
 
 Values of the older one-key layout (``<member>`` alone) are read, and a member is rewritten
 in this layout on its next write.
@@ -135,18 +136,6 @@ class RecentAction:
     attributes: dict[str, Any] = field(default_factory=dict)
     joined: bool | None = None  # None: no ingest-time join was configured
 
-    def as_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "event_id": self.event_id,
-            "item_id": self.item_id,
-            "action": self.action,
-            "ts": self.ts,
-            "attributes": dict(self.attributes),
-        }
-        if self.joined is not None:
-            body["joined"] = self.joined
-        return body
-
 
 #: One kept action: [event_id, item_id, action, ts, attributes | None, joined].
 #: Plain lists, so decoding the rows is one orjson call with no objects to build.
@@ -173,17 +162,6 @@ _ID_GROUP = struct.Struct(">iI")
 _SEQ = struct.Struct(">I")
 _NONE = math.nan  # a float field with no value
 _HEADER_LENGTH = struct.Struct(">I")  # the older layout's header length
-
-
-def _row(action: RecentAction) -> ActionRow:
-    return [
-        action.event_id,
-        action.item_id,
-        action.action,
-        action.ts,
-        action.attributes or None,
-        action.joined,
-    ]
 
 
 def _newest(rows: list[ActionRow], count: int) -> list[ActionRow]:
