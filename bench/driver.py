@@ -9,7 +9,8 @@ one line on stdin: the start, a ``time.perf_counter()`` value (CLOCK_MONOTONIC o
 same clock in every process), or an empty line for "now". Each load then runs open-loop for
 ``seconds`` from that start, latency counted from when each request was due; the closing
 JSON line has every load's samples (:class:`bench.harness.Samples`) and the probe actions
-the broker acknowledged (what the online store must count).
+the broker acknowledged (what the online store must count); with ``--out FILE``, in that
+file, and the line says where.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import asyncio
 import json
 import random
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -156,8 +159,10 @@ class Driver(BenchProcess):
         items: int = 5000,
     ) -> Driver:
         """Started and ready: bodies encoded, producer connected; waiting for :meth:`go`."""
+        out = Path(tempfile.mkdtemp(prefix="nearline-driver-")) / "result.json"
         return await cls.launch(
             "bench.driver",
+            *("--out", str(out)),
             *(url, "--seconds", str(seconds), "--reads-rate", str(reads_rate)),
             *("--recs-rate", str(recs_rate), "--probes-per-s", str(probes_per_s)),
             *("--bootstrap", bootstrap, "--topic", topic),
@@ -170,7 +175,10 @@ class Driver(BenchProcess):
 
     async def samples(self) -> tuple[dict[str, Samples], list[tuple[str, str]]]:
         """Wait for the end; each load's samples and the probe actions acknowledged."""
-        found = await self.result()
+        out = Path((await self.result())["out"])
+        found = json.loads(out.read_text())
+        out.unlink()
+        out.parent.rmdir()
         samples = {name: Samples.from_json(data) for name, data in found["samples"].items()}
         return samples, [(member, action) for member, action in found["probes_acked"]]
 
@@ -187,8 +195,16 @@ def main() -> None:
     parser.add_argument("--topic", default="", help="the actions topic, for the probes")
     parser.add_argument("--members", type=int, default=10_000, help="member-0 … member-N")
     parser.add_argument("--items", type=int, default=5000, help="item-0 … item-N")
+    parser.add_argument("--out", type=Path, help="write the result here, not to stdout")
     args = parser.parse_args()
-    print(json.dumps(uvloop.run(drive(args))), flush=True)
+    result = json.dumps(uvloop.run(drive(args)))
+    if args.out is None:
+        print(result, flush=True)
+        return
+    # A file, not the pipe: after uvloop.run, a print of more than the pipe's 64 KiB to a
+    # reader not yet reading was seen cut short at 64 KiB, silently and with exit code 0.
+    args.out.write_text(result)
+    print(json.dumps({"out": str(args.out)}), flush=True)
 
 
 if __name__ == "__main__":

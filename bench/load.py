@@ -90,8 +90,9 @@ class BenchProcess:
     """``python -m bench.<module>`` in a process of its own: it prints one JSON line once it
     is ready and one with its result when done; it may read lines from its stdin."""
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
+    def __init__(self, process: subprocess.Popen[str], module: str) -> None:
         self.process = process
+        self.module = module
 
     @classmethod
     async def launch(cls, module: str, *args: str) -> Self:
@@ -108,7 +109,7 @@ class BenchProcess:
         if not await asyncio.to_thread(process.stdout.readline):
             _, err = process.communicate()
             raise RuntimeError(f"{module} did not start: {err[-2000:]}")
-        return cls(process)
+        return cls(process, module)
 
     def tell(self, line: str) -> None:
         """Write one line to its stdin."""
@@ -120,7 +121,7 @@ class BenchProcess:
         """Wait for it to finish; its closing JSON line."""
         out, err = await asyncio.to_thread(self.process.communicate)
         if self.process.returncode:
-            raise RuntimeError(f"{self.process.args[2]} failed: {err[-2000:]}")
+            raise RuntimeError(f"{self.module} failed: {err[-2000:]}")
         return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
 
 

@@ -172,7 +172,8 @@ class Soak:
             found[f"w{n}"] = pids
             if len(pids) > 1:
                 found[f"w{n}_serve"] = [pid for pid in pids if pid != worker.pid]
-        found["broker"] = [self.stack.broker.pid]
+        if self.stack.broker.pid is not None:
+            found["broker"] = [self.stack.broker.pid]
         for name, child in (("producer", self.load), ("driver", self.driver)):
             if child is not None:
                 found[name] = [child.process.pid]
