@@ -19,6 +19,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import uvloop
 
 from app.broker import EmbeddedBroker
@@ -30,6 +31,7 @@ from bench.harness import (
     SERVE_PROCESSES,
     Samples,
     Stack,
+    WorkerProcess,
     add_serve_processes_option,
     cpu_seconds,
     machine,
@@ -45,6 +47,14 @@ RESULTS = REPO / "bench" / "results"
 APPLIED_FIRST = 20_000
 
 
+def _consumed(worker: WorkerProcess) -> float | None:
+    """Actions the worker has consumed since it started; None if /metrics did not answer."""
+    try:
+        return worker.metric("nearline_events_in_total")
+    except httpx.HTTPError:
+        return None
+
+
 async def _catch_up(
     stack: Stack, port: int, backlog: int, reads_rate: float, seconds: float, members: int
 ) -> dict[str, Any]:
@@ -56,14 +66,14 @@ async def _catch_up(
     cpu_at_go = {pid: cpu_seconds(pid) for pid in pids}
     start = time.perf_counter()
     driver.go(start)
-    consumed_at_go = await asyncio.to_thread(worker.metric, "nearline_events_in_total")
+    consumed_at_go = await asyncio.to_thread(_consumed, worker)
     caught_up: float | None = None
     progress: list[tuple[float, float | None]] = []
     while time.perf_counter() - start < seconds:
         try:
             lag = (await asyncio.to_thread(worker_metrics, worker.url))["lag"]
             consumed = await asyncio.to_thread(worker.metric, "nearline_events_in_total")
-        except Exception:  # /metrics slow behind the catch-up: ask again
+        except httpx.HTTPError:  # /metrics slow behind the catch-up: ask again
             await asyncio.sleep(0.1)
             continue
         progress.append((round(time.perf_counter() - start, 2), lag))
@@ -92,7 +102,7 @@ async def _catch_up(
         "consumed_before_reads": consumed_at_go,
         "caught_up_s": round(caught_up, 2) if caught_up is not None else None,
         "catch_up_rate": (
-            round((backlog - consumed_at_go) / caught_up) if caught_up is not None else None
+            round((backlog - (consumed_at_go or 0)) / caught_up) if caught_up is not None else None
         ),
         "reads_during_catch_up": during.stats(),
         "reads_whole_run": reads.stats(),
@@ -146,7 +156,7 @@ def summary(result: dict[str, Any]) -> list[str]:
     caught = result["caught_up_s"]
     target = TARGETS_MS["features"]
     return [
-        f"backlog of {result['backlog']:,} actions ({result['consumed_before_reads']:,.0f} "
+        f"backlog of {result['backlog']:,} actions ({result['consumed_before_reads'] or 0:,.0f} "
         "consumed before the worker was ready and the reads began): "
         + (
             f"applied {caught:.1f} s after, {result['catch_up_rate']:,} actions/s"
