@@ -23,7 +23,6 @@ import httpx
 import uvloop
 
 from app.broker import EmbeddedBroker
-from app.stack import read_metric
 from app.traffic import generate_actions
 from bench.driver import Driver
 from bench.harness import (
@@ -137,9 +136,6 @@ def isolation(
             ]
             asyncio.run(preload(broker.bootstrap, stack.topic, records))
             result = uvloop.run(_catch_up(stack, port, backlog, reads_rate, seconds, members))
-            result["applied_total"] = read_metric(
-                stack.workers[-1].url, "nearline_events_applied_total"
-            )
         finally:
             stack.stop()
     result |= {
