@@ -119,15 +119,23 @@ class Soak:
         )
         self.workers[0] = restarted
         await self._settled(began)
+        if self._over():  # the restart's window lasted to the end: no rebalance to measure
+            return
         await self._at(0.6)
         began = self._event("worker 2 joins")
         second = await asyncio.to_thread(self.stack.start_worker, "w2", 120.0, wait=False)
         self.workers.append(second)
         await self._settled(began)
         await self._at(0.8)
+        if self._over():
+            await asyncio.to_thread(second.stop)
+            return
         began = self._event("worker 2 leaves")
         await asyncio.to_thread(second.stop)
         await self._settled(began)
+
+    def _over(self) -> bool:
+        return time.perf_counter() - self.start >= self.seconds
 
     def _event(self, what: str) -> float:
         now = time.perf_counter() - self.start
