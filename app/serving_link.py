@@ -60,12 +60,14 @@ class WriteCounters:
             try:
                 os.ftruncate(fd, size)
                 self._map = mmap.mmap(fd, size)
+                self.inode = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
             _HEADER.pack_into(self._map, 0, _MAGIC, partitions, 0.0, 0)
         else:
             with path.open("rb") as file:
                 self._map = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ)
+                self.inode = os.fstat(file.fileno()).st_ino
             magic, stored, _, _ = _HEADER.unpack_from(self._map, 0)
             if magic != _MAGIC or stored != partitions:
                 raise ValueError(
@@ -195,6 +197,9 @@ class WorkerFollower:
         now = time.monotonic()
         # Re-read on a new generation, and once a second for the lag figures.
         if generation != self._generation or now - self._read_at >= 1.0:
+            if self._replaced(counters):
+                self.counters = None  # the worker's data dir was deleted and made anew
+                return self.poll()
             try:
                 self.state = PublishedState.read(self.directory / "state.json")
             except FileNotFoundError:
@@ -202,6 +207,13 @@ class WorkerFollower:
             self._generation = self.state.generation
             self._read_at = now
         return self.state
+
+    @staticmethod
+    def _replaced(counters: WriteCounters) -> bool:
+        try:
+            return os.stat(counters.path).st_ino != counters.inode
+        except FileNotFoundError:
+            return False  # not made again yet: keep the last state
 
     def worker_alive(self, now: float | None = None) -> bool:
         if self.counters is None:
