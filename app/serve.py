@@ -64,7 +64,7 @@ from tables.member_state import StatePolicy
 from tables.online_store import MEMBERS_TABLE, OnlineStore
 from tables.secondary import SecondaryTable
 
-__all__ = ["FollowedStatus", "StaleFlagged", "run_serving", "run_serving_process"]
+__all__ = ["FollowedStatus", "Link", "StaleFlagged", "run_serving", "run_serving_process"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,27 @@ class FollowedStatus:
 
     def owner_url(self, partition: int) -> str | None:
         return self.table.owner_url(partition)
+
+
+class Link:
+    """A serving process's :class:`~app.web.WorkerLink`: its worker, and itself."""
+
+    def __init__(self, follower: WorkerFollower, table: SecondaryTable, settings: Settings):
+        self.follower = follower
+        self.table = table
+        self.settings = settings
+
+    def url(self) -> str | None:
+        state = self.follower.poll()
+        return None if state is None else state.worker_url
+
+    def serving_view(self) -> dict[str, Any]:
+        return {
+            "processes": self.settings.serve_processes,
+            "answered_by": os.getpid(),
+            "max_staleness_ms": self.settings.serve_max_staleness * 1000,
+            "stale_ms": {str(p): self.table.stale_ms(p) for p in self.table.owned_partitions()},
+        }
 
 
 class StaleFlagged:
@@ -197,10 +218,6 @@ async def _serve(settings: Settings, index: int) -> None:
     http = httpx.AsyncClient(timeout=settings.forward_timeout)
     status = FollowedStatus(follower, members, settings.topic_partitions)
 
-    def worker_url() -> str | None:
-        state = follower.poll()
-        return None if state is None else state.worker_url
-
     web = create_web_app(
         WebServices(
             settings=settings,
@@ -225,7 +242,7 @@ async def _serve(settings: Settings, index: int) -> None:
             models=models,
             attributes=cached,
             http=http,
-            worker_url=worker_url,
+            worker=Link(follower, members, settings),
         )
     )
     config = uvicorn.Config(

@@ -8,6 +8,7 @@ answers waits until they arrive rather than reading once.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -145,8 +146,6 @@ def test_a_serving_process_that_dies_is_started_again(deployment: Deployment) ->
     reading.start()
     try:
         wait_until(lambda: answered > 20, message="reads under way")
-        import os
-
         os.kill(victims[0], signal.SIGKILL)
         wait_until(
             lambda: len(worker.pod_pids()) == 4 and victims[0] not in worker.pod_pids(),
@@ -161,3 +160,7 @@ def test_a_serving_process_that_dies_is_started_again(deployment: Deployment) ->
     # Only a request in flight on the killed process may fail: reads are one at a time.
     assert len(failures) <= 1, failures
     assert worker.metric("nearline_serving_processes") == 2
+    # The console's system view is the worker's, with the serving processes beside it.
+    system = worker.get("/v1/console/system").json()
+    assert system["partitions"] and system["serving"]["processes"] == 2
+    assert system["serving"]["stale_ms"] == {str(p): None for p in range(4)}
