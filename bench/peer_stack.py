@@ -416,12 +416,18 @@ def drain(side: Side, preloaded: int, timeout: float = 300.0) -> dict[str, Any]:
     }
 
 
-async def _caught_up(side: Side, expected: float, timeout: float = 120.0) -> float:
-    """Seconds until ``expected`` actions are visible."""
+#: Seconds a stack may take to catch up after a phase; past it the run goes on, the stack's
+#: lag is reported, and the oracle check counts what it had not applied as lost.
+CATCH_UP = 180.0
+
+
+async def _caught_up(side: Side, expected: float) -> float | None:
+    """Seconds until ``expected`` actions are visible; None if not within :data:`CATCH_UP`."""
     began = time.perf_counter()
-    while await asyncio.to_thread(side.processed) < expected:
-        if time.perf_counter() - began > timeout:
-            raise RuntimeError(f"{side.name} fell behind: not caught up after {timeout} s")
+    while (done := await asyncio.to_thread(side.processed)) < expected:
+        if time.perf_counter() - began > CATCH_UP:
+            print(f"{side.name}: {expected - done:,.0f} actions behind after {CATCH_UP:.0f} s")
+            return None
         await asyncio.sleep(0.05)
     return time.perf_counter() - began
 
@@ -448,7 +454,7 @@ async def ingest_alone(
     cpu = meter.seconds()
     return {
         **sent,
-        "caught_up_after_s": round(behind, 2),
+        "caught_up_after_s": None if behind is None else round(behind, 2),
         "cpu_s": round(cpu, 2),
         "cpu_s_per_1k": round(1000 * cpu / sent["delivered"], 3),
     }
@@ -524,9 +530,10 @@ async def mixed(
     finally:
         await producer.stop()
     sent = await load.result()
-    await _caught_up(side, base + sent["delivered"] + len(probed))
+    behind = await _caught_up(side, base + sent["delivered"] + len(probed))
     return {
         "load": sent,
+        "caught_up_after_s": None if behind is None else round(behind, 2),
         "achieved_rate": round(sent["achieved_rate"] + PROBES_PER_S),
         "reads": _ms(reads, READ_TIMEOUT),
         "freshness": _ms(fresh, PROBE_GIVE_UP),
@@ -631,6 +638,10 @@ def compare_stacks(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _seconds(value: float | None) -> str:
+    return f"not within {CATCH_UP:.0f} s" if value is None else f"{value} s"
+
+
 def table(
     result: dict[str, Any], command: str
 ) -> list[tuple[str, str, str, str, Any, bool | None]]:
@@ -698,7 +709,7 @@ def table(
             both(lambda s: f"{s['backlog']['actions_per_s']:,}/s")
             + f"; after {ours['ingest']['achieved_rate']:,}/s for {ours['ingest']['seconds']} s "
             + "caught up "
-            + both(lambda s: f"{s['ingest']['caught_up_after_s']} s")
+            + both(lambda s: _seconds(s["ingest"]["caught_up_after_s"]))
             + " after the last send",
             "—",
             command,
