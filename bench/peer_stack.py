@@ -406,7 +406,9 @@ def drain(side: Side, preloaded: int, timeout: float = 300.0) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{side.name}: {done} of {preloaded} actions after {timeout} s")
         time.sleep(0.05)
-    since, at_first = first or (time.perf_counter(), 0.0)
+    if first is None:  # all of it applied before the first look: too small to time
+        return {"actions": preloaded, "actions_per_s": None, "cpu_s": round(meter.seconds(), 2)}
+    since, at_first = first
     seconds = max(time.perf_counter() - since, 1e-3)
     return {
         "actions": preloaded,
@@ -643,6 +645,10 @@ def compare_stacks(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _rate(value: int | None) -> str:
+    return "drained before the first look (raise --preload)" if value is None else f"{value:,}/s"
+
+
 def _seconds(value: float | None) -> str:
     return f"not within {CATCH_UP:.0f} s" if value is None else f"{value} s"
 
@@ -719,7 +725,7 @@ def table(
         ),
         (
             f"{vs}: highest action rate kept up with (a backlog drained)",
-            both(lambda s: f"{s['backlog']['actions_per_s']:,}/s")
+            both(lambda s: _rate(s["backlog"]["actions_per_s"]))
             + f"; after {ours['ingest']['achieved_rate']:,}/s for {ours['ingest']['seconds']} s "
             + "caught up "
             + both(lambda s: _seconds(s["ingest"]["caught_up_after_s"]))
