@@ -18,6 +18,10 @@ from typing import Any
 from app.broker import EmbeddedBroker
 from bench.console import _reads_with_console
 from bench.harness import REPO, WARMUP, Stack, machine
+from bench.peer_stack import command_line as peer_stack_command
+from bench.peer_stack import compare_stacks
+from bench.peer_stack import parser as peer_stack_parser
+from bench.peer_stack import table as peer_stack_table
 from bench.recommendations import _load as recommendations_load
 from bench.recommendations import recommendation_stack, start_worker
 from bench.recovery import recovery
@@ -55,6 +59,12 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--soak-seconds", type=float, default=40.0, help="length of the soak")
+    parser.add_argument(
+        "--peer-stack-preload",
+        type=int,
+        default=100_000,
+        help="the backlog each stack drains in the Quix → Feast → Redis comparison",
+    )
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
 
@@ -171,6 +181,18 @@ def main() -> None:
                 )
         finally:
             stack.stop()
+    # The stack a team would build instead (Quix Streams → Feast → Redis → feast serve),
+    # each on a broker of its own, the same workload one after the other.
+    side_by_side = peer_stack_parser().parse_args(
+        ["--seconds", str(args.seconds), "--preload", str(args.peer_stack_preload)]
+    )
+    compared = compare_stacks(side_by_side)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "peer_stack.json").write_text(json.dumps(compared, indent=2, default=str))
+    for figure, value, target, how, detail, met in peer_stack_table(
+        compared, peer_stack_command(side_by_side)
+    ):
+        row(figure, value, target, how, detail, met)
     for members in (100_000, 1_000_000):
         restored = recovery(members)
         row(

@@ -8,7 +8,7 @@ import platform
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,64 @@ __all__ = [
     "Samples",
     "Stack",
     "WorkerProcess",
+    "cpu_seconds",
     "machine",
     "open_loop",
     "paced",
     "percentiles",
     "preload",
     "probe_freshness",
+    "process_tree",
+    "rss_mb",
 ]
 
 
 def machine() -> str:
     return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process, from /proc; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a live process (VmRSS), MB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """``roots`` and every live descendant of theirs (Linux: /proc/PID/task/TID/children)."""
+    found: list[int] = []
+    pending = list(roots)
+    while pending:
+        pid = pending.pop()
+        if pid in found:
+            continue
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # exited
+        found.append(pid)
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+            except OSError:
+                continue
+    return found
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -68,6 +115,28 @@ WARMUP = 2.0
 PROBE_POLL_EVERY, PROBE_POLL_MAX, PROBE_RETRY_MAX = 0.005, 0.05, 1.0
 
 
+#: Reads a member's features over HTTP: the answer's JSON, or None when it was not a 200.
+ReadFeatures = Callable[[aiohttp.ClientSession, str], Awaitable[Any]]
+#: Whether an answer of :data:`ReadFeatures` shows the probe's action.
+Shows = Callable[[Any, ActionEvent], bool]
+
+
+def nearline_features(worker_url: str) -> ReadFeatures:
+    """GET ``/v1/members/{member}/features`` of a nearline worker."""
+
+    async def read(client: aiohttp.ClientSession, member: str) -> Any:
+        async with client.get(f"{worker_url}/v1/members/{member}/features") as response:
+            return await response.json() if response.status == 200 else None
+
+    return read
+
+
+def shows_newest(body: Any, event: ActionEvent) -> bool:
+    """nearline: the probe's action is the member's newest recent action."""
+    recent = body["recent_actions"]
+    return bool(recent) and recent[0]["event_id"] == event.event_id
+
+
 async def probe_freshness(
     producer: AIOKafkaProducer,
     client: aiohttp.ClientSession,
@@ -75,17 +144,23 @@ async def probe_freshness(
     topic: str,
     member: str,
     give_up: float = 30.0,
+    *,
+    read: ReadFeatures | None = None,
+    shows: Shows = shows_newest,
 ) -> float | None:
-    """Produce one action, poll until the member's features show it: seconds, or None."""
+    """Produce one action, poll until the member's features show it: seconds, or None.
+
+    ``read`` and ``shows`` (by default nearline's API at ``worker_url``) let another
+    stack's feature server be probed the same way (bench.peer_stack).
+    """
     event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
     sent = time.perf_counter()
     await (await producer.send(topic, event.to_json(), key=member.encode()))
-    url = f"{worker_url}/v1/members/{member}/features"
+    read = read or nearline_features(worker_url)
     failures = 0
     while (waited := time.perf_counter() - sent) < give_up:
         try:
-            async with client.get(url) as response:
-                body = await response.json() if response.status == 200 else None
+            body = await read(client, member)
         except (aiohttp.ClientError, TimeoutError):
             body = None  # a worker restarting: keep polling
         if body is None:
@@ -95,8 +170,7 @@ async def probe_freshness(
             await asyncio.sleep(min(PROBE_RETRY_MAX, PROBE_POLL_MAX * 2**failures))
             continue
         failures = 0
-        recent = body["recent_actions"]
-        if recent and recent[0]["event_id"] == event.event_id:
+        if shows(body, event):
             return time.perf_counter() - sent
         await asyncio.sleep(min(PROBE_POLL_MAX, max(PROBE_POLL_EVERY, waited / 20)))
     return None

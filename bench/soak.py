@@ -37,7 +37,16 @@ from app import codec
 from app.broker import EmbeddedBroker
 from app.settings import format_duration
 from app.stack import consume_topic, read_metric
-from bench.harness import REPO, Samples, Stack, WorkerProcess, machine, paced, probe_freshness
+from bench.harness import (
+    REPO,
+    Samples,
+    Stack,
+    WorkerProcess,
+    cpu_seconds,
+    machine,
+    paced,
+    probe_freshness,
+)
 from bench.load import LoadProcess
 from bench.recommendations import recommendation_stack, start_worker
 
@@ -197,7 +206,7 @@ class Soak:
         now = time.perf_counter()
         shares: dict[str, float] = {}
         for name, pid in self._processes().items():
-            seconds = _cpu_seconds(pid) if pid is not None else None
+            seconds = cpu_seconds(pid) if pid is not None else None
             before = self._cpu_before.get(name)
             if seconds is not None and before is not None and before[1] <= seconds:
                 shares[f"cpu_{name}"] = round(100 * (seconds - before[1]) / (now - before[0]), 1)
@@ -267,16 +276,6 @@ class Soak:
         }
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a live process, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_means(timeline: list[dict[str, Any]]) -> dict[str, float]:
     """Each process's mean share of a core over the samples it was alive for."""
     seen: dict[str, list[float]] = {}
@@ -329,17 +328,26 @@ def expected_counts(
 
 
 def compare(url: str, expected: dict[str, Counter[str]], window: str) -> dict[str, int]:
-    lost = twice = members_off = 0
     with httpx.Client(timeout=10) as client:
-        for member, counts in expected.items():
-            served = client.get(f"{url}/v1/members/{member}/features").json()["counts"][window]
-            off = False
-            for action in set(counts) | {a for a, n in served.items() if n}:
-                difference = served.get(action, 0) - counts.get(action, 0)
-                lost += max(0, -difference)
-                twice += max(0, difference)
-                off = off or difference != 0
-            members_off += off
+        served = {
+            member: client.get(f"{url}/v1/members/{member}/features").json()["counts"][window]
+            for member in expected
+        }
+    return tally(expected, served)
+
+
+def tally(expected: dict[str, Counter[str]], served: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Actions lost and counted twice: each member's served counts against ``expected``."""
+    lost = twice = members_off = 0
+    for member, counts in expected.items():
+        got = served.get(member, {})
+        off = False
+        for action in set(counts) | {a for a, n in got.items() if n}:
+            difference = got.get(action, 0) - counts.get(action, 0)
+            lost += max(0, -difference)
+            twice += max(0, difference)
+            off = off or difference != 0
+        members_off += off
     return {"members": len(expected), "lost": lost, "counted_twice": twice, "off": members_off}
 
 
