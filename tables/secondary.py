@@ -180,7 +180,12 @@ class SecondaryTable:
         return handle.db
 
     def _catch_up(self, handle: _Partition, count: int, now: float) -> None:
-        handle.db.try_catch_up_with_primary()
+        try:
+            handle.db.try_catch_up_with_primary()
+        except Exception as exc:  # rocksdict raises plain Exception; keep what we have
+            log.warning("catching up with %s failed: %s; answering from before", handle.path, exc)
+            handle.caught_at = time.monotonic()  # not again before max_staleness
+            return
         handle.caught_count = count  # read before the catch-up: later writes catch up later
         handle.caught_at = time.monotonic()
         handle.fresh_at = time.time()
