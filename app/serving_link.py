@@ -18,6 +18,7 @@ replaced atomically, and each counter is one aligned 8-byte word.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
@@ -29,6 +30,8 @@ from typing import Any
 from app import codec
 
 __all__ = ["PublishedState", "WorkerFollower", "WriteCounters", "serving_dir"]
+
+log = logging.getLogger(__name__)
 
 _MAGIC = 0x4E4C5331  # "NLS1"
 #: magic, partitions, heartbeat (Unix time), generation; then one u64 per partition.
@@ -66,10 +69,10 @@ class WriteCounters:
             _HEADER.pack_into(self._map, 0, _MAGIC, partitions, 0.0, 0)
         else:
             with path.open("rb") as file:
-                self._map = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ)
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
                 self.inode = os.fstat(file.fileno()).st_ino
             magic, stored, _, _ = _HEADER.unpack_from(self._map, 0)
-            if magic != _MAGIC or stored != partitions:
+            if magic != _MAGIC or stored != partitions or len(self._map) < size:
                 raise ValueError(
                     f"{path} was written for {stored} partitions, not {partitions}: "
                     "the worker and `nearline serve` must share NEARLINE_TOPIC_PARTITIONS"
@@ -192,6 +195,9 @@ class WorkerFollower:
                     self.directory / "counters", self.partitions
                 )
             except FileNotFoundError:
+                return None
+            except ValueError as exc:  # being created, or written for other partitions
+                log.warning("cannot follow the worker yet: %s", exc)
                 return None
         generation = counters.generation
         now = time.monotonic()

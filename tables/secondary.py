@@ -163,8 +163,10 @@ class SecondaryTable:
     # -- reads ---------------------------------------------------------------------------
 
     def _db(self, partition: int) -> rocksdict.Rdict:
-        handle = self._partitions[partition]
-        state = self._state
+        state = self._sync()
+        handle = self._partitions.get(partition)
+        if handle is None:  # callers ask owns() first; this is a race with a rebalance
+            raise LookupError(f"partition {partition} is not open in this serving process")
         if (
             state is not None
             and not state.recovering
