@@ -323,6 +323,13 @@ def run_serving(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="[%(asctime)s] [serve] %(levelname)s %(message)s"
     )
+    try:  # a port that only this pod's serving processes may share
+        _reuse_port_socket(settings.web_host, settings.web_port).close()
+    except OSError as exc:
+        raise SystemExit(
+            f"nearline serve: cannot serve HTTP on {settings.web_host}:{settings.web_port} "
+            f"({exc.strerror}); set NEARLINE_WEB_PORT to a free port"
+        ) from None
     directory = serving_dir(settings.data_dir)
     # Each process's metric values live in a file of their own here; a new supervisor
     # starts from zero, as a restarted worker's counters do.
