@@ -100,7 +100,7 @@ def serve() -> None:
     instances. A serving process that dies is started again; while the worker restarts they
     go on answering from its last state, flagged "stale_ms".
     """
-    from app.serve import run_serving
+    from app.supervisor import run_serving
 
     run_serving(_settings())
 

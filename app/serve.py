@@ -17,19 +17,16 @@ a few). Each serving process
 - produces the recommendations log itself;
 - goes on answering, flagged ``stale_ms``, while the worker restarts.
 
-The supervisor (:func:`run_serving`) starts the processes and starts again any that dies.
+The supervisor (:func:`app.supervisor.run_serving`) starts the processes and starts again
+any that dies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,6 +45,7 @@ from app.metrics import ServingMetrics
 from app.recommend import Recommender
 from app.serving_link import WorkerFollower, serving_dir
 from app.settings import Settings, load_settings
+from app.sockets import reuse_port_socket
 from app.web import WebServices
 from app.web_app import create_web_app
 from attribute_store import (
@@ -62,9 +60,9 @@ from model.registry import ModelRegistry
 from tables.features import FeatureReader
 from tables.member_state import StatePolicy
 from tables.online_store import MEMBERS_TABLE, OnlineStore
-from tables.secondary import SecondaryTable
+from tables.secondary import SecondarySizes, SecondaryTable
 
-__all__ = ["FollowedStatus", "Link", "StaleFlagged", "run_serving", "run_serving_process"]
+__all__ = ["FollowedStatus", "Link", "StaleFlagged", "run_serving_process"]
 
 log = logging.getLogger(__name__)
 
@@ -163,19 +161,6 @@ class StaleFlagged:
         return features
 
 
-def _reuse_port_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Every serving process binds the port itself: the kernel spreads new connections
-    # evenly over their accept queues.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
 def _attribute_store(settings: Settings, secondary_root: Path) -> AttributeStore:
     if settings.attribute_store == "embedded":
         return EmbeddedAttributeStore.secondary(
@@ -206,6 +191,10 @@ async def _serve(settings: Settings, index: int) -> None:
         secondary_root / MEMBERS_TABLE,
         own_url=settings.web_url,
         max_staleness=settings.serve_max_staleness,
+        sizes=SecondarySizes(
+            block_cache_bytes=settings.rocksdb_block_cache_mb << 20,
+            write_buffer_bytes=settings.rocksdb_write_buffer_mb << 20,
+        ),
         on_catch_up=metrics.catch_up_seconds.observe,
     )
     store = OnlineStore(members, StatePolicy.from_settings(settings), settings.topic_partitions)
@@ -256,7 +245,7 @@ async def _serve(settings: Settings, index: int) -> None:
         timeout_keep_alive=75,
     )
     server = uvicorn.Server(config)
-    sock = _reuse_port_socket(settings.web_host, settings.web_port)
+    sock = reuse_port_socket(settings.web_host, settings.web_port)
     await producer.start()
     parent = os.getppid()
 
@@ -309,85 +298,6 @@ def run_serving_process(index: int) -> None:
     )
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(_serve(settings, index))
-
-
-def run_serving(settings: Settings) -> None:
-    """Run NEARLINE_SERVE_PROCESSES serving processes until SIGINT/SIGTERM, starting
-    again any that exits."""
-    count = settings.serve_processes
-    if count < 1:
-        raise SystemExit(
-            "nearline serve: set NEARLINE_SERVE_PROCESSES to the number of serving processes "
-            "(and run the worker with the same value, so it leaves them the web port)"
-        )
-    logging.basicConfig(
-        level=settings.log_level, format="[%(asctime)s] [serve] %(levelname)s %(message)s"
-    )
-    try:  # a port that only this pod's serving processes may share
-        _reuse_port_socket(settings.web_host, settings.web_port).close()
-    except OSError as exc:
-        raise SystemExit(
-            f"nearline serve: cannot serve HTTP on {settings.web_host}:{settings.web_port} "
-            f"({exc.strerror}); set NEARLINE_WEB_PORT to a free port"
-        ) from None
-    directory = serving_dir(settings.data_dir)
-    # Each process's metric values live in a file of their own here; a new supervisor
-    # starts from zero, as a restarted worker's counters do.
-    metrics_dir = directory / "prometheus"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    shutil.rmtree(directory / "secondary", ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-
-    def start(index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "app.serve", str(index)], env=env)
-
-    stopping = False
-
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    children = [start(i) for i in range(count)]
-    log.info(
-        "%d serving processes on http://%s:%d (pids %s)",
-        count,
-        settings.web_host,
-        settings.web_port,
-        ", ".join(str(c.pid) for c in children),
-    )
-    started_at = [time.monotonic()] * count
-    while not stopping:
-        time.sleep(0.2)
-        for index, child in enumerate(children):
-            code = child.poll()
-            if code is None or stopping:
-                continue
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(child.pid, str(metrics_dir))
-            # One that dies at once again and again is restarted once a second, not in a loop.
-            if time.monotonic() - started_at[index] < 1.0:
-                continue
-            log.warning(
-                "serving process %d (pid %d) exited with %s; starting it again",
-                index,
-                child.pid,
-                code,
-            )
-            children[index] = start(index)
-            started_at[index] = time.monotonic()
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            child.terminate()
-    deadline = time.monotonic() + 10
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
 
 
 if __name__ == "__main__":

@@ -32,12 +32,24 @@ import rocksdict
 
 from app.serving_link import PublishedState, WorkerFollower
 
-__all__ = ["SecondaryTable"]
+__all__ = ["SecondarySizes", "SecondaryTable", "open_secondary"]
 
 log = logging.getLogger(__name__)
 
 
-def open_secondary(primary: str | Path, secondary: Path) -> rocksdict.Rdict:
+@dataclass(frozen=True)
+class SecondarySizes:
+    """Memory of one secondary instance: sized for reading, not as the primary is."""
+
+    #: Its block cache (shared by nothing else).
+    block_cache_bytes: int = 8 << 20
+    #: Its memtable, which holds the primary's write-ahead log replayed by catch-ups.
+    write_buffer_bytes: int = 16 << 20
+
+
+def open_secondary(
+    primary: str | Path, secondary: Path, sizes: SecondarySizes = SecondarySizes()
+) -> rocksdict.Rdict:
     """A RocksDB secondary instance of ``primary``; its own info log and state in
     ``secondary`` (a directory of its own per process)."""
     secondary.mkdir(parents=True, exist_ok=True)
@@ -45,6 +57,10 @@ def open_secondary(primary: str | Path, secondary: Path) -> rocksdict.Rdict:
     # Every file open from the start: a catch-up never has to open a table file the
     # primary has since compacted away.
     options.set_max_open_files(-1)
+    options.set_write_buffer_size(sizes.write_buffer_bytes)
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_cache(rocksdict.Cache(sizes.block_cache_bytes))
+    options.set_block_based_table_factory(table)
     return rocksdict.Rdict(
         str(primary),
         options,
@@ -77,8 +93,10 @@ class SecondaryTable:
         *,
         own_url: str,
         max_staleness: float,
+        sizes: SecondarySizes = SecondarySizes(),
         on_catch_up: Callable[[float], None] | None = None,
     ) -> None:
+        self.sizes = sizes
         self.follower = follower
         self.changelog_topic = changelog_topic
         self.secondary_root = secondary_root
@@ -122,7 +140,7 @@ class SecondaryTable:
         secondary = self.secondary_root / f"{partition}-{self._opened}"
         count = self.follower.writes(partition)  # before opening: later writes catch up later
         try:
-            db = open_secondary(path, secondary)
+            db = open_secondary(path, secondary, self.sizes)
         except Exception as exc:  # rocksdict raises plain Exception for IO errors
             log.warning("partition %d: cannot open %s yet: %s", partition, path, exc)
             return
