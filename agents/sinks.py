@@ -11,13 +11,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 
 from agents.ingest import DeadLetter, KafkaRecord
 from app import codec
 from app.faust_internals import kafka_producer
 from app.kafka import send_in_batches
 
-__all__ = ["DeadLetters", "RecommendationsLog", "Repartition", "dead_letter_headers"]
+__all__ = [
+    "DeadLetters",
+    "ProducerRecommendationsLog",
+    "RecommendationsLog",
+    "Repartition",
+    "dead_letter_headers",
+]
 
 
 def dead_letter_headers(
@@ -101,4 +108,25 @@ class RecommendationsLog:
         """
         await self.faust_app.producer.send(
             self.topic, member_id.encode(), codec.dumps(record), None, record["ts"], None
+        )
+
+
+class ProducerRecommendationsLog:
+    """The recommendations log written by a serving process, through its own producer.
+
+    Keyed by member with aiokafka's default (Java murmur2) partitioner, so a response lands
+    on the partition its member's actions are on, as the worker's own sends do.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    async def log(self, member_id: str, record: dict[str, Any]) -> None:
+        """Queue one response; its delivery is not awaited (as :class:`RecommendationsLog`)."""
+        await self.producer.send(
+            self.topic,
+            codec.dumps(record),
+            key=member_id.encode(),
+            timestamp_ms=int(record["ts"] * 1000),
         )

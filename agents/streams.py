@@ -27,6 +27,7 @@ from app.console.timeline import IngestTimeline
 from app.faust_internals import set_fetch_max_wait
 from app.loop_lag import LoopMonitor
 from app.metrics import Metrics
+from app.publisher import StatePublisher
 from app.settings import Settings
 from app.status import WorkerStatus
 from model.registry import ModelRegistry
@@ -92,6 +93,8 @@ class Agents:
     timeline: IngestTimeline
     metrics: Metrics
     loop_monitor: LoopMonitor
+    #: Publishes this worker's state for its serving processes (NEARLINE_SERVE_PROCESSES).
+    publisher: StatePublisher | None = None
 
     def register(self) -> None:
         app, settings = self.faust_app, self.settings
@@ -108,6 +111,8 @@ class Agents:
         every(settings.sweep_interval, "retention-sweep", self.sweep_retention)
         every(5.0, "attribute-store-health", self.status.check_attribute_store)
         every(settings.model_reload_interval, "model-reload", self.reload_model)
+        if self.publisher is not None:
+            every(0.2, "serving-state", self.publish_state)
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -151,6 +156,10 @@ class Agents:
             return
         _, deleted = await self.store.sweep()
         self.metrics.members_expired.inc(deleted)
+
+    async def publish_state(self) -> None:
+        assert self.publisher is not None
+        self.publisher.publish()
 
     async def reload_model(self) -> None:
         # In a thread: the first model loaded imports torch (a second or more of CPU),

@@ -91,11 +91,29 @@ def broker(host: str, port: int) -> None:
 
 
 @main.command()
+def serve() -> None:
+    """Serve the HTTP API from NEARLINE_SERVE_PROCESSES processes beside a worker.
+
+    Run it next to `nearline worker` with the same NEARLINE_* settings (the same data dir
+    above all): the worker ingests, the serving processes answer features, recommendations
+    and the console on NEARLINE_WEB_PORT, reading the worker's RocksDB through secondary
+    instances. A serving process that dies is started again; while the worker restarts they
+    go on answering from its last state, flagged "stale_ms".
+    """
+    from app.supervisor import run_serving
+
+    run_serving(_settings())
+
+
+@main.command()
 def worker() -> None:
     """Run a worker: the ingest agent, the online store and the HTTP API on one event loop.
 
     Start as many as the actions topic has partitions; each serves the members of the
-    partitions it owns and forwards other requests to their owner.
+    partitions it owns and forwards other requests to their owner. With
+    NEARLINE_SERVE_PROCESSES above 0 the HTTP API is left to `nearline serve` (run it
+    beside the worker, with the same settings), and the worker answers its probes and
+    metrics on NEARLINE_WORKER_PORT.
     """
     from app.web_server import WebServerError
     from app.worker import run_worker
@@ -433,7 +451,7 @@ DEMO_ITEMS = 5000
 @click.option("--members", default=20, show_default=True, help="Demo members.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 def demo(port: int, broker_port: int, rate: float, members: int, duration: float | None) -> None:
-    """Embedded broker + one worker + live demo traffic; watch it in the console.
+    """Embedded broker + one worker (and its serving processes) + live demo traffic.
 
     One demo member (member-shifting) moves from one job category to the next every 30 of
     their actions; the console shows their ranking follow.
@@ -457,6 +475,8 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
                 "NEARLINE_PROFILE": "embedded",
                 "NEARLINE_BROKER_URL": instance.url,
                 "NEARLINE_LOG_LEVEL": os.environ.get("NEARLINE_LOG_LEVEL", "WARNING"),
+                # The API from serving processes of their own, as the Helm chart runs it.
+                "NEARLINE_SERVE_PROCESSES": os.environ.get("NEARLINE_SERVE_PROCESSES", "2"),
             },
         )
         # Its log goes to the terminal; Ctrl-C there reaches the demo only, which stops it.

@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Mapping
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -48,6 +49,7 @@ __all__ = [
     "check_faust",
     "kafka_producer",
     "partition_db",
+    "partition_path",
     "recovery_completed",
     "recovery_of",
     "set_fetch_max_wait",
@@ -113,6 +115,11 @@ def kafka_producer(app: AppT) -> AIOKafkaProducer:
 def partition_db(table: TableT[Any, Any], partition: int) -> rocksdict.Rdict:
     """The RocksDB Faust opened for ``partition`` of a RocksDB-backed ``table``."""
     return table.data._db_for_partition(partition)  # type: ignore[attr-defined,no-any-return]
+
+
+def partition_path(table: TableT[Any, Any], partition: int) -> Path:
+    """The directory of the RocksDB that holds ``partition`` of a RocksDB-backed ``table``."""
+    return Path(table.data.partition_path(partition))  # type: ignore[attr-defined]
 
 
 def recovery_of(app: AppT) -> Any:

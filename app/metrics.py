@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from app.lag import PartitionLag
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "ServingMetrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -149,3 +149,60 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ServingMetrics:
+    """The metrics of ``nearline serve``'s processes, summed over all of them.
+
+    prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the
+    supervisor before its children start) keeps each process's values in a file of its
+    own; whichever process answers /metrics adds them all up. The HTTP families have the
+    worker's names, so dashboards read them the same whoever serves.
+    """
+
+    def __init__(self) -> None:
+        # Created unregistered: the multiprocess collector reads their files instead.
+        self.requests_shed = Counter(
+            "nearline_http_requests_shed",
+            "/v1 requests answered 503 at once: NEARLINE_MAX_IN_FLIGHT in progress in one "
+            "serving process (in_flight).",
+            ["reason"],
+            registry=None,
+        )
+        self.request_seconds = Histogram(
+            "nearline_http_request_seconds",
+            "HTTP request latency, in the serving processes.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.catch_up_seconds = Histogram(
+            "nearline_serving_catch_up_seconds",
+            "Time a serving process took to catch a partition's RocksDB secondary up with "
+            "the worker's writes.",
+            buckets=_LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.staleness_seconds = Gauge(
+            "nearline_serving_staleness_seconds",
+            "How old a serving process's view of each partition may be: 0 while it follows "
+            "the worker within NEARLINE_SERVE_MAX_STALENESS; the age of its last catch-up "
+            "while the worker is down or restoring the partition (the most of any process).",
+            ["partition"],
+            multiprocess_mode="max",
+            registry=None,
+        )
+        self.processes = Gauge(
+            "nearline_serving_processes",
+            "Serving processes running (each reports 1).",
+            multiprocess_mode="livesum",
+            registry=None,
+        )
+        self.processes.set(1)
+
+    def exposition(self) -> bytes:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)

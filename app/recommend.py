@@ -77,6 +77,11 @@ class RecommendationResponse(BaseModel):
         description="Present when the attribute store could not be read: items were ranked "
         "with what was cached",
     )
+    stale_ms: int | None = Field(
+        default=None,
+        description="Present when the member's features may be this many milliseconds old: "
+        "the worker is restarting or restoring the member's partition",
+    )
 
 
 class RecommendationsSink(Protocol):

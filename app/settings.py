@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     forward_timeout: Duration = 2.0
     max_in_flight: int = Field(default=32, ge=1)
     max_in_flight_behind: int = Field(default=4, ge=0)
+    # Serving processes (`nearline serve`): 0 serves the API from the worker's own event
+    # loop; N > 0 leaves it to N processes beside the worker, on NEARLINE_WEB_PORT, and the
+    # worker keeps its probes and metrics on NEARLINE_WORKER_PORT.
+    serve_processes: int = Field(default=0, ge=0, le=64)
+    worker_port: int = Field(default=8081, ge=1, le=65535)
+    # A serving process catches its view of a partition up with the worker at most this
+    # often: an answer is at most this much older than the worker's state.
+    serve_max_staleness: Duration = 0.01
 
     # Attribute store and joins
     attribute_store: str = "embedded"
@@ -224,6 +232,11 @@ class Settings(BaseSettings):
                 "NEARLINE_KAFKA_SASL_USERNAME is required when "
                 "NEARLINE_KAFKA_SECURITY_PROTOCOL uses SASL"
             )
+        if self.serve_processes and self.worker_port == self.web_port:
+            raise ValueError(
+                "NEARLINE_WORKER_PORT must differ from NEARLINE_WEB_PORT when "
+                "NEARLINE_SERVE_PROCESSES is above 0: the serving processes take the web port"
+            )
         if self.attribute_store == "aerospike" and not self.aerospike_hosts:
             raise ValueError(
                 "NEARLINE_AEROSPIKE_HOSTS is required when NEARLINE_ATTRIBUTE_STORE=aerospike "
@@ -238,6 +251,11 @@ class Settings(BaseSettings):
             return self.advertised_url.rstrip("/")
         host = "127.0.0.1" if self.web_host in {"0.0.0.0", "::", ""} else self.web_host
         return f"http://{host}:{self.web_port}"
+
+    @property
+    def worker_url(self) -> str:
+        """Where the serving processes of this pod reach their worker (same host)."""
+        return f"http://127.0.0.1:{self.worker_port}"
 
     @property
     def topic_repartition(self) -> str:

@@ -12,6 +12,7 @@ workers' log tails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -182,21 +183,47 @@ class WorkerProcess:
         assert self.process is not None, f"{self.name} was not started"
         return self.process.pid
 
+    @property
+    def serve_processes(self) -> int:
+        """``NEARLINE_SERVE_PROCESSES``: above 0, ``nearline serve`` runs beside it."""
+        return int(self.env.get("NEARLINE_SERVE_PROCESSES", "0") or 0)
+
+    @property
+    def serving(self) -> subprocess.Popen[bytes] | None:
+        """Its ``nearline serve`` (one per data dir: it outlives a worker killed and
+        started again, as the serving container of a pod outlives the worker's)."""
+        return _SERVING.get(str(self.data_dir))
+
     def start(self, module: str = "app.cli", *, new_session: bool = False) -> WorkerProcess:
-        """Run ``python -m <module> worker``; ``new_session`` keeps the terminal's Ctrl-C
-        from reaching it (the caller stops it, gracefully, itself)."""
+        """Run ``python -m <module> worker`` (and ``nearline serve`` beside it, unless one
+        runs for its data dir already); ``new_session`` keeps the terminal's Ctrl-C from
+        reaching them (the caller stops them, gracefully, itself)."""
+        self.process = self._spawn(module, "worker", new_session)
+        if self.serve_processes and (self.serving is None or self.serving.poll() is not None):
+            _SERVING[str(self.data_dir)] = self._spawn("app.cli", "serve", new_session)
+        _RUNNING.add(self)
+        return self
+
+    def _spawn(self, module: str, command: str, new_session: bool) -> subprocess.Popen[bytes]:
         log = nullcontext(None) if self.terminal else self.log_path.open("ab")
         with log as output:  # the child has its own handle: ours is closed once it runs
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", module, "worker"],
+            return subprocess.Popen(
+                [sys.executable, "-m", module, command],
                 env=self.env,
                 cwd=_ROOT,
                 stdout=output,
                 stderr=subprocess.STDOUT if output is not None else None,
                 start_new_session=new_session,
             )
-        _RUNNING.add(self)
-        return self
+
+    def pod_pids(self) -> list[int]:
+        """The worker's pid, and its serving processes' (supervisor and children)."""
+        pids = [self.pid]
+        serving = self.serving
+        if serving is not None and serving.poll() is None:
+            pids.append(serving.pid)
+            pids += _children(serving.pid)
+        return pids
 
     def wait_ready(self, timeout: float = 60.0) -> WorkerProcess:
         """Poll ``/readyz`` until 200; :class:`StackError` if it exits or time runs out."""
@@ -245,20 +272,51 @@ class WorkerProcess:
         return float("nan")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        """Send ``sig`` (SIGTERM: a clean shutdown) and wait; SIGKILL after ``timeout``."""
+        """Send ``sig`` (SIGTERM: a clean shutdown) and wait; SIGKILL after ``timeout``.
+
+        A clean stop stops its serving processes too; a SIGKILL (:meth:`kill`, a crash)
+        leaves them answering, as a pod's serving container outlives its worker's."""
         _RUNNING.discard(self)
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout)
+        _end(self.process, sig, timeout)
+        if sig != signal.SIGKILL:
+            _end(_SERVING.pop(str(self.data_dir), None), signal.SIGTERM, timeout)
 
     def kill(self) -> None:
         """SIGKILL, as a crash: no shutdown, no flush."""
         self.stop(signal.SIGKILL)
+
+    def kill_serving(self) -> None:
+        """SIGKILL its ``nearline serve`` supervisor and serving processes."""
+        serving = _SERVING.pop(str(self.data_dir), None)
+        if serving is not None and serving.poll() is None:
+            for pid in _children(serving.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _end(serving, signal.SIGKILL, 10)
+
+
+def _end(process: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children += [int(c) for c in task.read_text().split()]
+    return children
+
+
+#: ``nearline serve`` processes by the data dir of the worker they serve.
+_SERVING: dict[str, subprocess.Popen[bytes]] = {}
 
 
 def isolated_env(broker_url: str, app_id: str, partitions: int = 4) -> dict[str, str]:
@@ -359,6 +417,7 @@ class Stack:
                 **self.settings,
                 "NEARLINE_DATA_DIR": str(self.tmp / name),
                 "NEARLINE_WEB_PORT": str(port or free_port()),
+                "NEARLINE_WORKER_PORT": str(free_port()),
                 **env,
             },
             log_path=self.tmp / f"{name}.log",
@@ -394,3 +453,5 @@ class Stack:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+        for worker in self.workers:  # serving processes of workers that were killed
+            worker.kill_serving()

@@ -56,6 +56,11 @@ class WorkerStatus:
     def owner_url(self, partition: int) -> str | None:
         return self.store.owner_url(partition)
 
+    def recovering(self) -> bool:
+        """Whether the tables are being restored from their changelogs."""
+        app = self.faust_app
+        return bool(app.in_recovery or not recovery_completed(app))
+
     # -- probes ------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
@@ -65,7 +70,7 @@ class WorkerStatus:
             return False, "starting: waiting for partitions"
         if app.rebalancing:
             return False, "rebalancing"
-        if app.in_recovery or not recovery_completed(app):
+        if self.recovering():
             return False, "recovering state from the changelog"
         stalled = self.stalled()
         if stalled:

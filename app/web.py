@@ -25,7 +25,7 @@ from app import codec
 from app.console.timeline import IngestTimeline
 from app.lag import PartitionLag
 from app.limits import MAX_BODY_BYTES
-from app.metrics import Metrics
+from app.metrics import Metrics, ServingMetrics
 from app.openapi import FeaturesParams, openapi_document
 from app.recommend import RecommendationRequest, Recommender
 from app.settings import Settings
@@ -40,6 +40,8 @@ __all__ = [
     "JSONResponse",
     "StatusSource",
     "WebServices",
+    "WorkerLink",
+    "ask_worker",
     "check_candidates",
     "forward_to_owner",
     "lag_body",
@@ -84,6 +86,18 @@ class StatusSource(Protocol):
         ...
 
 
+class WorkerLink(Protocol):
+    """What a serving process knows of its worker, and says of itself."""
+
+    def url(self) -> str | None:
+        """Where the worker answers now (None until it has published its state)."""
+        ...
+
+    def serving_view(self) -> dict[str, Any]:
+        """The serving processes as the console's system view shows them."""
+        ...
+
+
 @dataclass(frozen=True)
 class WebServices:
     """Everything the web app uses; each is put on ``app.state`` under its field's name."""
@@ -92,11 +106,14 @@ class WebServices:
     status: StatusSource
     recommender: Recommender
     settings: Settings
-    metrics: Metrics
+    metrics: Metrics | ServingMetrics
     timeline: IngestTimeline
     models: ModelRegistry
     attributes: CachedAttributeStore  # the console's ranking shows category and company
     http: httpx.AsyncClient  # for requests forwarded to the owning worker
+    #: In a serving process: its worker. /metrics adds the worker's own, and the console's
+    #: system view is the worker's, with what the serving processes say of themselves.
+    worker: WorkerLink | None = None
 
 
 class JSONResponse(Response):
@@ -196,8 +213,48 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    body = request.app.state.metrics.exposition()
+    state = request.app.state
+    body: bytes = state.metrics.exposition()
+    if state.worker is not None:
+        worker = await ask_worker(request, "/metrics")
+        if worker is not None and worker.status_code == 200:
+            # The serving processes' families (HTTP latencies, shedding) are theirs.
+            body += drop_families(worker.content, families_in(body))
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def ask_worker(request: Request, path: str) -> httpx.Response | None:
+    """GET ``path`` from this serving process's worker; None when it does not answer."""
+    state = request.app.state
+    url = state.worker.url()
+    if url is None:
+        return None
+    headers = {}
+    if state.settings.api_token:
+        headers["authorization"] = f"Bearer {state.settings.api_token}"
+    try:
+        return await state.http.get(f"{url}{path}", headers=headers)  # type: ignore[no-any-return]
+    except httpx.HTTPError:
+        return None
+
+
+def families_in(exposition: bytes) -> set[bytes]:
+    """The metric families a Prometheus text exposition declares."""
+    return {
+        line.split(b" ", 3)[2] for line in exposition.splitlines() if line.startswith(b"# HELP ")
+    }
+
+
+def drop_families(exposition: bytes, names: set[bytes]) -> bytes:
+    """``exposition`` without the families named (each family's lines are contiguous)."""
+    kept: list[bytes] = []
+    dropping = False
+    for line in exposition.splitlines(keepends=True):
+        if line.startswith(b"# HELP "):
+            dropping = line.split(b" ", 3)[2] in names
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept)
 
 
 async def member_features(request: Request) -> Response:
@@ -287,7 +344,10 @@ async def recommendations(request: Request) -> Response:
             return Response(answer.content, answer.status_code, media_type="application/json")
         features = answer.json()
     recommender: Recommender = request.app.state.recommender
-    return JSONResponse(await recommender.recommend(ask, features))
+    response = await recommender.recommend(ask, features)
+    if "stale_ms" in features:
+        response["stale_ms"] = features["stale_ms"]
+    return JSONResponse(response)
 
 
 async def openapi(request: Request) -> Response:

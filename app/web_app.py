@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.console.routes import console_routes
-from app.metrics import Metrics
+from app.metrics import Metrics, ServingMetrics
 from app.web import (
     ApiError,
     WebServices,
@@ -119,7 +119,7 @@ class _Shedding:
 class _Timing:
     """Records each request's latency by route template (bounded label set)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | ServingMetrics) -> None:
         self.app = app
         self.metrics = metrics
 

@@ -11,6 +11,7 @@ import gc
 import logging
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import faust
@@ -27,12 +28,14 @@ from agents.sinks import DeadLetters, RecommendationsLog, Repartition
 from agents.streams import Agents
 from app.broker_workarounds import BrokerWorkarounds
 from app.console.timeline import IngestTimeline
-from app.faust_internals import check_faust, kafka_producer
+from app.faust_internals import check_faust, kafka_producer, partition_path
 from app.kafka import client_options, ssl_context
 from app.lag import LagMonitor
 from app.loop_lag import LoopMonitor
 from app.metrics import Metrics
+from app.publisher import StatePublisher
 from app.recommend import Recommender
+from app.serving_link import WriteCounters, serving_dir
 from app.settings import Settings
 from app.status import WorkerStatus
 from app.topics import ensure_topics
@@ -128,9 +131,23 @@ class Nearline:
             self.actions_channel, self.log_channel
         )
 
+        # With serving processes, every local write of the members table bumps a counter
+        # they watch (app/serving_link.py).
+        self.counters = (
+            WriteCounters(
+                serving_dir(settings.data_dir) / "counters", settings.topic_partitions, create=True
+            )
+            if settings.serve_processes
+            else None
+        )
         # State: the online store and the responses waiting for their outcomes.
+        self.members = self._changelog_table(
+            MEMBERS_TABLE,
+            workarounds,
+            on_local_write=None if self.counters is None else self.counters.bump,
+        )
         self.store = OnlineStore(
-            self._changelog_table(MEMBERS_TABLE, workarounds),
+            self.members,
             StatePolicy.from_settings(settings),
             settings.topic_partitions,
         )
@@ -235,9 +252,23 @@ class Nearline:
             timeline=timeline,
             metrics=metrics,
             loop_monitor=LoopMonitor(metrics.registry),
+            publisher=None
+            if self.counters is None
+            else StatePublisher(
+                serving_dir(settings.data_dir),
+                status,
+                self.counters,
+                worker_url=settings.worker_url,
+                partition_dir=lambda p: partition_path(self.members.table, p),
+            ),
         ).register()
 
-    def _changelog_table(self, name: str, workarounds: BrokerWorkarounds) -> ChangelogTable:
+    def _changelog_table(
+        self,
+        name: str,
+        workarounds: BrokerWorkarounds,
+        on_local_write: Callable[[int], None] | None = None,
+    ) -> ChangelogTable:
         """A changelog-backed RocksDB table of raw bytes, one RocksDB per partition."""
         settings = self.settings
         table = self.faust.Table(
@@ -258,6 +289,7 @@ class Nearline:
             table,
             exact_end_offsets=workarounds.end_markers,
             observe_ack=self.metrics.changelog_ack_seconds.labels(name).observe,
+            on_local_write=on_local_write,
         )
 
     def _client(self) -> AIOKafkaConsumer:
@@ -290,7 +322,7 @@ class _Worker(faust.Worker):
         self.spinner = None
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, variable: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -298,7 +330,7 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             raise WebServerError(
                 f"cannot serve HTTP on {host}:{port} ({exc.strerror}); "
-                "set NEARLINE_WEB_PORT to a free port"
+                f"set {variable} to a free port"
             ) from None
 
 
@@ -332,7 +364,7 @@ async def prepare(settings: Settings, nearline: Nearline) -> None:
 
 def _mark_clean_stop(nearline: Nearline) -> None:
     """After a clean stop with every table write acknowledged, local state may be kept."""
-    if nearline.store.table.unsettled or nearline.pending.table.unsettled:
+    if nearline.members.unsettled or nearline.pending.table.unsettled:
         log.warning("a table write was not acknowledged: local state is restored next start")
         return
     tabledir = Path(nearline.faust.conf.tabledir)
@@ -343,7 +375,14 @@ def _mark_clean_stop(nearline: Nearline) -> None:
 def run_worker(settings: Settings) -> None:
     """Run one worker (ingest agent + HTTP API) until SIGINT/SIGTERM."""
     check_faust()
-    _check_port_free(settings.web_host, settings.web_port)
+    # With serving processes the public port is theirs; the worker keeps its probes,
+    # metrics and console data on a port of its own.
+    port, variable = (
+        (settings.worker_port, "NEARLINE_WORKER_PORT")
+        if settings.serve_processes
+        else (settings.web_port, "NEARLINE_WEB_PORT")
+    )
+    _check_port_free(settings.web_host, port, variable)
     # uvloop for every loop of the worker (Faust's consumer thread makes its own).
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
@@ -355,7 +394,7 @@ def run_worker(settings: Settings) -> None:
     # them and re-scanned everything alive. Objects from start-up are frozen out of it.
     gc.freeze()
     gc.set_threshold(100_000, 20, 100)
-    web = WebServer(nearline.web, settings.web_host, settings.web_port)
+    web = WebServer(nearline.web, settings.web_host, port)
     worker = _Worker(
         nearline.faust, web, nearline.attribute_feed, loglevel=settings.log_level.lower(), loop=loop
     )

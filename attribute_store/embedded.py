@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from attribute_store.exceptions import StoreUnavailable
 from attribute_store.schema import KINDS, AttributeRecord, Kind, decode_record, encode_record
@@ -36,12 +36,21 @@ class EmbeddedAttributeStore(AttributeStore):
 
     backend = "embedded"
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, secondary: Path | None = None) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.read_only = secondary is not None
         families: dict[str, Options] = {kind: Options(raw_mode=True) for kind in KINDS}
+        options = _options()
+        access = AccessType.read_write()
+        if secondary is not None:
+            secondary.mkdir(parents=True, exist_ok=True)
+            options.set_max_open_files(-1)
+            access = AccessType.secondary(str(secondary))
         try:
-            self._db: Rdict | None = Rdict(str(self.path), _options(), column_families=families)
+            self._db: Rdict | None = Rdict(
+                str(self.path), options, column_families=families, access_type=access
+            )
         except Exception as exc:  # rocksdict raises plain Exception for IO and lock errors
             raise StoreUnavailable(
                 f"cannot open the embedded attribute store at {self.path}: {exc}; "
@@ -54,10 +63,28 @@ class EmbeddedAttributeStore(AttributeStore):
     def in_data_dir(cls, data_dir: Path | str) -> EmbeddedAttributeStore:
         return cls(Path(data_dir) / "attributes")
 
+    @classmethod
+    def secondary(cls, path: Path | str, secondary: Path) -> EmbeddedAttributeStore:
+        """A read-only view of the store a worker writes at ``path`` (a RocksDB secondary
+        instance, its own files in ``secondary``): what a serving process reads. It sees
+        the worker's writes as of its last :meth:`catch_up`."""
+        return cls(path, secondary=secondary)
+
+    def catch_up(self) -> None:
+        """Read what the worker wrote since the last catch-up (a secondary's only way)."""
+        self._open().try_catch_up_with_primary()
+
     def _open(self) -> Rdict:
         if self._db is None:
             raise StoreUnavailable(f"the embedded attribute store at {self.path} is closed")
         return self._db
+
+    def _writable(self) -> Rdict:
+        if self.read_only:
+            raise StoreUnavailable(
+                f"{self.path} is read here through a secondary instance: its worker writes it"
+            )
+        return self._open()
 
     async def _get_many(self, ids: list[str], kind: Kind) -> dict[str, AttributeRecord]:
         self._open()
@@ -70,7 +97,7 @@ class EmbeddedAttributeStore(AttributeStore):
         }
 
     async def _put_many(self, records: Mapping[Kind, Sequence[AttributeRecord]]) -> None:
-        db = self._open()
+        db = self._writable()
         # Encode everything before writing anything, and write one WriteBatch: a record
         # that cannot be encoded, or a crash, leaves the store as it was.
         batch = WriteBatch(raw_mode=True)
@@ -81,7 +108,7 @@ class EmbeddedAttributeStore(AttributeStore):
         db.write(batch)
 
     async def _delete_many(self, ids: list[str], kind: Kind) -> None:
-        db = self._open()
+        db = self._writable()
         batch = WriteBatch(raw_mode=True)
         handle = self._handles[kind]
         for key in ids:

@@ -21,6 +21,10 @@ from bench.capacity import STEPS, capacity
 from bench.console import _reads_with_console
 from bench.harness import REPO, WARMUP, Stack, add_serve_processes_option, machine
 from bench.isolation import isolation
+from bench.peer_stack import command_line as peer_stack_command
+from bench.peer_stack import compare_stacks
+from bench.peer_stack import parser as peer_stack_parser
+from bench.peer_stack import table as peer_stack_table
 from bench.recommendations import _load as recommendations_load
 from bench.recommendations import recommendation_stack, start_worker
 from bench.recovery import recovery
@@ -136,6 +140,12 @@ def main() -> None:
         "--step-seconds", type=float, default=15.0, help="counted seconds of each capacity step"
     )
     add_serve_processes_option(parser)
+    parser.add_argument(
+        "--peer-stack-preload",
+        type=int,
+        default=100_000,
+        help="the backlog each stack drains in the Quix → Feast → Redis comparison",
+    )
     args = parser.parse_args()
     serve = args.serve_processes
     rows: list[dict[str, Any]] = []
@@ -253,6 +263,18 @@ def main() -> None:
                 )
         finally:
             stack.stop()
+    # The stack a team would build instead (Quix Streams → Feast → Redis → feast serve),
+    # each on a broker of its own, the same workload one after the other.
+    side_by_side = peer_stack_parser().parse_args(
+        ["--seconds", str(args.seconds), "--preload", str(args.peer_stack_preload)]
+    )
+    compared = compare_stacks(side_by_side)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "peer_stack.json").write_text(json.dumps(compared, indent=2, default=str))
+    for figure, value, target, how, detail, met in peer_stack_table(
+        compared, peer_stack_command(side_by_side)
+    ):
+        row(figure, value, target, how, detail, met)
     for members in (100_000, 1_000_000):
         restored = recovery(members)
         row(

@@ -9,7 +9,7 @@ import platform
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,10 @@ __all__ = [
     "pod_rss_mb",
     "preload",
     "probe_freshness",
+    "process_tree",
+    "rss_mb",
     "serve_processes",
+    "shows_recent",
 ]
 
 
@@ -79,15 +82,12 @@ def pod_pids(worker: WorkerProcess) -> list[int]:
 
 
 def pod_rss_mb(worker: WorkerProcess) -> float:
-    """Resident memory of a worker's pod (:func:`pod_pids`), from /proc."""
-    total = 0.0
-    for pid in pod_pids(worker):
-        try:
-            with open(f"/proc/{pid}/status") as status:
-                total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):  # gone between the listing and the read
-            continue
-    return total / 1024
+    """Resident memory of a worker's pod (:func:`pod_pids`), MB."""
+    return sum(found for pid in pod_pids(worker) if (found := rss_mb(pid)) is not None)
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -100,8 +100,38 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine() -> str:
-    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a live process (VmRSS), MB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """``roots`` and every live descendant of theirs (Linux: /proc/PID/task/TID/children)."""
+    found: list[int] = []
+    pending = list(roots)
+    while pending:
+        pid = pending.pop()
+        if pid in found:
+            continue
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # exited
+        found.append(pid)
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+            except OSError:
+                continue
+    return found
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -132,6 +162,31 @@ WARMUP = 2.0
 PROBE_POLL_EVERY, PROBE_POLL_MAX, PROBE_RETRY_MAX = 0.005, 0.05, 1.0
 
 
+#: Reads a member's features over HTTP: the answer's JSON, or None when it was not a 200.
+ReadFeatures = Callable[[aiohttp.ClientSession, str], Awaitable[Any]]
+#: Whether an answer of :data:`ReadFeatures` shows the probe's action.
+Shows = Callable[[Any, ActionEvent], bool]
+
+
+def nearline_features(worker_url: str) -> ReadFeatures:
+    """GET ``/v1/members/{member}/features`` of a nearline worker."""
+
+    async def read(client: aiohttp.ClientSession, member: str) -> Any:
+        async with client.get(f"{worker_url}/v1/members/{member}/features") as response:
+            return await response.json() if response.status == 200 else None
+
+    return read
+
+
+def shows_recent(body: Any, event: ActionEvent) -> bool:
+    """nearline: the probe's action is among the member's recent actions.
+
+    Anywhere among them, not only the newest: another probe of the same member may have
+    landed after this one, and then it would never be first and would wait until it gave up.
+    """
+    return any(action["event_id"] == event.event_id for action in body["recent_actions"])
+
+
 async def probe_freshness(
     producer: AIOKafkaProducer,
     client: aiohttp.ClientSession,
@@ -139,17 +194,23 @@ async def probe_freshness(
     topic: str,
     member: str,
     give_up: float = 30.0,
+    *,
+    read: ReadFeatures | None = None,
+    shows: Shows = shows_recent,
 ) -> float | None:
-    """Produce one action, poll until the member's features show it: seconds, or None."""
+    """Produce one action, poll until the member's features show it: seconds, or None.
+
+    ``read`` and ``shows`` (by default nearline's API at ``worker_url``) let another
+    stack's feature server be probed the same way (bench.peer_stack).
+    """
     event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
     sent = time.perf_counter()
     await (await producer.send(topic, event.to_json(), key=member.encode()))
-    url = f"{worker_url}/v1/members/{member}/features"
+    read = read or nearline_features(worker_url)
     failures = 0
     while (waited := time.perf_counter() - sent) < give_up:
         try:
-            async with client.get(url) as response:
-                body = await response.json() if response.status == 200 else None
+            body = await read(client, member)
         except (aiohttp.ClientError, TimeoutError):
             body = None  # a worker restarting: keep polling
         if body is None:
@@ -159,10 +220,7 @@ async def probe_freshness(
             await asyncio.sleep(min(PROBE_RETRY_MAX, PROBE_POLL_MAX * 2**failures))
             continue
         failures = 0
-        # Anywhere among the recent actions, not only the newest: another probe of the same
-        # member may have landed after this one (then it would never be first, and would
-        # wait until it gave up).
-        if any(action["event_id"] == event.event_id for action in body["recent_actions"]):
+        if shows(body, event):
             return time.perf_counter() - sent
         await asyncio.sleep(min(PROBE_POLL_MAX, max(PROBE_POLL_EVERY, waited / 20)))
     return None

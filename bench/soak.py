@@ -346,17 +346,26 @@ def expected_counts(
 
 
 def compare(url: str, expected: dict[str, Counter[str]], window: str) -> dict[str, int]:
-    lost = twice = members_off = 0
     with httpx.Client(timeout=10) as client:
-        for member, counts in expected.items():
-            served = client.get(f"{url}/v1/members/{member}/features").json()["counts"][window]
-            off = False
-            for action in set(counts) | {a for a, n in served.items() if n}:
-                difference = served.get(action, 0) - counts.get(action, 0)
-                lost += max(0, -difference)
-                twice += max(0, difference)
-                off = off or difference != 0
-            members_off += off
+        served = {
+            member: client.get(f"{url}/v1/members/{member}/features").json()["counts"][window]
+            for member in expected
+        }
+    return tally(expected, served)
+
+
+def tally(expected: dict[str, Counter[str]], served: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Actions lost and counted twice: each member's served counts against ``expected``."""
+    lost = twice = members_off = 0
+    for member, counts in expected.items():
+        got = served.get(member, {})
+        off = False
+        for action in set(counts) | {a for a, n in got.items() if n}:
+            difference = got.get(action, 0) - counts.get(action, 0)
+            lost += max(0, -difference)
+            twice += max(0, difference)
+            off = off or difference != 0
+        members_off += off
     return {"members": len(expected), "lost": lost, "counted_twice": twice, "off": members_off}
 
 

@@ -56,8 +56,11 @@ class ChangelogTable:
         *,
         exact_end_offsets: bool,
         observe_ack: Callable[[float], None] | None = None,
+        on_local_write: Callable[[int], None] | None = None,
     ):
         self.faust_app = faust_app
+        #: Told the partition of each local write: the serving processes follow it.
+        self.on_local_write = on_local_write
         #: Told the seconds each write waited for the broker's acknowledgement.
         self.observe_ack = observe_ack
         self.table = table
@@ -200,6 +203,8 @@ class ChangelogTable:
             else:
                 batch.put(key, value)
         self.db(partition).write(batch)
+        if self.on_local_write is not None:
+            self.on_local_write(partition)
 
     def _producer(self) -> AIOKafkaProducer:
         # Faust's producer sends one record at a time, a future each; changelog records go

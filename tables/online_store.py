@@ -15,6 +15,7 @@ from typing import Any
 from app.kafka import partition_for_key
 from tables.changelog import INTERNAL_PREFIXES, ChangelogTable
 from tables.member_state import MemberState, StatePolicy
+from tables.secondary import SecondaryTable
 
 __all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore"]
 
@@ -39,13 +40,23 @@ class NotOwned(LookupError):
 class OnlineStore:
     """Reads and batched writes of :class:`MemberState` values, keyed by member id."""
 
-    def __init__(self, table: ChangelogTable, policy: StatePolicy, partitions: int) -> None:
+    def __init__(
+        self, table: ChangelogTable | SecondaryTable, policy: StatePolicy, partitions: int
+    ) -> None:
+        # A serving process reads through a SecondaryTable and never writes.
         self.table = table
         self.policy = policy
         self.partitions = partitions
-        # Held by every read-modify-write (ingest batch, retention sweep) until its
-        # changelog records are acknowledged, so changelog order always equals write order.
-        self.write_lock = table.write_lock
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        """Held by every read-modify-write (ingest batch, retention sweep) until its
+        changelog records are acknowledged, so changelog order always equals write order."""
+        return self._writable().write_lock
+
+    def _writable(self) -> ChangelogTable:
+        assert isinstance(self.table, ChangelogTable), "a serving process does not write"
+        return self.table
 
     @property
     def changelog_topic(self) -> str:
@@ -105,7 +116,7 @@ class OnlineStore:
                 count += 1
                 if count % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a large batch must not hold requests meanwhile
-        return await self.table.send(encoded)
+        return await self._writable().send(encoded)
 
     # -- retention ---------------------------------------------------------------------
 
@@ -116,7 +127,7 @@ class OnlineStore:
         for partition in self.owned_partitions():
             expired: list[bytes] = []
             seen = 0
-            for key, raw in self.table.db(partition).items():
+            for key, raw in self._writable().db(partition).items():
                 assert isinstance(key, bytes) and isinstance(raw, bytes)  # raw-mode RocksDB
                 if key.startswith(INTERNAL_PREFIXES):
                     continue

@@ -32,6 +32,7 @@ class LocalTable(ChangelogTable):
 
     def __init__(self, path: Path, partitions: int = 2) -> None:
         self.write_lock = asyncio.Lock()
+        self.on_local_write = None
         self._dbs = {
             p: rocksdict.Rdict(str(path / f"p{p}"), options=rocksdict.Options(raw_mode=True))
             for p in range(partitions)
