@@ -68,6 +68,7 @@ class StatePublisher:
             owned=owned,
             identities={p: _identity(d) for p, d in owned.items()},
             recovering=status.recovering(),
+            assigning=status.assigning(),
             owners={p: status.owner_url(p) for p in range(status.partitions) if p not in owned},
             ready=status.readiness(),
             alive=status.liveness(),

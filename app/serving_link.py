@@ -122,6 +122,9 @@ class PublishedState:
     identities: dict[int, str] = field(default_factory=dict)
     #: True while the worker's tables are being restored from their changelogs.
     recovering: bool = False
+    #: True while partitions are being assigned (the worker starting, or a rebalance):
+    #: ``owned`` is not yet what it will be.
+    assigning: bool = False
     #: The advertised URL of each partition's owner, for those owned elsewhere.
     owners: dict[int, str | None] = field(default_factory=dict)
     ready: tuple[bool, str] = (False, "starting")
@@ -161,6 +164,7 @@ class PublishedState:
             owned={int(p): d for p, d in body["owned"].items()},
             identities={int(p): i for p, i in body["identities"].items()},
             recovering=body["recovering"],
+            assigning=body.get("assigning", False),
             owners={int(p): u for p, u in body["owners"].items()},
             ready=tuple(body["ready"]),  # type: ignore[arg-type]
             alive=tuple(body["alive"]),  # type: ignore[arg-type]

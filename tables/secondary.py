@@ -119,6 +119,10 @@ class SecondaryTable:
         return state
 
     def _follow(self, state: PublishedState) -> None:
+        if state.assigning:
+            # Starting again or rebalancing: what the worker owns is not known yet, and
+            # what was open here goes on answering meanwhile, flagged stale.
+            return
         for partition in [p for p in self._partitions if p not in state.owned]:
             log.info("partition %d moved away: no longer read here", partition)
             self._close(partition)
@@ -161,12 +165,17 @@ class SecondaryTable:
     # -- ownership (as ChangelogTable answers it) ----------------------------------------
 
     def owns(self, partition: int) -> bool:
+        """Whether this process answers for ``partition``: its worker owns it (or, while
+        partitions are being assigned, owned it), and it is open here."""
         state = self._sync()
-        return state is not None and partition in state.owned and partition in self._partitions
+        return (
+            state is not None
+            and partition in self._partitions
+            and (partition in state.owned or state.assigning)
+        )
 
     def owned_partitions(self) -> list[int]:
-        state = self._sync()
-        return [] if state is None else sorted(p for p in state.owned if p in self._partitions)
+        return [p for p in sorted(self._partitions) if self.owns(p)]
 
     def owner_url(self, partition: int) -> str | None:
         """The owner's URL; this pod's own URL for a partition its worker owns but that
@@ -174,7 +183,7 @@ class SecondaryTable:
         state = self._sync()
         if state is None:
             return None
-        if partition in state.owned:
+        if partition in state.owned or state.assigning:
             return self.own_url
         return state.owners.get(partition)
 
@@ -185,12 +194,7 @@ class SecondaryTable:
         handle = self._partitions.get(partition)
         if handle is None:  # callers ask owns() first; this is a race with a rebalance
             raise LookupError(f"partition {partition} is not open in this serving process")
-        if (
-            state is not None
-            and not state.recovering
-            and state.identities.get(partition) == handle.identity
-            and self.follower.worker_alive()
-        ):
+        if self._following(state, partition, handle):
             count = self.follower.writes(partition)
             now = time.monotonic()
             if count != handle.caught_count and now - handle.caught_at >= self.max_staleness:
@@ -239,13 +243,17 @@ class SecondaryTable:
         """How old an answer from ``partition`` may be, when it may be older than
         ``max_staleness`` (the worker is down, or restoring the partition); else None."""
         handle = self._partitions.get(partition)
-        state = self._state
-        if handle is None or state is None:
-            return None
-        if (
-            self.follower.worker_alive()
-            and not state.recovering
-            and state.identities.get(partition) == handle.identity
-        ):
+        if handle is None or self._following(self._state, partition, handle):
             return None
         return int((time.time() - handle.fresh_at) * 1000)
+
+    def _following(self, state: PublishedState | None, partition: int, handle: _Partition) -> bool:
+        """Whether the worker runs with ``partition``'s database as ``handle`` opened it, so
+        catching up brings the handle up to date."""
+        return (
+            state is not None
+            and not state.recovering
+            and not state.assigning
+            and state.identities.get(partition) == handle.identity
+            and self.follower.worker_alive()
+        )
