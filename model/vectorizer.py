@@ -81,6 +81,7 @@ _FRESH_CANDIDATE = (
 )
 
 _SEQUENCES = (list, tuple, np.ndarray)
+_FLOAT32 = np.dtype("<f4")
 #: A code lookup goes through a table of the whole vocabulary while the vocabulary has at
 #: most this many codes per code looked up (plus the minimum): cheaper than sorting then.
 _DENSE_PER_CODE, _DENSE_MIN = 8, 1024
@@ -361,18 +362,20 @@ class Vectorizer:
         # as far as the store can tell, that is how long ago they were last active.
         longest = max(parse_duration(w) for w in self.config.windows)
         self._no_history_value = math.log1p(longest)
-        # The float32 row of each recent action's embedding list. Joined at read, that list
-        # is the attribute record's own, shared by every request until the record changes;
-        # converting its 64 Python floats cost more than the rest of a member's half.
+        # The float32 bytes of each recent action's embedding list. Joined at read, that
+        # list is the attribute record's own, shared by every request until the record
+        # changes; converting its 64 Python floats cost more than the rest of the member's
+        # half, and rows all in bytes are joined in one copy (see _embedding_matrix).
         self._float32_rows = IdentityMemo(self._float32_row)
 
-    def _float32_row(self, value: Any) -> np.ndarray:
-        """One embedding list as float32 (what :func:`_float_rows` makes of it in a batch);
-        zeros, so counted as missing, if it does not convert."""
+    def _float32_row(self, value: Any) -> bytes:
+        """One embedding list as float32 bytes: the values :func:`_float_rows` makes of it
+        in a batch, or zeros (so counted as missing) if it does not convert."""
+        dim = self.config.embedding_dim
         try:
-            return np.asarray(value, dtype=np.float32).reshape(self.config.embedding_dim)
+            return np.asarray(value, dtype=_FLOAT32).reshape(dim).tobytes()
         except (TypeError, ValueError):
-            return np.zeros(self.config.embedding_dim, dtype=np.float32)
+            return bytes(4 * dim)
 
     @classmethod
     def from_settings(cls, settings: Settings, half_life_s: float | None = None) -> Vectorizer:
