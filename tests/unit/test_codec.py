@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +15,10 @@ def test_shared_json_writes_the_bytes_dumps_writes() -> None:
     rng = random.Random(3)
     embedding = [rng.gauss(0, 1) for _ in range(64)] + [1e-310, -0.0, 12345678.9]
     body = {"a": [{"embedding": embedding, "geo": {"lat": 52.1}}], "n": np.float32(0.5)}
-    shared = {"a": [{"embedding": codec.shared_json(embedding), "geo": {"lat": 52.1}}]}
-    shared["n"] = np.float32(0.5)
+    shared: dict[str, Any] = {
+        "a": [{"embedding": codec.shared_json(embedding), "geo": {"lat": 52.1}}],
+        "n": np.float32(0.5),
+    }
     assert codec.dumps(shared) == codec.dumps(body)
     assert codec.shared_json(embedding) is codec.shared_json(embedding)  # encoded once
 
