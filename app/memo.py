@@ -32,6 +32,18 @@ class IdentityMemo(Generic[_Key, _Value]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def many(self, objs: list[_Key]) -> list[_Value]:
+        """``[self(obj) for obj in objs]``, without a call per object."""
+        entries = self._entries
+        out: list[_Value] = []
+        for obj in objs:
+            entry = entries.get(id(obj))
+            if entry is not None and entry[0] is obj:
+                out.append(entry[1])
+            else:
+                out.append(self(obj))
+        return out
+
     def __call__(self, obj: _Key) -> _Value:
         entry = self._entries.get(id(obj))
         if entry is not None and entry[0] is obj:

@@ -368,6 +368,13 @@ class Vectorizer:
         # half, and rows all in bytes are joined in one copy (see _embedding_matrix).
         self._float32_rows = IdentityMemo(self._float32_row)
 
+    def _history_bytes(self, rows: list[Any]) -> list[Any]:
+        """``rows`` with every list or tuple as its memoized float32 bytes."""
+        if all(row.__class__ is list for row in rows):  # joined at read: the usual case
+            return self._float32_rows.many(rows)
+        memo = self._float32_rows
+        return [memo(row) if row.__class__ in (list, tuple) else row for row in rows]
+
     def _float32_row(self, value: Any) -> bytes:
         """One embedding list as float32 bytes: the values :func:`_float_rows` makes of it
         in a batch, or zeros (so counted as missing) if it does not convert."""
@@ -585,11 +592,7 @@ class Vectorizer:
         )
         history_rows = [row for group, *_ in groups for row in group.rows]
         if n and history_rows:
-            memo = self._float32_rows
-            member, member_ok = _embedding_matrix(
-                [memo(row) if row.__class__ in (list, tuple) else row for row in history_rows],
-                dim,
-            )
+            member, member_ok = _embedding_matrix(self._history_bytes(history_rows), dim)
             weights = np.array([w for group, *_ in groups for w in group.weights], dtype=np.float32)
             weights *= member_ok
             # [history, n]: a recent item per row, so the reductions run down columns.
