@@ -21,6 +21,8 @@ from bench.harness import REPO, WARMUP, Stack, machine
 from bench.recommendations import _load as recommendations_load
 from bench.recommendations import recommendation_stack, start_worker
 from bench.recovery import recovery
+from bench.serving_cpu import HOW as serving_cpu_how
+from bench.serving_cpu import serving_cpu
 from bench.soak import plot as plot_soak
 from bench.soak import soak
 from bench.spine import (
@@ -171,6 +173,16 @@ def main() -> None:
                 )
         finally:
             stack.stop()
+    # CPU per request of the serving path (HTTP included), the web app alone in a process.
+    for cpu in serving_cpu():
+        row(
+            f"server CPU per request: {cpu['figure']}",
+            f"{cpu['cpu_ms']:.3f} ms (p50 {cpu['p50_ms']} ms, p99 {cpu['p99_ms']} ms)",
+            f"≤ {cpu['target_ms']} ms",
+            serving_cpu_how,
+            cpu,
+            cpu["met"],
+        )
     for members in (100_000, 1_000_000):
         restored = recovery(members)
         row(
