@@ -262,9 +262,29 @@ async def member_features(request: Request) -> Response:
     params = parse(FeaturesParams, {**request.query_params, **request.path_params})
     source: FeatureSource = request.app.state.features
     try:
-        return JSONResponse(await source.features(params.member_id, params.as_of))
+        features = await source.features(params.member_id, params.as_of)
     except NotOwned as owner:
         return await forward_to_owner(request, owner)
+    settings: Settings = request.app.state.settings
+    return JSONResponse(_joined_encoded_once(features, settings.join_at_read))
+
+
+def _joined_encoded_once(features: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """``features`` with the lists joined at read (``fields``) as :func:`codec.shared_json`.
+
+    They are the attribute records' own lists, the same in every response until a record
+    changes: encoding a member's 100 joined embeddings was most of a read's JSON.
+    """
+    if fields:
+        shared = codec.shared_json
+        for action in features.get("recent_actions") or ():
+            attributes = action.get("attributes")
+            if attributes:
+                for name in fields:
+                    value = attributes.get(name)
+                    if value.__class__ is list:
+                        attributes[name] = shared(value)
+    return features
 
 
 async def _ask_owner(

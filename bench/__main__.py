@@ -28,6 +28,8 @@ from bench.peer_stack import table as peer_stack_table
 from bench.recommendations import _load as recommendations_load
 from bench.recommendations import recommendation_stack, start_worker
 from bench.recovery import recovery
+from bench.serving_cpu import HOW as serving_cpu_how
+from bench.serving_cpu import serving_cpu
 from bench.soak import LAG_BACK, TARGETS_MS, soak
 from bench.soak import plot as plot_soak
 from bench.spine import (
@@ -275,6 +277,16 @@ def main() -> None:
         compared, peer_stack_command(side_by_side)
     ):
         row(figure, value, target, how, detail, met)
+    # CPU per request of the serving path (HTTP included), the web app alone in a process.
+    for cpu in serving_cpu():
+        row(
+            f"server CPU per request: {cpu['figure']}",
+            f"{cpu['cpu_ms']:.3f} ms (p50 {cpu['p50_ms']} ms, p99 {cpu['p99_ms']} ms)",
+            f"≤ {cpu['target_ms']} ms",
+            serving_cpu_how,
+            cpu,
+            cpu["met"],
+        )
     for members in (100_000, 1_000_000):
         restored = recovery(members)
         row(
