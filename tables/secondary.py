@@ -175,6 +175,7 @@ class SecondaryTable:
         )
 
     def owned_partitions(self) -> list[int]:
+        self._sync()
         return [p for p in sorted(self._partitions) if self.owns(p)]
 
     def owner_url(self, partition: int) -> str | None:

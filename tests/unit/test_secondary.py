@@ -145,3 +145,26 @@ def test_a_silent_worker_makes_answers_stale(worker: FakeWorker, tmp_path: Path)
 def test_counters_must_agree_on_partitions(worker: FakeWorker) -> None:
     with pytest.raises(ValueError, match="NEARLINE_TOPIC_PARTITIONS"):
         WriteCounters(worker.directory / "counters", 3)
+
+
+def test_a_worker_starting_again_leaves_what_was_open_answering(
+    worker: FakeWorker, tmp_path: Path
+) -> None:
+    worker.put(0, b"m1", b"one")
+    worker.publish([0, 1])
+    table = _table(worker, tmp_path)
+    assert table.get(0, b"m1") == b"one"
+    # Started again, the worker owns nothing until the group assigns it partitions.
+    worker.generation += 1
+    PublishedState(
+        generation=worker.generation,
+        pid=2,
+        written_at=time.time(),
+        worker_url="http://127.0.0.1:8082",
+        assigning=True,
+    ).write(worker.directory / "state.json")
+    worker.counters.set_generation(worker.generation)
+    assert table.owns(0) and table.get(0, b"m1") == b"one"
+    assert table.stale_ms(0) is not None
+    worker.publish([1])  # assigned, without partition 0: now it has moved away
+    assert not table.owns(0) and table.owner_url(0) == "http://other:8080"
