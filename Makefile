@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 # a bare machine gets it from apt.
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test lint typecheck unit integration bench clean
+.PHONY: setup browser redis demo test lint typecheck unit integration bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# The peer stack of `make bench` (Quix Streams → Feast → Redis) keeps its online store in
+# Debian's redis-server; Feast and Quix go into bench/.peer-venv, made by the bench itself.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
 
 demo: setup
 	$(BIN)/nearline demo
@@ -44,8 +50,8 @@ integration: setup browser
 test: lint typecheck browser
 	$(BIN)/python -m pytest tests -q --durations=15
 
-bench: setup browser
+bench: setup browser redis
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) data build *.egg-info
+	rm -rf $(VENV) data build *.egg-info bench/.peer-venv

@@ -100,7 +100,7 @@ def serve() -> None:
     instances. A serving process that dies is started again; while the worker restarts they
     go on answering from its last state, flagged "stale_ms".
     """
-    from app.serve import run_serving
+    from app.supervisor import run_serving
 
     run_serving(_settings())
 
@@ -451,7 +451,7 @@ DEMO_ITEMS = 5000
 @click.option("--members", default=20, show_default=True, help="Demo members.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 def demo(port: int, broker_port: int, rate: float, members: int, duration: float | None) -> None:
-    """Embedded broker + one worker + live demo traffic; watch it in the console.
+    """Embedded broker + one worker (and its serving processes) + live demo traffic.
 
     One demo member (member-shifting) moves from one job category to the next every 30 of
     their actions; the console shows their ranking follow.
@@ -475,6 +475,8 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
                 "NEARLINE_PROFILE": "embedded",
                 "NEARLINE_BROKER_URL": instance.url,
                 "NEARLINE_LOG_LEVEL": os.environ.get("NEARLINE_LOG_LEVEL", "WARNING"),
+                # The API from serving processes of their own, as the Helm chart runs it.
+                "NEARLINE_SERVE_PROCESSES": os.environ.get("NEARLINE_SERVE_PROCESSES", "2"),
             },
         )
         # Its log goes to the terminal; Ctrl-C there reaches the demo only, which stops it.

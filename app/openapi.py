@@ -168,6 +168,18 @@ class ModelView(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
 
 
+class ServingView(BaseModel):
+    """The serving processes that answer for the worker (NEARLINE_SERVE_PROCESSES)."""
+
+    processes: int = Field(description="Serving processes configured")
+    answered_by: int = Field(description="The pid of the serving process that answered")
+    max_staleness_ms: float = Field(description="NEARLINE_SERVE_MAX_STALENESS")
+    stale_ms: dict[str, int | None] = Field(
+        description="By partition read here: how old its state may be, when the worker is "
+        "down or restoring it (null while it follows the worker)"
+    )
+
+
 class SystemView(BaseModel):
     """The console's view of one worker."""
 
@@ -188,6 +200,9 @@ class SystemView(BaseModel):
     model: ModelView
     series: dict[str, list[int | float | None]] = Field(description="Per-second series for charts")
     recent_members: list[str]
+    serving: ServingView | None = Field(
+        default=None, description="Present when serving processes answer for the worker"
+    )
 
 
 # -- the document ----------------------------------------------------------------------

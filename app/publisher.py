@@ -50,7 +50,8 @@ class StatePublisher:
         #: partition -> its RocksDB directory (the members table's).
         self.partition_dir = partition_dir
         self._last: PublishedState | None = None
-        self._generation = 0
+        # Generations of a worker started again never repeat its earlier ones.
+        self._generation = int(time.time() * 1000)
         self._written = 0.0
 
     def publish(self, now: float | None = None) -> None:
@@ -67,6 +68,7 @@ class StatePublisher:
             owned=owned,
             identities={p: _identity(d) for p, d in owned.items()},
             recovering=status.recovering(),
+            assigning=status.assigning(),
             owners={p: status.owner_url(p) for p in range(status.partitions) if p not in owned},
             ready=status.readiness(),
             alive=status.liveness(),

@@ -17,19 +17,16 @@ a few). Each serving process
 - produces the recommendations log itself;
 - goes on answering, flagged ``stale_ms``, while the worker restarts.
 
-The supervisor (:func:`run_serving`) starts the processes and starts again any that dies.
+The supervisor (:func:`app.supervisor.run_serving`) starts the processes and starts again
+any that dies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,6 +45,7 @@ from app.metrics import ServingMetrics
 from app.recommend import Recommender
 from app.serving_link import WorkerFollower, serving_dir
 from app.settings import Settings, load_settings
+from app.sockets import reuse_port_socket
 from app.web import WebServices
 from app.web_app import create_web_app
 from attribute_store import (
@@ -62,9 +60,9 @@ from model.registry import ModelRegistry
 from tables.features import FeatureReader
 from tables.member_state import StatePolicy
 from tables.online_store import MEMBERS_TABLE, OnlineStore
-from tables.secondary import SecondaryTable
+from tables.secondary import SecondarySizes, SecondaryTable
 
-__all__ = ["FollowedStatus", "StaleFlagged", "run_serving", "run_serving_process"]
+__all__ = ["FollowedStatus", "Link", "StaleFlagged", "run_serving_process"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +125,27 @@ class FollowedStatus:
         return self.table.owner_url(partition)
 
 
+class Link:
+    """A serving process's :class:`~app.web.WorkerLink`: its worker, and itself."""
+
+    def __init__(self, follower: WorkerFollower, table: SecondaryTable, settings: Settings):
+        self.follower = follower
+        self.table = table
+        self.settings = settings
+
+    def url(self) -> str | None:
+        state = self.follower.poll()
+        return None if state is None else state.worker_url
+
+    def serving_view(self) -> dict[str, Any]:
+        return {
+            "processes": self.settings.serve_processes,
+            "answered_by": os.getpid(),
+            "max_staleness_ms": self.settings.serve_max_staleness * 1000,
+            "stale_ms": {str(p): self.table.stale_ms(p) for p in self.table.owned_partitions()},
+        }
+
+
 class StaleFlagged:
     """Features as the reader gives them, with ``stale_ms`` when they may be stale."""
 
@@ -140,19 +159,6 @@ class StaleFlagged:
         if stale is not None:
             features["stale_ms"] = stale
         return features
-
-
-def _reuse_port_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Every serving process binds the port itself: the kernel spreads new connections
-    # evenly over their accept queues.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 def _attribute_store(settings: Settings, secondary_root: Path) -> AttributeStore:
@@ -185,6 +191,10 @@ async def _serve(settings: Settings, index: int) -> None:
         secondary_root / MEMBERS_TABLE,
         own_url=settings.web_url,
         max_staleness=settings.serve_max_staleness,
+        sizes=SecondarySizes(
+            block_cache_bytes=settings.rocksdb_block_cache_mb << 20,
+            write_buffer_bytes=settings.rocksdb_write_buffer_mb << 20,
+        ),
         on_catch_up=metrics.catch_up_seconds.observe,
     )
     store = OnlineStore(members, StatePolicy.from_settings(settings), settings.topic_partitions)
@@ -196,10 +206,6 @@ async def _serve(settings: Settings, index: int) -> None:
     producer = AIOKafkaProducer(**client_options(settings, producer=True))
     http = httpx.AsyncClient(timeout=settings.forward_timeout)
     status = FollowedStatus(follower, members, settings.topic_partitions)
-
-    def worker_url() -> str | None:
-        state = follower.poll()
-        return None if state is None else state.worker_url
 
     web = create_web_app(
         WebServices(
@@ -225,7 +231,7 @@ async def _serve(settings: Settings, index: int) -> None:
             models=models,
             attributes=cached,
             http=http,
-            worker_url=worker_url,
+            worker=Link(follower, members, settings),
         )
     )
     config = uvicorn.Config(
@@ -239,7 +245,7 @@ async def _serve(settings: Settings, index: int) -> None:
         timeout_keep_alive=75,
     )
     server = uvicorn.Server(config)
-    sock = _reuse_port_socket(settings.web_host, settings.web_port)
+    sock = reuse_port_socket(settings.web_host, settings.web_port)
     await producer.start()
     parent = os.getppid()
 
@@ -292,78 +298,6 @@ def run_serving_process(index: int) -> None:
     )
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(_serve(settings, index))
-
-
-def run_serving(settings: Settings) -> None:
-    """Run NEARLINE_SERVE_PROCESSES serving processes until SIGINT/SIGTERM, starting
-    again any that exits."""
-    count = settings.serve_processes
-    if count < 1:
-        raise SystemExit(
-            "nearline serve: set NEARLINE_SERVE_PROCESSES to the number of serving processes "
-            "(and run the worker with the same value, so it leaves them the web port)"
-        )
-    logging.basicConfig(
-        level=settings.log_level, format="[%(asctime)s] [serve] %(levelname)s %(message)s"
-    )
-    directory = serving_dir(settings.data_dir)
-    # Each process's metric values live in a file of their own here; a new supervisor
-    # starts from zero, as a restarted worker's counters do.
-    metrics_dir = directory / "prometheus"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    shutil.rmtree(directory / "secondary", ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-
-    def start(index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "app.serve", str(index)], env=env)
-
-    stopping = False
-
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    children = [start(i) for i in range(count)]
-    log.info(
-        "%d serving processes on http://%s:%d (pids %s)",
-        count,
-        settings.web_host,
-        settings.web_port,
-        ", ".join(str(c.pid) for c in children),
-    )
-    started_at = [time.monotonic()] * count
-    while not stopping:
-        time.sleep(0.2)
-        for index, child in enumerate(children):
-            code = child.poll()
-            if code is None or stopping:
-                continue
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(child.pid, str(metrics_dir))
-            # One that dies at once again and again is restarted once a second, not in a loop.
-            if time.monotonic() - started_at[index] < 1.0:
-                continue
-            log.warning(
-                "serving process %d (pid %d) exited with %s; starting it again",
-                index,
-                child.pid,
-                code,
-            )
-            children[index] = start(index)
-            started_at[index] = time.monotonic()
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            child.terminate()
-    deadline = time.monotonic() + 10
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
 
 
 if __name__ == "__main__":

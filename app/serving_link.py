@@ -18,6 +18,7 @@ replaced atomically, and each counter is one aligned 8-byte word.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
@@ -29,6 +30,8 @@ from typing import Any
 from app import codec
 
 __all__ = ["PublishedState", "WorkerFollower", "WriteCounters", "serving_dir"]
+
+log = logging.getLogger(__name__)
 
 _MAGIC = 0x4E4C5331  # "NLS1"
 #: magic, partitions, heartbeat (Unix time), generation; then one u64 per partition.
@@ -60,14 +63,16 @@ class WriteCounters:
             try:
                 os.ftruncate(fd, size)
                 self._map = mmap.mmap(fd, size)
+                self.inode = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
             _HEADER.pack_into(self._map, 0, _MAGIC, partitions, 0.0, 0)
         else:
             with path.open("rb") as file:
-                self._map = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ)
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+                self.inode = os.fstat(file.fileno()).st_ino
             magic, stored, _, _ = _HEADER.unpack_from(self._map, 0)
-            if magic != _MAGIC or stored != partitions:
+            if magic != _MAGIC or stored != partitions or len(self._map) < size:
                 raise ValueError(
                     f"{path} was written for {stored} partitions, not {partitions}: "
                     "the worker and `nearline serve` must share NEARLINE_TOPIC_PARTITIONS"
@@ -117,6 +122,9 @@ class PublishedState:
     identities: dict[int, str] = field(default_factory=dict)
     #: True while the worker's tables are being restored from their changelogs.
     recovering: bool = False
+    #: True while partitions are being assigned (the worker starting, or a rebalance):
+    #: ``owned`` is not yet what it will be.
+    assigning: bool = False
     #: The advertised URL of each partition's owner, for those owned elsewhere.
     owners: dict[int, str | None] = field(default_factory=dict)
     ready: tuple[bool, str] = (False, "starting")
@@ -156,6 +164,7 @@ class PublishedState:
             owned={int(p): d for p, d in body["owned"].items()},
             identities={int(p): i for p, i in body["identities"].items()},
             recovering=body["recovering"],
+            assigning=body.get("assigning", False),
             owners={int(p): u for p, u in body["owners"].items()},
             ready=tuple(body["ready"]),  # type: ignore[arg-type]
             alive=tuple(body["alive"]),  # type: ignore[arg-type]
@@ -191,10 +200,16 @@ class WorkerFollower:
                 )
             except FileNotFoundError:
                 return None
+            except ValueError as exc:  # being created, or written for other partitions
+                log.warning("cannot follow the worker yet: %s", exc)
+                return None
         generation = counters.generation
         now = time.monotonic()
         # Re-read on a new generation, and once a second for the lag figures.
         if generation != self._generation or now - self._read_at >= 1.0:
+            if self._replaced(counters):
+                self.counters = None  # the worker's data dir was deleted and made anew
+                return self.poll()
             try:
                 self.state = PublishedState.read(self.directory / "state.json")
             except FileNotFoundError:
@@ -202,6 +217,13 @@ class WorkerFollower:
             self._generation = self.state.generation
             self._read_at = now
         return self.state
+
+    @staticmethod
+    def _replaced(counters: WriteCounters) -> bool:
+        try:
+            return os.stat(counters.path).st_ino != counters.inode
+        except FileNotFoundError:
+            return False  # not made again yet: keep the last state
 
     def worker_alive(self, now: float | None = None) -> bool:
         if self.counters is None:

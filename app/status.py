@@ -56,6 +56,13 @@ class WorkerStatus:
     def owner_url(self, partition: int) -> str | None:
         return self.store.owner_url(partition)
 
+    def assigning(self) -> bool:
+        """Whether partitions are being assigned: starting, or rebalancing."""
+        app = self.faust_app
+        return bool(
+            app.rebalancing or (not app.consumer_generation_id and not self.owned_partitions())
+        )
+
     def recovering(self) -> bool:
         """Whether the tables are being restored from their changelogs."""
         app = self.faust_app

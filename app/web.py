@@ -11,7 +11,7 @@ wherever it is found and rendered by one exception handler as ``{"error": messag
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
@@ -40,6 +40,7 @@ __all__ = [
     "JSONResponse",
     "StatusSource",
     "WebServices",
+    "WorkerLink",
     "ask_worker",
     "check_candidates",
     "forward_to_owner",
@@ -85,6 +86,18 @@ class StatusSource(Protocol):
         ...
 
 
+class WorkerLink(Protocol):
+    """What a serving process knows of its worker, and says of itself."""
+
+    def url(self) -> str | None:
+        """Where the worker answers now (None until it has published its state)."""
+        ...
+
+    def serving_view(self) -> dict[str, Any]:
+        """The serving processes as the console's system view shows them."""
+        ...
+
+
 @dataclass(frozen=True)
 class WebServices:
     """Everything the web app uses; each is put on ``app.state`` under its field's name."""
@@ -98,9 +111,9 @@ class WebServices:
     models: ModelRegistry
     attributes: CachedAttributeStore  # the console's ranking shows category and company
     http: httpx.AsyncClient  # for requests forwarded to the owning worker
-    #: In a serving process: where its worker answers now (None while unknown). /metrics
-    #: adds the worker's own, and the console's system view is the worker's.
-    worker_url: Callable[[], str | None] | None = None
+    #: In a serving process: its worker. /metrics adds the worker's own, and the console's
+    #: system view is the worker's, with what the serving processes say of themselves.
+    worker: WorkerLink | None = None
 
 
 class JSONResponse(Response):
@@ -202,7 +215,7 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     state = request.app.state
     body: bytes = state.metrics.exposition()
-    if state.worker_url is not None:
+    if state.worker is not None:
         worker = await ask_worker(request, "/metrics")
         if worker is not None and worker.status_code == 200:
             # The serving processes' families (HTTP latencies, shedding) are theirs.
@@ -213,7 +226,7 @@ async def metrics(request: Request) -> Response:
 async def ask_worker(request: Request, path: str) -> httpx.Response | None:
     """GET ``path`` from this serving process's worker; None when it does not answer."""
     state = request.app.state
-    url = state.worker_url()
+    url = state.worker.url()
     if url is None:
         return None
     headers = {}
@@ -249,9 +262,29 @@ async def member_features(request: Request) -> Response:
     params = parse(FeaturesParams, {**request.query_params, **request.path_params})
     source: FeatureSource = request.app.state.features
     try:
-        return JSONResponse(await source.features(params.member_id, params.as_of))
+        features = await source.features(params.member_id, params.as_of)
     except NotOwned as owner:
         return await forward_to_owner(request, owner)
+    settings: Settings = request.app.state.settings
+    return JSONResponse(_joined_encoded_once(features, settings.join_at_read))
+
+
+def _joined_encoded_once(features: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """``features`` with the lists joined at read (``fields``) as :func:`codec.shared_json`.
+
+    They are the attribute records' own lists, the same in every response until a record
+    changes: encoding a member's 100 joined embeddings was most of a read's JSON.
+    """
+    if fields:
+        shared = codec.shared_json
+        for action in features.get("recent_actions") or ():
+            attributes = action.get("attributes")
+            if attributes:
+                for name in fields:
+                    value = attributes.get(name)
+                    if value.__class__ is list:
+                        attributes[name] = shared(value)
+    return features
 
 
 async def _ask_owner(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+
+from app.memo import IdentityMemo
 
 __all__ = [
     "Action",
@@ -101,6 +103,7 @@ def join_at_read(
     fields: Sequence[str],
     *,
     catch_up: Sequence[str] = (),
+    in_place: bool = False,
 ) -> list[Action]:
     """Add read-time ``fields`` to each action's ``attributes``; list the ones not found.
 
@@ -109,22 +112,30 @@ def join_at_read(
     reader can tell "no embedding" from "zero embedding". Actions stored with
     ``joined: false`` also get the ``catch_up`` fields (the ingest-time ones) when the
     store has them now; ``joined`` keeps recording what happened at ingest.
+
+    ``in_place=True`` joins into the given action dicts and returns them: for a reader
+    whose actions (and their ``attributes`` dicts) were just made for it, where copying
+    each was half the join's cost. The values joined are the records' own: read-only.
     """
+    fields = tuple(fields)
+    with_catch_up = fields + tuple(name for name in catch_up if name not in fields)
     flat_by_item: dict[str, dict[str, Any] | None] = {}
     out: list[Action] = []
     for action in actions:
-        flat = _flat(action["item_id"], attrs_by_item, flat_by_item) or {}
-        wanted = list(fields)
-        if action.get("joined") is False:
-            wanted.extend(name for name in catch_up if name not in fields)
-        attributes = dict(action.get("attributes") or {})
+        flat = _flat(action["item_id"], attrs_by_item, flat_by_item) or _NOTHING
+        wanted = with_catch_up if action.get("joined") is False else fields
+        if in_place:
+            read = cast(Action, action)
+            attributes = action.get("attributes") or {}
+        else:
+            read = dict(action)
+            attributes = dict(action.get("attributes") or {})
         missing = []
         for name in wanted:
             if name in flat:
                 attributes[name] = flat[name]
             else:
                 missing.append(name)
-        read: Action = dict(action)
         read["attributes"] = attributes
         read["missing"] = missing
         out.append(read)
@@ -140,5 +151,13 @@ def _flat(
     key = str(item_id)
     if key not in seen:
         record = attrs_by_item.get(key) if attrs_by_item is not None else None
-        seen[key] = record.as_flat_dict() if record is not None else None
+        seen[key] = _flat_records(record) if record is not None else None
     return seen[key]
+
+
+#: Each record's flat dict, made once while the cache hands the same record out (records
+#: are read-only). Only read from: never handed to a caller, who might change it.
+_flat_records: IdentityMemo[_Attributes, dict[str, Any]] = IdentityMemo(
+    lambda record: record.as_flat_dict(), capacity=16_384
+)
+_NOTHING: dict[str, Any] = {}

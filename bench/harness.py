@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import platform
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,22 +23,115 @@ from app.stack import Stack, WorkerProcess
 REPO = Path(__file__).resolve().parents[1]
 
 __all__ = [
+    "ANSWERED",
+    "FAILED",
+    "OUTCOMES",
     "REPO",
+    "SERVE_PROCESSES",
+    "SHED",
+    "STALE",
     "WARMUP",
     "Samples",
     "Stack",
     "WorkerProcess",
+    "add_serve_processes_option",
+    "cpu_seconds",
     "machine",
     "open_loop",
+    "outcome",
     "paced",
     "percentiles",
+    "pod_pids",
+    "pod_rss_mb",
     "preload",
     "probe_freshness",
+    "process_tree",
+    "rss_mb",
+    "serve_processes",
+    "shows_recent",
 ]
+
+
+#: Serving processes beside each worker in the benchmarks' stacks unless told otherwise.
+SERVE_PROCESSES = 2
+
+
+def serve_processes(stack: Stack, count: int) -> Stack:
+    """Run ``stack``'s pods with ``count`` serving processes beside each worker
+    (``NEARLINE_SERVE_PROCESSES``; 0: the worker serves the API itself)."""
+    stack.settings["NEARLINE_SERVE_PROCESSES"] = str(count)
+    return stack
+
+
+def add_serve_processes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--serve-processes",
+        type=int,
+        default=SERVE_PROCESSES,
+        help="NEARLINE_SERVE_PROCESSES of the stack: serving processes beside each worker "
+        "(0: the worker serves the API itself)",
+    )
+
+
+def pod_pids(worker: WorkerProcess) -> list[int]:
+    """The processes of a worker's pod: the worker and, when the harness runs them beside
+    it (``NEARLINE_SERVE_PROCESSES``), its serving processes; the worker alone on a harness
+    that has no serving processes."""
+    pids = getattr(worker, "pod_pids", None)
+    return list(pids()) if pids is not None else [worker.pid]
+
+
+def pod_rss_mb(worker: WorkerProcess) -> float:
+    """Resident memory of a worker's pod (:func:`pod_pids`), MB."""
+    return sum(found for pid in pod_pids(worker) if (found := rss_mb(pid)) is not None)
 
 
 def machine() -> str:
     return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process, from /proc; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a live process (VmRSS), MB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """``roots`` and every live descendant of theirs (Linux: /proc/PID/task/TID/children)."""
+    found: list[int] = []
+    pending = list(roots)
+    while pending:
+        pid = pending.pop()
+        if pid in found:
+            continue
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # exited
+        found.append(pid)
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+            except OSError:
+                continue
+    return found
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -68,6 +162,31 @@ WARMUP = 2.0
 PROBE_POLL_EVERY, PROBE_POLL_MAX, PROBE_RETRY_MAX = 0.005, 0.05, 1.0
 
 
+#: Reads a member's features over HTTP: the answer's JSON, or None when it was not a 200.
+ReadFeatures = Callable[[aiohttp.ClientSession, str], Awaitable[Any]]
+#: Whether an answer of :data:`ReadFeatures` shows the probe's action.
+Shows = Callable[[Any, ActionEvent], bool]
+
+
+def nearline_features(worker_url: str) -> ReadFeatures:
+    """GET ``/v1/members/{member}/features`` of a nearline worker."""
+
+    async def read(client: aiohttp.ClientSession, member: str) -> Any:
+        async with client.get(f"{worker_url}/v1/members/{member}/features") as response:
+            return await response.json() if response.status == 200 else None
+
+    return read
+
+
+def shows_recent(body: Any, event: ActionEvent) -> bool:
+    """nearline: the probe's action is among the member's recent actions.
+
+    Anywhere among them, not only the newest: another probe of the same member may have
+    landed after this one, and then it would never be first and would wait until it gave up.
+    """
+    return any(action["event_id"] == event.event_id for action in body["recent_actions"])
+
+
 async def probe_freshness(
     producer: AIOKafkaProducer,
     client: aiohttp.ClientSession,
@@ -75,17 +194,23 @@ async def probe_freshness(
     topic: str,
     member: str,
     give_up: float = 30.0,
+    *,
+    read: ReadFeatures | None = None,
+    shows: Shows = shows_recent,
 ) -> float | None:
-    """Produce one action, poll until the member's features show it: seconds, or None."""
+    """Produce one action, poll until the member's features show it: seconds, or None.
+
+    ``read`` and ``shows`` (by default nearline's API at ``worker_url``) let another
+    stack's feature server be probed the same way (bench.peer_stack).
+    """
     event = ActionEvent(str(uuid.uuid4()), member, "item-p", "click", time.time())
     sent = time.perf_counter()
     await (await producer.send(topic, event.to_json(), key=member.encode()))
-    url = f"{worker_url}/v1/members/{member}/features"
+    read = read or nearline_features(worker_url)
     failures = 0
     while (waited := time.perf_counter() - sent) < give_up:
         try:
-            async with client.get(url) as response:
-                body = await response.json() if response.status == 200 else None
+            body = await read(client, member)
         except (aiohttp.ClientError, TimeoutError):
             body = None  # a worker restarting: keep polling
         if body is None:
@@ -95,60 +220,112 @@ async def probe_freshness(
             await asyncio.sleep(min(PROBE_RETRY_MAX, PROBE_POLL_MAX * 2**failures))
             continue
         failures = 0
-        recent = body["recent_actions"]
-        if recent and recent[0]["event_id"] == event.event_id:
+        if shows(body, event):
             return time.perf_counter() - sent
         await asyncio.sleep(min(PROBE_POLL_MAX, max(PROBE_POLL_EVERY, waited / 20)))
     return None
 
 
+#: What became of one request of an open loop: answered (200), answered from state that may
+#: be stale (a 200 whose body has ``"stale_ms"``), shed (503) or failed (any other status,
+#: a timeout, a refused connection).
+ANSWERED, STALE, SHED, FAILED = "answered", "stale", "shed", "failed"
+OUTCOMES = (ANSWERED, STALE, SHED, FAILED)
+
+
+def outcome(status: int, body: bytes) -> str:
+    """The outcome of an HTTP answer (see :data:`OUTCOMES`)."""
+    if status == 200:
+        # A byte search, not a JSON parse: the driver must stay cheap at 800 requests/s.
+        return STALE if b'"stale_ms"' in body else ANSWERED
+    return SHED if status == 503 else FAILED
+
+
 @dataclass
 class Samples:
-    """(seconds since the start, latency in seconds) of requests that succeeded; failures."""
+    """Requests of an open loop: (seconds from the start to when it was due, seconds from
+    then until it was answered or given up, outcome (:data:`OUTCOMES`)) of each."""
 
-    ok: list[tuple[float, float]] = field(default_factory=list)
-    failed: int = 0
+    requests: list[tuple[float, float, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[tuple[float, float]]:
+        """(due, latency) of the requests answered, stale answers included."""
+        return [(t, lat) for t, lat, what in self.requests if what in (ANSWERED, STALE)]
+
+    @property
+    def failed(self) -> int:
+        """Requests not answered: shed or failed."""
+        return sum(1 for _, _, what in self.requests if what in (SHED, FAILED))
+
+    def counts(self, since: float = float("-inf"), until: float = float("inf")) -> dict[str, int]:
+        """Requests due in [since, until) by outcome, and ``total``."""
+        found = dict.fromkeys(OUTCOMES, 0)
+        for t, _, what in self.requests:
+            if since <= t < until:
+                found[what] += 1
+        found["total"] = sum(found.values())
+        return found
 
     def stats(self, outside: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
-        """Percentiles of the requests that neither started nor ended in an ``outside`` window.
+        """Percentiles of the answered requests and counts of the others, of those that
+        neither were due nor ended in an ``outside`` window.
 
-        A request that started before a window and was answered in it (a probe waiting
-        through a worker's restart) belongs to the window, not to the steady state.
+        A request due before a window and answered in it (a probe waiting through a
+        worker's restart) belongs to the window, not to the steady state.
         """
-        chosen = [lat for t, lat in self.ok if not any(t < b and t + lat >= a for a, b in outside)]
-        found = percentiles(chosen)
+        chosen = [
+            (lat, what)
+            for t, lat, what in self.requests
+            if not any(t < b and t + lat >= a for a, b in outside)
+        ]
+        found = percentiles([lat for lat, what in chosen if what in (ANSWERED, STALE)])
+        outcomes = [what for _, what in chosen]
         return {
             "n": found["n"],
-            "failed": self.failed,
+            "failed": outcomes.count(FAILED),
+            "shed": outcomes.count(SHED),
+            "stale": outcomes.count(STALE),
             "p50_ms": round(found["p50"] * 1000, 2),
             "p99_ms": round(found["p99"] * 1000, 2),
             "max_ms": round(found["max"] * 1000, 2),
         }
 
+    def to_json(self) -> list[tuple[float, float, str]]:
+        return self.requests
+
+    @classmethod
+    def from_json(cls, data: list[list[Any]]) -> Samples:
+        return cls([(t, lat, what) for t, lat, what in data])
+
 
 async def paced(
-    send: Callable[[int], Awaitable[bool]], rate: float, seconds: float, start: float
+    send: Callable[[int], Awaitable[bool | str]], rate: float, seconds: float, start: float
 ) -> Samples:
-    """Start ``send(n)`` at ``rate`` per second for ``seconds`` (an open loop)."""
+    """Start ``send(n)`` at ``rate`` per second for ``seconds`` (an open loop).
+
+    ``send`` returns an outcome (:data:`OUTCOMES`), or True (answered) / False (failed); one
+    that raises has failed. Latency counts from when a request was due (``start + n /
+    rate``), not from when this loop got round to sending it: a request the driver sent late
+    (its own loop busy, the connection pool full) counts its wait, as a user's would.
+    """
     samples = Samples()
 
-    async def timed(n: int) -> None:
-        began = time.perf_counter()
+    async def timed(n: int, due: float) -> None:
         try:
-            ok = await send(n)
+            got = await send(n)
         except Exception:  # counted: an overloaded or restarting worker is part of the figure
-            ok = False
-        if ok:
-            samples.ok.append((began - start, time.perf_counter() - began))
-        else:
-            samples.failed += 1
+            got = FAILED
+        what = got if isinstance(got, str) else (ANSWERED if got else FAILED)
+        samples.requests.append((due - start, time.perf_counter() - due, what))
 
     tasks = []
     for n in range(int(rate * seconds)):
-        delay = start + n / rate - time.perf_counter()
+        due = start + n / rate
+        delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(timed(n)))
+        tasks.append(asyncio.ensure_future(timed(n, due)))
     await asyncio.gather(*tasks)
     return samples
 
@@ -199,13 +376,3 @@ async def preload(
     finally:
         await producer.stop()
     return time.perf_counter() - started
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a live process, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -86,22 +86,20 @@ def produce_paced(
     }
 
 
-class LoadProcess:
-    """``python -m bench.load`` running in a process of its own."""
+class BenchProcess:
+    """``python -m bench.<module>`` in a process of its own: it prints one JSON line once it
+    is ready and one with its result when done; it may read lines from its stdin."""
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
+    def __init__(self, process: subprocess.Popen[str], module: str) -> None:
         self.process = process
+        self.module = module
 
     @classmethod
-    async def start(
-        cls, bootstrap: str, topic: str, rate: float, seconds: float, *options: str
-    ) -> LoadProcess:
-        """Start it and wait until it is connected (its ``{"ready": true}`` line)."""
+    async def launch(cls, module: str, *args: str) -> Self:
+        """Start it and wait until it is ready (its first line)."""
         process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "bench.load", bootstrap, topic),
-                *("--rate", str(rate), "--seconds", str(seconds), *options),
-            ],
+            [sys.executable, "-m", module, *args],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -110,15 +108,34 @@ class LoadProcess:
         assert process.stdout is not None
         if not await asyncio.to_thread(process.stdout.readline):
             _, err = process.communicate()
-            raise RuntimeError(f"the load generator did not start: {err[-2000:]}")
-        return cls(process)
+            raise RuntimeError(f"{module} did not start: {err[-2000:]}")
+        return cls(process, module)
+
+    def tell(self, line: str) -> None:
+        """Write one line to its stdin."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
 
     async def result(self) -> dict[str, Any]:
         """Wait for it to finish; its closing JSON line."""
         out, err = await asyncio.to_thread(self.process.communicate)
         if self.process.returncode:
-            raise RuntimeError(f"the load generator failed: {err[-2000:]}")
+            raise RuntimeError(f"{self.module} failed: {err[-2000:]}")
         return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+class LoadProcess(BenchProcess):
+    """``python -m bench.load`` running in a process of its own."""
+
+    @classmethod
+    async def start(
+        cls, bootstrap: str, topic: str, rate: float, seconds: float, *options: str
+    ) -> LoadProcess:
+        """Start it and wait until it is connected (its ``{"ready": true}`` line)."""
+        return await cls.launch(
+            "bench.load", bootstrap, topic, "--rate", str(rate), "--seconds", str(seconds), *options
+        )
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from app.memo import IdentityMemo
 from app.settings import parse_duration
 
 if TYPE_CHECKING:
@@ -80,6 +81,10 @@ _FRESH_CANDIDATE = (
 )
 
 _SEQUENCES = (list, tuple, np.ndarray)
+_FLOAT32 = np.dtype("<f4")
+#: A code lookup goes through a table of the whole vocabulary while the vocabulary has at
+#: most this many codes per code looked up (plus the minimum): cheaper than sorting then.
+_DENSE_PER_CODE, _DENSE_MIN = 8, 1024
 _EMPTY: dict[str, Any] = {}
 
 
@@ -357,6 +362,27 @@ class Vectorizer:
         # as far as the store can tell, that is how long ago they were last active.
         longest = max(parse_duration(w) for w in self.config.windows)
         self._no_history_value = math.log1p(longest)
+        # The float32 bytes of each recent action's embedding list. Joined at read, that
+        # list is the attribute record's own, shared by every request until the record
+        # changes; converting its 64 Python floats cost more than the rest of the member's
+        # half, and rows all in bytes are joined in one copy (see _embedding_matrix).
+        self._float32_rows = IdentityMemo(self._float32_row)
+
+    def _history_bytes(self, rows: list[Any]) -> list[Any]:
+        """``rows`` with every list or tuple as its memoized float32 bytes."""
+        if all(row.__class__ is list for row in rows):  # joined at read: the usual case
+            return self._float32_rows.many(rows)
+        memo = self._float32_rows
+        return [memo(row) if row.__class__ in (list, tuple) else row for row in rows]
+
+    def _float32_row(self, value: Any) -> bytes:
+        """One embedding list as float32 bytes: the values :func:`_float_rows` makes of it
+        in a batch, or zeros (so counted as missing) if it does not convert."""
+        dim = self.config.embedding_dim
+        try:
+            return np.asarray(value, dtype=_FLOAT32).reshape(dim).tobytes()
+        except (TypeError, ValueError):
+            return bytes(4 * dim)
 
     @classmethod
     def from_settings(cls, settings: Settings, half_life_s: float | None = None) -> Vectorizer:
@@ -541,6 +567,7 @@ class Vectorizer:
                 ("item_viewed", viewed.items),
             ):
                 out[idx[name], [position[i] for i in seen if i in position]] = 1.0
+        vocabulary_size = len(rows.vocabulary)
         for name, codes, seen in (
             ("category_engaged", rows.category, engaged.categories),
             ("category_dismissed", rows.category, dismissed.categories),
@@ -549,7 +576,7 @@ class Vectorizer:
             ("same_region", rows.region, regions),
         ):
             if seen:
-                out[idx[name]] = _member_of(codes, rows.vocabulary.known(seen))
+                out[idx[name]] = _member_of(codes, rows.vocabulary.known(seen), vocabulary_size)
         out[idx["category_missing"]] = rows.category < 0
         out[idx["company_missing"]] = rows.company < 0
         out[idx["candidate_unknown"]] = rows.unknown
@@ -565,7 +592,7 @@ class Vectorizer:
         )
         history_rows = [row for group, *_ in groups for row in group.rows]
         if n and history_rows:
-            member, member_ok = _embedding_matrix(history_rows, dim)
+            member, member_ok = _embedding_matrix(self._history_bytes(history_rows), dim)
             weights = np.array([w for group, *_ in groups for w in group.weights], dtype=np.float32)
             weights *= member_ok
             # [history, n]: a recent item per row, so the reductions run down columns.
@@ -624,16 +651,17 @@ class Vectorizer:
             else never
         )
         vocabulary = rows.vocabulary
+        size = len(vocabulary)
         for name, codes, latest in (
             ("log_seconds_since_category_action", rows.category, fresh.category_last),
             ("log_seconds_since_company_action", rows.company, fresh.company_last),
         ):
             keys, times = vocabulary.known_items(latest)
             ages = np.log1p(np.maximum(now - times, 0.0))
-            out[idx[name]] = _gather(codes, keys, ages, never)
+            out[idx[name]] = _gather(codes, keys, ages, never, size)
         if fresh.short_dismissed_categories:
             out[idx["category_dismissed_short"]] = _member_of(
-                rows.category, vocabulary.known(fresh.short_dismissed_categories)
+                rows.category, vocabulary.known(fresh.short_dismissed_categories), size
             )
         for name, codes, counts, total in (
             ("category_engaged_share", rows.category, fresh.category_engaged, fresh.engaged),
@@ -642,7 +670,7 @@ class Vectorizer:
         ):
             if counts:
                 keys, values = vocabulary.known_items(counts)
-                out[idx[name]] = _gather(codes, keys, values / total, 0.0)
+                out[idx[name]] = _gather(codes, keys, values / total, 0.0, size)
 
 
 class _Freshness:
@@ -707,10 +735,26 @@ class _Freshness:
                     self.short_dismissed_categories.add(category)
 
 
-def _gather(codes: np.ndarray, keys: np.ndarray, values: np.ndarray, default: float) -> np.ndarray:
-    """``values`` of the ``keys`` equal to each code; ``default`` where none is (or -1)."""
+def _dense(size: int, codes: np.ndarray) -> bool:
+    """Whether a table indexed by every code of a vocabulary of ``size`` is the cheaper way
+    to look ``codes`` up: one gather, where a binary search costs a sort and a search."""
+    return size <= _DENSE_PER_CODE * len(codes) + _DENSE_MIN
+
+
+def _gather(
+    codes: np.ndarray, keys: np.ndarray, values: np.ndarray, default: float, size: int
+) -> np.ndarray:
+    """``values`` of the ``keys`` equal to each code; ``default`` where none is (or -1).
+
+    ``size`` is the vocabulary's: every code and key is below it.
+    """
     if not len(keys):
         return np.full(len(codes), default, dtype=np.float64)
+    if _dense(size, codes):
+        # The last entry stays ``default``: code -1 (no value) reads it.
+        table = np.full(size + 1, default, dtype=np.float64)
+        table[keys] = values
+        return table[codes]  # type: ignore[no-any-return]
     order = np.argsort(keys)
     keys, values = keys[order], values[order]
     at = np.minimum(np.searchsorted(keys, codes), len(keys) - 1)
@@ -727,14 +771,19 @@ def _flags(values: Iterable[bool]) -> np.ndarray:
     return np.fromiter(values, dtype=bool)
 
 
-def _member_of(codes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Which ``codes`` are among ``wanted``: a compare per code for very few, else a
-    binary search in the sorted wanted codes (both beat np.isin at these sizes)."""
+def _member_of(codes: np.ndarray, wanted: np.ndarray, size: int) -> np.ndarray:
+    """Which ``codes`` are among ``wanted`` (codes of a vocabulary of ``size``): a compare
+    per code for very few, else a table of every code or a binary search in the sorted
+    wanted codes (all beat np.isin at these sizes)."""
     if len(wanted) <= 3:
         found = np.zeros(len(codes), dtype=bool)
         for code in wanted.tolist():
             found |= codes == code
         return found
+    if _dense(size, codes):
+        table = np.zeros(size + 1, dtype=bool)  # the last entry, code -1's, stays False
+        table[wanted] = True
+        return table[codes]  # type: ignore[no-any-return]
     wanted = np.sort(wanted)
     at = np.minimum(np.searchsorted(wanted, codes), len(wanted) - 1)
     return wanted[at] == codes  # type: ignore[no-any-return]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from attribute_store import (
+    AttributeRecord,
     CachedAttributeStore,
     JoinFields,
     StoreUnavailable,
@@ -43,15 +45,19 @@ class FeatureReader:
         actions = features["recent_actions"]
         if not actions or not (fields.read or fields.ingest):
             return features
-        try:
-            records = await asyncio.wait_for(
-                self.attributes.get_many(item_ids(actions)), self.timeout
-            )
-        except (StoreUnavailable, TimeoutError) as exc:
-            log.warning("attribute store unavailable at read: %s", exc)
-            records = None
-            features["attribute_store"] = "unavailable"
+        cached, missing = self.attributes.peek_many(item_ids(actions))
+        records: Mapping[str, AttributeRecord] | None = cached
+        if missing:
+            try:
+                cached.update(
+                    await asyncio.wait_for(self.attributes.get_many(missing), self.timeout)
+                )
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.warning("attribute store unavailable at read: %s", exc)
+                records = None
+                features["attribute_store"] = "unavailable"
+        # The actions are this read's own, made by the store for it: joined in place.
         features["recent_actions"] = join_at_read(
-            actions, records, fields.read, catch_up=fields.ingest
+            actions, records, fields.read, catch_up=fields.ingest, in_place=True
         )
         return features

@@ -32,12 +32,24 @@ import rocksdict
 
 from app.serving_link import PublishedState, WorkerFollower
 
-__all__ = ["SecondaryTable"]
+__all__ = ["SecondarySizes", "SecondaryTable", "open_secondary"]
 
 log = logging.getLogger(__name__)
 
 
-def open_secondary(primary: str | Path, secondary: Path) -> rocksdict.Rdict:
+@dataclass(frozen=True)
+class SecondarySizes:
+    """Memory of one secondary instance: sized for reading, not as the primary is."""
+
+    #: Its block cache (shared by nothing else).
+    block_cache_bytes: int = 8 << 20
+    #: Its memtable, which holds the primary's write-ahead log replayed by catch-ups.
+    write_buffer_bytes: int = 16 << 20
+
+
+def open_secondary(
+    primary: str | Path, secondary: Path, sizes: SecondarySizes = SecondarySizes()
+) -> rocksdict.Rdict:
     """A RocksDB secondary instance of ``primary``; its own info log and state in
     ``secondary`` (a directory of its own per process)."""
     secondary.mkdir(parents=True, exist_ok=True)
@@ -45,6 +57,10 @@ def open_secondary(primary: str | Path, secondary: Path) -> rocksdict.Rdict:
     # Every file open from the start: a catch-up never has to open a table file the
     # primary has since compacted away.
     options.set_max_open_files(-1)
+    options.set_write_buffer_size(sizes.write_buffer_bytes)
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_cache(rocksdict.Cache(sizes.block_cache_bytes))
+    options.set_block_based_table_factory(table)
     return rocksdict.Rdict(
         str(primary),
         options,
@@ -77,8 +93,10 @@ class SecondaryTable:
         *,
         own_url: str,
         max_staleness: float,
+        sizes: SecondarySizes = SecondarySizes(),
         on_catch_up: Callable[[float], None] | None = None,
     ) -> None:
+        self.sizes = sizes
         self.follower = follower
         self.changelog_topic = changelog_topic
         self.secondary_root = secondary_root
@@ -101,6 +119,10 @@ class SecondaryTable:
         return state
 
     def _follow(self, state: PublishedState) -> None:
+        if state.assigning:
+            # Starting again or rebalancing: what the worker owns is not known yet, and
+            # what was open here goes on answering meanwhile, flagged stale.
+            return
         for partition in [p for p in self._partitions if p not in state.owned]:
             log.info("partition %d moved away: no longer read here", partition)
             self._close(partition)
@@ -122,7 +144,7 @@ class SecondaryTable:
         secondary = self.secondary_root / f"{partition}-{self._opened}"
         count = self.follower.writes(partition)  # before opening: later writes catch up later
         try:
-            db = open_secondary(path, secondary)
+            db = open_secondary(path, secondary, self.sizes)
         except Exception as exc:  # rocksdict raises plain Exception for IO errors
             log.warning("partition %d: cannot open %s yet: %s", partition, path, exc)
             return
@@ -143,12 +165,18 @@ class SecondaryTable:
     # -- ownership (as ChangelogTable answers it) ----------------------------------------
 
     def owns(self, partition: int) -> bool:
+        """Whether this process answers for ``partition``: its worker owns it (or, while
+        partitions are being assigned, owned it), and it is open here."""
         state = self._sync()
-        return state is not None and partition in state.owned and partition in self._partitions
+        return (
+            state is not None
+            and partition in self._partitions
+            and (partition in state.owned or state.assigning)
+        )
 
     def owned_partitions(self) -> list[int]:
-        state = self._sync()
-        return [] if state is None else sorted(p for p in state.owned if p in self._partitions)
+        self._sync()
+        return [p for p in sorted(self._partitions) if self.owns(p)]
 
     def owner_url(self, partition: int) -> str | None:
         """The owner's URL; this pod's own URL for a partition its worker owns but that
@@ -156,21 +184,18 @@ class SecondaryTable:
         state = self._sync()
         if state is None:
             return None
-        if partition in state.owned:
+        if partition in state.owned or state.assigning:
             return self.own_url
         return state.owners.get(partition)
 
     # -- reads ---------------------------------------------------------------------------
 
     def _db(self, partition: int) -> rocksdict.Rdict:
-        handle = self._partitions[partition]
-        state = self._state
-        if (
-            state is not None
-            and not state.recovering
-            and state.identities.get(partition) == handle.identity
-            and self.follower.worker_alive()
-        ):
+        state = self._sync()
+        handle = self._partitions.get(partition)
+        if handle is None:  # callers ask owns() first; this is a race with a rebalance
+            raise LookupError(f"partition {partition} is not open in this serving process")
+        if self._following(state, partition, handle):
             count = self.follower.writes(partition)
             now = time.monotonic()
             if count != handle.caught_count and now - handle.caught_at >= self.max_staleness:
@@ -180,7 +205,12 @@ class SecondaryTable:
         return handle.db
 
     def _catch_up(self, handle: _Partition, count: int, now: float) -> None:
-        handle.db.try_catch_up_with_primary()
+        try:
+            handle.db.try_catch_up_with_primary()
+        except Exception as exc:  # rocksdict raises plain Exception; keep what we have
+            log.warning("catching up with %s failed: %s; answering from before", handle.path, exc)
+            handle.caught_at = time.monotonic()  # not again before max_staleness
+            return
         handle.caught_count = count  # read before the catch-up: later writes catch up later
         handle.caught_at = time.monotonic()
         handle.fresh_at = time.time()
@@ -214,13 +244,17 @@ class SecondaryTable:
         """How old an answer from ``partition`` may be, when it may be older than
         ``max_staleness`` (the worker is down, or restoring the partition); else None."""
         handle = self._partitions.get(partition)
-        state = self._state
-        if handle is None or state is None:
-            return None
-        if (
-            self.follower.worker_alive()
-            and not state.recovering
-            and state.identities.get(partition) == handle.identity
-        ):
+        if handle is None or self._following(self._state, partition, handle):
             return None
         return int((time.time() - handle.fresh_at) * 1000)
+
+    def _following(self, state: PublishedState | None, partition: int, handle: _Partition) -> bool:
+        """Whether the worker runs with ``partition``'s database as ``handle`` opened it, so
+        catching up brings the handle up to date."""
+        return (
+            state is not None
+            and not state.recovering
+            and not state.assigning
+            and state.identities.get(partition) == handle.identity
+            and self.follower.worker_alive()
+        )

@@ -12,6 +12,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from app import codec
 from app.console.timeline import IngestTimeline
 from app.metrics import Metrics
 from app.openapi import RankingParams, SystemView
@@ -106,12 +107,16 @@ def _model(registry: ModelRegistry) -> dict[str, Any]:
 async def _system(request: Request) -> Response:
     """The system view of this worker: ingest, freshness, lag, DLQ, store, partitions, model."""
     state = request.app.state
-    if state.worker_url is not None:
+    if state.worker is not None:
         # A serving process: ingest, lag and freshness are the worker's to tell.
         answer = await ask_worker(request, "/v1/console/system")
         if answer is None:
             raise ApiError(503, "the worker is not answering (restarting?); retry shortly")
-        return Response(answer.content, answer.status_code, media_type="application/json")
+        if answer.status_code != 200:
+            return Response(answer.content, answer.status_code, media_type="application/json")
+        view = codec.loads(answer.content)
+        view["serving"] = state.worker.serving_view()
+        return JSONResponse(SystemView.model_validate(view).model_dump())
     settings: Settings = state.settings
     status: StatusSource = state.status
     timeline: IngestTimeline = state.timeline

@@ -27,6 +27,11 @@ KUBE_VERSION = kubernetes_validate.latest_version()
 
 Manifest = dict[str, Any]
 
+#: The single-container layout: the worker answers the API itself (no `nearline serve`).
+SINGLE = {"serving": {"processes": 0}}
+#: What only the layout with serving processes sets, on both containers.
+SERVING_ENV = {"NEARLINE_SERVE_PROCESSES", "NEARLINE_WORKER_PORT"}
+
 #: Variables that carry credentials: they may only come from a Secret.
 SENSITIVE_ENV = {
     "NEARLINE_KAFKA_SASL_PASSWORD",
@@ -63,11 +68,31 @@ def only(manifests: list[Manifest], kind: str) -> Manifest:
     return found[0]
 
 
-def worker_container(manifests: list[Manifest]) -> Manifest:
+def containers_of(manifests: list[Manifest]) -> dict[str, Manifest]:
+    """The pod's containers by name: the worker first, then `nearline serve` if any."""
     containers = only(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["nearline"]
-    container: Manifest = containers[0]
-    return container
+    names = [c["name"] for c in containers]
+    assert names in (["nearline"], ["nearline", "serve"]), names
+    return {c["name"]: c for c in containers}
+
+
+def worker_container(manifests: list[Manifest]) -> Manifest:
+    return containers_of(manifests)["nearline"]
+
+
+def serve_container(manifests: list[Manifest]) -> Manifest:
+    containers = containers_of(manifests)
+    assert "serve" in containers, "no serve container"
+    return containers["serve"]
+
+
+def probe_target(container: Manifest, probe: str) -> tuple[str, int]:
+    """(path, port number) a container's HTTP probe hits; a named port resolved in it."""
+    get = container[probe]["httpGet"]
+    port = get["port"]
+    if isinstance(port, str):
+        port = {p["name"]: p["containerPort"] for p in container["ports"]}[port]
+    return get["path"], port
 
 
 def env_of(container: Manifest) -> dict[str, Manifest]:
@@ -80,9 +105,11 @@ def is_subset(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
-@pytest.fixture(scope="module", params=["default", "production"])
+@pytest.fixture(scope="module", params=["default", "production", "single"])
 def manifests(request: pytest.FixtureRequest, chart: helm.Chart) -> list[Manifest]:
-    return render(chart, production_values() if request.param == "production" else None)
+    """Default values (serving processes), production values, and the single-container layout."""
+    values = {"default": None, "production": production_values(), "single": SINGLE}
+    return render(chart, values[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +120,11 @@ def production(chart: helm.Chart) -> list[Manifest]:
 # --- lint and Kubernetes schemas ------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [None, "production"])
+@pytest.mark.parametrize("values", [None, "production", "single"])
 def test_lint_reports_no_errors_or_warnings(values: str | None) -> None:
     report = helm.lint(
         CHART,
-        production_values() if values else None,
+        {None: None, "production": production_values(), "single": SINGLE}[values],
         strict=True,
         namespace=NAMESPACE,
         kube_version=f"v{KUBE_VERSION}",
@@ -174,6 +201,8 @@ def test_state_volume_is_mounted_at_the_data_dir(manifests: list[Manifest]) -> N
     data_dir = env_of(container)["NEARLINE_DATA_DIR"]["value"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["data"] == data_dir == "/var/lib/nearline"
+    for other in containers_of(manifests).values():  # serving processes read the same files
+        assert other["volumeMounts"] == container["volumeMounts"]
     claims = statefulset["spec"]["volumeClaimTemplates"]
     assert [c["metadata"]["name"] for c in claims] == ["data"]
     assert claims[0]["spec"]["accessModes"] == ["ReadWriteOnce"]
@@ -200,30 +229,127 @@ def test_without_persistence_the_data_dir_is_an_empty_dir(chart: helm.Chart) -> 
     assert volumes["data"] == {"name": "data", "emptyDir": {}}
 
 
-def test_probes_hit_health_paths_on_the_web_port(manifests: list[Manifest]) -> None:
+def test_single_layout_probes_hit_health_paths_on_the_web_port(chart: helm.Chart) -> None:
+    manifests = render(chart, SINGLE)
     container = worker_container(manifests)
-    web_port = int(env_of(container)["NEARLINE_WEB_PORT"]["value"])
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    liveness = container["livenessProbe"]["httpGet"]
-    readiness = container["readinessProbe"]["httpGet"]
-    assert liveness["path"] == "/healthz"
-    assert readiness["path"] == "/readyz"
+    assert list(containers_of(manifests)) == ["nearline"]
+    env = env_of(container)
+    web_port = int(env["NEARLINE_WEB_PORT"]["value"])
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": web_port}
+    assert probe_target(container, "livenessProbe") == ("/healthz", web_port)
+    assert probe_target(container, "readinessProbe") == ("/readyz", web_port)
     # /healthz turns red on a stalled partition after the configured time.
-    assert env_of(container)["NEARLINE_STALL_TIMEOUT"]["value"] == "30s"
-    for probe in (liveness, readiness):
-        port = probe["port"]
-        assert (ports[port] if isinstance(port, str) else port) == web_port
+    assert env["NEARLINE_STALL_TIMEOUT"]["value"] == "30s"
+    # The worker binds the web port itself: nothing tells it to leave it to `nearline serve`.
+    assert SERVING_ENV.isdisjoint(env)
+
+
+@pytest.mark.parametrize("values", [None, "production"])
+def test_serving_layout_runs_the_worker_and_serve_containers(
+    chart: helm.Chart, values: str | None
+) -> None:
+    manifests = render(chart, production_values() if values else None)
+    worker, serve = worker_container(manifests), serve_container(manifests)
+    assert (worker["args"], serve["args"]) == (["worker"], ["serve"])
+    assert "command" not in serve  # the image's ENTRYPOINT is `nearline`
+    # One env, one set of mounts, one image: the serving processes must read the worker's
+    # data dir with its settings.
+    for key in ("image", "imagePullPolicy", "securityContext", "env", "volumeMounts"):
+        assert serve[key] == worker[key], key
+    assert serve.get("envFrom") == worker.get("envFrom")
+    env = env_of(serve)
+    assert env["NEARLINE_SERVE_PROCESSES"]["value"] == "2"
+    web_port = int(env["NEARLINE_WEB_PORT"]["value"])
+    worker_port = int(env["NEARLINE_WORKER_PORT"]["value"])
+    assert (web_port, worker_port) == (8080, 8081)
+    # One network namespace: each port belongs to one container.
+    assert {p["name"]: p["containerPort"] for p in serve["ports"]} == {"http": web_port}
+    assert {p["name"]: p["containerPort"] for p in worker["ports"]} == {"worker": worker_port}
+
+
+def test_serving_layout_probes_watch_each_process(chart: helm.Chart) -> None:
+    manifests = render(chart, {"startupProbe": {"enabled": True}})
+    worker, serve = worker_container(manifests), serve_container(manifests)
+    env = env_of(worker)
+    web_port = int(env["NEARLINE_WEB_PORT"]["value"])
+    worker_port = int(env["NEARLINE_WORKER_PORT"]["value"])
+    # The public port: readiness mirrors the worker's; liveness is the serving process's own.
+    assert probe_target(serve, "readinessProbe") == ("/readyz", web_port)
+    assert probe_target(serve, "livenessProbe") == ("/healthz", web_port)
+    # The worker's stall detector on its own port; its readiness is the serve container's.
+    assert probe_target(worker, "livenessProbe") == ("/healthz", worker_port)
+    assert probe_target(worker, "startupProbe") == ("/healthz", worker_port)
+    assert "readinessProbe" not in worker
+    assert "startupProbe" not in serve
+    assert serve["livenessProbe"]["failureThreshold"] == 6
+
+
+def test_serving_processes_and_resources_reach_the_serve_container(chart: helm.Chart) -> None:
+    resources = {"requests": {"cpu": "3", "memory": "3Gi"}, "limits": {"memory": "5Gi"}}
+    manifests = render(chart, {"serving": {"processes": 3, "resources": resources}})
+    serve = serve_container(manifests)
+    assert serve["resources"] == resources
+    assert worker_container(manifests)["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
+    for container in containers_of(manifests).values():
+        assert env_of(container)["NEARLINE_SERVE_PROCESSES"]["value"] == "3"
+
+
+def test_both_layouts_share_every_other_variable(chart: helm.Chart) -> None:
+    """The env is one template: the layouts differ only in the serving variables."""
+    single = worker_container(render(chart, SINGLE))["env"]
+    serving = serve_container(render(chart))["env"]
+    assert [e for e in serving if e["name"] not in SERVING_ENV] == single
 
 
 def test_changing_the_port_moves_probes_services_and_url(chart: helm.Chart) -> None:
-    manifests = render(chart, {"containerPorts": {"http": 9000}})
-    container = worker_container(manifests)
-    env = env_of(container)
-    assert env["NEARLINE_WEB_PORT"]["value"] == "9000"
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 9000}
-    assert env["NEARLINE_ADVERTISED_URL"]["value"].endswith(":9000")
-    for service in (m for m in manifests if m["kind"] == "Service"):
-        assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    for values, container_of in ((SINGLE, worker_container), ({}, serve_container)):
+        manifests = render(chart, {**values, "containerPorts": {"http": 9000, "worker": 9001}})
+        container = container_of(manifests)
+        env = env_of(container)
+        assert env["NEARLINE_WEB_PORT"]["value"] == "9000"
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 9000}
+        assert probe_target(container, "readinessProbe") == ("/readyz", 9000)
+        assert env["NEARLINE_ADVERTISED_URL"]["value"].endswith(":9000")
+        for service in (m for m in manifests if m["kind"] == "Service"):
+            assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    worker = worker_container(manifests)  # the serving layout's
+    assert env_of(worker)["NEARLINE_WORKER_PORT"]["value"] == "9001"
+    assert probe_target(worker, "livenessProbe") == ("/healthz", 9001)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"containerPorts": {"http": 8080, "worker": 8080}},
+            r"containerPorts\.worker \(8080\) must differ from containerPorts\.http",
+        ),
+        (
+            {
+                "autoscaling": {"hpa": {"enabled": True}},
+                "serving": {"resources": {"requests": {"cpu": None}}},  # null drops a default
+            },
+            r"serving\.resources\.requests\.cpu is required",
+        ),
+    ],
+)
+def test_serving_layout_refuses_what_cannot_run(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)
+
+
+def test_single_layout_may_reuse_the_worker_port(chart: helm.Chart) -> None:
+    # Without serving processes the worker port is unused, so it may equal the web port.
+    manifests = render(chart, {**SINGLE, "containerPorts": {"http": 8080, "worker": 8080}})
+    assert list(containers_of(manifests)) == ["nearline"]
+
+
+@pytest.mark.parametrize("processes", [-1, 65])
+def test_schema_bounds_the_serving_processes(chart: helm.Chart, processes: int) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"serving": {"processes": processes}})
 
 
 def test_advertised_url_is_the_pods_headless_dns_name(manifests: list[Manifest]) -> None:
@@ -271,8 +397,13 @@ def test_configuration_reaches_the_env(production: list[Manifest]) -> None:
 
 
 def test_every_nearline_variable_is_a_setting_the_app_accepts(manifests: list[Manifest]) -> None:
-    """The rendered env, with secrets filled in, loads into the app's one settings object."""
-    env = env_of(worker_container(manifests))
+    """Each container's rendered env, with secrets filled in, loads into the app's one
+    settings object (which refuses a worker port equal to the web port with serving on)."""
+    for container in containers_of(manifests).values():
+        check_settings(env_of(container))
+
+
+def check_settings(env: dict[str, Manifest]) -> None:
     fields = {f"NEARLINE_{name.upper()}" for name in Settings.model_fields}
     nearline_vars = {name for name in env if name.startswith("NEARLINE_")}
     assert nearline_vars <= fields, f"unknown to app.settings: {sorted(nearline_vars - fields)}"
@@ -288,6 +419,8 @@ def test_every_nearline_variable_is_a_setting_the_app_accepts(manifests: list[Ma
     assert settings.profile.value == "production"
     assert str(settings.data_dir) == env["NEARLINE_DATA_DIR"]["value"]
     assert settings.web_url.startswith("http://demo-nearline-0.demo-nearline-headless.recs.svc.")
+    serving = env.get("NEARLINE_SERVE_PROCESSES", {"value": "0"})["value"]
+    assert settings.serve_processes == int(serving)
 
 
 # --- secrets ---------------------------------------------------------------------------
@@ -303,7 +436,8 @@ def test_no_secret_objects_and_credentials_come_from_secret_refs(
         "NEARLINE_AEROSPIKE_PASSWORD": ("nearline-aerospike", "password"),
         "NEARLINE_API_TOKEN": ("nearline-api", "token"),
     }
-    containers = [worker_container(production)]
+    containers = list(containers_of(production).values())
+    assert len(containers) == 2  # the worker and `nearline serve`
     containers += only(production, "Job")["spec"]["template"]["spec"]["containers"]
     for container in containers:
         for name, var in env_of(container).items():
@@ -312,6 +446,7 @@ def test_no_secret_objects_and_credentials_come_from_secret_refs(
                 ref = var["valueFrom"]["secretKeyRef"]
                 assert (ref["name"], ref["key"]) == expected[name]
     assert SENSITIVE_ENV <= set(env_of(worker_container(production)))
+    assert SENSITIVE_ENV <= set(env_of(serve_container(production)))
 
 
 def test_default_values_render_no_secret_objects(chart: helm.Chart) -> None:
@@ -535,6 +670,14 @@ def test_notes_explain_how_to_reach_the_api(chart: helm.Chart) -> None:
     assert re.search(r"-d '\{.*\}'.*\n.*/v1/recommendations", notes)
     assert "Authorization: Bearer" in notes
     assert "nearline-api" in notes
+    # The default layout names its two containers, so `kubectl logs -c` can pick one.
+    assert "logs <pod> -c serve" in notes and "port 8081" in notes
+
+
+def test_single_layout_notes_mention_no_serve_container(chart: helm.Chart) -> None:
+    notes = chart.render(SINGLE, name=RELEASE, namespace=NAMESPACE)["nearline/templates/NOTES.txt"]
+    assert "port-forward svc/" in notes
+    assert "-c serve" not in notes
 
 
 # --- documentation -------------------------------------------------------------------------

@@ -286,6 +286,16 @@ function ms(seconds) {
 
 function renderSystem(s) {
   setText($("worker"), s.worker);
+  const serving = $("serving");
+  if (s.serving) {
+    const stale = Object.entries(s.serving.stale_ms).filter(([, v]) => v !== null);
+    setText(serving, stale.length
+      ? `${s.serving.processes} serving processes; worker down or restoring: answers up to ${Math.max(...stale.map(([, v]) => v))} ms stale`
+      : `${s.serving.processes} serving processes, within ${s.serving.max_staleness_ms} ms of the worker (this page from pid ${s.serving.answered_by})`);
+    serving.className = `muted ${stale.length ? "bad" : ""}`;
+  } else {
+    setText(serving, "the worker serves the API itself");
+  }
   const ready = $("ready");
   const healthy = s.ready && s.alive;
   setText(ready, !s.alive ? s.liveness : s.ready ? "ready" : s.reason);

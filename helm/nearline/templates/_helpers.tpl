@@ -131,6 +131,18 @@ Checks on values that the schema cannot express. Rendering fails with a clear me
 {{- fail (printf "autoscaling.hpa.minReplicas (%d) must not exceed autoscaling.hpa.maxReplicas (%d)" (int .Values.autoscaling.hpa.minReplicas) (int .Values.autoscaling.hpa.maxReplicas)) -}}
 {{- end -}}
 {{- end -}}
+{{- if gt (int .Values.serving.processes) 0 -}}
+{{- if eq (int .Values.containerPorts.worker) (int .Values.containerPorts.http) -}}
+{{- fail (printf "containerPorts.worker (%d) must differ from containerPorts.http when serving.processes is above 0: the worker and the serving processes share the pod's network, and the serving processes take the http port (NEARLINE_WORKER_PORT, NEARLINE_WEB_PORT)" (int .Values.containerPorts.worker)) -}}
+{{- end -}}
+{{- if .Values.autoscaling.hpa.enabled -}}
+{{- range $resource, $target := dict "cpu" .Values.autoscaling.hpa.targetCPU "memory" .Values.autoscaling.hpa.targetMemory -}}
+{{- if and $target (not (dig "requests" $resource "" ($.Values.serving.resources | default dict))) -}}
+{{- fail (printf "serving.resources.requests.%s is required when the HPA targets %s utilization: it divides the pod's use by the sum of its containers' requests and cannot compute it when one is missing" $resource $resource) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (include "nearline.kafka.sasl" .) (not .Values.kafka.sasl.username) -}}
 {{- fail (printf "kafka.sasl.username is required when kafka.securityProtocol is %s" .Values.kafka.securityProtocol) -}}
 {{- end -}}
@@ -254,4 +266,124 @@ podAntiAffinity:
 {{/* The pod security context without the chart's "enabled" switch. */}}
 {{- define "nearline.podSecurityContext" -}}
 {{- omit .Values.podSecurityContext "enabled" | toYaml -}}
+{{- end -}}
+
+{{/*
+Environment of both containers of a pod, the worker and `nearline serve`: they must agree on
+every NEARLINE_* setting, above all NEARLINE_DATA_DIR (where the worker publishes its state
+for the serving processes) and the topic layout. Secrets only by secretKeyRef.
+*/}}
+{{- define "nearline.env.app" -}}
+# POD_NAME must come before NEARLINE_ADVERTISED_URL, which expands it.
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: NEARLINE_ADVERTISED_URL
+  value: {{ printf "http://$(POD_NAME).%s.%s.svc.%s:%d" (include "nearline.headlessServiceName" .) (include "nearline.namespace" .) .Values.clusterDomain (int .Values.containerPorts.http) | quote }}
+- name: NEARLINE_WEB_HOST
+  value: "0.0.0.0"
+- name: NEARLINE_WEB_PORT
+  value: {{ .Values.containerPorts.http | quote }}
+{{- if gt (int .Values.serving.processes) 0 }}
+- name: NEARLINE_SERVE_PROCESSES
+  value: {{ .Values.serving.processes | quote }}
+- name: NEARLINE_WORKER_PORT
+  value: {{ .Values.containerPorts.worker | quote }}
+{{- end }}
+- name: NEARLINE_DATA_DIR
+  value: {{ .Values.nearline.dataDir | quote }}
+{{- include "nearline.env.kafka" . | nindent 0 }}
+- name: NEARLINE_STANDBY_REPLICAS
+  value: {{ .Values.nearline.standbyReplicas | quote }}
+- name: NEARLINE_ACTIONS_OF_INTEREST
+  value: {{ join "," .Values.nearline.actionsOfInterest | quote }}
+- name: NEARLINE_WINDOWS
+  value: {{ join "," .Values.nearline.windows | quote }}
+- name: NEARLINE_RETENTION
+  value: {{ .Values.nearline.retention | quote }}
+- name: NEARLINE_MAX_RECENT_ACTIONS
+  value: {{ .Values.nearline.maxRecentActions | quote }}
+- name: NEARLINE_STALL_TIMEOUT
+  value: {{ .Values.nearline.stallTimeout | quote }}
+- name: NEARLINE_TORCH_THREADS
+  value: {{ .Values.nearline.torchThreads | quote }}
+{{- with .Values.nearline.modelDir }}
+- name: NEARLINE_MODEL_DIR
+  value: {{ . | quote }}
+{{- end }}
+- name: NEARLINE_ATTRIBUTE_STORE
+  value: {{ .Values.nearline.attributeStore | quote }}
+{{- if eq .Values.nearline.attributeStore "aerospike" }}
+- name: NEARLINE_AEROSPIKE_HOSTS
+  value: {{ join "," .Values.aerospike.hosts | quote }}
+- name: NEARLINE_AEROSPIKE_NAMESPACE
+  value: {{ .Values.aerospike.namespace | quote }}
+{{- if .Values.aerospike.auth.existingSecret }}
+- name: NEARLINE_AEROSPIKE_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.aerospike.auth.existingSecret | quote }}
+      key: {{ .Values.aerospike.auth.existingSecretUserKey | quote }}
+- name: NEARLINE_AEROSPIKE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.aerospike.auth.existingSecret | quote }}
+      key: {{ .Values.aerospike.auth.existingSecretPasswordKey | quote }}
+{{- end }}
+{{- if .Values.aerospike.tls.tlsName }}
+- name: NEARLINE_AEROSPIKE_TLS_NAME
+  value: {{ .Values.aerospike.tls.tlsName | quote }}
+{{- end }}
+{{- if include "nearline.aerospike.tlsFiles" . }}
+- name: NEARLINE_AEROSPIKE_TLS_CAFILE
+  value: {{ printf "%s/ca.crt" .Values.aerospike.tls.mountPath | quote }}
+{{- end }}
+{{- end }}
+{{- if .Values.nearline.apiToken.existingSecret }}
+- name: NEARLINE_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.nearline.apiToken.existingSecret | quote }}
+      key: {{ .Values.nearline.apiToken.existingSecretKey | quote }}
+{{- end }}
+{{- with .Values.nearline.extraEnvVars }}
+{{- toYaml . | nindent 0 }}
+{{- end }}
+{{- end -}}
+
+{{/* envFrom of both containers (empty when neither a ConfigMap nor a Secret is given). */}}
+{{- define "nearline.envFrom.app" -}}
+{{- if or .Values.nearline.extraEnvVarsCM .Values.nearline.extraEnvVarsSecret }}
+envFrom:
+  {{- with .Values.nearline.extraEnvVarsCM }}
+  - configMapRef:
+      name: {{ . | quote }}
+  {{- end }}
+  {{- with .Values.nearline.extraEnvVarsSecret }}
+  - secretRef:
+      name: {{ . | quote }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Volume mounts of both containers: the serving processes read the worker's RocksDB on the data volume. */}}
+{{- define "nearline.volumeMounts.app" -}}
+- name: data
+  mountPath: {{ .Values.nearline.dataDir | quote }}
+- name: tmp
+  mountPath: /tmp
+{{- if include "nearline.kafka.tlsFiles" . }}
+- name: kafka-tls
+  mountPath: {{ .Values.kafka.tls.mountPath | quote }}
+  readOnly: true
+{{- end }}
+{{- if include "nearline.aerospike.tlsFiles" . }}
+- name: aerospike-tls
+  mountPath: {{ .Values.aerospike.tls.mountPath | quote }}
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{- toYaml . | nindent 0 }}
+{{- end }}
 {{- end -}}

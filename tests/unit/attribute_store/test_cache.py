@@ -153,3 +153,21 @@ def test_a_hit_is_the_same_record_object_until_the_item_changes() -> None:
     assert asyncio.run(store.get_many(["j1"]))["j1"] is first
     asyncio.run(store.put_many([item("j1", category="sales")]))
     assert asyncio.run(store.get_many(["j1"]))["j1"] is not first
+
+
+def test_peek_many_answers_from_the_cache_alone() -> None:
+    backend, clock = seeded(), FakeClock()
+    store = cached(backend, clock)
+
+    async def scenario() -> None:
+        await store.get_many(["j1", "nope"])  # j1 cached, nope cached as absent
+        found, missing = store.peek_many(["j1", "nope", "j2"])
+        assert list(found) == ["j1"] and found["j1"] is (await store.get_many(["j1"]))["j1"]
+        assert missing == ["j2"]
+        clock.now = 61.0  # expired: asked of the backend again
+        assert store.peek_many(["j1", "nope"]) == ({}, ["j1", "nope"])
+
+    asyncio.run(scenario())
+    assert backend.reads == [["j1", "nope"]]  # peeking never reads the backend
+    off = cached(backend, clock, maxsize=0)
+    assert off.peek_many(["j1"]) == ({}, ["j1"])

@@ -110,3 +110,21 @@ def test_actions_stored_unjoined_catch_up_at_read() -> None:
 def test_joined_actions_do_not_catch_up() -> None:
     [read] = join_at_read([action(1, "j1", joined=True)], ATTRS, [], catch_up=["category"])
     assert "category" not in read["attributes"] and read["missing"] == []
+
+
+@pytest.mark.parametrize("joined", [True, False, None])
+def test_join_at_read_in_place_gives_what_the_copying_join_gives(joined: bool | None) -> None:
+    extra = {} if joined is None else {"joined": joined}
+    actions = [action(1, "j1", **extra), action(2, "j2", **extra), action(3, "nope", **extra)]
+    actions.append({**action(4, "j1", **extra), "attributes": None})
+    copied = join_at_read(actions, ATTRS, ["embedding"], catch_up=["geo"])
+    own = copy.deepcopy(actions)
+    in_place = join_at_read(own, ATTRS, ["embedding"], catch_up=["geo"], in_place=True)
+    assert in_place == copied
+    assert [list(a) for a in in_place] == [list(a) for a in copied]  # key order: same JSON
+    assert all(read is given for read, given in zip(in_place, own, strict=True))
+    # A record's values are shared, as the copying join shares them, and never changed.
+    assert in_place[0]["attributes"]["embedding"] is ATTRS["j1"].embedding
+    assert ATTRS["j1"].as_flat_dict()["embedding"] == [
+        sum(map(ord, "j1")) % 97 + i / 10 for i in range(4)
+    ]
