@@ -31,6 +31,7 @@ from pathlib import Path
 import rocksdict
 
 from app.serving_link import PublishedState, WorkerFollower
+from tables.changelog import scan
 
 __all__ = ["SecondarySizes", "SecondaryTable", "open_secondary"]
 
@@ -231,14 +232,7 @@ class SecondaryTable:
 
     def scan(self, partition: int, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Keys in ``[start, stop)`` in key order, with their values."""
-        iterator = self._db(partition).iter()
-        iterator.seek(start)
-        while iterator.valid():
-            key = iterator.key()
-            if key >= stop:
-                return
-            yield key, iterator.value()
-            iterator.next()
+        return scan(self._db(partition), start, stop)
 
     def stale_ms(self, partition: int) -> int | None:
         """How old an answer from ``partition`` may be, when it may be older than
