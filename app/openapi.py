@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from app.limits import MAX_BODY_BYTES, MAX_ID_LENGTH
+from app.limits import MAX_AS_OF, MAX_BODY_BYTES, MAX_ID_LENGTH
 from app.recommend import Id, RankedItem, RecommendationRequest, RecommendationResponse
 from app.settings import Settings
 
@@ -54,6 +54,7 @@ class FeaturesParams(BaseModel):
     as_of: float = Field(
         default_factory=time.time,
         ge=0,
+        le=MAX_AS_OF,
         allow_inf_nan=False,
         description="Unix seconds; the member's state as of then (default: now)",
     )

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Protocol, cast
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.limits import MAX_ID_LENGTH
+from app.limits import MAX_AS_OF, MAX_ID_LENGTH
 from attribute_store import CachedAttributeStore, ItemAttributes, Kind, StoreUnavailable
 from model.feature_log import log_record
 from model.item_rows import ItemRows
@@ -49,6 +49,7 @@ class RecommendationRequest(BaseModel):
     features_as_of: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_AS_OF,
         allow_inf_nan=False,
         description="Read the member's features as of this Unix time (e.g. a daily batch "
         "cut-off); events after it are ignored. Default: now.",

@@ -315,16 +315,22 @@ def _first_in_bucket_after(
     the last bucket that starts at or before ``edge`` (``ends``: the last that ends at or
     before it): a bisection, checked against the buckets themselves at the boundary."""
     bucket = guess  # floor(edge / size), maybe one off by rounding
+    # At most a step or two each way: past ~2**53 a step no longer changes the product,
+    # and an unbounded loop would never end (an as_of far in the future).
     if ends:  # the last bucket that ends at or before edge
-        while (bucket + 1) * size > edge:
-            bucket -= 1
-        while (bucket + 2) * size <= edge:
-            bucket += 1
+        for _ in range(3):
+            if (bucket + 1) * size > edge:
+                bucket -= 1
+        for _ in range(3):
+            if (bucket + 2) * size <= edge:
+                bucket += 1
     else:  # the last bucket that starts at or before edge
-        while bucket * size > edge:
-            bucket -= 1
-        while (bucket + 1) * size <= edge:
-            bucket += 1
+        for _ in range(3):
+            if bucket * size > edge:
+                bucket -= 1
+        for _ in range(3):
+            if (bucket + 1) * size <= edge:
+                bucket += 1
     at = bisect_left(times, (bucket + 1) * size)
     floor = math.floor
     while at > 0 and floor(times[at - 1] / size) > bucket:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,13 @@ import pytest
 
 from app.kafka import partition_for_key
 from tables.changelog import LocalTable
-from tables.member_state import Applied, MemberState, RecentAction, StatePolicy
+from tables.member_state import (
+    Applied,
+    MemberState,
+    RecentAction,
+    StatePolicy,
+    _first_in_bucket_after,
+)
 from tables.online_store import OnlineStore
 from tests.legacy_layout import legacy_value
 from tests.oracle import expected_features, served_view
@@ -200,3 +207,11 @@ def test_every_prefix_of_a_write_reads_as_the_state_before_or_after_it(tmp_path:
 def _view(state: MemberState, now: float, policy: StatePolicy) -> tuple[Any, ...]:
     features = state.features("m", now, policy)
     return (features["recent_actions"], features["counts"], state.last_offsets)
+
+
+def test_features_far_in_the_future_are_answered() -> None:
+    """A read as of a time where a bucket step no longer changes a float must still end."""
+    times = [1.0, 61.0, 121.0]
+    for edge in (1e99, 1e300, 2.0**60):
+        assert _first_in_bucket_after(times, math.floor(edge / 60), edge, 60.0) == 3
+        assert _first_in_bucket_after(times, math.floor(edge / 60), edge, 60.0, ends=True) == 3
