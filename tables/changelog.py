@@ -159,7 +159,7 @@ class ChangelogTable:
         """
         await (await self.send(updates))
 
-    async def send(self, updates: RawUpdates) -> Awaitable[None]:
+    async def send(self, updates: RawUpdates, *, owned_only: bool = False) -> Awaitable[None]:
         """Store new values locally and queue their changelog records; returns what to
         await for the broker's acknowledgement of them all.
 
@@ -167,6 +167,10 @@ class ChangelogTable:
         may be released before the acknowledgement: the producer keeps one request in flight
         per partition, so the changelog's order of records is the order they were queued in.
         A caller that commits source offsets must await the acknowledgement first.
+
+        ``owned_only``: leave out the partitions this worker no longer owns (a rebalance
+        while the caller built its values): their new owner may be writing them already,
+        and re-reads the records they came from, whose offsets the caller never commits.
         """
         producer = self._producer()
         topic = self.changelog_topic
@@ -174,7 +178,7 @@ class ChangelogTable:
         self._outstanding += 1  # until acknowledged, RocksDB may hold what the changelog lacks
         try:
             for partition, values in updates.items():
-                if not values:
+                if not values or (owned_only and not self.owns(partition)):
                     continue
                 self.write_locally(partition, values)
                 if self.count_bytes is not None:
@@ -280,8 +284,10 @@ class LocalTable:
     async def write(self, updates: RawUpdates) -> None:
         await (await self.send(updates))
 
-    async def send(self, updates: RawUpdates) -> Awaitable[None]:
+    async def send(self, updates: RawUpdates, *, owned_only: bool = False) -> Awaitable[None]:
         for partition, values in updates.items():
+            if owned_only and not self.owns(partition):
+                continue
             self.write_locally(partition, values)
         return asyncio.sleep(0)
 

@@ -125,7 +125,9 @@ class OnlineStore:
                 count += 1
                 if count % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a large batch must not hold requests meanwhile
-        return await self._writable().send(encoded)
+        # A member's chunks are numbered from what its owner last read: a worker that lost
+        # the partition meanwhile must not write them over its new owner's.
+        return await self._writable().send(encoded, owned_only=True)
 
     # -- retention ---------------------------------------------------------------------
 

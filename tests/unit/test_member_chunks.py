@@ -215,3 +215,21 @@ def test_features_far_in_the_future_are_answered() -> None:
     for edge in (1e99, 1e300, 2.0**60):
         assert _first_in_bucket_after(times, math.floor(edge / 60), edge, 60.0) == 3
         assert _first_in_bucket_after(times, math.floor(edge / 60), edge, 60.0, ends=True) == 3
+
+
+def test_a_partition_lost_while_its_batch_was_built_is_not_written(tmp_path: Path) -> None:
+    """After a rebalance, a member's chunks are its new owner's to number and write."""
+
+    class Revoked(LocalTable):
+        def owns(self, partition: int) -> bool:
+            return partition != 1
+
+    table = Revoked(str(tmp_path / "revoked"), 2)
+    store = OnlineStore(table, POLICY, 2)
+    state = MemberState()
+    state.apply(
+        RecentAction("e1", "i1", "click", 1000.0), offset=0, applied_at=1000.0, policy=POLICY
+    )
+    asyncio.run(store.write({0: {b"kept": state}, 1: {b"lost": state}}))
+    assert store.load(0, b"kept") is not None
+    assert list(table.scan(1, b"", b"\xff")) == []
