@@ -226,10 +226,11 @@ def test_a_partition_lost_while_its_batch_was_built_is_not_written(tmp_path: Pat
 
     table = Revoked(str(tmp_path / "revoked"), 2)
     store = OnlineStore(table, POLICY, 2)
-    state = MemberState()
-    state.apply(
-        RecentAction("e1", "i1", "click", 1000.0), offset=0, applied_at=1000.0, policy=POLICY
-    )
-    asyncio.run(store.write({0: {b"kept": state}, 1: {b"lost": state}}))
+    states = [MemberState(), MemberState()]
+    for state in states:
+        state.apply(
+            RecentAction("e1", "i1", "click", 1000.0), offset=0, applied_at=1000.0, policy=POLICY
+        )
+    asyncio.run(store.write({0: {b"kept": states[0]}, 1: {b"lost": states[1]}}))
     assert store.load(0, b"kept") is not None
     assert list(table.scan(1, b"", b"\xff")) == []
