@@ -70,7 +70,7 @@ from attribute_store import (
 from bench.harness import Samples, machine, paced, percentiles
 from bench.joins import _items
 from model.registry import ModelRegistry
-from tables.changelog import ChangelogTable
+from tables.changelog import ChangelogTable, write_batch
 from tables.features import FeatureReader
 from tables.member_state import MemberState, RecentAction, StatePolicy
 from tables.online_store import OnlineStore
@@ -200,7 +200,12 @@ def fill_members(
                         joined=True,
                     )
                     state.apply(action, offset=offset, applied_at=now, policy=policy)
-                dbs[partition_for_key(key, settings.topic_partitions)][key] = state.to_bytes()
+                    if offset % 5 == 4 or offset == history - 1:
+                        # Written a few actions at a time, as ingest batches write them.
+                        write_batch(
+                            dbs[partition_for_key(key, settings.topic_partitions)],
+                            state.records(key, policy),
+                        )
         for db in dbs.values():  # no flush or compaction left to run while measuring
             db.flush()
             db.compact_range(None, None)
