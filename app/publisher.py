@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from app.serving_link import PublishedState, WriteCounters
@@ -87,7 +88,7 @@ class StatePublisher:
         changed = not state.same_assignment(self._last)
         if changed:
             self._generation += 1
-            state = PublishedState(**{**state.__dict__, "generation": self._generation})
+            state = replace(state, generation=self._generation)
         if changed or now - self._written >= _REWRITE_EVERY:
             state.write(self.path)
             self._written = now

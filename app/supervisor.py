@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from prometheus_client import multiprocess
+
 from app.serving_link import serving_dir
 from app.settings import Settings
 from app.sockets import reuse_port_socket
@@ -77,14 +79,10 @@ def run_serving(settings: Settings) -> None:
         time.sleep(0.2)
         for index, child in enumerate(children):
             code = child.poll()
-            if code is None or stopping:
-                continue
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(child.pid, str(metrics_dir))
             # One that dies at once again and again is restarted once a second, not in a loop.
-            if time.monotonic() - started_at[index] < 1.0:
+            if code is None or stopping or time.monotonic() - started_at[index] < 1.0:
                 continue
+            multiprocess.mark_process_dead(child.pid, str(metrics_dir))
             log.warning(
                 "serving process %d (pid %d) exited with %s; starting it again",
                 index,

@@ -43,7 +43,14 @@ class FakeWorker:
         self.dbs[partition][key] = value
         self.counters.bump(partition)
 
-    def publish(self, owned: list[int], *, recovering: bool = False, beat: bool = True) -> None:
+    def publish(
+        self,
+        owned: list[int],
+        *,
+        recovering: bool = False,
+        assigning: bool = False,
+        beat: bool = True,
+    ) -> None:
         self.generation += 1
         PublishedState(
             generation=self.generation,
@@ -53,6 +60,7 @@ class FakeWorker:
             owned={p: str(self.path(p)) for p in owned},
             identities={p: _identity(str(self.path(p))) for p in owned},
             recovering=recovering,
+            assigning=assigning,
             owners={p: "http://other:8080" for p in range(self.partitions) if p not in owned},
             ready=(True, "ready"),
         ).write(self.directory / "state.json")
@@ -155,15 +163,7 @@ def test_a_worker_starting_again_leaves_what_was_open_answering(
     table = _table(worker, tmp_path)
     assert table.get(0, b"m1") == b"one"
     # Started again, the worker owns nothing until the group assigns it partitions.
-    worker.generation += 1
-    PublishedState(
-        generation=worker.generation,
-        pid=2,
-        written_at=time.time(),
-        worker_url="http://127.0.0.1:8082",
-        assigning=True,
-    ).write(worker.directory / "state.json")
-    worker.counters.set_generation(worker.generation)
+    worker.publish([], assigning=True)
     assert table.owns(0) and table.get(0, b"m1") == b"one"
     assert table.stale_ms(0) is not None
     worker.publish([1])  # assigned, without partition 0: now it has moved away
