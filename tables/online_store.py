@@ -18,7 +18,7 @@ from typing import Any
 
 from app.kafka import partition_for_key
 from tables.changelog import INTERNAL_PREFIXES, ChangelogTable, LocalTable
-from tables.member_state import MemberState, StatePolicy, member_of, member_range
+from tables.member_state import MemberState, StatePolicy, erased_key, member_of, member_range
 from tables.secondary import SecondaryTable
 
 __all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore"]
@@ -128,6 +128,34 @@ class OnlineStore:
         # A member's chunks are numbered from what its owner last read: a worker that lost
         # the partition meanwhile must not write them over its new owner's.
         return await self._writable().send(encoded, owned_only=True)
+
+    # -- erasure -----------------------------------------------------------------------
+
+    def erased_marker(self, partition: int, member: bytes) -> bytes | None:
+        """The member's erasure marker (see ``tables.member_state``), if it has one."""
+        marker = erased_key(member)
+        for _, value in self.table.scan(partition, marker, marker + b"\0"):
+            return value
+        return None
+
+    async def erase(
+        self, partition: int, member: bytes, marker: bytes
+    ) -> tuple[int, Awaitable[None]]:
+        """Delete every key of the member, a tombstone each, then store ``marker`` as its
+        erasure marker; returns how many keys were deleted and what to await for the
+        changelog's acknowledgement.
+
+        The marker goes last: a changelog cut short before it restores a member without
+        one, whose erasure is then applied again. Call with :attr:`write_lock` held;
+        nothing is written to a partition this worker no longer owns.
+        """
+        key = erased_key(member)
+        values: dict[bytes, bytes | None] = {
+            k: None for k, _ in self.table.scan(partition, *member_range(member)) if k != key
+        }
+        deleted = len(values)
+        values[key] = marker
+        return deleted, await self._writable().send({partition: values}, owned_only=True)
 
     # -- retention ---------------------------------------------------------------------
 

@@ -145,6 +145,21 @@ class PendingResponses:
         for key, _ in self.table.scan(partition, prefix, stop):
             yield key
 
+    # -- erasure -----------------------------------------------------------------------
+
+    def member_keys(self, partition: int, member: bytes) -> list[bytes]:
+        """Every key of the member: its pending responses (a scan of all of them: responses
+        are kept in due order, not by member; an erasure is rare), count and reactions."""
+        keys = [
+            key
+            for key, _ in self.table.scan(partition, _DUE, _DUE + b"\xff")
+            if key[_DUE_HEAD:] == member
+        ]
+        if self.table.get(partition, _COUNT + member) is not None:
+            keys.append(_COUNT + member)
+        keys += self.reaction_keys(partition, member, None)
+        return keys
+
     # -- the pass in progress ----------------------------------------------------------
 
     def in_progress(self, partition: int) -> bytes | None:
