@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
@@ -60,28 +60,21 @@ class ErasureLog:
     """
 
     settings: Settings
-    erasures: dict[str, Erasure] = field(default_factory=dict)
     erased_at: dict[str, float] = field(default_factory=dict)
     by_partition: dict[int, dict[str, Erasure]] = field(default_factory=dict)
-    #: Told of each erasure read after :meth:`load` (and of those it loaded, by the caller).
+    #: Told of each erasure read after :meth:`load` that is its member's latest.
     on_erasure: Callable[[Erasure], None] | None = None
     _consumer: AIOKafkaConsumer | None = None
 
     def add(self, erasure: Erasure) -> bool:
         """Remember ``erasure``; False if the member's known erasure is as late already."""
-        held = self.erasures.get(erasure.member_id)
-        if held is not None and held.requested_at >= erasure.requested_at:
+        held = self.erased_at.get(erasure.member_id)
+        if held is not None and held >= erasure.requested_at:
             return False
-        self.erasures[erasure.member_id] = erasure
         self.erased_at[erasure.member_id] = erasure.requested_at
         partition = partition_for_key(erasure.member_id.encode(), self.settings.topic_partitions)
         self.by_partition.setdefault(partition, {})[erasure.member_id] = erasure
         return True
-
-    def erased_before(self, member_id: str, ts: float) -> bool:
-        """Whether an event of ``member_id`` at ``ts`` falls under the member's erasure."""
-        at = self.erased_at.get(member_id)
-        return at is not None and ts <= at
 
     async def load(self) -> int:
         """Read the topic from its beginning to its end now; returns how many members."""
@@ -89,6 +82,8 @@ class ErasureLog:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # An erasure is due within seconds: a fetch waits at most this long for one.
+            fetch_max_wait_ms=100,
             **client_options(self.settings),
         )
         await self._consumer.start()
@@ -96,11 +91,11 @@ class ErasureLog:
         found = await read_to_end(self._consumer, self.settings.topic_erasures)
         for erasure in latest_by_member(found).values():
             self.add(erasure)
-        if self.erasures:
+        if self.erased_at:
             log.info(
-                "%d erased members read from %s", len(self.erasures), self.settings.topic_erasures
+                "%d erased members read from %s", len(self.erased_at), self.settings.topic_erasures
             )
-        return len(self.erasures)
+        return len(self.erased_at)
 
     async def follow(self, should_stop: Callable[[], bool]) -> None:
         """Read on from where :meth:`load` stopped, telling ``on_erasure`` of each new one."""
@@ -146,13 +141,15 @@ class Eraser(Service):
         #: Members whose attributes are still to be deleted here (retried until they are).
         self.attributes_due: dict[str, Erasure | None] = {}
         self._reconciled: set[int] = set()
+        self._settling: set[asyncio.Future[None]] = set()  # acknowledgements awaited
         self._generation: int | None = None
         erasures.on_erasure = self.queue.put_nowait
 
     async def on_start(self) -> None:
         # Erasures read at start-up (ErasureLog.load): their attributes go again (a store
         # loaded directly, or restored, while this worker was down); state by reconciling.
-        self.attributes_due.update(dict.fromkeys(self.erasures.erasures))
+        for members in self.erasures.by_partition.values():
+            self.attributes_due.update(dict.fromkeys(members))
         self.add_future(self.erasures.follow(lambda: self.should_stop))
         self.add_future(self._apply_new())
 
@@ -162,44 +159,88 @@ class Eraser(Service):
     # -- new erasures ------------------------------------------------------------------
 
     async def _apply_new(self) -> None:
-        """Each erasure read from the topic, applied as soon as partitions are not moving."""
+        """The erasures read from the topic, applied as soon as partitions are not moving:
+        all those queued meanwhile at once (one changelog write and acknowledgement for
+        them all, however many a ``nearline members erase --file`` sent)."""
         while not self.should_stop:
-            erasure = await self.queue.get()
-            self.attributes_due[erasure.member_id] = erasure
+            batch = [await self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            for erasure in batch:
+                self.attributes_due[erasure.member_id] = erasure
             await self._wait_settled()
             await self.delete_attributes()
-            partition = self.store.partition_of(erasure.member_id)
-            if self.store.owns(partition):
-                await self.apply(partition, erasure, timed=True)
-                self.metrics.erasures.labels("applied").inc()
+            by_partition: dict[int, list[Erasure]] = {}
+            for erasure in batch:
+                by_partition.setdefault(self.store.partition_of(erasure.member_id), []).append(
+                    erasure
+                )
             # Not owned here: its owner applies it; one taking the partition over reconciles.
+            owned = {p: found for p, found in by_partition.items() if self.store.owns(p)}
+            if owned:
+                await self.apply(owned, timed=True)
+                self.metrics.erasures.labels("applied").inc(sum(map(len, owned.values())))
 
     async def _wait_settled(self) -> None:
         while self.moving():
             await asyncio.sleep(0.05)
 
-    async def apply(self, partition: int, erasure: Erasure, *, timed: bool = False) -> None:
-        """Erase the member from this partition's online store and pending outcomes."""
-        member = erasure.member_id.encode()
-        marker = codec.dumps({"erasure_id": erasure.erasure_id, "erased_at": erasure.requested_at})
+    async def apply(self, erasures: Mapping[int, list[Erasure]], *, timed: bool = False) -> None:
+        """Erase the members from these partitions' online store and pending outcomes.
+
+        Returns once both are written locally (reads no longer see the members) and their
+        changelog records queued; the acknowledgements are awaited in a task of their own,
+        so the next erasures are applied meanwhile (each table's changelog keeps its write
+        order). A write whose acknowledgement fails leaves the table unsettled: the next
+        start restores it from the changelog and reconciling applies the erasure again.
+        """
+        markers = {
+            partition: {
+                e.member_id.encode(): codec.dumps(
+                    {"erasure_id": e.erasure_id, "erased_at": e.requested_at}
+                )
+                for e in found
+            }
+            for partition, found in erasures.items()
+        }
         async with self.store.write_lock:
-            deleted, acknowledged = await self.store.erase(partition, member, marker)
-        await acknowledged
-        if timed:
-            self._observe("online", erasure)
+            deleted, online = await self.store.erase(markers)
+        removed: dict[int, dict[bytes, bytes | None]] = {}
         async with self.pending.write_lock:
-            keys = self.pending.member_keys(partition, member)
-            if keys and self.pending.owns(partition):
-                await self.pending.write({partition: dict.fromkeys(keys)})
-        if timed:
-            self._observe("pending", erasure)
+            for partition, members in markers.items():
+                keys = await self.pending.member_keys(partition, set(members))
+                if keys:
+                    removed[partition] = dict.fromkeys(keys)
+            pending = await self.pending.table.send(removed, owned_only=True) if removed else None
         log.info(
-            "erased member %r (erasure %s): %d online-store keys, %d pending-outcome keys",
-            erasure.member_id,
-            erasure.erasure_id,
+            "erasing %d members: %d online-store keys, %d pending-outcome keys deleted",
+            sum(map(len, markers.values())),
             deleted,
-            len(keys),
+            sum(map(len, removed.values())),
         )
+        # Not cancelled with this service: on a clean stop the producer's flush still
+        # acknowledges the records, and the tables count as settled (as ingest's batches).
+        settling = asyncio.ensure_future(self._settle(online, pending, erasures if timed else None))
+        self._settling.add(settling)
+        settling.add_done_callback(self._settling.discard)
+
+    async def _settle(
+        self,
+        online: Awaitable[None],
+        pending: Awaitable[None] | None,
+        timed: Mapping[int, list[Erasure]] | None,
+    ) -> None:
+        """Wait for the changelogs to acknowledge an erasure; time it per store."""
+        try:
+            await online
+            if timed is not None:
+                self._observe("online", timed)
+            if pending is not None:
+                await pending
+            if timed is not None:
+                self._observe("pending", timed)
+        except Exception as exc:  # the table is unsettled: restored and reconciled next start
+            log.error("an erasure's changelog records were not acknowledged: %r", exc)
 
     async def delete_attributes(self) -> None:
         """Delete the static attributes of the members due; kept due if the store fails."""
@@ -210,15 +251,15 @@ class Eraser(Service):
             except Exception as exc:  # any backend failure: retried by the next reconcile
                 log.warning("could not delete erased members' attributes (%s); retrying", exc)
                 return
-            for member_id in batch:
-                erasure = self.attributes_due.pop(member_id)
-                if erasure is not None:
-                    self._observe("attributes", erasure)
+            timed = [e for e in map(self.attributes_due.pop, batch) if e is not None]
+            self._observe("attributes", {0: timed})
 
-    def _observe(self, store: str, erasure: Erasure) -> None:
-        self.metrics.erasure_seconds.labels(store).observe(
-            max(0.0, time.time() - erasure.requested_at)
-        )
+    def _observe(self, store: str, erasures: Mapping[int, list[Erasure]]) -> None:
+        now = time.time()
+        observe = self.metrics.erasure_seconds.labels(store).observe
+        for found in erasures.values():
+            for erasure in found:
+                observe(max(0.0, now - erasure.requested_at))
 
     # -- partitions come to be owned here ----------------------------------------------
 
@@ -238,17 +279,17 @@ class Eraser(Service):
         for partition in self.store.owned_partitions():
             if partition in self._reconciled:
                 continue
-            reapplied = 0
+            missing = []
             for n, erasure in enumerate(self._of_partition(partition), 1):
                 if n % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
-                if self.moving() or self.generation() != generation:
-                    return  # moving again: the next run starts over
                 if not self._marked(partition, erasure):
-                    await self.apply(partition, erasure)
-                    reapplied += 1
-            if reapplied:
-                log.info("partition %d: %d erasures applied again", partition, reapplied)
+                    missing.append(erasure)
+            if self.moving() or self.generation() != generation:
+                return  # moving again: the next run starts over
+            if missing:
+                await self.apply({partition: missing})
+                log.info("partition %d: %d erasures applied again", partition, len(missing))
             self._reconciled.add(partition)
 
     def _of_partition(self, partition: int) -> Iterable[Erasure]:

@@ -16,7 +16,7 @@ __all__ = ["Metrics", "ServingMetrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: From an erasure's request to a store's deletion: the target is within 5 s.
-_ERASURE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+_ERASURE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 30.0, 60.0)
 _ERASURES_HELP = (
     "Member erasures, by outcome: requested (recorded in the erasures topic by this "
     "process's API), invalid (refused: a bad member id), applied (the member's partition "

@@ -139,23 +139,28 @@ class OnlineStore:
         return None
 
     async def erase(
-        self, partition: int, member: bytes, marker: bytes
+        self, markers: Mapping[int, Mapping[bytes, bytes]]
     ) -> tuple[int, Awaitable[None]]:
-        """Delete every key of the member, a tombstone each, then store ``marker`` as its
-        erasure marker; returns how many keys were deleted and what to await for the
-        changelog's acknowledgement.
+        """Delete every key of each member (by partition, member: its marker), a tombstone
+        each, then store its erasure marker; returns how many keys were deleted and what to
+        await for the changelog's acknowledgement.
 
-        The marker goes last: a changelog cut short before it restores a member without
-        one, whose erasure is then applied again. Call with :attr:`write_lock` held;
-        nothing is written to a partition this worker no longer owns.
+        Each member's marker goes after its tombstones: a changelog cut short before it
+        restores a member without one, whose erasure is then applied again. Call with
+        :attr:`write_lock` held; nothing is written to a partition no longer owned here.
         """
-        key = erased_key(member)
-        values: dict[bytes, bytes | None] = {
-            k: None for k, _ in self.table.scan(partition, *member_range(member)) if k != key
-        }
-        deleted = len(values)
-        values[key] = marker
-        return deleted, await self._writable().send({partition: values}, owned_only=True)
+        values: dict[int, dict[bytes, bytes | None]] = {}
+        deleted = 0
+        for partition, members in markers.items():
+            writes = values[partition] = {}
+            for member, marker in members.items():
+                key = erased_key(member)
+                for k, _ in self.table.scan(partition, *member_range(member)):
+                    if k != key:
+                        writes[k] = None
+                        deleted += 1
+                writes[key] = marker
+        return deleted, await self._writable().send(values, owned_only=True)
 
     # -- retention ---------------------------------------------------------------------
 
