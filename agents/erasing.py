@@ -87,8 +87,9 @@ class ErasureLog:
             **client_options(self.settings),
         )
         await self._consumer.start()
-        await self._consumer.topics()  # the cluster's metadata, for partitions_for_topic
-        found = await read_to_end(self._consumer, self.settings.topic_erasures)
+        found = await read_to_end(
+            self._consumer, self.settings.topic_erasures, self.settings.topic_partitions
+        )
         for erasure in latest_by_member(found).values():
             self.add(erasure)
         if self.erased_at:

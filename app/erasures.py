@@ -150,15 +150,15 @@ def decode_records(records: Iterable[tuple[bytes | None, bytes | None]]) -> list
     return found
 
 
-async def read_to_end(consumer: AIOKafkaConsumer, topic: str) -> list[Erasure]:
-    """Every erasure on ``topic`` from its beginning to its end now, on a started consumer
-    with no group; leaves it assigned and positioned after them, to read on from there.
+async def read_to_end(consumer: AIOKafkaConsumer, topic: str, partitions: int) -> list[Erasure]:
+    """Every erasure on ``topic`` (of ``partitions``: the actions' count, which it is created
+    with, so no metadata has to be awaited) from its beginning to its end now, on a started
+    consumer with no group; leaves it assigned and positioned after them, to read on.
 
     The end is each partition's high watermark as fetch responses report it (the embedded
     broker's ListOffsets can be short of the end for partitions written in batches).
     """
-    partitions = consumer.partitions_for_topic(topic) or set()
-    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    assigned = [TopicPartition(topic, p) for p in range(partitions)]
     consumer.assign(assigned)
     await consumer.seek_to_beginning(*assigned)
     found: list[Erasure] = []
@@ -184,8 +184,9 @@ async def read_erasures(settings: Settings) -> dict[str, Erasure]:
     )
     await consumer.start()
     try:
-        await consumer.topics()  # the cluster's metadata, for partitions_for_topic
-        erasures = await read_to_end(consumer, settings.topic_erasures)
+        if settings.topic_erasures not in await consumer.topics():
+            return {}  # no worker of this version ran yet: nobody was erased
+        erasures = await read_to_end(consumer, settings.topic_erasures, settings.topic_partitions)
     finally:
         await consumer.stop()
     return latest_by_member(erasures)
