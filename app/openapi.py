@@ -63,7 +63,12 @@ class FeaturesParams(BaseModel):
 class MemberPath(BaseModel):
     """The path of ``DELETE /v1/members/{member_id}``."""
 
-    member_id: Id
+    member_id: str = Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=r"^[^\x00-\x1f]*$",
+        description="The member's id, as its actions carry it (no control characters)",
+    )
 
 
 class RecentAction(BaseModel):
