@@ -1,6 +1,7 @@
 """Erasures under the soak's load: how long from a request until the member is gone.
 
-Run: ``python -m bench.erasure [--seconds 60] [--erasures-per-s 2] [--serve-processes 2]``.
+Run: ``python -m bench.erasure [--seconds 60] [--erasures-per-s 2] [--serve-processes 2]``
+(``--rate``, ``--recs-rate``, ``--reads-rate``: a share of the soak's mix instead).
 The soak's mix without its chaos (``bench.soak``: actions at 5k/s, recommendations and
 features reads over HTTP, labelling throughout) on one pod, and meanwhile erasures of
 random members of the load, each ``DELETE /v1/members/{id}`` sent to the public port (a
@@ -109,16 +110,22 @@ async def _run(soak: Soak, seconds: float, per_s: float) -> tuple[dict[str, Any]
     return result, times
 
 
-def bench(seconds: float, rate: float, per_s: float, serve: int) -> dict[str, Any]:
+def bench(
+    seconds: float, rate: float, per_s: float, serve: int, recs_rate: float, reads_rate: float
+) -> dict[str, Any]:
     with EmbeddedBroker() as broker:
         stack = soak_stack(broker, horizon=10.0, serve=serve)
         try:
             worker = start_worker(stack, ITEMS, MEMBERS, PRELOADED)
-            soak = Soak(stack, worker, seconds, rate, chaos=False)
+            soak = Soak(
+                stack, worker, seconds, rate, False, recs_rate=recs_rate, reads_rate=reads_rate
+            )
             load, times = uvloop.run(_run(soak, seconds, per_s))
             return {
                 "seconds": seconds,
                 "rate": rate,
+                "recs_rate": recs_rate,
+                "reads_rate": reads_rate,
                 "achieved_rate": load["load"]["achieved_rate"],
                 "serve_processes": serve,
                 "erasures": len(times),
@@ -143,16 +150,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=5000.0, help="actions per second")
+    parser.add_argument("--recs-rate", type=float, default=300.0, help="recommendations/s")
+    parser.add_argument("--reads-rate", type=float, default=500.0, help="features reads/s")
     parser.add_argument("--erasures-per-s", type=float, default=2.0)
     add_serve_processes_option(parser)
     args = parser.parse_args()
-    result = bench(args.seconds, args.rate, args.erasures_per_s, args.serve_processes)
+    result = bench(
+        args.seconds,
+        args.rate,
+        args.erasures_per_s,
+        args.serve_processes,
+        args.recs_rate,
+        args.reads_rate,
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "erasure.json").write_text(json.dumps(result, indent=2))
     online = result["online_s"]
     print(
-        f"{result['erasures']} erasures under {result['achieved_rate']:,.0f} actions/s "
-        f"(serve processes: {result['serve_processes']}): online store p50 "
+        f"{result['erasures']} erasures under {result['achieved_rate']:,.0f} actions/s, "
+        f"{result['recs_rate']:.0f} recommendations/s, {result['reads_rate']:.0f} reads/s "
+        f"(serve processes: {result['serve_processes']}; reads p99 "
+        f"{result['features_p99_ms']:,.0f} ms): online store visible p50 "
         f"{online['p50']:.3f} s, p99 {online['p99']:.3f} s, max {online['max']:.3f} s"
     )
     accepted = result["accepted_s"]
