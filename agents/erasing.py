@@ -11,7 +11,8 @@ compacted to one small record per member erased.
 
 **What is erased, where** (:class:`Eraser`): the worker owning the member's partition
 deletes the member's keys in the online store (tombstones in the changelog, and the erasure
-marker last: ``tables.member_state``) and its pending responses and recorded actions in the
+marker last: ``tables.member_state``; a member holding only events after the erasure, which
+a worker knowing of it applied, keeps them) and its pending responses and recorded actions in the
 outcomes join's table; every worker deletes the member's static attributes from its
 attribute store (the embedded store is a copy per worker; Aerospike's is shared, and a
 delete of a deleted record costs nothing).
@@ -197,8 +198,9 @@ class Eraser(Service):
         """
         markers = {
             partition: {
-                e.member_id.encode(): codec.dumps(
-                    {"erasure_id": e.erasure_id, "erased_at": e.requested_at}
+                e.member_id.encode(): (
+                    codec.dumps({"erasure_id": e.erasure_id, "erased_at": e.requested_at}),
+                    e.requested_at,
                 )
                 for e in found
             }
@@ -221,7 +223,8 @@ class Eraser(Service):
         )
         # Not cancelled with this service: on a clean stop the producer's flush still
         # acknowledges the records, and the tables count as settled (as ingest's batches).
-        settling = asyncio.ensure_future(self._settle(online, pending, erasures if timed else None))
+        erased = [e for found in erasures.values() for e in found] if timed else None
+        settling = asyncio.ensure_future(self._settle(online, pending, erased))
         self._settling.add(settling)
         settling.add_done_callback(self._settling.discard)
 
@@ -229,7 +232,7 @@ class Eraser(Service):
         self,
         online: Awaitable[None],
         pending: Awaitable[None] | None,
-        timed: Mapping[int, list[Erasure]] | None,
+        timed: list[Erasure] | None,
     ) -> None:
         """Wait for the changelogs to acknowledge an erasure; time it per store."""
         try:
@@ -253,14 +256,13 @@ class Eraser(Service):
                 log.warning("could not delete erased members' attributes (%s); retrying", exc)
                 return
             timed = [e for e in map(self.attributes_due.pop, batch) if e is not None]
-            self._observe("attributes", {0: timed})
+            self._observe("attributes", timed)
 
-    def _observe(self, store: str, erasures: Mapping[int, list[Erasure]]) -> None:
+    def _observe(self, store: str, erasures: Iterable[Erasure]) -> None:
         now = time.time()
         observe = self.metrics.erasure_seconds.labels(store).observe
-        for found in erasures.values():
-            for erasure in found:
-                observe(max(0.0, now - erasure.requested_at))
+        for erasure in erasures:
+            observe(max(0.0, now - erasure.requested_at))
 
     # -- partitions come to be owned here ----------------------------------------------
 
@@ -284,10 +286,10 @@ class Eraser(Service):
             for n, erasure in enumerate(self._of_partition(partition), 1):
                 if n % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
+                    if self.moving() or self.generation() != generation:
+                        return  # moving again: the next run starts over
                 if not self._marked(partition, erasure):
                     missing.append(erasure)
-            if self.moving() or self.generation() != generation:
-                return  # moving again: the next run starts over
             if missing:
                 await self.apply({partition: missing})
                 log.info("partition %d: %d erasures applied again", partition, len(missing))

@@ -600,6 +600,13 @@ class MemberState:
         _add_counts(counts, _row_counts(self.actions, policy))
         return counts
 
+    def holds_events_until(self, ts: float, policy: StatePolicy) -> bool:
+        """Whether anything stored is of an event at or before ``ts`` (an erasure's time):
+        a row, or counts in a bucket that starts by then."""
+        if any(row[_TS] <= ts for row in self.actions):
+            return True
+        return any(k * policy.bucket <= ts for extra in self._extra_buckets() for k in extra)
+
     def _extra_buckets(self) -> Iterable[dict[int, dict[str, int]]]:
         if self.rollup is not None:
             yield self.rollup.buckets

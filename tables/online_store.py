@@ -139,26 +139,31 @@ class OnlineStore:
         return None
 
     async def erase(
-        self, markers: Mapping[int, Mapping[bytes, bytes]]
+        self, markers: Mapping[int, Mapping[bytes, tuple[bytes, float]]]
     ) -> tuple[int, Awaitable[None]]:
-        """Delete every key of each member (by partition, member: its marker), a tombstone
-        each, then store its erasure marker; returns how many keys were deleted and what to
-        await for the changelog's acknowledgement.
+        """Erase members: by partition, member: (its erasure marker, the erasure's time).
 
-        Each member's marker goes after its tombstones: a changelog cut short before it
-        restores a member without one, whose erasure is then applied again. Call with
+        A member holding anything of an event at or before that time has every key
+        deleted, a tombstone each; one holding only later events (applied before the
+        marker was, by a worker that knew of the erasure) keeps them. Each then gets its
+        marker, after its tombstones: a changelog cut short before it restores a member
+        without one, whose erasure is then applied again. Returns how many keys were
+        deleted and what to await for the changelog's acknowledgement. Call with
         :attr:`write_lock` held; nothing is written to a partition no longer owned here.
         """
         values: dict[int, dict[bytes, bytes | None]] = {}
         deleted = 0
         for partition, members in markers.items():
             writes = values[partition] = {}
-            for member, marker in members.items():
+            for member, (marker, erased_at) in members.items():
                 key = erased_key(member)
-                for k, _ in self.table.scan(partition, *member_range(member)):
-                    if k != key:
-                        writes[k] = None
-                        deleted += 1
+                records = [
+                    (k, v) for k, v in self.table.scan(partition, *member_range(member)) if k != key
+                ]
+                state = MemberState.from_records(member, records, self.policy)
+                if state is not None and state.holds_events_until(erased_at, self.policy):
+                    writes.update(dict.fromkeys((k for k, _ in records), None))
+                    deleted += len(records)
                 writes[key] = marker
         return deleted, await self._writable().send(values, owned_only=True)
 

@@ -58,7 +58,7 @@ def test_an_erased_member_reads_as_erased_and_starts_again_from_zero(tmp_path: P
             state = store.load(0, b"m") or MemberState()
         marker = codec.dumps({"erasure_id": "x1", "erased_at": NOW})
         async with store.write_lock:
-            deleted, acknowledged = await store.erase({0: {b"m": marker}})
+            deleted, acknowledged = await store.erase({0: {b"m": (marker, NOW)}})
         await acknowledged
         assert deleted > 1
         assert [k for k, _ in store.table.scan(0, b"m", b"m\x01")] == [erased_key(b"m")]
@@ -74,6 +74,17 @@ def test_an_erased_member_reads_as_erased_and_starts_again_from_zero(tmp_path: P
         assert [a["event_id"] for a in again["recent_actions"]] == ["e100"]
         assert again["counts"]["1h"]["click"] == 1 and again["erased"]["erasure_id"] == "x1"
         assert store.erased_marker(0, b"m") == marker
+        # Erased again (a reconcile) holding only later events: they stay, marked.
+        async with store.write_lock:
+            deleted, acknowledged = await store.erase({0: {b"m": (marker, NOW)}})
+        await acknowledged
+        assert deleted == 0
+        assert [a["event_id"] for a in store.features("m", NOW + 2)["recent_actions"]] == ["e100"]
+        # A later erasure takes them too.
+        async with store.write_lock:
+            deleted, acknowledged = await store.erase({0: {b"m": (marker, NOW + 1)}})
+        await acknowledged
+        assert deleted == 1 and store.features("m", NOW + 2)["recent_actions"] == []
 
     asyncio.run(run())
 
