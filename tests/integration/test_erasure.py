@@ -285,17 +285,26 @@ def test_an_erasure_taken_by_a_worker_not_owning_the_member_and_a_new_app_id(
     assert first.get("/healthz").status_code == second.get("/healthz").status_code == 200
 
     # A worker under a new app id on the same topics applies every action again, from the
-    # start: none of the erased members' comes back.
+    # start: none of the erased members' comes back, and what came after an erasure stays.
     first.stop()
     second.stop()
+    later = events_of(target, 1, now=time.time(), ago=0)
+    deployment.produce(records(later))
     fresh = deployment.worker("w3-new-app", NEARLINE_APP_ID=f"{deployment.app_id}-b")
     fresh.start().wait_ready()
     wait_until(
-        lambda: fresh.metric("nearline_events_in_total") >= len(events),
+        lambda: fresh.metric("nearline_events_in_total") >= len(events) + 1,
         timeout=30,
         message="every action read again",
     )
-    for member in (target, *by_cli):
+    wait_until(
+        lambda: all(erased_view(fresh, m).get("erased") for m in (target, *by_cli)),
+        timeout=10,
+        message="the erasures marked in the new app's state",
+    )
+    for member in by_cli:
         assert erased_view(fresh, member)["recent_actions"] == [], member
+    shown = erased_view(fresh, target)["recent_actions"]
+    assert [a["event_id"] for a in shown] == [later[0]["event_id"]]
     assert len(erased_view(fresh, kept)["recent_actions"]) == 5
     assert fresh.metric('nearline_events_dropped_total{reason="erased"}') == 15
