@@ -231,12 +231,16 @@ class IngestProcessor:
         self.join_timeout = join_timeout
         self.clock = clock
 
-    async def apply(self, records: Sequence[KafkaRecord]) -> tuple[BatchPlan, Awaitable[None]]:
+    async def apply(
+        self, records: Sequence[KafkaRecord], *, current: Callable[[], bool] = lambda: True
+    ) -> tuple[BatchPlan, Awaitable[None]]:
         """Apply a batch; returns its plan and what to await before committing its offsets.
 
         Every write but the online store's changelog is acknowledged on return (forwards,
         dead letters, reactions). The online store's acknowledgement is left to the caller,
         so the next batch can be applied while the broker acknowledges this one.
+        ``current`` says whether the batch's fetch is still current: once a rebalance or a
+        shutdown has begun, the batch writes no member state (see :meth:`OnlineStore.send`).
         """
         started = time.perf_counter()
         now = self.clock()
@@ -297,7 +301,7 @@ class IngestProcessor:
                 if changed:
                     state.prune(now, policy)
                     updates.setdefault(partition, {})[key] = state
-            acknowledged = await self.store.send(updates)
+            acknowledged = await self.store.send(updates, current=current)
         if self.record_reactions is not None and plan.by_member:
             # Every valid action, whatever apply() said of it: a re-read after a crash must
             # still reach the outcomes join, and its writes are idempotent.

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from itertools import chain
 from typing import Any
 
@@ -40,7 +41,9 @@ __all__ = ["Agents", "apply_fetches"]
 log = logging.getLogger(__name__)
 
 #: Applies one fetch's records; may return what to await before its offsets are committed.
-Apply = Callable[[list[Any]], Awaitable[Awaitable[None] | None]]
+#: Its second argument says whether the fetch is still current (see ``BulkConsumer.is_current``):
+#: a batch writes state only while it is, like a zombie fenced off by its generation.
+Apply = Callable[[list[Any], Callable[[], bool]], Awaitable[Awaitable[None] | None]]
 
 
 async def apply_fetches(
@@ -57,7 +60,9 @@ async def apply_fetches(
     async for fetch in channel.batches(batch_max):
         if not bulk.is_current(fetch):
             continue  # made before a rebalance: Faust seeks back and reads it again
-        done = await apply(list(chain.from_iterable(fetch.records.values())))
+        done = await apply(
+            list(chain.from_iterable(fetch.records.values())), partial(bulk.is_current, fetch)
+        )
         if previous is not None:
             await previous  # raises if the broker did not acknowledge that batch
         # Not cancelled when this task is: on a clean stop the producer's flush still
@@ -124,8 +129,8 @@ class Agents:
         """Actions (and those forwarded by the repartition topic) into the online store."""
         await apply_fetches(self.actions, self.consumer, self._ingest, self.settings.batch_max)
 
-    async def _ingest(self, records: list[Any]) -> Awaitable[None]:
-        plan, acknowledged = await self.ingest.apply(records)
+    async def _ingest(self, records: list[Any], current: Callable[[], bool]) -> Awaitable[None]:
+        plan, acknowledged = await self.ingest.apply(records, current=current)
         self.timeline.record_batch(time.time(), len(records), plan)
         return acknowledged
 
@@ -133,7 +138,7 @@ class Agents:
         """Logged responses queued until their outcomes are labelled."""
         await apply_fetches(self.responses, self.consumer, self._join, self.settings.batch_max)
 
-    async def _join(self, records: list[Any]) -> None:
+    async def _join(self, records: list[Any], current: Callable[[], bool]) -> None:
         await self.outcomes.add(records)  # acknowledged by the broker on return
 
     async def shorten_fetch_wait(self) -> None:

@@ -44,7 +44,7 @@ from app.kafka import client_options
 from app.lag import PartitionLag
 from app.metrics import ServingMetrics
 from app.recommend import Recommender
-from app.serving_link import WorkerFollower, serving_dir
+from app.serving_link import WorkerFollower, heartbeat_path, serving_dir
 from app.settings import Settings, load_settings
 from app.sockets import reuse_port_socket
 from app.web import WebServices
@@ -270,7 +270,14 @@ async def _serve(settings: Settings, index: int) -> None:
             return asyncio.to_thread(models.maybe_reload)
         return None
 
+    heartbeat = heartbeat_path(directory, index)
+    heartbeat.parent.mkdir(parents=True, exist_ok=True)
+    heartbeat.touch()
+
     timers = [
+        # Touched by the loop itself, so a loop held by anything (a hung call, a deadlock)
+        # stops touching it and the supervisor replaces the process.
+        asyncio.ensure_future(_every(1.0, heartbeat.touch)),
         asyncio.ensure_future(_every(_CATCH_UP_TICK, follow)),
         asyncio.ensure_future(_every(settings.model_reload_interval, reload_model)),
     ]

@@ -46,6 +46,12 @@ def serving_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "serving"
 
 
+def heartbeat_path(directory: Path, index: int) -> Path:
+    """The file serving process ``index`` touches once a second from its event loop: its
+    modification time is when the loop last ran (see ``app.supervisor``)."""
+    return directory / "heartbeats" / str(index)
+
+
 class WriteCounters:
     """The worker's heartbeat, state generation and per-partition write counters, mmapped.
 

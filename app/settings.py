@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # A serving process catches its view of a partition up with the worker at most this
     # often: an answer is at most this much older than the worker's state.
     serve_max_staleness: Duration = 0.01
+    # A serving process whose event loop has not ticked for this long is hung: the
+    # supervisor kills it and starts it again (as gunicorn's --timeout does its workers).
+    serve_hang_timeout: Duration = 30.0
 
     # Attribute store and joins
     attribute_store: str = "embedded"

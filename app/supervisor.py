@@ -1,4 +1,11 @@
-"""``nearline serve``'s supervisor: starts the serving processes and starts again any that dies.
+"""``nearline serve``'s supervisor: starts the serving processes and starts again any that dies
+or hangs.
+
+A serving process touches a heartbeat file once a second from its event loop
+(:func:`~app.serving_link.heartbeat_path`). One whose file is older than
+``NEARLINE_SERVE_HANG_TIMEOUT`` (or that has not touched it within a startup allowance) still
+holds its share of the port's connections and answers none of them: it is killed and started
+again, as gunicorn's arbiter does with its workers.
 
 Kept apart from :mod:`app.serve` so the supervisor imports no web framework, store or model:
 it only watches its children.
@@ -14,17 +21,31 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import multiprocess
 
-from app.serving_link import serving_dir
+from app.serving_link import heartbeat_path, serving_dir
 from app.settings import Settings
 from app.sockets import reuse_port_socket
 
 __all__ = ["run_serving"]
 
 log = logging.getLogger(__name__)
+
+#: How long a serving process may take to start (imports, model load) before its first beat.
+STARTUP_ALLOWANCE = 120.0
+
+
+def _hung(heartbeat: Path, started_at: float, timeout: float) -> float | None:
+    """Seconds since the process's last heartbeat if that is over its allowance, else None."""
+    try:
+        silent = time.time() - heartbeat.stat().st_mtime
+    except FileNotFoundError:  # still starting
+        silent = time.monotonic() - started_at
+        timeout = max(timeout, STARTUP_ALLOWANCE)
+    return silent if silent > timeout else None
 
 
 def run_serving(settings: Settings) -> None:
@@ -56,6 +77,7 @@ def run_serving(settings: Settings) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
 
     def start(index: int) -> subprocess.Popen[bytes]:
+        heartbeat_path(directory, index).unlink(missing_ok=True)  # a new process beats anew
         return subprocess.Popen([sys.executable, "-m", "app.serve", str(index)], env=env)
 
     stopping = False
@@ -79,6 +101,23 @@ def run_serving(settings: Settings) -> None:
         time.sleep(0.2)
         for index, child in enumerate(children):
             code = child.poll()
+            silent = (
+                None
+                if code is not None
+                else _hung(
+                    heartbeat_path(directory, index), started_at[index], settings.serve_hang_timeout
+                )
+            )
+            if silent is not None:
+                log.warning(
+                    "serving process %d (pid %d) has not run its event loop for %.0f s "
+                    "(NEARLINE_SERVE_HANG_TIMEOUT); killing it",
+                    index,
+                    child.pid,
+                    silent,
+                )
+                child.kill()
+                code = child.wait()
             # One that dies at once again and again is restarted once a second, not in a loop.
             if code is None or stopping or time.monotonic() - started_at[index] < 1.0:
                 continue

@@ -33,6 +33,7 @@ from app.web import (
     readyz,
     recommendations,
 )
+from tables.online_store import Restoring
 
 __all__ = ["create_web_app"]
 
@@ -152,6 +153,12 @@ async def _render_api_error(request: Request, exc: Exception) -> Response:
     return exc.response()
 
 
+async def _render_restoring(request: Request, exc: Exception) -> Response:
+    """A partition this worker restores: a 503, retried once the restore has ended."""
+    assert isinstance(exc, Restoring)
+    return ApiError(503, str(exc)).response()
+
+
 async def _render_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (no route, wrong method) in the API's error body."""
     assert isinstance(exc, HTTPException)
@@ -192,6 +199,7 @@ def create_web_app(services: WebServices) -> Starlette:
         ],
         exception_handlers={
             ApiError: _render_api_error,
+            Restoring: _render_restoring,
             HTTPException: _render_http_exception,
         },
     )

@@ -112,6 +112,9 @@ class ReadOnlyTable(ChangelogTable):
     def owner_url(self, partition: int) -> str | None:
         return None
 
+    def restoring(self) -> bool:
+        return False
+
     def close(self) -> None:
         for db in self._dbs.values():
             db.close()

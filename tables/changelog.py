@@ -108,6 +108,7 @@ class ChangelogTable:
         self._outstanding = 0  # writes sent and not yet acknowledged
         self._failed = False  # a write stored values locally and never saw them acknowledged
         self._persisted: dict[int, int] = {}  # the highest changelog offset acknowledged
+        self._settled_generation: int | None = None  # see restoring()
 
     @property
     def changelog_topic(self) -> str:
@@ -123,6 +124,23 @@ class ChangelogTable:
         return sorted(
             tp.partition for tp in self.faust_app.assignor.assigned_actives() if tp.topic == topic
         )
+
+    def restoring(self) -> bool:
+        """Whether this worker's partitions may be behind their changelogs: a rebalance has
+        assigned them anew and their restore has not yet ended.
+
+        Until then a partition's local state is a consistent past state (every write is a
+        readable prefix), possibly far behind (an empty data directory, or a partition
+        another worker wrote meanwhile): reads must not take it for the present. From a
+        rebalance's start until its assignment, partitions held before stay readable as
+        they were. A worker that never read between two rebalances counts the second as
+        restoring from its start: a few hundred milliseconds of 503s, never stale answers.
+        """
+        app = self.faust_app
+        if not app.rebalancing:
+            self._settled_generation = app.consumer_generation_id
+            return False
+        return bool(app.in_recovery) or app.consumer_generation_id != self._settled_generation
 
     def owner_url(self, partition: int) -> str | None:
         """The advertised URL of the worker that holds ``partition`` (from the assignor)."""
@@ -159,7 +177,13 @@ class ChangelogTable:
         """
         await (await self.send(updates))
 
-    async def send(self, updates: RawUpdates, *, owned_only: bool = False) -> Awaitable[None]:
+    async def send(
+        self,
+        updates: RawUpdates,
+        *,
+        owned_only: bool = False,
+        current: Callable[[], bool] | None = None,
+    ) -> Awaitable[None]:
         """Store new values locally and queue their changelog records; returns what to
         await for the broker's acknowledgement of them all.
 
@@ -171,6 +195,14 @@ class ChangelogTable:
         ``owned_only``: leave out the partitions this worker no longer owns (a rebalance
         while the caller built its values): their new owner may be writing them already,
         and re-reads the records they came from, whose offsets the caller never commits.
+
+        ``current``: checked before each partition is written; once it is false nothing
+        more is written. Ownership alone is not enough: the assignor still names the old
+        partitions from the start of a rebalance (or a shutdown) until its new assignment
+        arrives, seconds later, and a write in between could land in the changelog after
+        the new owner has restored it. Faust stops the consumer's flow at the start of both
+        and flushes the producer before the worker rejoins, so a write that passed this
+        check is in the changelog before anyone else can take the partition.
         """
         producer = self._producer()
         topic = self.changelog_topic
@@ -178,6 +210,8 @@ class ChangelogTable:
         self._outstanding += 1  # until acknowledged, RocksDB may hold what the changelog lacks
         try:
             for partition, values in updates.items():
+                if current is not None and not current():
+                    break
                 if not values or (owned_only and not self.owns(partition)):
                     continue
                 self.write_locally(partition, values)
@@ -265,6 +299,9 @@ class LocalTable:
     def owner_url(self, partition: int) -> str | None:
         return None
 
+    def restoring(self) -> bool:
+        return False
+
     def db(self, partition: int) -> rocksdict.Rdict:
         return self._dbs[partition]
 
@@ -284,8 +321,16 @@ class LocalTable:
     async def write(self, updates: RawUpdates) -> None:
         await (await self.send(updates))
 
-    async def send(self, updates: RawUpdates, *, owned_only: bool = False) -> Awaitable[None]:
+    async def send(
+        self,
+        updates: RawUpdates,
+        *,
+        owned_only: bool = False,
+        current: Callable[[], bool] | None = None,
+    ) -> Awaitable[None]:
         for partition, values in updates.items():
+            if current is not None and not current():
+                break
             if owned_only and not self.owns(partition):
                 continue
             self.write_locally(partition, values)

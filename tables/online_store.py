@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from app.kafka import partition_for_key
@@ -21,7 +21,7 @@ from tables.changelog import INTERNAL_PREFIXES, ChangelogTable, LocalTable
 from tables.member_state import MemberState, StatePolicy, erased_key, member_of, member_range
 from tables.secondary import SecondaryTable
 
-__all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore"]
+__all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore", "Restoring"]
 
 #: The Faust table of member states (its changelog topic is ``<app id>-members-changelog``).
 MEMBERS_TABLE = "members"
@@ -39,6 +39,18 @@ class NotOwned(LookupError):
         super().__init__(f"partition {partition} is owned by {owner_url or 'no worker yet'}")
         self.partition = partition
         self.owner_url = owner_url
+
+
+class Restoring(LookupError):
+    """This worker holds the member's partition but is restoring it from the changelog: its
+    local state may lack the latest writes, so it does not answer from it yet."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(
+            f"partition {partition} is being restored from its changelog after a rebalance; "
+            "retry shortly"
+        )
+        self.partition = partition
 
 
 class OnlineStore:
@@ -91,10 +103,13 @@ class OnlineStore:
         return MemberState.from_records(key, self.table.scan(partition, start, stop), self.policy)
 
     def features(self, member_id: str, as_of: float) -> dict[str, Any]:
-        """The member's served features; raises :class:`NotOwned` if another worker has them."""
+        """The member's served features; raises :class:`NotOwned` if another worker has them,
+        :class:`Restoring` while this one restores them."""
         partition = self.partition_of(member_id)
         if not self.owns(partition):
             raise NotOwned(partition, self.owner_url(partition))
+        if self.table.restoring():
+            raise Restoring(partition)
         key = member_id.encode()
         records = self.table.scan(partition, *member_range(key))
         return MemberState.read_features(key, records, as_of, self.policy)
@@ -111,10 +126,19 @@ class OnlineStore:
         """
         await (await self.send(updates))
 
-    async def send(self, updates: Mapping[int, Mapping[bytes, MemberState]]) -> Awaitable[None]:
+    async def send(
+        self,
+        updates: Mapping[int, Mapping[bytes, MemberState]],
+        *,
+        current: Callable[[], bool] | None = None,
+    ) -> Awaitable[None]:
         """Store new states and queue their changelog records; returns what to await for
         the acknowledgement (see :meth:`ChangelogTable.send`): an ingest batch applies the
-        next batch meanwhile, and commits its offsets once acknowledged."""
+        next batch meanwhile, and commits its offsets once acknowledged.
+
+        ``current``: whether the records the states came from are still this worker's to
+        apply (their fetch's consumer generation is current, its flow running); once it is
+        not, nothing more is written (see :meth:`ChangelogTable.send`)."""
         encoded: dict[int, dict[bytes, bytes | None]] = {}
         count = 0
         policy = self.policy
@@ -127,7 +151,7 @@ class OnlineStore:
                     await asyncio.sleep(0)  # a large batch must not hold requests meanwhile
         # A member's chunks are numbered from what its owner last read: a worker that lost
         # the partition meanwhile must not write them over its new owner's.
-        return await self._writable().send(encoded, owned_only=True)
+        return await self._writable().send(encoded, owned_only=True, current=current)
 
     # -- erasure -----------------------------------------------------------------------
 

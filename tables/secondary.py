@@ -165,6 +165,10 @@ class SecondaryTable:
 
     # -- ownership (as ChangelogTable answers it) ----------------------------------------
 
+    def restoring(self) -> bool:
+        """Never: while the worker restores, the old instance answers, flagged stale."""
+        return False
+
     def owns(self, partition: int) -> bool:
         """Whether this process answers for ``partition``: its worker owns it (or, while
         partitions are being assigned, owned it), and it is open here."""

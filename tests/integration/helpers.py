@@ -22,9 +22,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from app.stack import StackError, wait_until
+from tables import member_state
 from tests.integration.conftest import Deployment, Worker
 
 __all__ = [
+    "changelog_history",
     "pending_outcomes",
     "read_to_end",
     "read_topic_to_end",
@@ -168,6 +170,33 @@ def pending_outcomes(deployment: Deployment, app_id: str | None = None) -> dict[
         elif record.key[:1] in (b"d", b"i"):  # responses, and a pass in progress
             state[record.key] = record.value
     return state
+
+
+def changelog_history(deployment: Deployment, member: str, events: list[dict[str, Any]]) -> str:
+    """What the members changelog holds for ``member``, a line a record (offset, chunk, its
+    rows' event ids), and which of the member's ``events`` no chunk holds: what a failed
+    comparison with the oracle prints, so one failure in CI says where the actions went."""
+    app_id = deployment.settings["NEARLINE_APP_ID"]
+    prefix = member.encode() + b"\0"
+    lines, held = [], set()
+    for record in read_to_end(deployment, f"{app_id}-members-changelog"):
+        if not record.key or not record.key.startswith(prefix):
+            continue
+        seq = int.from_bytes(record.key[len(prefix) :], "big")
+        if record.value is None:
+            lines.append(f"  [{record.partition}]@{record.offset} chunk {seq}: deleted")
+            continue
+        chunk = member_state._Chunk.decode(seq, record.value)
+        ids = [row[0] for row in member_state._decode_rows([chunk.rows])]
+        held.update(ids)
+        lines.append(
+            f"  [{record.partition}]@{record.offset} chunk {seq} covers_from={chunk.covers_from} "
+            f"offsets={chunk.offsets} rows={[i[:8] for i in ids]}"
+        )
+    missing = sorted(
+        {e["event_id"][:8] for e in events if e["member_id"] == member} - {i[:8] for i in held}
+    )
+    return "\n".join([f"{member}'s changelog records:", *lines, f"in no chunk: {missing}"])
 
 
 def run_cli(

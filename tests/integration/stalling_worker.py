@@ -8,7 +8,7 @@ fault in nearline does it on purpose, so the stall-detection test injects one he
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from agents.ingest import BatchPlan, IngestProcessor, KafkaRecord
 from app.cli import main
@@ -17,11 +17,14 @@ _apply = IngestProcessor.apply
 
 
 async def _apply_or_hang(
-    self: IngestProcessor, records: Sequence[KafkaRecord]
+    self: IngestProcessor,
+    records: Sequence[KafkaRecord],
+    *,
+    current: Callable[[], bool] = lambda: True,
 ) -> tuple[BatchPlan, Awaitable[None]]:
     if any(record.partition == 0 for record in records):
         await asyncio.Event().wait()  # never set: the batch is never applied
-    return await _apply(self, records)
+    return await _apply(self, records, current=current)
 
 
 IngestProcessor.apply = _apply_or_hang  # type: ignore[method-assign]

@@ -120,8 +120,12 @@ def test_serving_processes_follow_a_rebalance(deployment: Deployment) -> None:
     _wait_matches(second, expected, later)
 
 
-def test_a_serving_process_that_dies_is_started_again(deployment: Deployment) -> None:
-    worker = deployment.worker(NEARLINE_SERVE_PROCESSES="2").start().wait_ready()
+def test_a_serving_process_that_dies_or_hangs_is_started_again(deployment: Deployment) -> None:
+    worker = (
+        deployment.worker(NEARLINE_SERVE_PROCESSES="2", NEARLINE_SERVE_HANG_TIMEOUT="2s")
+        .start()
+        .wait_ready()
+    )
     serving = worker.serving
     assert serving is not None
     wait_until(lambda: len(worker.pod_pids()) == 4, message="two serving processes")
@@ -154,11 +158,25 @@ def test_a_serving_process_that_dies_is_started_again(deployment: Deployment) ->
         )
         before = answered
         wait_until(lambda: answered > before + 50, message="reads after the restart")
+        # Only a request in flight on the killed process may fail: reads are one at a time.
+        assert len(failures) <= 1, failures
+        # A hung one (its event loop stopped: here the whole process) keeps its share of
+        # the port's connections and answers none: the supervisor kills it and starts it
+        # again within NEARLINE_SERVE_HANG_TIMEOUT.
+        os.kill(victims[1], signal.SIGSTOP)
+        wait_until(
+            lambda: len(worker.pod_pids()) == 4 and victims[1] not in worker.pod_pids(),
+            timeout=30,
+            message="the supervisor to replace the hung serving process",
+        )
+        failures.clear()
+        before = answered
+        wait_until(lambda: answered > before + 50, message="reads after the replacement")
     finally:
         stop.set()
         reading.join()
-    # Only a request in flight on the killed process may fail: reads are one at a time.
-    assert len(failures) <= 1, failures
+    assert failures == [], failures
+    assert "has not run its event loop" in worker.log_path.read_text(errors="replace")
     assert worker.metric("nearline_serving_processes") == 2
     # The console's system view is the worker's, with the serving processes beside it.
     system = worker.get("/v1/console/system").json()

@@ -234,3 +234,24 @@ def test_a_partition_lost_while_its_batch_was_built_is_not_written(tmp_path: Pat
     asyncio.run(store.write({0: {b"kept": states[0]}, 1: {b"lost": states[1]}}))
     assert store.load(0, b"kept") is not None
     assert list(table.scan(1, b"", b"\xff")) == []
+
+
+def test_a_batch_whose_fetch_stopped_being_current_writes_nothing_more(tmp_path: Path) -> None:
+    """From the start of a rebalance or a shutdown, before the assignor says so, a batch
+    already built writes no member state: its records are read again and applied then."""
+    table = LocalTable(str(tmp_path / "fenced"), 3)
+    store = OnlineStore(table, POLICY, 3)
+    state = MemberState()
+    state.apply(
+        RecentAction("e1", "i1", "click", 1000.0), offset=0, applied_at=1000.0, policy=POLICY
+    )
+    checks = iter([True, False])  # the flow stops while the first partition is written
+
+    async def write() -> None:
+        updates = {0: {b"first": state}, 1: {b"second": state}, 2: {b"third": state}}
+        await (await store.send(updates, current=lambda: next(checks, False)))
+
+    asyncio.run(write())
+    assert store.load(0, b"first") is not None
+    assert list(table.scan(1, b"", b"\xff")) == []
+    assert list(table.scan(2, b"", b"\xff")) == []

@@ -33,7 +33,7 @@ from attribute_store import CachedAttributeStore, StoreHealth
 from model.registry import ModelRegistry
 from model.vectorizer import Vectorizer, VectorizerConfig
 from tables.member_state import MemberState, StatePolicy
-from tables.online_store import NotOwned
+from tables.online_store import NotOwned, Restoring
 from tests.unit.attribute_store.conftest import RecordingStore, item
 
 with warnings.catch_warnings():
@@ -51,7 +51,9 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 class FakeFeatures:
     """The online store's read: every member is known here except those ``elsewhere``."""
 
-    def __init__(self, settings: Settings, elsewhere: dict[str, NotOwned] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, elsewhere: dict[str, NotOwned | Restoring] | None = None
+    ) -> None:
         self.policy = StatePolicy.from_settings(settings)
         self.elsewhere = elsewhere or {}
         self.asked: list[tuple[str, float]] = []
@@ -114,7 +116,7 @@ class ListErasures:
 def web_app(
     *,
     erasures: ListErasures | None = None,
-    elsewhere: dict[str, NotOwned] | None = None,
+    elsewhere: dict[str, NotOwned | Restoring] | None = None,
     http: httpx.AsyncClient | None = None,
     web_url: str = HERE,
     **settings: Any,
@@ -313,6 +315,18 @@ def test_the_token_goes_along_to_the_owner() -> None:
     )
     client = TestClient(web_app(elsewhere={"m": NotOwned(2, OWNER)}, http=owner, api_token=TOKEN))
     assert client.get("/v1/members/m/features", headers=AUTH).status_code == 200
+
+
+def test_a_member_whose_partition_is_being_restored_gets_a_503_not_a_partial_answer() -> None:
+    client = TestClient(web_app(elsewhere={"m": Restoring(3)}))
+    for response in (
+        client.get("/v1/members/m/features"),
+        ask(client, {"member_id": "m", "candidates": ["a"]}),
+        client.get("/v1/console/members/m/ranking?candidates=a"),
+    ):
+        assert response.status_code == 503, response.text
+        assert "partition 3 is being restored" in response.json()["error"]
+        assert response.headers["retry-after"]
 
 
 @pytest.mark.parametrize("owner_url", [None, HERE])
