@@ -206,15 +206,26 @@ class Eraser(Service):
             }
             for partition, found in erasures.items()
         }
+        # A rebalance beginning meanwhile stops the writes: the partitions' next owners
+        # reconcile them once restored (the assignor names them here until then).
+        generation = self.generation()
+
+        def current() -> bool:
+            return not self.moving() and self.generation() == generation
+
         async with self.store.write_lock:
-            deleted, online = await self.store.erase(markers)
+            deleted, online = await self.store.erase(markers, current)
         removed: dict[int, dict[bytes, bytes | None]] = {}
         async with self.pending.write_lock:
             for partition, members in markers.items():
                 keys = await self.pending.member_keys(partition, set(members))
                 if keys:
                     removed[partition] = dict.fromkeys(keys)
-            pending = await self.pending.table.send(removed, owned_only=True) if removed else None
+            pending = (
+                await self.pending.table.send(removed, owned_only=True, current=current)
+                if removed
+                else None
+            )
         log.info(
             "erasing %d members: %d online-store keys, %d pending-outcome keys deleted",
             sum(map(len, markers.values())),

@@ -163,7 +163,9 @@ class OnlineStore:
         return None
 
     async def erase(
-        self, markers: Mapping[int, Mapping[bytes, tuple[bytes, float]]]
+        self,
+        markers: Mapping[int, Mapping[bytes, tuple[bytes, float]]],
+        current: Callable[[], bool] | None = None,
     ) -> tuple[int, Awaitable[None]]:
         """Erase members: by partition, member: (its erasure marker, the erasure's time).
 
@@ -173,7 +175,8 @@ class OnlineStore:
         marker, after its tombstones: a changelog cut short before it restores a member
         without one, whose erasure is then applied again. Returns how many keys were
         deleted and what to await for the changelog's acknowledgement. Call with
-        :attr:`write_lock` held; nothing is written to a partition no longer owned here.
+        :attr:`write_lock` held; nothing is written to a partition no longer owned here, nor
+        once ``current`` is false (a rebalance began: see :meth:`ChangelogTable.send`).
         """
         values: dict[int, dict[bytes, bytes | None]] = {}
         deleted = 0
@@ -189,7 +192,7 @@ class OnlineStore:
                     writes.update(dict.fromkeys((k for k, _ in records), None))
                     deleted += len(records)
                 writes[key] = marker
-        return deleted, await self._writable().send(values, owned_only=True)
+        return deleted, await self._writable().send(values, owned_only=True, current=current)
 
     # -- retention ---------------------------------------------------------------------
 
