@@ -244,6 +244,7 @@ def export_training(out: Path) -> None:
 
     Examples of erased members (requested at or before their erasure) are left out.
     """
+    from app.erasures import ErasuresUnreadable
     from app.exporting import ExportError
     from app.exporting import export_training as export
     from model.vectorizer import Vectorizer
@@ -252,7 +253,7 @@ def export_training(out: Path) -> None:
     names = Vectorizer.from_settings(settings).feature_names
     try:
         examples, left_out = _run(export(settings, out, names), settings)
-    except ExportError as exc:
+    except (ExportError, ErasuresUnreadable) as exc:
         raise click.ClickException(str(exc)) from None
     positives = int(examples.label.sum())
     click.echo(
@@ -384,7 +385,7 @@ def train(
 
 def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
     """The examples of the file, less those of members erased (the erasures topic now)."""
-    from app.erasures import read_erasures
+    from app.erasures import ErasuresUnreadable, read_erasures
     from app.exporting import without_erased
     from model.dataset import read_examples
     from model.exceptions import ModelError
@@ -395,7 +396,11 @@ def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
         raise click.ClickException(str(exc)) from None
     if skip:
         return data
-    data, left_out = without_erased(data, _run(read_erasures(settings), settings))
+    try:
+        erasures = _run(read_erasures(settings), settings)
+    except ErasuresUnreadable as exc:
+        raise click.ClickException(str(exc)) from None
+    data, left_out = without_erased(data, erasures)
     if left_out:
         click.echo(f"left out {left_out} examples of erased members")
     return data

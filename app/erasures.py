@@ -32,6 +32,7 @@ from app.settings import Settings
 __all__ = [
     "Erasure",
     "ErasureRequests",
+    "ErasuresUnreadable",
     "InvalidMemberId",
     "check_member_id",
     "decode_records",
@@ -44,6 +45,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+#: How long a partition of the erasures topic may go without answering a first fetch.
+_READ_TIMEOUT = 60.0
+
+
+class ErasuresUnreadable(RuntimeError):
+    """The erasures topic cannot be read to its end; the message says why."""
 
 
 class InvalidMemberId(ValueError):
@@ -94,9 +103,6 @@ class Erasure:
             float(body["requested_at"]),
             str(body.get("requested_by", "")),
         )
-
-    def as_json(self) -> dict[str, object]:
-        return asdict(self)
 
 
 async def send_erasures(
@@ -163,7 +169,14 @@ async def read_to_end(consumer: AIOKafkaConsumer, topic: str, partitions: int) -
     await consumer.seek_to_beginning(*assigned)
     found: list[Erasure] = []
     done: set[TopicPartition] = set()
+    deadline = time.monotonic() + _READ_TIMEOUT
     while len(done) < len(assigned):
+        silent = [tp.partition for tp in assigned if consumer.highwater(tp) is None]
+        if silent and time.monotonic() > deadline:
+            raise ErasuresUnreadable(
+                f"partitions {silent} of {topic} did not answer within {_READ_TIMEOUT:.0f}s: "
+                f"it must have NEARLINE_TOPIC_PARTITIONS ({partitions}) partitions"
+            )
         batches = await consumer.getmany(*assigned, timeout_ms=200)
         for records in batches.values():
             found += decode_records((r.key, r.value) for r in records)
