@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from app import codec
+from app.cli import main
 from app.erasures import Erasure, InvalidMemberId, check_member_id, latest_by_member
 from app.exporting import without_erased
-from model.dataset import ExampleSet
+from model.dataset import ExampleSet, write_examples
+from model.examples import EXAMPLES_WORLD, generate_examples
 from tables.changelog import LocalTable
 from tables.member_state import MemberState, RecentAction, StatePolicy, erased_key
 from tables.online_store import OnlineStore
@@ -103,3 +107,26 @@ def test_examples_of_erased_members_up_to_their_erasure_are_left_out() -> None:
     kept, left_out = without_erased(examples, {"gone": Erasure("x", "gone", NOW, "test")})
     assert left_out == 2 and list(kept.request_id) == ["r3", "r4"]
     assert without_erased(examples, {}) == (examples, 0)
+
+
+def test_train_leaves_out_members_erased_since_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = generate_examples(replace(EXAMPLES_WORLD, n_requests=60, seed=1))
+    path = tmp_path / "examples.parquet"
+    write_examples(path, examples)
+    member = str(examples.member_id[0])
+    erased = int((examples.member_id == member).sum())
+    erasures = {member: Erasure("x", member, float(examples.ts.max()), "test")}
+
+    async def read_erasures(settings: object) -> dict[str, Erasure]:
+        return erasures  # the erasures topic, read after the file was written
+
+    monkeypatch.setattr("app.erasures.read_erasures", read_erasures)
+    for name in ("NEARLINE_MODEL_DIR", "NEARLINE_EMBEDDING_DIM", "NEARLINE_WINDOWS"):
+        monkeypatch.delenv(name, raising=False)
+    args = ["train", str(path), "--model-dir", str(tmp_path / "models"), "--max-epochs", "1"]
+    result = CliRunner().invoke(main, args)
+    assert f"left out {erased} examples of erased members" in result.output, result.output
+    skipped = CliRunner().invoke(main, [*args, "--skip-erasure-check", "--force"])
+    assert "left out" not in skipped.output and skipped.exit_code == 0, skipped.output
