@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -130,6 +130,28 @@ class Metrics:
             "Training examples written (one per labelled candidate).",
             registry=r,
         )
+        self.arm_responses = Counter(
+            "nearline_experiment_responses",
+            "Labelled responses of an experiment's arm (outcome=labelled), those with a "
+            "positive (with_positive); this worker's share: `nearline experiment status` "
+            "has every worker's, with intervals.",
+            ["experiment", "arm", "outcome"],
+            registry=r,
+        )
+        self.arm_items = Counter(
+            "nearline_experiment_items",
+            "Items of an arm's labelled responses: served (impressions), and the ones "
+            "clicked, applied to, saved or dismissed.",
+            ["experiment", "arm", "outcome"],
+            registry=r,
+        )
+        self.arm_first_positive = Counter(
+            "nearline_experiment_first_positive_position",
+            "Sum of the 1-based positions of the first positive of an arm's responses that "
+            "have one (divide by nearline_experiment_responses with outcome=with_positive).",
+            ["experiment", "arm"],
+            registry=r,
+        )
         self.outcomes_behind = Gauge(
             "nearline_outcomes_behind_seconds",
             "Seconds since the earliest pending response was due (0 when labelling keeps up).",
@@ -149,6 +171,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def count_arm_outcome(self, outcome: dict[str, Any]) -> None:
+        """Count one labelled response of an arm (its ``experiment`` outcome)."""
+        labels = (outcome["id"], outcome["arm"])
+        self.arm_responses.labels(*labels, "labelled").inc()
+        self.arm_items.labels(*labels, "served").inc(outcome["served"])
+        for action in ("click", "apply", "save", "dismiss"):
+            if outcome[action]:
+                self.arm_items.labels(*labels, action).inc(outcome[action])
+        if outcome["positives"]:
+            self.arm_responses.labels(*labels, "with_positive").inc()
+            self.arm_first_positive.labels(*labels).inc(min(outcome["positives"]) + 1)
 
     def track_lag(self, read_lag: Callable[[], Iterable[PartitionLag]]) -> None:
         self.registry.register(_LagCollector(read_lag))

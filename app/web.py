@@ -30,6 +30,7 @@ from app.openapi import FeaturesParams, openapi_document
 from app.recommend import RecommendationRequest, Recommender
 from app.settings import Settings
 from attribute_store import CachedAttributeStore, StoreHealth
+from model.experiments import daily_cutoff
 from model.registry import ModelRegistry
 from tables.online_store import NotOwned
 
@@ -349,7 +350,14 @@ async def recommendations(request: Request) -> Response:
         raise ApiError(400, f"the body is not JSON: {exc}") from None
     ask = parse(RecommendationRequest, body)
     check_candidates(len(ask.candidates), settings.max_candidates, ask.k)
-    as_of = ask.features_as_of if ask.features_as_of is not None else time.time()
+    recommender: Recommender = request.app.state.recommender
+    assignment = recommender.assign(ask.member_id)
+    if ask.features_as_of is not None:
+        as_of = ask.features_as_of  # the caller's cut-off wins over the arm's
+    elif assignment is not None and assignment.arm.features == "daily":
+        as_of = daily_cutoff(time.time())
+    else:
+        as_of = time.time()
     source: FeatureSource = request.app.state.features
     try:
         features = await source.features(ask.member_id, as_of)
@@ -363,8 +371,7 @@ async def recommendations(request: Request) -> Response:
         if answer.status_code != 200:  # the owner's own error, relayed as it said it
             return Response(answer.content, answer.status_code, media_type="application/json")
         features = answer.json()
-    recommender: Recommender = request.app.state.recommender
-    response = await recommender.recommend(ask, features)
+    response = await recommender.recommend(ask, features, assignment=assignment)
     if "stale_ms" in features:
         response["stale_ms"] = features["stale_ms"]
     return JSONResponse(response)
