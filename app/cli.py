@@ -441,6 +441,131 @@ def model_rollback(model_dir: Path | None) -> None:
     click.echo(f"serving {served.version} (rollback to: {', '.join(served.previous) or '-'})")
 
 
+@main.group()
+def experiment() -> None:
+    """Online experiments: members split between arms (ranker x feature mode) by a hash."""
+
+
+@experiment.command("start")
+@click.argument("experiment_id")
+@click.option(
+    "--arm",
+    "arms",
+    multiple=True,
+    required=True,
+    help="NAME:VERSION:FEATURES:SHARE, e.g. control:heuristic-v1:fresh:0.5 (two or more; "
+    "FEATURES is fresh or daily, as of the previous midnight UTC; shares sum to 1).",
+)
+@_MODEL_DIR
+def experiment_start(experiment_id: str, arms: tuple[str, ...], model_dir: Path | None) -> None:
+    """Start EXPERIMENT_ID; workers follow within NEARLINE_MODEL_RELOAD_INTERVAL.
+
+    One experiment runs at a time: a second is refused until the first is stopped.
+    """
+    from model.exceptions import ModelError
+    from model.experiments import Experiment, parse_arm
+
+    registry = _registry(model_dir, _settings())
+    try:
+        started = Experiment(experiment_id, tuple(parse_arm(arm) for arm in arms))
+        registry.start_experiment(started)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"experiment {experiment_id} started with arms {', '.join(a.name for a in started.arms)}"
+    )
+
+
+def _current_experiment(registry: Any) -> Any:
+    from model.exceptions import ModelError
+
+    try:
+        current = registry.read_experiment()
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    if current is None:
+        raise click.ClickException("no experiment (start one with `nearline experiment start`)")
+    return current
+
+
+_METRIC = click.option(
+    "--metric",
+    type=click.Choice(["ndcg_at_10", "mrr", "positive_rate", "dismiss_rate"]),
+    default="ndcg_at_10",
+    show_default=True,
+    help="The metric arms are compared on.",
+)
+
+
+@experiment.command("status")
+@_METRIC
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_MODEL_DIR
+def experiment_status(metric: str, as_json: bool, model_dir: Path | None) -> None:
+    """Per-arm outcomes and metrics with intervals, from every worker's labelled responses."""
+    from app import codec
+    from app.experiments import read_results, status_text
+
+    settings = _settings()
+    current = _current_experiment(_registry(model_dir, settings))
+    results = _run(read_results(settings, current), settings)
+    if as_json:
+        click.echo(codec.dumps(results.to_dict()).decode())
+    else:
+        click.echo(status_text(results, metric))
+
+
+@experiment.command("stop")
+@_MODEL_DIR
+def experiment_stop(model_dir: Path | None) -> None:
+    """Stop the running experiment: every member gets the default ranker again."""
+    from model.exceptions import ModelError
+
+    try:
+        stopped = _registry(model_dir, _settings()).stop_experiment()
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"experiment {stopped.id} stopped")
+
+
+@experiment.command("promote")
+@_METRIC
+@click.option("--arm", help="The arm to promote (default: the best on --metric).")
+@click.option("--force", is_flag=True, help="Promote even if the difference is not significant.")
+@_MODEL_DIR
+def experiment_promote(metric: str, arm: str | None, force: bool, model_dir: Path | None) -> None:
+    """Make the winning arm's ranker the default and stop the experiment.
+
+    Refused while the interval of the metric's difference to any other arm includes 0,
+    unless --force.
+    """
+    from app.experiments import decide_promotion, read_results
+    from model.exceptions import ModelError
+
+    settings = _settings()
+    registry = _registry(model_dir, settings)
+    current = _current_experiment(registry)
+    if not current.running:
+        raise click.ClickException(f"experiment {current.id} is not running")
+    results = _run(read_results(settings, current), settings)
+    try:
+        promotion = decide_promotion(results, metric, arm)
+        refusal = promotion.refusal()
+        if refusal is not None and not force:
+            raise click.ClickException(f"not promoting {promotion.winner}: {refusal}")
+        winner = current.arm(promotion.winner)
+        registry.activate(winner.version)
+        registry.stop_experiment(promoted=winner.name)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    forced = " (forced)" if refusal is not None else ""
+    click.echo(
+        f"promoted {winner.name}{forced}: serving {winner.version}; experiment {current.id} stopped"
+    )
+    if winner.features == "daily":
+        click.echo("note: the default serves fresh features; the arm's daily mode is not kept")
+
+
 DEMO_ITEMS = 5000
 
 
