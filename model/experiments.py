@@ -68,7 +68,8 @@ METRICS: dict[str, bool] = {
     "positive_rate": True,
     "dismiss_rate": False,
 }
-_POSITIVE = ("apply", "click", "save")
+_POSITIVE = frozenset({"apply", "click", "save"})
+_COUNTED = ("apply", "click", "save", "dismiss")
 
 
 class ExperimentError(ModelError):
@@ -219,12 +220,16 @@ def response_outcome(ranked: Sequence[str], reactions: Mapping[str, set[str]]) -
     """What the member did with one response: per action, the items reacted to that way,
     and the 0-based positions of the positives (a click, apply or save) in the served order.
     """
-    positions = [n for n, item in enumerate(ranked) if reactions.get(item, set()) & set(_POSITIVE)]
-    counts = {action: 0 for action in (*_POSITIVE, "dismiss")}
-    for item in ranked:
-        for action in reactions.get(item, ()):
-            if action in counts:
-                counts[action] += 1
+    counts = dict.fromkeys(_COUNTED, 0)
+    positions = []
+    for n, item in enumerate(ranked):
+        actions = reactions.get(item)
+        if actions:
+            for action in actions:
+                if action in counts:
+                    counts[action] += 1
+            if not _POSITIVE.isdisjoint(actions):
+                positions.append(n)
     return {"served": len(ranked), **counts, "positives": positions}
 
 
