@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,33 @@ def test_promote_refuses_then_force_promotes(
 
 def test_parse_arm() -> None:
     assert parse_arm("b:v1:daily:0.25") == Arm("b", "v1", "daily", 0.25)
+
+
+def test_a_daily_arm_reads_features_as_of_the_previous_midnight(tmp_path: Path) -> None:
+    from tests.unit.test_web import TestClient, web_app
+
+    app = web_app()
+    registry: ModelRegistry = app.state.recommender.registry
+    registry.model_dir = tmp_path
+    registry.start_experiment(two_arms())  # control fresh, treatment daily
+    registry.load_latest()
+    client = TestClient(app)
+    arms = {}
+    for n in range(20):
+        body = {"member_id": f"m{n}", "candidates": ["a", "b"]}
+        answer = client.post("/v1/recommendations", json=body)
+        assert answer.status_code == 200, answer.text
+        arms[f"m{n}"] = answer.json()["experiment"]["arm"]
+    now = time.time()
+    asked = dict(app.state.features.asked)
+    assert set(arms.values()) == {"control", "treatment"}
+    for member, arm in arms.items():
+        if arm == "treatment":
+            assert asked[member] == daily_cutoff(now)
+        else:
+            assert now - 60 < asked[member] <= now
+    # A cut-off the caller asks for is kept in either arm.
+    member = next(m for m, arm in arms.items() if arm == "treatment")
+    body = {"member_id": member, "candidates": ["a"], "features_as_of": 1000.0}
+    assert client.post("/v1/recommendations", json=body).status_code == 200
+    assert app.state.features.asked[-1] == (member, 1000.0)
