@@ -1,4 +1,5 @@
-"""``nearline experiment status|promote``: the arms' results from the training-examples topic.
+"""The arms' results from the training-examples topic: ``nearline experiment status|promote``
+and the live view of the console and /metrics (:class:`LiveResults`).
 
 The topic holds exactly one outcome per labelled response of an arm, whatever crashed on
 the way (see :mod:`agents.outcomes`), so results computed from it are exact and need no
@@ -7,23 +8,39 @@ state of their own: every worker's responses are there, and nothing is lost on a
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import codec
 from app.exporting import read_topic
 from app.settings import Settings
 from model.experiments import (
     METRICS,
+    ArmSums,
     Comparison,
     Experiment,
     ExperimentError,
     ExperimentResults,
     arm_results,
     compare,
+    results_of,
 )
+from model.registry import ModelRegistry
 
-__all__ = ["Promotion", "decide_promotion", "read_results", "status_text"]
+__all__ = ["LiveResults", "Promotion", "decide_promotion", "read_results", "status_text"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two computations of the live intervals (a bootstrap: ~10-100 ms of CPU).
+LIVE_INTERVAL = 5.0
+_LIVE_DRAWS = 400
 
 
 async def read_results(
@@ -31,15 +48,94 @@ async def read_results(
 ) -> ExperimentResults:
     """The arms' results over every example set written so far."""
     values = await read_topic(settings, settings.topic_training_examples, idle=1.0)
-    sets = []
-    for value in values:
-        if b'"experiment"' not in value:  # most sets are of no arm: skip decoding them
-            continue
-        try:
-            sets.append(codec.loads(value))
-        except ValueError:
-            continue
+    sets = [found for value in values if (found := _arm_set(value)) is not None]
     return arm_results(sets, experiment, level=level)
+
+
+def _arm_set(value: bytes | None) -> dict[str, Any] | None:
+    """The example set in ``value`` if it carries an arm's outcome (others are not decoded)."""
+    if not value or b'"experiment"' not in value:
+        return None
+    try:
+        found = codec.loads(value)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+class LiveResults:
+    """The running experiment's results as the console and /metrics show them, live.
+
+    Follows the training-examples topic (every worker's outcomes) from its beginning while
+    an experiment runs, counting only the sets of its arms, and recomputes the intervals
+    every :data:`LIVE_INTERVAL` seconds in a thread. Rebuilt from the topic after a
+    restart, so, like ``nearline experiment status``, exact; it trails labelling by the
+    poll interval.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        models: ModelRegistry,
+        client: Callable[[], AIOKafkaConsumer],
+        on_results: Callable[[ExperimentResults], None] | None = None,
+    ) -> None:
+        self.topic = settings.topic_training_examples
+        self.models = models
+        self._new_client = client
+        self._client: AIOKafkaConsumer | None = None
+        self._sums: ArmSums | None = None
+        self._computed_at = 0.0
+        self._on_results = on_results
+        self.latest: ExperimentResults | None = None
+
+    async def poll(self) -> None:
+        """Read what arrived since the last poll; recompute the intervals when due."""
+        served = self.models.experiment
+        if served is None:
+            self._sums, self.latest = None, None
+            return
+        if self._sums is None or self._sums.experiment.id != served.experiment.id:
+            await self._read_from_start()
+            self._sums, self.latest = ArmSums(served.experiment), None
+        assert self._client is not None
+        fetched = await self._client.getmany(timeout_ms=0, max_records=5000)
+        for records in fetched.values():
+            for record in records:
+                found = _arm_set(record.value)
+                if found is not None:
+                    self._sums.add(found)
+        now = time.monotonic()
+        if self.latest is None or now - self._computed_at >= LIVE_INTERVAL:
+            self._computed_at = now
+            self.latest = await asyncio.to_thread(results_of, self._sums, draws=_LIVE_DRAWS)
+            if self._on_results is not None:
+                self._on_results(self.latest)
+
+    async def _read_from_start(self) -> None:
+        if self._client is None:
+            self._client = self._new_client()
+            await self._client.start()
+        await self._client.topics()
+        partitions = self._client.partitions_for_topic(self.topic) or set()
+        self._client.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
+        await self._client.seek_to_beginning()
+
+    def view(self, metric: str = "ndcg_at_10") -> dict[str, Any] | None:
+        """The console's panel: the arms side by side with their intervals."""
+        results = self.latest
+        if results is None:
+            return None
+        body = results.to_dict()
+        control = results.experiment.arms[0].name
+        body["metric"] = metric
+        body["against"] = control
+        body["comparisons"] = {
+            name: compare(results, metric, name, control).to_dict()
+            for name in results.arms
+            if name != control
+        }
+        return body
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from app.lag import PartitionLag
+    from model.experiments import ExperimentResults
 
 __all__ = ["Metrics", "ServingMetrics"]
 
@@ -166,6 +167,14 @@ class Metrics:
             registry=r,
         )
         self._arms: dict[tuple[str, str], _ArmCounters] = {}
+        self.arm_metrics = Gauge(
+            "nearline_experiment_metric",
+            "The running experiment's metrics per arm over every worker's labelled responses "
+            "(bound=value, or low/high: the 95 % interval of a bootstrap over members); "
+            "recomputed every few seconds.",
+            ["experiment", "arm", "metric", "bound"],
+            registry=r,
+        )
         self.outcomes_behind = Gauge(
             "nearline_outcomes_behind_seconds",
             "Seconds since the earliest pending response was due (0 when labelling keeps up).",
@@ -200,6 +209,15 @@ class Metrics:
         if outcome["positives"]:
             arm.with_positive.inc()
             arm.first_positive.inc(min(outcome["positives"]) + 1)
+
+    def show_arm_results(self, results: ExperimentResults) -> None:
+        """Expose the arms' latest metrics and intervals (only the running experiment's)."""
+        self.arm_metrics.clear()
+        experiment = results.experiment.id
+        for arm, result in results.arms.items():
+            for metric, bounds in result.metrics.items():
+                for bound, value in zip(("value", "low", "high"), bounds, strict=True):
+                    self.arm_metrics.labels(experiment, arm, metric, bound).set(value)
 
     def track_lag(self, read_lag: Callable[[], Iterable[PartitionLag]]) -> None:
         self.registry.register(_LagCollector(read_lag))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -33,6 +33,9 @@ from attribute_store import CachedAttributeStore, StoreHealth
 from model.experiments import daily_cutoff
 from model.registry import ModelRegistry
 from tables.online_store import NotOwned
+
+if TYPE_CHECKING:
+    from app.experiments import LiveResults
 
 __all__ = [
     "FORWARDED_HEADER",
@@ -115,6 +118,8 @@ class WebServices:
     #: In a serving process: its worker. /metrics adds the worker's own, and the console's
     #: system view is the worker's, with what the serving processes say of themselves.
     worker: WorkerLink | None = None
+    #: In a worker: the running experiment's live results (the console's panel).
+    experiment: LiveResults | None = None
 
 
 class JSONResponse(Response):

@@ -41,6 +41,7 @@ __all__ = [
     "METRICS",
     "Arm",
     "ArmResult",
+    "ArmSums",
     "Assigner",
     "Comparison",
     "Experiment",
@@ -52,6 +53,7 @@ __all__ = [
     "parse_arm",
     "read_experiment",
     "response_outcome",
+    "results_of",
 ]
 
 EXPERIMENT_FILE = "nearline-experiment.json"
@@ -334,21 +336,25 @@ class ExperimentResults:
         }
 
 
-def _member_sums(
-    example_sets: Iterable[Mapping[str, Any]], experiment: Experiment
-) -> dict[str, dict[str, np.ndarray]]:
-    """Per arm, per member, the sums of :data:`_COLUMNS`; one outcome per request id."""
-    seen: set[str] = set()
-    per_arm: dict[str, dict[str, list[float]]] = {arm.name: {} for arm in experiment.arms}
-    for example_set in example_sets:
+class ArmSums:
+    """Per arm, per member, the sums of :data:`_COLUMNS`, fed one example set at a time;
+    a request id seen before is not counted again."""
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self._seen: set[str] = set()
+        self._members: dict[str, dict[str, list[float]]] = {a.name: {} for a in experiment.arms}
+
+    def add(self, example_set: Mapping[str, Any]) -> bool:
+        """Count the outcome of ``example_set`` if it is one of this experiment's arms'."""
         outcome = example_set.get("experiment")
-        if not outcome or outcome.get("id") != experiment.id:
-            continue
+        if not outcome or outcome.get("id") != self.experiment.id:
+            return False
         request_id = example_set["request_id"]
-        members = per_arm.get(outcome["arm"])
-        if members is None or request_id in seen:
-            continue
-        seen.add(request_id)
+        members = self._members.get(outcome["arm"])
+        if members is None or request_id in self._seen:
+            return False
+        self._seen.add(request_id)
         positions = outcome["positives"]
         ndcg, rr = _ndcg_and_rr(positions)
         row = (
@@ -367,14 +373,16 @@ def _member_sums(
         sums = members.setdefault(str(example_set["member_id"]), [0.0] * len(_COLUMNS))
         for n, value in enumerate(row):
             sums[n] += value
-    return {
-        arm: {
-            "matrix": np.asarray(list(members.values()), dtype=np.float64).reshape(
+        return True
+
+    def matrices(self) -> dict[str, np.ndarray]:
+        """Per arm, one row of sums per member."""
+        return {
+            arm: np.asarray(list(members.values()), dtype=np.float64).reshape(
                 len(members), len(_COLUMNS)
             )
+            for arm, members in self._members.items()
         }
-        for arm, members in per_arm.items()
-    }
 
 
 def _ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> Any:
@@ -398,23 +406,33 @@ def arm_results(
     correlated. (The promotion gate's bootstrap, :func:`model.gate.paired_bootstrap`, pairs
     two rankers on the same requests; arms serve different members, so it does not apply.)
     """
+    sums = ArmSums(experiment)
+    for example_set in example_sets:
+        sums.add(example_set)
+    return results_of(sums, level=level, power=power, draws=draws, seed=seed)
+
+
+def results_of(
+    sums: ArmSums, *, level: float = 0.95, power: float = 0.8, draws: int = 1000, seed: int = 0
+) -> ExperimentResults:
+    """:func:`arm_results` of the example sets ``sums`` has counted."""
+    experiment = sums.experiment
     rng = np.random.default_rng(seed)
     tail = (1.0 - level) / 2.0 * 100.0
     arms: dict[str, ArmResult] = {}
-    for arm_name, found in _member_sums(example_sets, experiment).items():
-        matrix = found["matrix"]
+    for arm_name, matrix in sums.matrices().items():
         n = len(matrix)
         totals = dict(zip(_COLUMNS, matrix.sum(axis=0).tolist(), strict=True))
         resampled: list[np.ndarray] = []
         for start in range(0, draws if n else 0, 100):  # 100 draws at a time bound the memory
             picks = rng.integers(0, n, (min(100, draws - start), n))
             resampled.append(matrix[picks].sum(axis=1))
-        sums = np.concatenate(resampled) if resampled else np.zeros((0, len(_COLUMNS)))
+        drawn = np.concatenate(resampled) if resampled else np.zeros((0, len(_COLUMNS)))
         metrics: dict[str, tuple[float, float, float]] = {}
         metric_draws: dict[str, np.ndarray] = {}
         for metric, (top, bottom) in _RATIOS.items():
             value = float(_ratio(totals[top], totals[bottom])) if totals[bottom] else math.nan
-            values = _ratio(sums[:, _COLUMNS.index(top)], sums[:, _COLUMNS.index(bottom)])
+            values = _ratio(drawn[:, _COLUMNS.index(top)], drawn[:, _COLUMNS.index(bottom)])
             values = values[~np.isnan(values)]
             low, high = (
                 (float(v) for v in np.percentile(values, [tail, 100.0 - tail]))
