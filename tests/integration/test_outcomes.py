@@ -179,6 +179,19 @@ def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
         totals = results[arm]["totals"]
         assert (totals["responses"], totals["impressions"]) == (count, 10 * count), arm
         assert totals["clicks"] == totals["dismisses"] == 0  # nobody acted on these
+
+    # The restarted worker's live view (the console's panel, /metrics) comes to the same.
+    def live_totals() -> dict[str, tuple[float, float]]:
+        view = restarted.get("/v1/console/experiment").json()
+        return {
+            arm: (result["totals"]["responses"], result["totals"]["impressions"])
+            for arm, result in view["arms"].items()
+        }
+
+    expected = {arm: (count, 10 * count) for arm, count in oracle.items()}
+    wait_until(lambda: live_totals() == expected, timeout=20, message="the live view exact")
+    gauge = 'nearline_experiment_metric{arm="fresh",bound="value",experiment="kill",metric="mrr"}'
+    assert f"{gauge} 0.0" in restarted.get("/metrics").text.splitlines()
     # The arm is the hash's: the same for every response of one member.
     by_member: dict[str, set[str]] = {}
     for example_set in sets:
