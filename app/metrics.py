@@ -210,9 +210,12 @@ class Metrics:
             arm.with_positive.inc()
             arm.first_positive.inc(min(outcome["positives"]) + 1)
 
-    def show_arm_results(self, results: ExperimentResults) -> None:
-        """Expose the arms' latest metrics and intervals (only the running experiment's)."""
+    def show_arm_results(self, results: ExperimentResults | None) -> None:
+        """Expose the arms' latest metrics and intervals (only the running experiment's:
+        ``None`` when none runs)."""
         self.arm_metrics.clear()
+        if results is None:
+            return
         experiment = results.experiment.id
         for arm, result in results.arms.items():
             for metric, bounds in result.metrics.items():

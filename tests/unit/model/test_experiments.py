@@ -367,3 +367,69 @@ def test_a_daily_arm_reads_features_as_of_the_previous_midnight(tmp_path: Path) 
     body = {"member_id": member, "candidates": ["a"], "features_as_of": 1000.0}
     assert client.post("/v1/recommendations", json=body).status_code == 200
     assert app.state.features.asked[-1] == (member, 1000.0)
+
+
+class FakeTopic:
+    """The training-examples topic as :class:`LiveResults` reads it: one partition."""
+
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+        self.position = 0
+        self.seeks = 0
+
+    async def start(self) -> None: ...
+
+    async def topics(self) -> set[str]:
+        return {"training-examples"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def assign(self, partitions: list[Any]) -> None: ...
+
+    async def seek_to_beginning(self) -> None:
+        self.position, self.seeks = 0, self.seeks + 1
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[int, list[Any]]:
+        new, self.position = self.values[self.position :], len(self.values)
+        return {0: [type("Record", (), {"value": value})() for value in new]}
+
+
+def test_the_live_view_follows_the_topic_and_the_running_experiment(
+    tmp_path: Path, vectorizer: Vectorizer
+) -> None:
+    from app.experiments import LiveResults
+    from app.metrics import Metrics
+    from app.settings import load_settings
+
+    registry = ModelRegistry(tmp_path, vectorizer, backend="default")
+    topic = FakeTopic()
+    metrics = Metrics()
+    live = LiveResults(load_settings(), registry, lambda: topic, metrics.show_arm_results)  # type: ignore[arg-type, return-value]
+    asyncio.run(live.poll())
+    assert live.view() is None and topic.seeks == 0  # no experiment: nothing read
+
+    experiment = two_arms()
+    registry.start_experiment(experiment)
+    registry.maybe_reload()
+    sets = _outcome_sets(experiment, {"control": 0.3, "treatment": 0.3}, 50, seed=4)
+    topic.values += [codec.dumps(s) for s in sets[:40]] + [b"{}", b"not json"]
+    asyncio.run(live.poll())
+    view = live.view()
+    assert view is not None and topic.seeks == 1
+    assert sum(a["totals"]["responses"] for a in view["arms"].values()) == 40
+    topic.values += [codec.dumps(s) for s in sets]  # the first 40 again: counted once
+    live._computed_at = 0.0  # as if the wait between two computations had passed
+    asyncio.run(live.poll())
+    view = live.view()
+    assert view is not None and view["comparisons"]["treatment"]["metric"] == "ndcg_at_10"
+    expected = arm_results(sets, experiment)
+    for name, result in view["arms"].items():
+        assert result["totals"]["responses"] == expected.arms[name].responses
+    assert b'nearline_experiment_metric{arm="control",bound="value"' in metrics.exposition()
+
+    registry.stop_experiment()
+    registry.maybe_reload()
+    asyncio.run(live.poll())
+    assert live.view() is None
+    assert b"nearline_experiment_metric{" not in metrics.exposition()
