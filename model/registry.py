@@ -12,6 +12,10 @@ writes it when a version passes the promotion gate (a refused version is saved w
 ``"status": "rejected"`` and never served unless activated by hand). Without that file a
 worker serves the newest version not marked rejected, as before the file existed.
 
+The running experiment, if any, is ``nearline-experiment.json`` beside it, followed the
+same way: :attr:`ModelRegistry.experiment` holds its arms' rankers (see
+:mod:`model.experiments`).
+
 Importing this module does not import torch: a worker that serves the heuristic never
 loads it (~225 MB of RSS saved). :mod:`model.scorer`, and torch with it, is imported by
 the methods that write, read or serve a trained version, the first time one is used.
