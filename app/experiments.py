@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from app import codec
 from app.exporting import read_topic
@@ -101,11 +102,19 @@ class LiveResults:
                 self._on_results(None)  # the experiment ended: its figures go
             self._sums, self.latest = None, None
             return
-        if self._sums is None or self._sums.experiment.id != served.experiment.id:
-            await self._read_from_start()
-            self._sums, self.latest = ArmSums(served.experiment), None
-        assert self._client is not None
-        fetched = await self._client.getmany(timeout_ms=0, max_records=5000)
+        try:
+            if self._sums is None or self._sums.experiment.id != served.experiment.id:
+                self._sums = None
+                if not await self._read_from_start():
+                    return  # no topic yet: tried again on the next poll
+                self._sums, self.latest = ArmSums(served.experiment), None
+            assert self._client is not None
+            fetched = await self._client.getmany(timeout_ms=0, max_records=5000)
+        except KafkaError as exc:
+            # Read again from the start on the next poll: the results stay exact.
+            log.warning("cannot follow the experiment's outcomes (retrying): %r", exc)
+            self._sums = None
+            return
         for records in fetched.values():
             for record in records:
                 found = _arm_set(record.value)
@@ -120,14 +129,18 @@ class LiveResults:
             if self._on_results is not None:
                 self._on_results(self.latest)
 
-    async def _read_from_start(self) -> None:
+    async def _read_from_start(self) -> bool:
+        """Position the client at the topic's beginning; False if the topic does not exist."""
         if self._client is None:
             self._client = self._new_client()
             await self._client.start()
         await self._client.topics()
-        partitions = self._client.partitions_for_topic(self.topic) or set()
+        partitions = self._client.partitions_for_topic(self.topic)
+        if not partitions:
+            return False
         self._client.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
         await self._client.seek_to_beginning()
+        return True
 
     def view(self, metric: str = "ndcg_at_10") -> dict[str, Any] | None:
         """The console's panel: the arms side by side with their intervals."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from click.testing import CliRunner
 
 from agents.outcomes import label_response
@@ -376,6 +377,7 @@ class FakeTopic:
         self.values: list[bytes] = []
         self.position = 0
         self.seeks = 0
+        self.fail = False
 
     async def start(self) -> None: ...
 
@@ -391,6 +393,9 @@ class FakeTopic:
         self.position, self.seeks = 0, self.seeks + 1
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[int, list[Any]]:
+        if self.fail:
+            self.fail = False
+            raise KafkaConnectionError("the broker went away")
         new, self.position = self.values[self.position :], len(self.values)
         return {0: [type("Record", (), {"value": value})() for value in new]}
 
@@ -419,8 +424,11 @@ def test_the_live_view_follows_the_topic_and_the_running_experiment(
     assert view is not None and topic.seeks == 1
     assert sum(a["totals"]["responses"] for a in view["arms"].values()) == 40
     topic.values += [codec.dumps(s) for s in sets]  # the first 40 again: counted once
+    topic.fail = True
+    asyncio.run(live.poll())  # logged, and read again from the start on the next poll
     live._computed_at = 0.0  # as if the wait between two computations had passed
     asyncio.run(live.poll())
+    assert topic.seeks == 2
     view = live.view()
     assert view is not None and view["comparisons"]["treatment"]["metric"] == "ndcg_at_10"
     expected = arm_results(sets, experiment)
