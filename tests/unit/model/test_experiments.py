@@ -19,6 +19,7 @@ from agents.outcomes import label_response
 from app import codec
 from app.cli import main
 from app.experiments import decide_promotion, status_text
+from app.exporting import examples_to_set
 from app.recommend import RecommendationRequest, Recommender
 from attribute_store import CachedAttributeStore
 from model.experiments import (
@@ -219,9 +220,11 @@ def test_the_join_adds_each_arm_response_its_outcome_even_without_examples() -> 
         "dismiss": 1,
         "positives": [2, 3],
     }
-    # No reaction, no example: still one outcome for the arm.
+    # No reaction, no example: still one outcome for the arm, which exports as no rows.
     quiet = label_response(record, [], horizon=60.0, unlabeled_as="skip")
     assert quiet is not None and quiet["item_ids"] == [] and quiet["experiment"]["served"] == 4
+    exported = examples_to_set([codec.loads(codec.dumps(s)) for s in (quiet, example_set)], ["f"])
+    assert list(exported.item_id) == ["a", "c", "d"] and list(exported.label) == [0, 1, 1]
     assert label_response({**record, "experiment": None}, [], 60.0, "skip") is None
 
 
