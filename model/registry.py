@@ -332,7 +332,9 @@ class ModelRegistry:
         index = served.assigner.index(member_id)
         ranker = served.rankers[index]
         return Assignment(
-            served.experiment.id, served.experiment.arms[index], ranker or self.active
+            served.experiment.id,
+            served.experiment.arms[index],
+            self.active if ranker is None else ranker,
         )
 
     def read_experiment(self) -> Experiment | None:
@@ -351,6 +353,11 @@ class ModelRegistry:
             raise ExperimentError(
                 f"experiment {current.id} is running; one experiment runs at a time: "
                 "stop or promote it first (`nearline experiment stop`)"
+            )
+        if current is not None and current.id == experiment.id:
+            raise ExperimentError(
+                f"experiment {experiment.id} ran before: its outcomes would be counted with "
+                "this one's; give the new experiment a new id"
             )
         versions = self.versions()
         for arm in experiment.arms:
@@ -414,8 +421,9 @@ class ModelRegistry:
         rankers: list[Ranker | None] = []
         for arm in experiment.arms:
             mtime = mtimes.get(arm.version, 0)
+            ranker = loaded.get((arm.version, mtime))
             rankers.append(
-                loaded.get((arm.version, mtime)) or self._arm_ranker(experiment, arm, mtime)
+                ranker if ranker is not None else self._arm_ranker(experiment, arm, mtime)
             )
         served = ServedExperiment(
             experiment,

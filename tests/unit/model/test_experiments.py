@@ -118,10 +118,12 @@ def test_one_experiment_at_a_time(tmp_path: Path, vectorizer: Vectorizer) -> Non
         registry.start_experiment(two_arms("second"))
     stopped = registry.stop_experiment()
     assert stopped.id == "first" and not stopped.running
+    with pytest.raises(ExperimentError, match="experiment first ran before"):
+        registry.start_experiment(two_arms("first"))
     registry.start_experiment(two_arms("second"))
-    assert registry.read_experiment() == two_arms("second").__class__.from_dict(
-        orjson.loads((tmp_path / EXPERIMENT_FILE).read_bytes())
-    )
+    current = registry.read_experiment()
+    assert current is not None and current.running
+    assert (current.id, current.arms) == ("second", two_arms().arms)
 
 
 # -- serving -------------------------------------------------------------------------------
