@@ -488,6 +488,17 @@ def _current_experiment(registry: Any) -> Any:
     return current
 
 
+def _experiment_results(settings: Settings, current: Any) -> Any:
+    """The arms' results from the training-examples topic; a missing topic is a message."""
+    from app.experiments import read_results
+    from app.exporting import ExportError
+
+    try:
+        return _run(read_results(settings, current), settings)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 _METRIC = click.option(
     "--metric",
     type=click.Choice(["ndcg_at_10", "mrr", "positive_rate", "dismiss_rate"]),
@@ -504,11 +515,11 @@ _METRIC = click.option(
 def experiment_status(metric: str, as_json: bool, model_dir: Path | None) -> None:
     """Per-arm outcomes and metrics with intervals, from every worker's labelled responses."""
     from app import codec
-    from app.experiments import read_results, status_text
+    from app.experiments import status_text
 
     settings = _settings()
     current = _current_experiment(_registry(model_dir, settings))
-    results = _run(read_results(settings, current), settings)
+    results = _experiment_results(settings, current)
     if as_json:
         click.echo(codec.dumps(results.to_dict()).decode())
     else:
@@ -539,7 +550,7 @@ def experiment_promote(metric: str, arm: str | None, force: bool, model_dir: Pat
     Refused while the interval of the metric's difference to any other arm includes 0,
     unless --force.
     """
-    from app.experiments import decide_promotion, read_results
+    from app.experiments import decide_promotion
     from model.exceptions import ModelError
 
     settings = _settings()
@@ -547,7 +558,7 @@ def experiment_promote(metric: str, arm: str | None, force: bool, model_dir: Pat
     current = _current_experiment(registry)
     if not current.running:
         raise click.ClickException(f"experiment {current.id} is not running")
-    results = _run(read_results(settings, current), settings)
+    results = _experiment_results(settings, current)
     try:
         promotion = decide_promotion(results, metric, arm)
         refusal = promotion.refusal()
