@@ -301,6 +301,12 @@ _MODEL_DIR = click.option(
     help="Train once per loss on the same split, print the table, save nothing.",
 )
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--canary",
+    type=float,
+    help="Publish to this share of members only (e.g. 0.1), as an experiment against the "
+    "served ranker; `nearline experiment promote` serves it to everyone.",
+)
 def train(
     examples: Path,
     model_dir: Path | None,
@@ -312,6 +318,7 @@ def train(
     force: bool,
     compare_losses: bool,
     seed: int,
+    canary: float | None,
 ) -> None:
     """Train the scorer on exported EXAMPLES; publish it only if it beats the served ranker.
 
@@ -356,7 +363,7 @@ def train(
             )
             return
         registry.model_dir.mkdir(parents=True, exist_ok=True)
-        report = fit(examples, registry, config, rules=rules, force=force)
+        report = fit(examples, registry, config, rules=rules, force=force, canary=canary)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
@@ -365,6 +372,51 @@ def train(
             "the model was not published (see the gate above); it is saved as rejected, "
             "`nearline model activate VERSION` or `nearline train --force` serves it anyway"
         )
+
+
+@main.command()
+@_MODEL_DIR
+@loss_option()
+@click.option("--max-epochs", default=30, show_default=True)
+@click.option(
+    "--canary",
+    type=float,
+    help="Publish to this share of members only (e.g. 0.1), as an experiment against the "
+    "served ranker.",
+)
+@click.option("--seed", default=0, show_default=True)
+def trainer(
+    model_dir: Path | None, loss: str, max_epochs: int, canary: float | None, seed: int
+) -> None:
+    """Export the training-examples topic, train, gate and publish: one scheduled run.
+
+    What `nearline export-training` and `nearline train` do in turn, for a scheduler (a
+    Kubernetes CronJob). A candidate the gate refuses is saved as rejected and the run
+    still succeeds: refusing is the gate doing its work, not a failure to retry.
+    """
+    from app.exporting import ExportError
+    from app.exporting import export_training as export
+    from model.exceptions import ModelError
+    from model.gate import GateRules
+    from model.training import TrainingConfig
+    from model.training import train as fit
+
+    settings = _settings()
+    registry = _registry(model_dir, settings)
+    try:
+        config = TrainingConfig(max_epochs=max_epochs, loss=loss, seed=seed)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="nearline-trainer-") as directory:
+        examples = Path(directory) / "examples.parquet"
+        try:
+            exported = _run(export(settings, examples, registry.vectorizer.feature_names), settings)
+            click.echo(f"exported {len(exported)} examples of {exported.n_requests} requests")
+            registry.model_dir.mkdir(parents=True, exist_ok=True)
+            report = fit(examples, registry, config, rules=GateRules(seed=seed), canary=canary)
+        except (ExportError, ModelError) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(report.summary())
 
 
 @main.group()
