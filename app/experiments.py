@@ -167,10 +167,6 @@ class Promotion:
     winner: str
     comparisons: tuple[Comparison, ...]
 
-    @property
-    def decided(self) -> bool:
-        return all(c.decided for c in self.comparisons)
-
     def refusal(self) -> str | None:
         """Why the winner cannot be promoted on this evidence, or ``None``."""
         open_ = [c for c in self.comparisons if not c.decided]

@@ -85,6 +85,9 @@ def daily_cutoff(now: float) -> float:
 
 @dataclass(frozen=True)
 class Arm:
+    """One arm: who ranks (a model version or ``heuristic-v1``), on which features, for
+    which share of the members."""
+
     name: str
     version: str
     features: FeatureMode
@@ -323,6 +326,8 @@ class Comparison:
 
 @dataclass(frozen=True)
 class ExperimentResults:
+    """Every arm's results, and the level and power the comparisons use."""
+
     experiment: Experiment
     arms: dict[str, ArmResult]
     level: float
