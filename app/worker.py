@@ -28,6 +28,7 @@ from agents.sinks import DeadLetters, RecommendationsLog, Repartition
 from agents.streams import Agents
 from app.broker_workarounds import BrokerWorkarounds
 from app.console.timeline import IngestTimeline
+from app.experiments import LiveResults
 from app.faust_internals import check_faust, kafka_producer, partition_path
 from app.kafka import client_options, ssl_context
 from app.lag import LagMonitor
@@ -192,6 +193,7 @@ class Nearline:
             settings.model_dir.mkdir(parents=True, exist_ok=True)
             models.load_latest()
         metrics.outcomes_behind.set_function(outcomes.oldest_due_seconds)
+        experiment = LiveResults(settings, models, self._client, metrics.show_arm_results)
 
         # What the worker says about itself.
         faust_app = self.faust
@@ -235,6 +237,7 @@ class Nearline:
                 models=models,
                 attributes=attributes_cached,
                 http=self.http,
+                experiment=experiment,
             )
         )
 
@@ -252,6 +255,7 @@ class Nearline:
             timeline=timeline,
             metrics=metrics,
             loop_monitor=LoopMonitor(metrics.registry),
+            experiment=experiment,
             publisher=None
             if self.counters is None
             else StatePublisher(
