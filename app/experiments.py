@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 _LIVE_MIN_WAIT = 1.0
 _LIVE_SHARE = 0.05
 _LIVE_DRAWS = 400
+#: Example sets decoded between two yields to the event loop (~50 µs each).
+_YIELD_EVERY = 100
 
 
 async def read_results(
@@ -115,11 +117,15 @@ class LiveResults:
             log.warning("cannot follow the experiment's outcomes (retrying): %r", exc)
             self._sums = None
             return
+        decoded = 0
         for records in fetched.values():
             for record in records:
                 found = _arm_set(record.value)
                 if found is not None and self._sums.add(found):
                     self._changed = True
+                decoded += 1
+                if decoded % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # it shares the worker's loop with ingest
         now = time.monotonic()
         if self.latest is None or (self._changed and now - self._computed_at >= self._wait):
             self._changed = False
