@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from agents.ingest import KafkaRecord
 from app import codec
 from app.metrics import Metrics
+from model.experiments import response_outcome
 from model.feature_log import encode_matrix, logged_rows
 from tables.online_store import OnlineStore
 from tables.pending import (
@@ -77,7 +78,8 @@ def label_response(
     Positive: a click, apply or save on the item after the request and within the horizon;
     negative: a dismiss (or, with ``unlabeled_as="negative"``, no reaction at all). The
     features are the rows logged at request time, so the examples are point-in-time
-    correct. ``None`` when no candidate makes an example.
+    correct. A response of an experiment's arm also gets its outcome (``"experiment"``).
+    ``None`` when no candidate makes an example and the response is of no arm.
     """
     start, end = record["ts"], record["ts"] + horizon
     reactions: dict[str, set[str]] = {}
@@ -85,6 +87,7 @@ def label_response(
         if start < ts <= end:
             reactions.setdefault(item_id, set()).add(action)
     item_ids, matrix = logged_rows(record)
+    arm = record.get("experiment")
     keep, labels, outcomes = [], [], []
     for row, item_id in enumerate(item_ids):
         seen = reactions.get(item_id, ())
@@ -100,9 +103,9 @@ def label_response(
         keep.append(row)
         labels.append(label)
         outcomes.append(outcome)
-    if not keep:
+    if not keep and arm is None:
         return None
-    return {
+    example_set: dict[str, Any] = {
         "request_id": record["request_id"],
         "member_id": record["member_id"],
         "ts": record["ts"],
@@ -113,6 +116,12 @@ def label_response(
         "outcomes": outcomes,
         "features": encode_matrix(matrix[keep]),
     }
+    if arm is not None:
+        # Every response of an arm has its outcome here, with or without examples: the
+        # arm's results are computed from this topic (model.experiments.arm_results).
+        arm_outcome = response_outcome(record["ranked"], reactions)
+        example_set["experiment"] = {"id": arm["id"], "arm": arm["arm"], **arm_outcome}
+    return example_set
 
 
 class ExamplesTopic(Protocol):
@@ -317,6 +326,8 @@ class OutcomeJoiner:
             if example_set is not None:
                 sets.append((response.member, codec.dumps(example_set)))
                 self.metrics.examples_written.inc(len(example_set["labels"]))
+                if "experiment" in example_set:
+                    self.metrics.count_arm_outcome(example_set["experiment"])
         if sets:
             await self.examples.send(partition, sets)
         if not pending.owns(partition):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
@@ -35,6 +35,9 @@ from app.settings import Settings
 from app.status import WorkerStatus
 from model.registry import ModelRegistry
 from tables.online_store import OnlineStore
+
+if TYPE_CHECKING:
+    from app.experiments import LiveResults
 
 __all__ = ["Agents", "apply_fetches"]
 
@@ -103,6 +106,8 @@ class Agents:
     loop_monitor: LoopMonitor
     #: Publishes this worker's state for its serving processes (NEARLINE_SERVE_PROCESSES).
     publisher: StatePublisher | None = None
+    #: The running experiment's results, followed for the console and /metrics.
+    experiment: LiveResults | None = None
 
     def register(self) -> None:
         app, settings = self.faust_app, self.settings
@@ -122,6 +127,8 @@ class Agents:
         every(settings.model_reload_interval, "model-reload", self.reload_model)
         if self.publisher is not None:
             every(0.2, "serving-state", self.publish_state)
+        if self.experiment is not None:
+            every(1.0, "experiment-results", self.experiment.poll)
 
     # -- tasks -------------------------------------------------------------------------
 

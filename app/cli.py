@@ -307,6 +307,12 @@ _MODEL_DIR = click.option(
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option(
+    "--canary",
+    type=float,
+    help="Publish to this share of members only (e.g. 0.1), as an experiment against the "
+    "served ranker; `nearline experiment promote` serves it to everyone.",
+)
+@click.option(
     "--skip-erasure-check",
     is_flag=True,
     help="Train on EXAMPLES as they are, without reading the erasures topic to leave out "
@@ -323,6 +329,7 @@ def train(
     force: bool,
     compare_losses: bool,
     seed: int,
+    canary: float | None,
     skip_erasure_check: bool,
 ) -> None:
     """Train the scorer on exported EXAMPLES; publish it only if it beats the served ranker.
@@ -372,7 +379,7 @@ def train(
             )
             return
         registry.model_dir.mkdir(parents=True, exist_ok=True)
-        report = fit(data, registry, config, rules=rules, force=force)
+        report = fit(data, registry, config, rules=rules, force=force, canary=canary)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
@@ -471,6 +478,57 @@ async def _send_erasures(settings: Settings, erasures: list[Any]) -> None:
         await producer.stop()
 
 
+@main.command()
+@_MODEL_DIR
+@loss_option()
+@click.option("--max-epochs", default=30, show_default=True)
+@click.option(
+    "--canary",
+    type=float,
+    help="Publish to this share of members only (e.g. 0.1), as an experiment against the "
+    "served ranker.",
+)
+@click.option("--seed", default=0, show_default=True)
+def trainer(
+    model_dir: Path | None, loss: str, max_epochs: int, canary: float | None, seed: int
+) -> None:
+    """Export the training-examples topic, train, gate and publish: one scheduled run.
+
+    What `nearline export-training` and `nearline train` do in turn, for a scheduler (a
+    Kubernetes CronJob). A candidate the gate refuses is saved as rejected and the run
+    still succeeds: refusing is the gate doing its work, not a failure to retry.
+    """
+    from app.erasures import ErasuresUnreadable
+    from app.exporting import ExportError
+    from app.exporting import export_training as export
+    from model.exceptions import ModelError
+    from model.gate import GateRules
+    from model.training import TrainingConfig
+    from model.training import train as fit
+
+    settings = _settings()
+    registry = _registry(model_dir, settings)
+    try:
+        config = TrainingConfig(max_epochs=max_epochs, loss=loss, seed=seed)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="nearline-trainer-") as directory:
+        examples = Path(directory) / "examples.parquet"
+        try:
+            exported, left_out = _run(
+                export(settings, examples, registry.vectorizer.feature_names), settings
+            )
+            click.echo(
+                f"exported {len(exported)} examples of {exported.n_requests} requests"
+                + (f"; left out {left_out} examples of erased members" if left_out else "")
+            )
+            registry.model_dir.mkdir(parents=True, exist_ok=True)
+            report = fit(examples, registry, config, rules=GateRules(seed=seed), canary=canary)
+        except (ExportError, ModelError, ErasuresUnreadable) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(report.summary())
+
+
 @main.group()
 def model() -> None:
     """Model versions: which is served, their metrics, activate one, roll back."""
@@ -543,6 +601,142 @@ def model_rollback(model_dir: Path | None) -> None:
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"serving {served.version} (rollback to: {', '.join(served.previous) or '-'})")
+
+
+@main.group()
+def experiment() -> None:
+    """Online experiments: members split between arms (ranker x feature mode) by a hash."""
+
+
+@experiment.command("start")
+@click.argument("experiment_id")
+@click.option(
+    "--arm",
+    "arms",
+    multiple=True,
+    required=True,
+    help="NAME:VERSION:FEATURES:SHARE, e.g. control:heuristic-v1:fresh:0.5 (two or more; "
+    "FEATURES is fresh or daily, as of the previous midnight UTC; shares sum to 1).",
+)
+@_MODEL_DIR
+def experiment_start(experiment_id: str, arms: tuple[str, ...], model_dir: Path | None) -> None:
+    """Start EXPERIMENT_ID; workers follow within NEARLINE_MODEL_RELOAD_INTERVAL.
+
+    One experiment runs at a time: a second is refused until the first is stopped.
+    """
+    from model.exceptions import ModelError
+    from model.experiments import Experiment, parse_arm
+
+    registry = _registry(model_dir, _settings())
+    try:
+        started = Experiment(experiment_id, tuple(parse_arm(arm) for arm in arms))
+        registry.start_experiment(started)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"experiment {experiment_id} started with arms {', '.join(a.name for a in started.arms)}"
+    )
+
+
+def _current_experiment(registry: Any) -> Any:
+    from model.exceptions import ModelError
+
+    try:
+        current = registry.read_experiment()
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    if current is None:
+        raise click.ClickException("no experiment (start one with `nearline experiment start`)")
+    return current
+
+
+def _experiment_results(settings: Settings, current: Any) -> Any:
+    """The arms' results from the training-examples topic; a missing topic is a message."""
+    from app.experiments import read_results
+    from app.exporting import ExportError
+
+    try:
+        return _run(read_results(settings, current), settings)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_METRIC = click.option(
+    "--metric",
+    type=click.Choice(["ndcg_at_10", "mrr", "positive_rate", "dismiss_rate"]),
+    default="ndcg_at_10",
+    show_default=True,
+    help="The metric arms are compared on.",
+)
+
+
+@experiment.command("status")
+@_METRIC
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_MODEL_DIR
+def experiment_status(metric: str, as_json: bool, model_dir: Path | None) -> None:
+    """Per-arm outcomes and metrics with intervals, from every worker's labelled responses."""
+    from app import codec
+    from app.experiments import status_text
+
+    settings = _settings()
+    current = _current_experiment(_registry(model_dir, settings))
+    results = _experiment_results(settings, current)
+    if as_json:
+        click.echo(codec.dumps(results.to_dict()).decode())
+    else:
+        click.echo(status_text(results, metric))
+
+
+@experiment.command("stop")
+@_MODEL_DIR
+def experiment_stop(model_dir: Path | None) -> None:
+    """Stop the running experiment: every member gets the default ranker again."""
+    from model.exceptions import ModelError
+
+    try:
+        stopped = _registry(model_dir, _settings()).stop_experiment()
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"experiment {stopped.id} stopped")
+
+
+@experiment.command("promote")
+@_METRIC
+@click.option("--arm", help="The arm to promote (default: the best on --metric).")
+@click.option("--force", is_flag=True, help="Promote even if the difference is not significant.")
+@_MODEL_DIR
+def experiment_promote(metric: str, arm: str | None, force: bool, model_dir: Path | None) -> None:
+    """Make the winning arm's ranker the default and stop the experiment.
+
+    Refused while the interval of the metric's difference to any other arm includes 0,
+    unless --force.
+    """
+    from app.experiments import decide_promotion
+    from model.exceptions import ModelError
+
+    settings = _settings()
+    registry = _registry(model_dir, settings)
+    current = _current_experiment(registry)
+    if not current.running:
+        raise click.ClickException(f"experiment {current.id} is not running")
+    results = _experiment_results(settings, current)
+    try:
+        promotion = decide_promotion(results, metric, arm)
+        refusal = promotion.refusal()
+        if refusal is not None and not force:
+            raise click.ClickException(f"not promoting {promotion.winner}: {refusal}")
+        winner = current.arm(promotion.winner)
+        registry.activate(winner.version)
+        registry.stop_experiment(promoted=winner.name)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    forced = " (forced)" if refusal is not None else ""
+    click.echo(
+        f"promoted {winner.name}{forced}: serving {winner.version}; experiment {current.id} stopped"
+    )
+    if winner.features == "daily":
+        click.echo("note: the default serves fresh features; the arm's daily mode is not kept")
 
 
 DEMO_ITEMS = 5000

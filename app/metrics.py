@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from app.lag import PartitionLag
+    from model.experiments import ExperimentResults
 
 __all__ = ["Metrics", "ServingMetrics"]
 
@@ -47,6 +48,19 @@ class _LagCollector(Collector):
             stalled.add_metric(labels, partition.stalled_seconds)
         yield lag
         yield stalled
+
+
+class _ArmCounters:
+    """The /metrics children of one experiment's arm."""
+
+    def __init__(self, metrics: Metrics, experiment: str, arm: str) -> None:
+        self.responses = metrics.arm_responses.labels(experiment, arm, "labelled")
+        self.with_positive = metrics.arm_responses.labels(experiment, arm, "with_positive")
+        self.first_positive = metrics.arm_first_positive.labels(experiment, arm)
+        self.items = {
+            outcome: metrics.arm_items.labels(experiment, arm, outcome)
+            for outcome in ("served", "click", "apply", "save", "dismiss")
+        }
 
 
 class Metrics:
@@ -148,6 +162,37 @@ class Metrics:
             "Training examples written (one per labelled candidate).",
             registry=r,
         )
+        self.arm_responses = Counter(
+            "nearline_experiment_responses",
+            "Labelled responses of an experiment's arm (outcome=labelled), those with a "
+            "positive (with_positive); this worker's share: `nearline experiment status` "
+            "has every worker's, with intervals.",
+            ["experiment", "arm", "outcome"],
+            registry=r,
+        )
+        self.arm_items = Counter(
+            "nearline_experiment_items",
+            "Items of an arm's labelled responses: served (impressions), and the ones "
+            "clicked, applied to, saved or dismissed.",
+            ["experiment", "arm", "outcome"],
+            registry=r,
+        )
+        self.arm_first_positive = Counter(
+            "nearline_experiment_first_positive_position",
+            "Sum of the 1-based positions of the first positive of an arm's responses that "
+            "have one (divide by nearline_experiment_responses with outcome=with_positive).",
+            ["experiment", "arm"],
+            registry=r,
+        )
+        self._arms: dict[tuple[str, str], _ArmCounters] = {}
+        self.arm_metrics = Gauge(
+            "nearline_experiment_metric",
+            "The running experiment's metrics per arm over every worker's labelled responses "
+            "(bound=value, or low/high: the 95 % interval of a bootstrap over members); "
+            "recomputed every few seconds.",
+            ["experiment", "arm", "metric", "bound"],
+            registry=r,
+        )
         self.outcomes_behind = Gauge(
             "nearline_outcomes_behind_seconds",
             "Seconds since the earliest pending response was due (0 when labelling keeps up).",
@@ -167,6 +212,33 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def count_arm_outcome(self, outcome: dict[str, Any]) -> None:
+        """Count one labelled response of an arm (its ``experiment`` outcome)."""
+        key = (outcome["id"], outcome["arm"])
+        arm = self._arms.get(key)
+        if arm is None:  # labels() costs ~2 us a call: look the children up once per arm
+            arm = self._arms[key] = _ArmCounters(self, *key)
+        arm.responses.inc()
+        arm.items["served"].inc(outcome["served"])
+        for action in ("click", "apply", "save", "dismiss"):
+            if outcome[action]:
+                arm.items[action].inc(outcome[action])
+        if outcome["positives"]:
+            arm.with_positive.inc()
+            arm.first_positive.inc(min(outcome["positives"]) + 1)
+
+    def show_arm_results(self, results: ExperimentResults | None) -> None:
+        """Expose the arms' latest metrics and intervals (only the running experiment's:
+        ``None`` when none runs)."""
+        self.arm_metrics.clear()
+        if results is None:
+            return
+        experiment = results.experiment.id
+        for arm, result in results.arms.items():
+            for metric, bounds in result.metrics.items():
+                for bound, value in zip(("value", "low", "high"), bounds, strict=True):
+                    self.arm_metrics.labels(experiment, arm, metric, bound).set(value)
 
     def track_lag(self, read_lag: Callable[[], Iterable[PartitionLag]]) -> None:
         self.registry.register(_LagCollector(read_lag))

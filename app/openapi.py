@@ -21,6 +21,7 @@ from app.settings import Settings
 
 __all__ = [
     "ErrorBody",
+    "ExperimentView",
     "FeaturesParams",
     "FeaturesResponse",
     "Ranking",
@@ -251,6 +252,28 @@ class SystemView(BaseModel):
     )
 
 
+class ExperimentView(BaseModel):
+    """The console's experiment panel: the running experiment's arms side by side."""
+
+    experiment: dict[str, Any] | None = Field(
+        description="The definition (id, arms with version, feature mode and share); null "
+        "while no experiment runs"
+    )
+    level: float | None = Field(default=None, description="The intervals' confidence level")
+    metric: str | None = Field(default=None, description="The metric arms are compared on")
+    against: str | None = Field(default=None, description="The arm the others are compared to")
+    arms: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per arm: members, totals, first-positive position, and each metric's "
+        "value with its interval (a bootstrap over members)",
+    )
+    comparisons: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per other arm: the metric's difference, its interval, and how many more "
+        "responses the observed effect needs to be decided",
+    )
+
+
 # -- the document ----------------------------------------------------------------------
 
 #: Every schema of the document; their nested models come along as components too.
@@ -262,6 +285,7 @@ _COMPONENTS: tuple[type[BaseModel], ...] = (
     RecommendationResponse,
     SystemView,
     Ranking,
+    ExperimentView,
 )
 
 
@@ -397,6 +421,14 @@ def _document(max_candidates: int, token_required: bool) -> dict[str, Any]:
                     description="Ingest rate, freshness p50/p99 (1 and 5 min), consumer lag "
                     "per partition, dead letters by reason, attribute store health, partition "
                     "owners, the active model, and per-second series for charts.",
+                )
+            },
+            "/v1/console/experiment": {
+                "get": v1(
+                    "The running experiment's arms side by side",
+                    _json("The arms and their intervals", ExperimentView),
+                    description="Computed from every worker's labelled responses (the "
+                    "training-examples topic), recomputed every few seconds.",
                 )
             },
             ranking_path: {

@@ -14,7 +14,7 @@ from app.limits import MAX_AS_OF, MAX_ID_LENGTH
 from attribute_store import CachedAttributeStore, ItemAttributes, Kind, StoreUnavailable
 from model.feature_log import log_record
 from model.item_rows import ItemRows
-from model.registry import ModelRegistry
+from model.registry import Assignment, ModelRegistry
 from model.vectorizer import Vectorizer
 
 __all__ = [
@@ -78,6 +78,11 @@ class RecommendationResponse(BaseModel):
         description="Present when the attribute store could not be read: items were ranked "
         "with what was cached",
     )
+    experiment: dict[str, str] | None = Field(
+        default=None,
+        description="Present while an experiment runs: its id and the member's arm "
+        '(`{"id": ..., "arm": ...}`)',
+    )
     stale_ms: int | None = Field(
         default=None,
         description="Present when the member's features may be this many milliseconds old: "
@@ -118,13 +123,24 @@ class Recommender:
         if kind == "items":
             self.items.forget(ids)
 
+    def assign(self, member_id: str) -> Assignment | None:
+        """The member's arm of the running experiment: read before the member's features,
+        since a ``daily`` arm reads them as of the previous midnight."""
+        return self.registry.assign(member_id)
+
     async def recommend(
-        self, request: RecommendationRequest, features: dict[str, Any], *, log_response: bool = True
+        self,
+        request: RecommendationRequest,
+        features: dict[str, Any],
+        *,
+        log_response: bool = True,
+        assignment: Assignment | None = None,
     ) -> dict[str, Any]:
         """Rank ``request.candidates`` given the member's ``features``; log the response.
 
         ``log_response=False`` ranks without logging: a preview nobody is shown must not
-        become a training example.
+        become a training example. ``assignment``: the member's arm (:meth:`assign`), whose
+        ranker then ranks, and which is logged with the response.
         """
         now = time.time()
         candidates = list(dict.fromkeys(request.candidates))
@@ -151,7 +167,8 @@ class Recommender:
                 members, store_ok = {}, False
             member = members.get(request.member_id)
             member_attributes = member.as_flat_dict() if member is not None else None
-        ranker = self.registry.active  # read once: a hot reload cannot change it mid-request
+        # Read once: a hot reload cannot change it mid-request.
+        ranker = self.registry.active if assignment is None else assignment.ranker
         matrix = self.vectorizer.transform_rows(features, rows, now, member_attributes)
         scores = np.asarray(ranker.score(matrix), dtype=np.float64)
         k = min(request.k or len(candidates), len(candidates))
@@ -172,6 +189,10 @@ class Recommender:
             "ranker": "heuristic" if ranker.version.startswith("heuristic") else "model",
             "items": ranked,
         }
+        arm = None
+        if assignment is not None:
+            arm = {"id": assignment.experiment, "arm": assignment.arm.name}
+            response["experiment"] = arm
         if not store_ok:
             response["attribute_store"] = "unavailable"
         if not log_response:
@@ -192,6 +213,7 @@ class Recommender:
                 matrix=matrix[logged],
                 ranked=[entry["item_id"] for entry in ranked],
                 context=request.context or {},
+                experiment=arm,
             ),
         )
         return response

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -33,8 +33,12 @@ from app.openapi import FeaturesParams, openapi_document
 from app.recommend import RecommendationRequest, Recommender
 from app.settings import Settings
 from attribute_store import CachedAttributeStore, StoreHealth
+from model.experiments import daily_cutoff
 from model.registry import ModelRegistry
 from tables.online_store import NotOwned
+
+if TYPE_CHECKING:
+    from app.experiments import LiveResults
 
 __all__ = [
     "FORWARDED_HEADER",
@@ -132,6 +136,8 @@ class WebServices:
     #: In a serving process: its worker. /metrics adds the worker's own, and the console's
     #: system view is the worker's, with what the serving processes say of themselves.
     worker: WorkerLink | None = None
+    #: In a worker: the running experiment's live results (the console's panel).
+    experiment: LiveResults | None = None
 
 
 class JSONResponse(Response):
@@ -403,7 +409,14 @@ async def recommendations(request: Request) -> Response:
         raise ApiError(400, f"the body is not JSON: {exc}") from None
     ask = parse(RecommendationRequest, body)
     check_candidates(len(ask.candidates), settings.max_candidates, ask.k)
-    as_of = ask.features_as_of if ask.features_as_of is not None else time.time()
+    recommender: Recommender = request.app.state.recommender
+    assignment = recommender.assign(ask.member_id)
+    if ask.features_as_of is not None:
+        as_of = ask.features_as_of  # the caller's cut-off wins over the arm's
+    elif assignment is not None and assignment.arm.features == "daily":
+        as_of = daily_cutoff(time.time())
+    else:
+        as_of = time.time()
     source: FeatureSource = request.app.state.features
     try:
         features = await source.features(ask.member_id, as_of)
@@ -417,8 +430,7 @@ async def recommendations(request: Request) -> Response:
         if answer.status_code != 200:  # the owner's own error, relayed as it said it
             return Response(answer.content, answer.status_code, media_type="application/json")
         features = answer.json()
-    recommender: Recommender = request.app.state.recommender
-    response = await recommender.recommend(ask, features)
+    response = await recommender.recommend(ask, features, assignment=assignment)
     if "stale_ms" in features:
         response["stale_ms"] = features["stale_ms"]
     return JSONResponse(response)

@@ -30,6 +30,7 @@ from agents.streams import Agents
 from app.broker_workarounds import BrokerWorkarounds
 from app.console.timeline import IngestTimeline
 from app.erasures import ErasureRequests
+from app.experiments import LiveResults
 from app.faust_internals import check_faust, kafka_producer, partition_path
 from app.kafka import client_options, ssl_context
 from app.lag import LagMonitor
@@ -199,6 +200,7 @@ class Nearline:
             settings.model_dir.mkdir(parents=True, exist_ok=True)
             models.load_latest()
         metrics.outcomes_behind.set_function(outcomes.oldest_due_seconds)
+        experiment = LiveResults(settings, models, self._client, metrics.show_arm_results)
 
         faust_app = self.faust
         self.eraser = Eraser(
@@ -253,6 +255,7 @@ class Nearline:
                 attributes=attributes_cached,
                 http=self.http,
                 erasures=ErasureRequests(lambda: kafka_producer(self.faust), settings),
+                experiment=experiment,
             )
         )
 
@@ -271,6 +274,7 @@ class Nearline:
             timeline=timeline,
             metrics=metrics,
             loop_monitor=LoopMonitor(metrics.registry),
+            experiment=experiment,
             publisher=None
             if self.counters is None
             else StatePublisher(

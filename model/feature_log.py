@@ -90,13 +90,17 @@ def log_record(
     matrix: np.ndarray,
     ranked: Sequence[str],
     context: Mapping[str, Any],
+    experiment: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The record logged for one response; ``matrix`` row ``i`` belongs to ``item_ids[i]``."""
+    """The record logged for one response; ``matrix`` row ``i`` belongs to ``item_ids[i]``.
+
+    ``experiment``: the experiment id and arm the response was served by, if any.
+    """
     if matrix.shape != (len(item_ids), len(feature_names)):
         raise ValueError(
             f"a {matrix.shape} matrix for {len(item_ids)} items x {len(feature_names)} features"
         )
-    return {
+    record = {
         "request_id": request_id,
         "member_id": member_id,
         "ts": ts,
@@ -108,6 +112,9 @@ def log_record(
         "ranked": ranked,
         "context": context,
     }
+    if experiment is not None:
+        record["experiment"] = experiment
+    return record
 
 
 def logged_rows(record: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:

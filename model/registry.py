@@ -12,6 +12,10 @@ writes it when a version passes the promotion gate (a refused version is saved w
 ``"status": "rejected"`` and never served unless activated by hand). Without that file a
 worker serves the newest version not marked rejected, as before the file existed.
 
+The running experiment, if any, is ``nearline-experiment.json`` beside it, followed the
+same way: :attr:`ModelRegistry.experiment` holds its arms' rankers (see
+:mod:`model.experiments`).
+
 Importing this module does not import torch: a worker that serves the heuristic never
 loads it (~225 MB of RSS saved). :mod:`model.scorer`, and torch with it, is imported by
 the methods that write, read or serve a trained version, the first time one is used.
@@ -35,6 +39,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from model.exceptions import IncompatibleModelError, ModelFileError
+from model.experiments import (
+    EXPERIMENT_FILE,
+    Arm,
+    Assigner,
+    Experiment,
+    ExperimentError,
+    read_experiment,
+)
 from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
 from model.ranker import Ranker
 from model.scorer_config import Backend, ScorerConfig, configure_threads
@@ -44,7 +56,16 @@ if TYPE_CHECKING:
     from app.settings import Settings
     from model.scorer import Scorer
 
-__all__ = ["ACTIVE_FILE", "FORMAT", "ModelRegistry", "ModelVersion", "Served", "new_version"]
+__all__ = [
+    "ACTIVE_FILE",
+    "FORMAT",
+    "Assignment",
+    "ModelRegistry",
+    "ModelVersion",
+    "Served",
+    "ServedExperiment",
+    "new_version",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +102,26 @@ class Served:
     pinned: bool = True  # False: no active file, the newest unrejected version is served
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """A member's arm of the running experiment and the ranker that serves it."""
+
+    experiment: str
+    arm: Arm
+    ranker: Ranker
+
+
+@dataclass(frozen=True)
+class ServedExperiment:
+    """The running experiment as a worker serves it: its arms' rankers, ``None`` for an arm
+    whose version cannot be served (the default ranker serves it instead)."""
+
+    experiment: Experiment
+    assigner: Assigner
+    rankers: tuple[Ranker | None, ...]
+    mtimes: tuple[int, ...]  # the versions' metadata mtimes the rankers were loaded from
+
+
 class ModelRegistry:
     """Reads and writes model versions; holds the :class:`Ranker` requests score with.
 
@@ -107,6 +148,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._listing: frozenset[tuple[str, int]] | None = None
         self._refused: set[tuple[str, int]] = set()
+        #: The running experiment, replaced by one assignment like ``active``.
+        self.experiment: ServedExperiment | None = None
 
     @classmethod
     def from_settings(
@@ -235,6 +278,7 @@ class ModelRegistry:
         with self._lock:
             listing = self._scan()
             self._listing = self._snapshot(listing)
+            self._follow_experiment(listing)
             for version, mtime in self._candidates(listing):
                 if version == HEURISTIC_VERSION:
                     return self._serve_heuristic()
@@ -246,7 +290,8 @@ class ModelRegistry:
             return self.active
 
     def maybe_reload(self) -> bool:
-        """Follow the active file (or a newer version); True if the active ranker changed.
+        """Follow the active file (or a newer version) and the experiment file; True if the
+        active ranker changed.
 
         Costs one directory listing when nothing changed. A version that cannot be used is
         logged once and the current ranker is kept.
@@ -259,6 +304,7 @@ class ModelRegistry:
             if snapshot == self._listing:
                 return False
             self._listing = snapshot
+            self._follow_experiment(listing)
             current = self.active.version
             for version, mtime in self._candidates(listing):
                 if (version, mtime) in self._refused:
@@ -275,6 +321,148 @@ class ModelRegistry:
                     self._refused.add((version, mtime))
                     log.error("model %s refused, keeping %s: %s", version, current, exc)
             return False
+
+    # -- experiments -----------------------------------------------------------------------
+
+    def assign(self, member_id: str) -> Assignment | None:
+        """The member's arm of the running experiment, if one runs."""
+        served = self.experiment  # read once, like ``active``
+        if served is None:
+            return None
+        index = served.assigner.index(member_id)
+        ranker = served.rankers[index]
+        return Assignment(
+            served.experiment.id,
+            served.experiment.arms[index],
+            self.active if ranker is None else ranker,
+        )
+
+    def read_experiment(self) -> Experiment | None:
+        """The experiment of the model directory: running, or the last one stopped."""
+        return read_experiment(self._require_dir())
+
+    def start_experiment(self, experiment: Experiment) -> None:
+        """Run ``experiment``: workers follow within NEARLINE_MODEL_RELOAD_INTERVAL.
+
+        Refused while another runs (one experiment at a time: a member in two would make
+        both unreadable), or if an arm's version is not one every worker could load.
+        """
+        experiment.check()
+        current = self.read_experiment()
+        if current is not None and current.running:
+            raise ExperimentError(
+                f"experiment {current.id} is running; one experiment runs at a time: "
+                "stop or promote it first (`nearline experiment stop`)"
+            )
+        if current is not None and current.id == experiment.id:
+            raise ExperimentError(
+                f"experiment {experiment.id} ran before: its outcomes would be counted with "
+                "this one's; give the new experiment a new id"
+            )
+        versions = self.versions()
+        for arm in experiment.arms:
+            if arm.version == HEURISTIC_VERSION:
+                continue
+            if arm.version not in versions:
+                raise ExperimentError(
+                    f"arm {arm.name}: no model version {arm.version!r} in "
+                    f"{self._require_dir()} (`nearline model list` shows them)"
+                )
+            self.read(arm.version)  # refuse now what the workers would refuse later
+        self._write_experiment(experiment)
+        log.info("experiment %s started: %s", experiment.id, _describe(experiment.arms))
+
+    def stop_experiment(self, promoted: str | None = None) -> Experiment:
+        """End the running experiment; every member gets the default ranker again."""
+        current = self.read_experiment()
+        if current is None or not current.running:
+            raise ExperimentError("no experiment is running")
+        stopped = Experiment(
+            current.id, current.arms, current.started_at, time.time(), promoted=promoted
+        )
+        self._write_experiment(stopped)
+        log.info("experiment %s stopped", current.id)
+        return stopped
+
+    def _write_experiment(self, experiment: Experiment) -> None:
+        directory = self._require_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = orjson.dumps(experiment.to_dict(), option=orjson.OPT_INDENT_2)
+        _atomic_write(directory / EXPERIMENT_FILE, lambda f: f.write(payload))
+
+    def _follow_experiment(self, listing: list[tuple[str, int]]) -> None:
+        """Serve the experiment file as it is now (called with the lock held, on a change).
+
+        An arm whose version is gone or cannot be loaded is served by the default ranker,
+        logged with the reason: a member in that arm still gets an answer, never an error.
+        """
+        try:
+            experiment = read_experiment(self.model_dir) if self.model_dir else None
+        except ExperimentError as exc:
+            log.error("%s; the experiment is not served", exc)
+            experiment = None
+        previous = self.experiment
+        if experiment is None or not experiment.running:
+            if previous is not None:
+                log.info(
+                    "experiment %s ended: the default ranker serves everyone",
+                    previous.experiment.id,
+                )
+            self.experiment = None
+            return
+        mtimes = dict(listing)
+        loaded: dict[tuple[str, int], Ranker] = {}
+        if previous is not None:
+            for arm, ranker, mtime in zip(
+                previous.experiment.arms, previous.rankers, previous.mtimes, strict=True
+            ):
+                if ranker is not None:
+                    loaded[(arm.version, mtime)] = ranker
+        rankers: list[Ranker | None] = []
+        for arm in experiment.arms:
+            mtime = mtimes.get(arm.version, 0)
+            ranker = loaded.get((arm.version, mtime))
+            rankers.append(
+                ranker if ranker is not None else self._arm_ranker(experiment, arm, mtime)
+            )
+        served = ServedExperiment(
+            experiment,
+            Assigner(experiment),
+            tuple(rankers),
+            tuple(mtimes.get(arm.version, 0) for arm in experiment.arms),
+        )
+        if previous is None or previous.experiment != experiment:
+            log.info("experiment %s served: %s", experiment.id, _describe(experiment.arms))
+        self.experiment = served
+
+    def _arm_ranker(self, experiment: Experiment, arm: Arm, mtime: int) -> Ranker | None:
+        if arm.version == HEURISTIC_VERSION:
+            return HeuristicRanker(self.vectorizer.feature_names)
+        if not mtime:
+            log.error(
+                "experiment %s arm %s: model version %s is gone from %s; the arm is served "
+                "by the default ranker",
+                experiment.id,
+                arm.name,
+                arm.version,
+                self.model_dir,
+            )
+            return None
+        from model.scorer import TorchRanker
+
+        try:
+            scorer, _ = self.read(arm.version)
+        except (IncompatibleModelError, ModelFileError) as exc:
+            log.error(
+                "experiment %s arm %s: model version %s cannot be served (%s); the arm is "
+                "served by the default ranker",
+                experiment.id,
+                arm.name,
+                arm.version,
+                exc,
+            )
+            return None
+        return TorchRanker(scorer, arm.version, self.vectorizer.feature_names, self.backend)
 
     def _serve_heuristic(self) -> Ranker:
         if not isinstance(self.active, HeuristicRanker):
@@ -400,7 +588,8 @@ class ModelRegistry:
         )
 
     def _snapshot(self, listing: list[tuple[str, int]]) -> frozenset[tuple[str, int]]:
-        """The listing plus the active file's mtime: a change to either means look again."""
+        """The listing plus the active and experiment files' mtimes: a change to any means
+        look again."""
         if self.model_dir is None:
             return frozenset(listing)
         try:
@@ -409,7 +598,12 @@ class ModelRegistry:
             active = (ACTIVE_FILE, stat.st_ino * 10**20 + stat.st_mtime_ns)
         except FileNotFoundError:
             active = (ACTIVE_FILE, 0)
-        return frozenset([*listing, active])
+        try:
+            stat = os.stat(self.model_dir / EXPERIMENT_FILE)
+            experiment = (EXPERIMENT_FILE, stat.st_ino * 10**20 + stat.st_mtime_ns)
+        except FileNotFoundError:
+            experiment = (EXPERIMENT_FILE, 0)
+        return frozenset([*listing, active, experiment])
 
     def _scan(self) -> list[tuple[str, int]]:
         """(version, metadata mtime) of every version whose metadata and weights exist."""
@@ -429,6 +623,10 @@ class ModelRegistry:
                 except FileNotFoundError:
                     continue  # deleted between listing and stat
         return found
+
+
+def _describe(arms: tuple[Arm, ...]) -> str:
+    return ", ".join(f"{a.name}={a.version}/{a.features}/{a.share:g}" for a in arms)
 
 
 def _atomic_write(path: Path, write: Any) -> None:

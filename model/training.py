@@ -34,6 +34,7 @@ from app.settings import load_settings
 from model.dataset import ExampleSet, read_examples, split_by_time
 from model.evaluation import Metrics, evaluate, per_request
 from model.exceptions import ExamplesError, IncompatibleModelError, ModelFileError
+from model.experiments import Arm, Experiment, ExperimentError
 from model.gate import GateDecision, GateRules, decide
 from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
 from model.ranker import Ranker
@@ -103,6 +104,7 @@ class TrainingReport:
     version: ModelVersion | None = None
     published: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    canary: float | None = None  # published to this share of members, as an experiment
 
     def summary(self) -> str:
         lines = [
@@ -116,6 +118,11 @@ class TrainingReport:
         lines.append(self.gate.summary())
         if self.version is not None:
             state = "published (now served)" if self.published else "saved as rejected"
+            if self.published and self.canary is not None:
+                state = (
+                    f"published to {self.canary:.0%} of members as experiment "
+                    f"canary-{self.version.version} (`nearline experiment status`)"
+                )
             lines.append(f"version {self.version.version} {state}")
         return "\n".join(lines)
 
@@ -297,12 +304,27 @@ def train(
     *,
     rules: GateRules | None = None,
     force: bool = False,
+    canary: float | None = None,
 ) -> TrainingReport:
     """Train on ``examples`` (split by time) and gate the candidate against the served
     ranker. With a ``registry`` the candidate is saved: published (served from now on) if
-    the gate passed or ``force``, marked rejected otherwise."""
+    the gate passed or ``force``, marked rejected otherwise.
+
+    ``canary``: publish to that share of members only, as an experiment
+    (``canary-<version>``) against the served ranker; ``nearline experiment promote``
+    then serves it to everyone, on the evidence of the members' responses.
+    """
     config = config or TrainingConfig()
     rules = rules or GateRules(seed=config.seed)
+    if canary is not None and registry is not None:
+        if not 0.0 < canary < 1.0:
+            raise ExperimentError(f"the canary share {canary} must be between 0 and 1")
+        running = registry.read_experiment()
+        if running is not None and running.running:  # refused before training, not after
+            raise ExperimentError(
+                f"experiment {running.id} is running; a canary is an experiment of its own "
+                "(one at a time): stop or promote it first"
+            )
     source, feature_names, train_set, validation = _prepare(examples, registry, config, vectorizer)
     started = time.time()
     # Early stopping picks the best of many epochs on its own held-out requests (the latest
@@ -367,10 +389,25 @@ def train(
         },
     }
     served_before = registry.served()
+    if publish and canary is not None:
+        metadata["status"] = "canary"
+        if not served_before.pinned:
+            # Pin what is served: a directory without an active file serves its newest version.
+            served_before = registry.activate(served_before.version)
     version = registry.save(scorer, metadata)
-    if publish:
+    if publish and canary is not None:
+        registry.start_experiment(
+            Experiment(
+                f"canary-{version.version}",
+                (
+                    Arm("served", served_before.version, "fresh", 1.0 - canary),
+                    Arm("canary", version.version, "fresh", canary),
+                ),
+            )
+        )
+    elif publish:
         registry.activate(version.version, served_before)
-    return replace(report, version=version, published=publish)
+    return replace(report, version=version, published=publish, canary=canary if publish else None)
 
 
 def compare_losses(

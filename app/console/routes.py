@@ -14,8 +14,9 @@ from starlette.staticfiles import StaticFiles
 
 from app import codec
 from app.console.timeline import IngestTimeline
+from app.experiments import LiveResults
 from app.metrics import Metrics
-from app.openapi import RankingParams, SystemView
+from app.openapi import ExperimentView, RankingParams, SystemView
 from app.recommend import RecommendationRequest, Recommender
 from app.settings import Settings
 from app.traffic import DEMO_CATALOGUE_SAMPLE
@@ -187,6 +188,23 @@ async def _system(request: Request) -> Response:
     return JSONResponse(SystemView.model_validate(view).model_dump())
 
 
+async def _experiment(request: Request) -> Response:
+    """The running experiment's arms side by side, with their intervals.
+
+    Every worker follows every worker's outcomes, so any one answers; a serving process
+    asks its worker.
+    """
+    state = request.app.state
+    if state.worker is not None:
+        answer = await ask_worker(request, "/v1/console/experiment")
+        if answer is None:
+            raise ApiError(503, "the worker is not answering (restarting?); retry shortly")
+        return Response(answer.content, answer.status_code, media_type="application/json")
+    live: LiveResults | None = state.experiment
+    view = (live.view() if live is not None else None) or {"experiment": None}
+    return JSONResponse(ExperimentView.model_validate(view).model_dump())
+
+
 async def _ranking(request: Request) -> Response:
     """The member's ranking of ``candidates``, as /v1/recommendations would answer now.
 
@@ -230,5 +248,6 @@ def console_routes() -> list[BaseRoute]:
         Route("/console/config.json", _config, methods=["GET"]),
         Mount("/console/static", StaticFiles(directory=str(_STATIC)), name="console-static"),
         Route("/v1/console/system", _system, methods=["GET"]),
+        Route("/v1/console/experiment", _experiment, methods=["GET"]),
         Route("/v1/console/members/{member_id}/ranking", _ranking, methods=["GET"]),
     ]

@@ -14,6 +14,10 @@ import pytest
 from app import codec
 from app.kafka import partition_for_key
 from app.traffic import demo_items, demo_traffic_running
+from model.experiments import Arm, Experiment
+from model.heuristic import HEURISTIC_VERSION as H
+from model.registry import ModelRegistry
+from model.vectorizer import Vectorizer, VectorizerConfig
 from tests.integration.browser import Chromium
 from tests.integration.conftest import REPO, Deployment, Worker, wait_until
 
@@ -31,7 +35,12 @@ def console_stack(broker, tmp_path_factory) -> Iterator[tuple[Deployment, Worker
     deployment = Deployment.isolated(
         broker, prefix="console", tmp=tmp_path_factory.mktemp("console"), log_level="INFO"
     )
-    worker = deployment.worker(NEARLINE_API_TOKEN=TOKEN).start().wait_ready()
+    # An experiment runs, for the console's panel: two arms of the heuristic.
+    models = tmp_path_factory.mktemp("console-models")
+    arms = (Arm("fresh", H, "fresh", 0.5), Arm("daily", H, "daily", 0.5))
+    ModelRegistry(models, Vectorizer(VectorizerConfig())).start_experiment(Experiment("c1", arms))
+    worker = deployment.worker(NEARLINE_API_TOKEN=TOKEN, NEARLINE_MODEL_DIR=str(models))
+    worker.start().wait_ready()
     deployment.produce_to(
         deployment.settings["NEARLINE_TOPIC_ITEM_ATTRIBUTES"], list(demo_items(ITEMS, 64))
     )
@@ -177,6 +186,14 @@ def test_console_in_a_browser_follows_a_member_and_the_system(
                 "document.getElementById('fresh-p50').textContent.endsWith('ms')",
                 what="a freshness p50",
             )
+            # The experiment's panel: its arms side by side, with their intervals.
+            await browser.wait_for(
+                "!document.getElementById('experiment-card').hidden", what="the experiment panel"
+            )
+            header = await browser.evaluate(
+                "[...document.querySelectorAll('#experiment-arms th')].map(th => th.textContent)"
+            )
+            assert header == ["", "fresh", "daily"]
             ARTIFACTS.mkdir(exist_ok=True)
             shot = await browser.screenshot(tmp_path / "console.png")
             (ARTIFACTS / "console.png").write_bytes(shot.read_bytes())

@@ -11,9 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from app import codec
+from app.cli import main
 from app.kafka import partition_for_key
+from model.experiments import Arm, Experiment
+from model.heuristic import HEURISTIC_VERSION as H
+from model.registry import ModelRegistry
+from model.vectorizer import Vectorizer, VectorizerConfig
 from tests.integration.conftest import Deployment, Worker, wait_until
 from tests.integration.helpers import pending_outcomes, read_to_end
 from tests.integration.test_ingest import make_events, records
@@ -25,8 +31,16 @@ READ_AHEAD = 256
 CANDIDATES = [f"item-{n}" for n in range(50)]
 
 
-async def _burst(url: str, count: int, *, concurrency: int = 16, prefix: str = "b") -> list[str]:
-    """``count`` recommendation requests, ``concurrency`` at a time; their request ids."""
+async def _burst(
+    url: str,
+    count: int,
+    *,
+    concurrency: int = 16,
+    prefix: str = "b",
+    arms: dict[str, str] | None = None,
+) -> list[str]:
+    """``count`` recommendation requests, ``concurrency`` at a time; their request ids
+    (and in ``arms`` each one's experiment arm)."""
     ids: list[str] = []
     queue = iter(range(count))
     async with httpx.AsyncClient(timeout=30) as client:
@@ -36,14 +50,19 @@ async def _burst(url: str, count: int, *, concurrency: int = 16, prefix: str = "
                 body = {"member_id": f"{prefix}{n % 500}", "candidates": CANDIDATES, "k": 10}
                 response = await client.post(f"{url}/v1/recommendations", json=body)
                 assert response.status_code == 200, response.text
-                ids.append(response.json()["request_id"])
+                answer = response.json()
+                ids.append(answer["request_id"])
+                if arms is not None:
+                    arms[answer["request_id"]] = answer["experiment"]["arm"]
 
         await asyncio.gather(*(run() for _ in range(concurrency)))
     return ids
 
 
-def burst(worker: Worker, count: int, prefix: str = "b") -> list[str]:
-    return asyncio.run(_burst(worker.url, count, prefix=prefix))
+def burst(
+    worker: Worker, count: int, prefix: str = "b", arms: dict[str, str] | None = None
+) -> list[str]:
+    return asyncio.run(_burst(worker.url, count, prefix=prefix, arms=arms))
 
 
 def ingests_at_once(deployment: Deployment, worker: Worker, count: int, seed: int) -> None:
@@ -104,14 +123,20 @@ def test_a_worker_restarted_after_serving_ingests_at_once(deployment: Deployment
 
 # The restarted worker may read log records again that were already labelled (here, about one
 # run in five, a fetch from an older position before the seek to the committed offsets):
-# neither may be stored, and labelled, a second time.
+# neither may be stored, and labelled, a second time. An experiment runs meanwhile: its
+# per-arm accounting must come out exact too.
 @pytest.mark.parametrize("keep_local_state", [False, True], ids=["rocksdb-deleted", "rocksdb-kept"])
 def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
-    deployment: Deployment, keep_local_state: bool
+    deployment: Deployment, keep_local_state: bool, tmp_path: Path
 ) -> None:
     horizon = 4.0
-    worker = deployment.worker(NEARLINE_OUTCOME_HORIZON=f"{horizon}s").start().wait_ready()
-    served = burst(worker, 1200, prefix="k")
+    model_dir = tmp_path / "models"
+    experiment = Experiment("kill", (Arm("fresh", H, "fresh", 0.5), Arm("daily", H, "daily", 0.5)))
+    ModelRegistry(model_dir, Vectorizer(VectorizerConfig())).start_experiment(experiment)
+    env = {"NEARLINE_OUTCOME_HORIZON": f"{horizon}s", "NEARLINE_MODEL_DIR": str(model_dir)}
+    worker = deployment.worker(**env).start().wait_ready()
+    arms: dict[str, str] = {}
+    served = burst(worker, 1200, prefix="k", arms=arms)
     # Kill once labelling is under way and responses are still pending.
     wait_until(
         lambda: worker.metric('nearline_outcome_responses_total{outcome="labelled"}') > 0,
@@ -123,9 +148,7 @@ def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
     data_dir = Path(worker.env["NEARLINE_DATA_DIR"])
     if not keep_local_state:
         shutil.rmtree(data_dir)
-    restarted = deployment.worker(
-        "w1-restarted", NEARLINE_DATA_DIR=str(data_dir), NEARLINE_OUTCOME_HORIZON=f"{horizon}s"
-    )
+    restarted = deployment.worker("w1-restarted", NEARLINE_DATA_DIR=str(data_dir), **env)
     restarted.start().wait_ready()
     if keep_local_state:
         # RocksDB may hold writes its changelogs never got: it is restored from them instead.
@@ -144,6 +167,36 @@ def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
     assert set(per_request) == set(served)
     assert [rid for rid, n in per_request.items() if n != 1] == []
     assert all(len(s["item_ids"]) == 10 for s in sets)  # the k served of each response
+
+    # Per arm, the status command's figures are the oracle's: the responses served in the arm.
+    env_for_cli = {**deployment.settings, "NEARLINE_MODEL_DIR": str(model_dir)}
+    status = CliRunner().invoke(main, ["experiment", "status", "--json"], env=env_for_cli)
+    assert status.exit_code == 0, status.output
+    results = codec.loads(status.stdout)["arms"]
+    oracle = Counter(arms.values())
+    assert set(oracle) == {"fresh", "daily"}
+    for arm, count in oracle.items():
+        totals = results[arm]["totals"]
+        assert (totals["responses"], totals["impressions"]) == (count, 10 * count), arm
+        assert totals["clicks"] == totals["dismisses"] == 0  # nobody acted on these
+
+    # The restarted worker's live view (the console's panel, /metrics) comes to the same.
+    def live_totals() -> dict[str, tuple[float, float]]:
+        view = restarted.get("/v1/console/experiment").json()
+        return {
+            arm: (result["totals"]["responses"], result["totals"]["impressions"])
+            for arm, result in view["arms"].items()
+        }
+
+    expected = {arm: (count, 10 * count) for arm, count in oracle.items()}
+    wait_until(lambda: live_totals() == expected, timeout=20, message="the live view exact")
+    gauge = 'nearline_experiment_metric{arm="fresh",bound="value",experiment="kill",metric="mrr"}'
+    assert f"{gauge} 0.0" in restarted.get("/metrics").text.splitlines()
+    # The arm is the hash's: the same for every response of one member.
+    by_member: dict[str, set[str]] = {}
+    for example_set in sets:
+        by_member.setdefault(example_set["member_id"], set()).add(example_set["experiment"]["arm"])
+    assert all(len(found) == 1 for found in by_member.values())
 
 
 def test_a_stalled_partition_turns_the_liveness_probe_red(deployment: Deployment) -> None:

@@ -164,6 +164,7 @@ def test_production_renders_every_optional_object(production: list[Manifest]) ->
     kinds = sorted(m["kind"] for m in production)
     assert kinds == sorted(
         [
+            "CronJob",
             "HorizontalPodAutoscaler",
             "Job",
             "PodDisruptionBudget",
@@ -710,3 +711,66 @@ def test_every_value_is_documented_and_in_the_schema(chart: helm.Chart) -> None:
     schema = chart.schema
     assert schema is not None
     assert set(chart.values) <= set(schema["properties"])
+
+
+# --- the scheduled trainer ----------------------------------------------------------------
+
+
+def test_the_trainer_runs_on_a_schedule_against_the_workers_model_directory(
+    production: list[Manifest],
+) -> None:
+    cronjob = only(production, "CronJob")
+    assert cronjob["spec"]["schedule"] == "0 3 * * *"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (trainer,) = pod["containers"]
+    assert trainer["args"] == ["trainer", "--max-epochs", "30", "--canary", "0.1"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"models": "nearline-models"}
+    model_dir = "/var/lib/nearline/models"
+    assert {"name": "models", "mountPath": model_dir} in trainer["volumeMounts"]
+    # The trainer trains on the features the workers compute and reaches the same Kafka.
+    worker = worker_container(production)
+    assert env_of(trainer)["NEARLINE_MODEL_DIR"]["value"] == model_dir
+    for name in (
+        "NEARLINE_WINDOWS",
+        "NEARLINE_ACTIONS_OF_INTEREST",
+        "NEARLINE_KAFKA_SASL_PASSWORD",
+    ):
+        assert env_of(trainer)[name] == env_of(worker)[name]
+    # Every worker serves from the same claim, mounted where the trainer writes.
+    statefulset = only(production, "StatefulSet")["spec"]["template"]["spec"]
+    assert {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": "nearline-models"},
+    } in statefulset["volumes"]
+    for container in statefulset["containers"]:
+        assert {"name": "models", "mountPath": model_dir} in container["volumeMounts"]
+
+
+def test_without_a_canary_the_trainer_publishes_to_everyone(chart: helm.Chart) -> None:
+    values = production_values()
+    values["trainer"]["canary"] = 0
+    pod = only(render(chart, values), "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["trainer", "--max-epochs", "30"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"trainer": {"enabled": True}, "nearline": {"modelDir": "/models"}},
+            r"models\.existingClaim .* is required",
+        ),
+        ({"models": {"existingClaim": "models"}}, r"nearline\.modelDir is required"),
+    ],
+)
+def test_the_trainer_refuses_a_model_directory_the_workers_do_not_share(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)

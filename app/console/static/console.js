@@ -392,6 +392,47 @@ async function refreshSystem() {
   renderSystem(await api("/v1/console/system"));
 }
 
+// -- the experiment panel ----------------------------------------------------------------
+
+function interval(m, digits) {
+  if (!m || m.value === null) return "—";
+  return `${m.value.toFixed(digits)} [${m.low === null ? "—" : m.low.toFixed(digits)}, ${m.high === null ? "—" : m.high.toFixed(digits)}]`;
+}
+
+function renderExperiment(view) {
+  const card = $("experiment-card");
+  card.hidden = !view.experiment;
+  if (!view.experiment) return;
+  setText($("experiment-id"), view.experiment.id);
+  const names = Object.keys(view.arms);
+  const arm = (name) => view.arms[name];
+  const row = (label, cell) => [label, ...names.map((name) => cell(arm(name)))];
+  table($("experiment-arms"), ["", ...names], [
+    row("ranker", (a) => `${a.arm.version} (${a.arm.features})`),
+    row("share", (a) => `${Math.round(a.arm.share * 100)} %`),
+    row("members / responses", (a) => `${a.members} / ${a.totals.responses}`),
+    row("impressions", (a) => a.totals.impressions),
+    row("clicks / applies / saves", (a) => `${a.totals.clicks} / ${a.totals.applies} / ${a.totals.saves}`),
+    row("dismisses", (a) => a.totals.dismisses),
+    row("first positive at", (a) => (a.first_positive_position === null ? "—" : a.first_positive_position.toFixed(2))),
+    row("NDCG@10", (a) => interval(a.metrics.ndcg_at_10, 4)),
+    row("MRR", (a) => interval(a.metrics.mrr, 4)),
+    row("positive rate", (a) => interval(a.metrics.positive_rate, 4)),
+    row("dismiss rate", (a) => interval(a.metrics.dismiss_rate, 4)),
+  ]);
+  const verdicts = Object.entries(view.comparisons).map(([name, c]) => {
+    if (c.difference === null) return `${name}: no responses yet`;
+    const range = `${c.difference >= 0 ? "+" : ""}${c.difference.toFixed(4)} [${c.low.toFixed(4)}, ${c.high.toFixed(4)}]`;
+    const verdict = c.decided ? "decided" : c.more_responses === null ? "no difference observed" : `~${c.more_responses} more responses to decide`;
+    return `${view.metric} ${name} − ${view.against}: ${range}, ${verdict}`;
+  });
+  setText($("experiment-verdict"), verdicts.join("; "));
+}
+
+async function refreshExperiment() {
+  renderExperiment(await api("/v1/console/experiment"));
+}
+
 // -- start-up ----------------------------------------------------------------------------
 
 // Short polling, one request at a time per view, paused while the tab is hidden. (Server-
@@ -434,6 +475,7 @@ function start() {
   }
   every(state.config.poll_ms, refreshSystem);
   every(state.config.poll_ms, refreshMember);
+  every(2 * state.config.poll_ms, refreshExperiment);
 }
 
 async function main() {

@@ -155,6 +155,12 @@ Checks on values that the schema cannot express. Rendering fails with a clear me
 {{- if and .Values.aerospike.tls.ca.existingSecret (not .Values.aerospike.tls.tlsName) -}}
 {{- fail "aerospike.tls.tlsName is required when aerospike.tls.ca.existingSecret is set" -}}
 {{- end -}}
+{{- if and .Values.models.existingClaim (not .Values.nearline.modelDir) -}}
+{{- fail "nearline.modelDir is required when models.existingClaim is set: the claim is mounted there" -}}
+{{- end -}}
+{{- if and .Values.trainer.enabled (not .Values.models.existingClaim) -}}
+{{- fail "models.existingClaim (a ReadWriteMany claim) is required when trainer.enabled is true: the trainer writes the model versions the workers serve, so they must share the directory" -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -375,6 +381,10 @@ envFrom:
   mountPath: {{ .Values.nearline.dataDir | quote }}
 - name: tmp
   mountPath: /tmp
+{{- if .Values.models.existingClaim }}
+- name: models
+  mountPath: {{ .Values.nearline.modelDir | quote }}
+{{- end }}
 {{- if include "nearline.kafka.tlsFiles" . }}
 - name: kafka-tls
   mountPath: {{ .Values.kafka.tls.mountPath | quote }}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -167,3 +168,58 @@ def test_rollback_restores_and_activate_serves_any_version(
     assert (models / ACTIVE_FILE).exists()
     code, out = run("model", "rollback", "--model-dir", str(models))
     assert code == 0 and f"serving {HEURISTIC_VERSION}" in out, out
+
+
+def test_a_canary_publishes_to_a_share_of_members_as_an_experiment(
+    tmp_path: Path, examples: ExampleSet
+) -> None:
+    models = tmp_path / "models"
+    good = tmp_path / "good.parquet"
+    write_examples(good, examples)
+    worker = registry(models)
+    worker.load_latest()
+    args = ("train", "--skip-erasure-check", str(good), "--model-dir", str(models))
+    args += ("--max-epochs", "3")
+    code, out = run(*args, "--canary", "0.1")
+    assert code == 0, out
+    assert "gate PASSED" in out and "published to 10% of members as experiment canary-" in out
+    canary = registry(models).versions()[-1]
+    # The default stays the heuristic (pinned: the new version is not the default by being
+    # the newest); a tenth of the members get the canary.
+    assert registry(models).served().version == HEURISTIC_VERSION
+    worker.maybe_reload()
+    assert worker.active.version == HEURISTIC_VERSION
+    served = [worker.assign(f"m{n}") for n in range(2000)]
+    canaries = [a for a in served if a is not None and a.arm.name == "canary"]
+    assert {a.ranker.version for a in canaries} == {canary}
+    assert abs(len(canaries) / 2000 - 0.1) < 0.02
+    meta = orjson.loads((models / f"nearline-model-{canary}.json").read_bytes())
+    assert meta["status"] == "canary"
+
+    # One experiment at a time: a second canary is refused before any training.
+    code, out = run(*args, "--canary", "0.1")
+    assert code == 1 and f"experiment canary-{canary} is running" in out
+    assert len(registry(models).versions()) == 1
+
+
+def test_the_trainer_exports_trains_and_gates_in_one_run(
+    tmp_path: Path, examples: ExampleSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def export(settings: Any, out: Path, feature_names: Any) -> tuple[ExampleSet, int]:
+        write_examples(out, examples)  # what the training-examples topic holds
+        return examples, 0  # no member erased
+
+    monkeypatch.setattr("app.exporting.export_training", export)
+    models = tmp_path / "models"
+    code, out = run("trainer", "--model-dir", str(models), "--max-epochs", "3")
+    assert code == 0, out
+    assert f"exported {len(examples)} examples" in out and "published (now served)" in out
+    first = registry(models).served().version
+    assert first != HEURISTIC_VERSION
+
+    # Refused (the same data cannot beat the model trained on it): saved as rejected, and
+    # the scheduled run still succeeds.
+    code, out = run("trainer", "--model-dir", str(models), "--max-epochs", "1", "--seed", "5")
+    assert code == 0, out
+    assert "gate REFUSED" in out and "saved as rejected" in out
+    assert registry(models).served().version == first
