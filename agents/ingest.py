@@ -92,6 +92,7 @@ class BatchPlan:
     forwards: dict[int, list[tuple[bytes, KafkaRecord]]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     not_of_interest: int = 0
+    erased: int = 0  # events of erased members, at or before their erasure
 
     @property
     def forwarded(self) -> int:
@@ -105,8 +106,12 @@ def plan_batch(
     now: float,
     partitions: int,
     into: BatchPlan | None = None,
+    erased: Mapping[str, float] | None = None,
 ) -> BatchPlan:
     """Validate and group a batch of the actions and repartition topics, adding to ``into``.
+
+    ``erased``: member id → erasure time; a member's events at or before it are counted
+    in ``plan.erased`` and go no further (neither applied nor forwarded).
 
     Pure, so every rule is testable without a broker.
     """
@@ -155,6 +160,11 @@ def plan_batch(
         if event.action not in interesting:
             plan.not_of_interest += 1
             continue
+        if erased:
+            at = erased.get(event.member_id)
+            if at is not None and event.ts <= at:
+                plan.erased += 1
+                continue
         if record.partition != owner:
             plan.forwards.setdefault(owner, []).append((key, record))
             continue
@@ -204,6 +214,7 @@ class IngestProcessor:
         attributes: AttributeStore | None = None,
         ingest_fields: Sequence[str] = (),
         record_reactions: RecordReactions | None = None,
+        erased: Mapping[str, float] | None = None,
         join_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -215,6 +226,8 @@ class IngestProcessor:
         self.attributes = attributes
         self.ingest_fields = tuple(ingest_fields) if attributes is not None else ()
         self.record_reactions = record_reactions
+        #: Member id → erasure time (the worker's ErasureLog keeps it current).
+        self.erased = erased
         self.join_timeout = join_timeout
         self.clock = clock
 
@@ -234,10 +247,19 @@ class IngestProcessor:
         plan = BatchPlan()
         for start in range(0, len(records), _YIELD_EVERY):
             chunk = records[start : start + _YIELD_EVERY]
-            plan_batch(chunk, self.settings, now=now, partitions=self.store.partitions, into=plan)
+            plan_batch(
+                chunk,
+                self.settings,
+                now=now,
+                partitions=self.store.partitions,
+                into=plan,
+                erased=self.erased,
+            )
             await asyncio.sleep(0)  # a large batch must not stall the web app
         if plan.not_of_interest:
             self.metrics.events_dropped.labels("not_of_interest").inc(plan.not_of_interest)
+        if plan.erased:
+            self.metrics.events_dropped.labels("erased").inc(plan.erased)
         # Sent while this batch is applied; awaited before returning, because the caller
         # acknowledges the source offsets then: a crash before the broker has them re-reads
         # them, and a forward sent twice that way is a repeated event id, counted once.

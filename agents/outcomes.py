@@ -147,6 +147,7 @@ class OutcomeJoiner:
         horizon: float,
         unlabeled_as: str,
         max_per_pass: int = 500,
+        erased: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pending = pending
@@ -157,7 +158,17 @@ class OutcomeJoiner:
         self.horizon = horizon
         self.unlabeled_as = unlabeled_as
         self.max_per_pass = max_per_pass
+        #: Member id → erasure time: the member's responses up to then make no examples.
+        self.erased = erased
         self.clock = clock
+
+    def _erased(self, member: bytes, due_ms: int) -> bool:
+        """Whether the response of ``member`` due at ``due_ms`` was requested at or before
+        the member's erasure."""
+        if not self.erased:
+            return False
+        at = self.erased.get(member.decode(errors="replace"))
+        return at is not None and (due_ms - 1 - self.horizon_ms) / 1000 <= at
 
     # -- the recommendations log -------------------------------------------------------
 
@@ -171,7 +182,7 @@ class OutcomeJoiner:
         by_partition: dict[int, list[KafkaRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
-        new = unreadable = 0
+        new = unreadable = erased = 0
         pending = self.pending
         async with pending.write_lock:
             updates: dict[int, dict[bytes, bytes | None]] = {}
@@ -187,6 +198,9 @@ class OutcomeJoiner:
                         unreadable += 1
                         continue
                     member, due_ms = found
+                    if self._erased(member, due_ms):
+                        erased += 1
+                        continue
                     key = due_key(due_ms, record.offset, member)
                     if key in values or pending.response(partition, key) is not None:
                         continue  # stored, but a crash lost the stored-until offset after it
@@ -204,6 +218,8 @@ class OutcomeJoiner:
                 updates[partition] = values
             await pending.write(updates)
         self.metrics.responses.labels("stored").inc(new)
+        if erased:
+            self.metrics.responses.labels("erased").inc(erased)
         if unreadable:
             self.metrics.responses.labels("unreadable").inc(unreadable)
         return new
@@ -287,10 +303,13 @@ class OutcomeJoiner:
             await pending.write({partition: {IN_PROGRESS_KEY: codec.dumps(marker)}})
 
         sets: list[tuple[bytes, bytes]] = []
-        unreadable = 0
+        unreadable = erased = 0
         for n, response in enumerate(due, 1):
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a response costs ~0.1-0.5 ms: keep serving meanwhile
+            if self._erased(response.member, response.due_ms):
+                erased += 1  # deleted with the others, and no example set
+                continue
             try:
                 example_set = label_response(
                     codec.loads(response.record),
@@ -315,7 +334,9 @@ class OutcomeJoiner:
             return 0, False  # revoked meanwhile: the new owner resolves the pass from its marker
         async with pending.write_lock:
             await pending.write({partition: self._deletions(partition, due)})
-        self.metrics.responses.labels("labelled").inc(len(due) - unreadable)
+        self.metrics.responses.labels("labelled").inc(len(due) - unreadable - erased)
+        if erased:
+            self.metrics.responses.labels("erased").inc(erased)
         if unreadable:
             self.metrics.responses.labels("unreadable").inc(unreadable)
         return len(due), len(due) >= self.max_per_pass

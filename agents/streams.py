@@ -2,7 +2,8 @@
 
 Two tasks read the topics a fetch at a time (``agents/bulk.py``): ingest applies actions to
 the online store, the outcomes join queues logged responses. Timers label outcomes that are
-due, sweep expired history, measure lag, check the attribute store and reload the model.
+due, sweep expired history, reconcile erasures on partitions newly owned, measure lag, check
+the attribute store and reload the model.
 None of them holds the consumer: each topic's records wait in their own channel, and a
 channel that falls behind pauses only its own partitions.
 """
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from agents.bulk import BulkChannel, BulkConsumer, Fetch
+from agents.erasing import Eraser
 from agents.ingest import IngestProcessor
 from agents.outcomes import OutcomeJoiner
 from app.console.timeline import IngestTimeline
@@ -95,6 +97,7 @@ class Agents:
     responses: BulkChannel
     ingest: IngestProcessor
     outcomes: OutcomeJoiner
+    eraser: Eraser
     store: OnlineStore
     status: WorkerStatus
     models: ModelRegistry
@@ -119,6 +122,7 @@ class Agents:
         every(settings.outcome_label_interval, "outcomes-labelling", self.label_outcomes)
         every(settings.lag_interval, "consumer-lag", self.status.refresh_lag)
         every(settings.sweep_interval, "retention-sweep", self.sweep_retention)
+        every(1.0, "erasure-reconcile", self.eraser.reconcile)
         every(5.0, "attribute-store-health", self.status.check_attribute_store)
         every(settings.model_reload_interval, "model-reload", self.reload_model)
         if self.publisher is not None:

@@ -240,7 +240,11 @@ def attributes_load(file: Path, kind: str, direct: bool, batch_size: int, quiet:
     help="Parquet file to write.",
 )
 def export_training(out: Path) -> None:
-    """Write the training-examples topic (recommendations joined with outcomes) to Parquet."""
+    """Write the training-examples topic (recommendations joined with outcomes) to Parquet.
+
+    Examples of erased members (requested at or before their erasure) are left out.
+    """
+    from app.erasures import ErasuresUnreadable
     from app.exporting import ExportError
     from app.exporting import export_training as export
     from model.vectorizer import Vectorizer
@@ -248,13 +252,14 @@ def export_training(out: Path) -> None:
     settings = _settings()
     names = Vectorizer.from_settings(settings).feature_names
     try:
-        examples = _run(export(settings, out, names), settings)
-    except ExportError as exc:
+        examples, left_out = _run(export(settings, out, names), settings)
+    except (ExportError, ErasuresUnreadable) as exc:
         raise click.ClickException(str(exc)) from None
     positives = int(examples.label.sum())
     click.echo(
         f"wrote {len(examples)} examples ({positives} positive) of "
         f"{examples.n_requests} requests to {out}"
+        + (f"; left out {left_out} examples of erased members" if left_out else "")
     )
 
 
@@ -307,6 +312,12 @@ _MODEL_DIR = click.option(
     help="Publish to this share of members only (e.g. 0.1), as an experiment against the "
     "served ranker; `nearline experiment promote` serves it to everyone.",
 )
+@click.option(
+    "--skip-erasure-check",
+    is_flag=True,
+    help="Train on EXAMPLES as they are, without reading the erasures topic to leave out "
+    "erased members' examples (only for a file no member was erased from since its export).",
+)
 def train(
     examples: Path,
     model_dir: Path | None,
@@ -319,6 +330,7 @@ def train(
     compare_losses: bool,
     seed: int,
     canary: float | None,
+    skip_erasure_check: bool,
 ) -> None:
     """Train the scorer on exported EXAMPLES; publish it only if it beats the served ranker.
 
@@ -328,6 +340,9 @@ def train(
     HR@10 with paired bootstrap intervals over requests. A refused candidate is saved as
     rejected and the command exits with status 1; --force publishes anyway. Running
     workers follow a published version within NEARLINE_MODEL_RELOAD_INTERVAL.
+
+    Examples of members erased since the export are left out: the erasures topic is read
+    first (so the broker must answer, unless --skip-erasure-check).
     """
     from model.exceptions import ModelError
     from model.gate import GateRules
@@ -347,9 +362,10 @@ def train(
         rules = GateRules(margin=margin, level=confidence, seed=seed)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    data = _without_erased(examples, settings, skip_erasure_check)
     try:
         if compare_losses:
-            reports = compare(examples, config, registry.vectorizer)
+            reports = compare(data, config, registry.vectorizer)
             click.echo("loss        NDCG@10  MRR     HR@10   AUC     best epoch")
             for name, report in reports.items():
                 m = report.model
@@ -363,7 +379,7 @@ def train(
             )
             return
         registry.model_dir.mkdir(parents=True, exist_ok=True)
-        report = fit(examples, registry, config, rules=rules, force=force, canary=canary)
+        report = fit(data, registry, config, rules=rules, force=force, canary=canary)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
@@ -372,6 +388,94 @@ def train(
             "the model was not published (see the gate above); it is saved as rejected, "
             "`nearline model activate VERSION` or `nearline train --force` serves it anyway"
         )
+
+
+def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
+    """The examples of the file, less those of members erased (the erasures topic now)."""
+    from app.erasures import ErasuresUnreadable, read_erasures
+    from app.exporting import without_erased
+    from model.dataset import read_examples
+    from model.exceptions import ModelError
+
+    try:
+        data = read_examples(examples)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    if skip:
+        return data
+    try:
+        erasures = _run(read_erasures(settings), settings)
+    except ErasuresUnreadable as exc:
+        raise click.ClickException(str(exc)) from None
+    data, left_out = without_erased(data, erasures)
+    if left_out:
+        click.echo(f"left out {left_out} examples of erased members")
+    return data
+
+
+@main.group()
+def members() -> None:
+    """Members: erase one's data from every store."""
+
+
+@members.command("erase")
+@click.argument("member_ids", nargs=-1)
+@click.option(
+    "--file",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file of member ids, one a line (blank lines skipped).",
+)
+def members_erase(member_ids: tuple[str, ...], from_file: Path | None) -> None:
+    """Erase the members MEMBER_IDS (and those of --file) from every store.
+
+    Each erasure is recorded in the erasures topic (the command returns once the broker has
+    them all); the worker owning each member deletes its features, pending outcomes and
+    attributes within seconds, and events at or before the erasure are ignored from then
+    on. Prints each member's erasure id. Nothing is sent if any id is invalid.
+    """
+    import getpass
+
+    from app.erasures import Erasure, InvalidMemberId, check_member_id
+
+    named = [(f"argument {n}", m) for n, m in enumerate(member_ids, 1)]
+    if from_file is not None:
+        lines = from_file.read_text(encoding="utf-8").splitlines()
+        named += [(f"{from_file}:{n}", line.strip()) for n, line in enumerate(lines, 1)]
+        named = [(where, m) for where, m in named if m or where.startswith("argument")]
+    if not named:
+        raise click.UsageError("name the members to erase, or give --file")
+    problems = []
+    for where, member_id in named:
+        try:
+            check_member_id(member_id)
+        except InvalidMemberId as exc:
+            problems.append(f"  {where}: {exc}")
+    if problems:
+        raise click.ClickException("nothing erased; invalid member ids:\n" + "\n".join(problems))
+    settings = _settings()
+    requested_by = f"cli:{getpass.getuser()}"
+    erasures = [Erasure.new(member_id, requested_by) for _, member_id in named]
+    _run(_send_erasures(settings, erasures), settings)
+    for erasure in erasures:
+        click.echo(f"{erasure.member_id}\t{erasure.erasure_id}")
+    click.echo(f"requested {len(erasures)} erasures", err=True)
+
+
+async def _send_erasures(settings: Settings, erasures: list[Any]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from app.erasures import send_erasures
+    from app.kafka import client_options
+    from app.topics import ensure_topics
+
+    await ensure_topics(settings)  # compacted and partitioned as the workers expect
+    producer = AIOKafkaProducer(**client_options(settings, producer=True))
+    await producer.start()
+    try:
+        await send_erasures(producer, settings, erasures)
+    finally:
+        await producer.stop()
 
 
 @main.command()
@@ -394,6 +498,7 @@ def trainer(
     Kubernetes CronJob). A candidate the gate refuses is saved as rejected and the run
     still succeeds: refusing is the gate doing its work, not a failure to retry.
     """
+    from app.erasures import ErasuresUnreadable
     from app.exporting import ExportError
     from app.exporting import export_training as export
     from model.exceptions import ModelError
@@ -410,11 +515,16 @@ def trainer(
     with tempfile.TemporaryDirectory(prefix="nearline-trainer-") as directory:
         examples = Path(directory) / "examples.parquet"
         try:
-            exported = _run(export(settings, examples, registry.vectorizer.feature_names), settings)
-            click.echo(f"exported {len(exported)} examples of {exported.n_requests} requests")
+            exported, left_out = _run(
+                export(settings, examples, registry.vectorizer.feature_names), settings
+            )
+            click.echo(
+                f"exported {len(exported)} examples of {exported.n_requests} requests"
+                + (f"; left out {left_out} examples of erased members" if left_out else "")
+            )
             registry.model_dir.mkdir(parents=True, exist_ok=True)
             report = fit(examples, registry, config, rules=GateRules(seed=seed), canary=canary)
-        except (ExportError, ModelError) as exc:
+        except (ExportError, ModelError, ErasuresUnreadable) as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,13 @@ from tqdm import tqdm
 
 from agents.outcomes import feature_set_id
 from app import codec
+from app.erasures import Erasure, read_erasures
 from app.kafka import client_options
 from app.settings import Settings
 from model.dataset import ExampleSet, write_examples
 from model.feature_log import decode_matrix
 
-__all__ = ["ExportError", "examples_to_set", "export_training", "read_topic"]
+__all__ = ["ExportError", "examples_to_set", "export_training", "read_topic", "without_erased"]
 
 
 class ExportError(ValueError):
@@ -97,10 +98,30 @@ def examples_to_set(records: Sequence[dict[str, Any]], feature_names: Sequence[s
     )
 
 
+def without_erased(examples: ExampleSet, erasures: Mapping[str, Erasure]) -> tuple[ExampleSet, int]:
+    """``examples`` without those of erased members requested at or before their erasure
+    (later ones are of the member started from zero); and how many were left out."""
+    if not erasures or not len(examples):
+        return examples, 0
+    erased_at = np.array(
+        [
+            erasure.requested_at if (erasure := erasures.get(str(m))) is not None else -np.inf
+            for m in examples.member_id
+        ],
+        dtype=np.float64,
+    )
+    erased = examples.ts <= erased_at
+    left_out = int(erased.sum())
+    return (examples.take(~erased), left_out) if left_out else (examples, 0)
+
+
 async def export_training(
     settings: Settings, out: Path, feature_names: Sequence[str]
-) -> ExampleSet:
+) -> tuple[ExampleSet, int]:
+    """The training-examples topic to ``out``, without erased members' examples (the
+    erasures topic read now, after the examples): returns them and how many were left out."""
     values = await read_topic(settings, settings.topic_training_examples)
     examples = examples_to_set([codec.loads(v) for v in values], feature_names)
+    examples, left_out = without_erased(examples, await read_erasures(settings))
     write_examples(out, examples)
-    return examples
+    return examples, left_out

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 __all__ = ["Metrics", "ServingMetrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: From an erasure's request to a store's deletion: the target is within 5 s.
+_ERASURE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 30.0, 60.0)
+_ERASURES_HELP = (
+    "Member erasures, by outcome: requested (recorded in the erasures topic by this "
+    "process's API), invalid (refused: a bad member id), applied (the member's partition "
+    "erased by its owner)."
+)
 
 
 class _LagCollector(Collector):
@@ -73,7 +80,8 @@ class Metrics:
         )
         self.events_dropped = Counter(
             "nearline_events_dropped",
-            "Valid actions not kept: type not of interest, replayed or duplicate.",
+            "Valid actions not kept: type not of interest, replayed, duplicate, or erased "
+            "(of an erased member, at or before the erasure).",
             ["reason"],
             registry=r,
         )
@@ -87,6 +95,15 @@ class Metrics:
             "nearline_events_dead_lettered",
             "Malformed actions sent to the dead-letter topic.",
             ["reason"],
+            registry=r,
+        )
+        self.erasures = Counter("nearline_erasures", _ERASURES_HELP, ["outcome"], registry=r)
+        self.erasure_seconds = Histogram(
+            "nearline_erasure_seconds",
+            "From an erasure's request to the member's data deleted from a store (online, "
+            "pending: outcomes not yet labelled, attributes), by the worker that deleted it.",
+            ["store"],
+            buckets=_ERASURE_BUCKETS,
             registry=r,
         )
         self.members_expired = Counter(
@@ -135,7 +152,8 @@ class Metrics:
         self.responses = Counter(
             "nearline_outcome_responses",
             "Logged responses in the outcomes join, by what happened to them (stored, "
-            "labelled, already_written: labelled before a crash, unreadable).",
+            "labelled, already_written: labelled before a crash, unreadable, erased: of an "
+            "erased member, dropped without an example).",
             ["outcome"],
             registry=r,
         )
@@ -240,6 +258,7 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         # Created unregistered: the multiprocess collector reads their files instead.
+        self.erasures = Counter("nearline_erasures", _ERASURES_HELP, ["outcome"], registry=None)
         self.requests_shed = Counter(
             "nearline_http_requests_shed",
             "/v1 requests answered 503 at once: NEARLINE_MAX_IN_FLIGHT in progress in one "

@@ -61,6 +61,17 @@ class FeaturesParams(BaseModel):
     )
 
 
+class MemberPath(BaseModel):
+    """The path of ``DELETE /v1/members/{member_id}``."""
+
+    member_id: str = Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=r"^[^\x00-\x1f]*$",
+        description="The member's id, as its actions carry it (no control characters)",
+    )
+
+
 class RecentAction(BaseModel):
     event_id: str
     item_id: str
@@ -73,6 +84,21 @@ class RecentAction(BaseModel):
     missing: list[str] | None = Field(
         default=None, description="Attributes the action should have and does not"
     )
+
+
+class Erased(BaseModel):
+    """The member's last erasure, as its owner applied it."""
+
+    erasure_id: str
+    erased_at: float = Field(description="Unix seconds: the time the erasure was requested")
+
+
+class ErasureAccepted(BaseModel):
+    """An erasure recorded: its owner deletes the member's data within seconds."""
+
+    erasure_id: str
+    member_id: str
+    requested_at: float = Field(description="Unix seconds; events at or before it are erased")
 
 
 class FeaturesResponse(BaseModel):
@@ -92,6 +118,11 @@ class FeaturesResponse(BaseModel):
         default=None,
         description="Present when the answer comes from state that may be this many "
         "milliseconds old: the worker is restarting or restoring the member's partition",
+    )
+    erased: Erased | None = Field(
+        default=None,
+        description="Present when the member was erased: nothing of theirs at or before "
+        "erased_at is kept; what is shown came later",
     )
 
 
@@ -182,6 +213,19 @@ class ServingView(BaseModel):
     )
 
 
+class ErasureStoreView(BaseModel):
+    count: int = Field(description="Erasures this worker applied to the store")
+    p99_seconds: float | None = Field(
+        description="Request to deletion, p99 (the upper bound of its histogram bucket)"
+    )
+
+
+class ErasuresView(BaseModel):
+    outcomes: dict[str, float] = Field(description="nearline_erasures_total by outcome")
+    events_ignored: float = Field(description="Events of erased members ignored")
+    stores: dict[str, ErasureStoreView] = Field(description="By store: online, pending, attributes")
+
+
 class SystemView(BaseModel):
     """The console's view of one worker."""
 
@@ -202,6 +246,7 @@ class SystemView(BaseModel):
     model: ModelView
     series: dict[str, list[int | float | None]] = Field(description="Per-second series for charts")
     recent_members: list[str]
+    erasures: ErasuresView
     serving: ServingView | None = Field(
         default=None, description="Present when serving processes answer for the worker"
     )
@@ -235,6 +280,7 @@ class ExperimentView(BaseModel):
 _COMPONENTS: tuple[type[BaseModel], ...] = (
     ErrorBody,
     FeaturesResponse,
+    ErasureAccepted,
     RecommendationRequest,
     RecommendationResponse,
     SystemView,
@@ -300,6 +346,7 @@ def _document(max_candidates: int, token_required: bool) -> dict[str, Any]:
     _, top = models_json_schema([(model, "validation") for model in _COMPONENTS], ref_template=_REF)
     schemas = top["$defs"]
     features_path = "/v1/members/{member_id}/features"
+    member_path = "/v1/members/{member_id}"
     ranking_path = "/v1/console/members/{member_id}/ranking"
     ranking_parameters = _parameters(RankingParams, ranking_path)
     _limit_candidates(schemas, ranking_parameters, max_candidates)
@@ -314,10 +361,12 @@ def _document(max_candidates: int, token_required: bool) -> dict[str, Any]:
     if token_required:
         errors["401"] = _json("Missing or wrong bearer token", ErrorBody)
 
-    def v1(summary: str, answer: dict[str, Any], **operation: Any) -> dict[str, Any]:
+    def v1(
+        summary: str, answer: dict[str, Any], status: str = "200", **operation: Any
+    ) -> dict[str, Any]:
         """A /v1 operation: behind the token if one is set, and its errors."""
         security: list[dict[str, list[str]]] = [{"bearer": []}] if token_required else []
-        responses = {"200": answer, **operation.pop("responses", {}), **errors}
+        responses = {status: answer, **operation.pop("responses", {}), **errors}
         return {"summary": summary, "security": security, **operation, "responses": responses}
 
     return {
@@ -337,6 +386,18 @@ def _document(max_candidates: int, token_required: bool) -> dict[str, Any]:
                     "A member's recent actions and windowed counts",
                     _json("The member's features (empty when unknown)", FeaturesResponse),
                     parameters=_parameters(FeaturesParams, features_path),
+                )
+            },
+            member_path: {
+                "delete": v1(
+                    "Erase a member's data from every store",
+                    _json("The erasure is recorded; it completes within seconds", ErasureAccepted),
+                    "202",
+                    description="Recorded in the erasures topic on the member's partition; "
+                    "its owner deletes the member's features, pending outcomes and "
+                    "attributes, and events at or before requested_at are ignored from then "
+                    "on. Erasing twice is two erasures; an unknown member is no error.",
+                    parameters=_parameters(MemberPath, member_path),
                 )
             },
             "/v1/recommendations": {

@@ -14,7 +14,7 @@ a few). Each serving process
 - reads item attributes through a secondary of the embedded attribute store (or its own
   Aerospike client) and ranks with its own copy of the active model, reloaded on the same
   interval as the worker's;
-- produces the recommendations log itself;
+- produces the recommendations log and erasure requests itself;
 - goes on answering, flagged ``stale_ms``, while the worker restarts.
 
 The supervisor (:func:`app.supervisor.run_serving`) starts the processes and starts again
@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 
 from agents.sinks import ProducerRecommendationsLog
 from app.console.timeline import IngestTimeline
+from app.erasures import ErasureRequests
 from app.kafka import client_options
 from app.lag import PartitionLag
 from app.metrics import ServingMetrics
@@ -234,6 +235,8 @@ async def _serve(settings: Settings, index: int) -> None:
             models=models,
             attributes=cached,
             http=http,
+            # Produced here, to the member's partition: its owner applies it.
+            erasures=ErasureRequests(lambda: producer, settings),
             worker=Link(follower, members, settings),
         )
     )

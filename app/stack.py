@@ -330,6 +330,7 @@ def isolated_env(broker_url: str, app_id: str, partitions: int = 4) -> dict[str,
         "NEARLINE_TOPIC_ITEM_ATTRIBUTES": f"{app_id}-item-attributes",
         "NEARLINE_TOPIC_RECOMMENDATIONS_LOG": f"{app_id}-recommendations-log",
         "NEARLINE_TOPIC_TRAINING_EXAMPLES": f"{app_id}-training-examples",
+        "NEARLINE_TOPIC_ERASURES": f"{app_id}-erasures",
         "NEARLINE_TOPIC_PARTITIONS": str(partitions),
     }
 

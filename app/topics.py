@@ -45,6 +45,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(settings.topic_recommendations_log, n, r, {"retention.ms": retention_ms}),
         TopicSpec(settings.topic_training_examples, n, r, {"retention.ms": retention_ms}),
+        # The durable record of erasures, one per member: never deleted, only compacted.
+        # Co-partitioned with the actions, so a member's erasure is on its owner's partition.
+        TopicSpec(settings.topic_erasures, n, r, {"cleanup.policy": "compact"}),
     ]
 
 

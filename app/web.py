@@ -10,6 +10,8 @@ wherever it is found and rendered by one exception handler as ``{"error": messag
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from starlette.responses import Response
 
 from app import codec
 from app.console.timeline import IngestTimeline
+from app.erasures import Erasure, InvalidMemberId, check_member_id
 from app.lag import PartitionLag
 from app.limits import MAX_BODY_BYTES
 from app.metrics import Metrics, ServingMetrics
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORWARDED_HEADER",
     "ApiError",
+    "ErasureSink",
     "FeatureSource",
     "JSONResponse",
     "StatusSource",
@@ -51,6 +55,11 @@ __all__ = [
     "lag_body",
     "parse",
 ]
+
+log = logging.getLogger(__name__)
+
+#: How long an erasure request waits for the broker to have its record.
+ERASURE_TIMEOUT = 10.0
 
 #: Marks a request one worker forwarded to the owner of a partition, so it is never bounced on.
 FORWARDED_HEADER = "x-nearline-forwarded-by"
@@ -90,6 +99,14 @@ class StatusSource(Protocol):
         ...
 
 
+class ErasureSink(Protocol):
+    """Where erasure requests are recorded: the erasures topic (app/erasures.py)."""
+
+    async def request(self, member_id: str, requested_by: str) -> Erasure:
+        """Record an erasure of ``member_id``; returns it once the broker has it."""
+        ...
+
+
 class WorkerLink(Protocol):
     """What a serving process knows of its worker, and says of itself."""
 
@@ -115,6 +132,7 @@ class WebServices:
     models: ModelRegistry
     attributes: CachedAttributeStore  # the console's ranking shows category and company
     http: httpx.AsyncClient  # for requests forwarded to the owning worker
+    erasures: ErasureSink
     #: In a serving process: its worker. /metrics adds the worker's own, and the console's
     #: system view is the worker's, with what the serving processes say of themselves.
     worker: WorkerLink | None = None
@@ -273,6 +291,42 @@ async def member_features(request: Request) -> Response:
         return await forward_to_owner(request, owner)
     settings: Settings = request.app.state.settings
     return JSONResponse(_joined_encoded_once(features, settings.join_at_read))
+
+
+async def erase_member(request: Request) -> Response:
+    """Record an erasure of the member; 202 once the erasures topic has it.
+
+    Any process may take the request: the record is produced to the member's partition of
+    the erasures topic, which the owner of that partition applies (within seconds), and
+    which every worker checks events against from then on. Erasing twice is two erasures,
+    each answered 202; erasing a member nearline never saw is no error either.
+    """
+    state = request.app.state
+    metrics: Metrics | ServingMetrics = state.metrics
+    try:
+        member_id = check_member_id(request.path_params["member_id"])
+    except InvalidMemberId as exc:
+        metrics.erasures.labels("invalid").inc()
+        raise ApiError(422, f"invalid member id: {exc}") from None
+    client = request.client
+    requested_by = f"api:{client.host}" if client is not None else "api"
+    erasures: ErasureSink = state.erasures
+    try:
+        erasure = await asyncio.wait_for(erasures.request(member_id, requested_by), ERASURE_TIMEOUT)
+    except Exception as exc:  # the broker did not take it: nothing was promised
+        log.warning("erasure of %r not recorded: %r", member_id, exc)
+        raise ApiError(
+            503, f"the erasure could not be recorded ({type(exc).__name__}); retry shortly"
+        ) from None
+    metrics.erasures.labels("requested").inc()
+    return JSONResponse(
+        {
+            "erasure_id": erasure.erasure_id,
+            "member_id": erasure.member_id,
+            "requested_at": erasure.requested_at,
+        },
+        status_code=202,
+    )
 
 
 def _joined_encoded_once(features: dict[str, Any], fields: list[str]) -> dict[str, Any]:

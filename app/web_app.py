@@ -25,6 +25,7 @@ from app.metrics import Metrics, ServingMetrics
 from app.web import (
     ApiError,
     WebServices,
+    erase_member,
     healthz,
     member_features,
     metrics,
@@ -178,6 +179,7 @@ def create_web_app(services: WebServices) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/members/{member_id}/features", member_features, methods=["GET"]),
+        Route("/v1/members/{member_id}", erase_member, methods=["DELETE"]),
         Route("/v1/recommendations", recommendations, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *console_routes(),

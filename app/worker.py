@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 
 from agents.attributes import ItemAttributesFeed
 from agents.bulk import BulkChannel, BulkConsumer
+from agents.erasing import Eraser, ErasureLog
 from agents.examples_topic import KafkaExamplesTopic
 from agents.ingest import IngestProcessor
 from agents.outcomes import OutcomeJoiner
@@ -28,6 +29,7 @@ from agents.sinks import DeadLetters, RecommendationsLog, Repartition
 from agents.streams import Agents
 from app.broker_workarounds import BrokerWorkarounds
 from app.console.timeline import IngestTimeline
+from app.erasures import ErasureRequests
 from app.experiments import LiveResults
 from app.faust_internals import check_faust, kafka_producer, partition_path
 from app.kafka import client_options, ssl_context
@@ -163,6 +165,9 @@ class Nearline:
             settings.topic_training_examples, lambda: kafka_producer(self.faust), self._client
         )
 
+        # Every erasure, read before anything is applied (prepare) and followed from there.
+        self.erasure_log = ErasureLog(settings)
+
         # Agents' processors.
         outcomes = OutcomeJoiner(
             self.pending,
@@ -171,6 +176,7 @@ class Nearline:
             metrics,
             horizon=settings.outcome_horizon,
             unlabeled_as=settings.unlabeled_as,
+            erased=self.erasure_log.erased_at,
         )
         self.ingest = IngestProcessor(
             self.store,
@@ -181,6 +187,7 @@ class Nearline:
             attributes=attributes_cached,
             ingest_fields=join_fields.ingest,
             record_reactions=outcomes.record_reactions,
+            erased=self.erasure_log.erased_at,
         )
         self.attribute_feed = ItemAttributesFeed(
             settings,
@@ -195,8 +202,18 @@ class Nearline:
         metrics.outcomes_behind.set_function(outcomes.oldest_due_seconds)
         experiment = LiveResults(settings, models, self._client, metrics.show_arm_results)
 
-        # What the worker says about itself.
         faust_app = self.faust
+        self.eraser = Eraser(
+            self.erasure_log,
+            self.store,
+            self.pending,
+            attributes_cached,  # through the cache: a deleted record is forgotten there too
+            metrics,
+            moving=lambda: bool(faust_app.rebalancing or faust_app.in_recovery),
+            generation=lambda: int(faust_app.consumer_generation_id),
+        )
+
+        # What the worker says about itself.
         self.lag = LagMonitor(
             self._bulk_consumer,
             consumed,
@@ -237,6 +254,7 @@ class Nearline:
                 models=models,
                 attributes=attributes_cached,
                 http=self.http,
+                erasures=ErasureRequests(lambda: kafka_producer(self.faust), settings),
                 experiment=experiment,
             )
         )
@@ -249,6 +267,7 @@ class Nearline:
             responses=self.log_channel,
             ingest=self.ingest,
             outcomes=outcomes,
+            eraser=self.eraser,
             store=self.store,
             status=status,
             models=models,
@@ -344,8 +363,10 @@ def _clean_stop_marker(tabledir: Path) -> Path:
 
 
 async def prepare(settings: Settings, nearline: Nearline) -> None:
-    """Create missing topics; drop local state that its changelogs may not back."""
+    """Create missing topics; drop local state that its changelogs may not back; read
+    every erasure before anything is applied (agents/erasing.py)."""
     topics = (await ensure_topics(settings)).present
+    await nearline.erasure_log.load()
     tabledir = Path(nearline.faust.conf.tabledir)
     marker = _clean_stop_marker(tabledir)
     untrusted = None
@@ -401,7 +422,12 @@ def run_worker(settings: Settings) -> None:
     gc.set_threshold(100_000, 20, 100)
     web = WebServer(nearline.web, settings.web_host, port)
     worker = _Worker(
-        nearline.faust, web, nearline.attribute_feed, loglevel=settings.log_level.lower(), loop=loop
+        nearline.faust,
+        web,
+        nearline.attribute_feed,
+        nearline.eraser,
+        loglevel=settings.log_level.lower(),
+        loop=loop,
     )
     try:
         worker.execute_from_commandline()

@@ -50,6 +50,7 @@ from starlette.types import Message
 
 from app import codec
 from app.console.timeline import IngestTimeline
+from app.erasures import Erasure
 from app.kafka import partition_for_key
 from app.lag import PartitionLag
 from app.metrics import Metrics
@@ -308,6 +309,13 @@ async def client(url: str) -> None:
 # -- the server, in this process -----------------------------------------------------------
 
 
+class NoErasures:
+    """The benchmark measures reads: an erasure request is refused (a 503)."""
+
+    async def request(self, member_id: str, requested_by: str) -> Erasure:
+        raise RuntimeError("this benchmark records no erasures")
+
+
 class Bench:
     """The server side: the web app over a real store, and the client process it drives."""
 
@@ -355,6 +363,7 @@ class Bench:
                 models=models,
                 attributes=cached,
                 http=self.http,
+                erasures=NoErasures(),
             )
         )
         self.web = web

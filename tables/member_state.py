@@ -29,6 +29,11 @@ it is applied, which is why a chunk's ids go with it once its actions have expir
 
 Values of the older one-key layout (``<member>`` alone) are read, and a member is rewritten
 in this layout on its next write.
+
+``<member>\\0erased`` marks an erased member: its last erasure (JSON: ``erasure_id``,
+``erased_at``), written after the tombstones of every other key the member had. It sorts
+after the member's chunks, is ignored by everything that decodes a state, and makes a read
+say that the member was erased rather than that it is unknown (see ``agents/erasing.py``).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ __all__ = [
     "RecentAction",
     "Source",
     "StatePolicy",
+    "erased_key",
     "event_id_hash",
     "member_range",
 ]
@@ -187,6 +193,12 @@ def member_range(member: bytes) -> tuple[bytes, bytes]:
     """The keys of a member's state: ``[member, member + b"\\x01")`` holds ``member`` (the
     older layout) and ``member\\0…`` (chunks); member ids hold no control characters."""
     return member, member + b"\x01"
+
+
+def erased_key(member: bytes) -> bytes:
+    """The key marking the member as erased (see the module); not a chunk's: 6 bytes follow
+    the NUL, a chunk's 4."""
+    return member + b"\0erased"
 
 
 def chunk_key(member: bytes, seq: int) -> bytes:
@@ -588,6 +600,13 @@ class MemberState:
         _add_counts(counts, _row_counts(self.actions, policy))
         return counts
 
+    def holds_events_until(self, ts: float, policy: StatePolicy) -> bool:
+        """Whether anything stored is of an event at or before ``ts`` (an erasure's time):
+        a row, or counts in a bucket that starts by then."""
+        if any(row[_TS] <= ts for row in self.actions):
+            return True
+        return any(k * policy.bucket <= ts for extra in self._extra_buckets() for k in extra)
+
     def _extra_buckets(self) -> Iterable[dict[int, dict[str, int]]]:
         if self.rollup is not None:
             yield self.rollup.buckets
@@ -632,25 +651,42 @@ class MemberState:
         last_seq = -1
         t = p = _NONE
         seen: list[tuple[bytes, bytes]] = []
-        remaining = iter(records)
+        marker = erased_key(member)
+        erased: list[bytes] = []
+
+        def unmarked() -> Iterable[tuple[bytes, bytes]]:
+            for key, value in records:
+                if key == marker:
+                    erased.append(value)
+                else:
+                    yield key, value
+
+        remaining = iter(unmarked())
+        simple = True
         for key, value in remaining:
             seen.append((key, value))
             if len(key) != size or key[prefix:] == b"\0\0\0\0":
-                break  # the older layout, or a rollup: the general way
+                simple = False  # the older layout, or a rollup: the general way
+                break
             head = unpack(value)
             covers = head[7]
             if head[10] or (covers and last_seq >= covers):
-                break  # counts beside the rows, or chunks a merge replaced
+                simple = False  # counts beside the rows, or chunks a merge replaced
+                break
             last_seq = int.from_bytes(key[prefix:], "big")
             parts.append(value[_HEAD_SIZE + head[9] :])
             t, p = head[3], head[4]
-        else:
+        if simple:
             rows = _decode_rows(parts)
             rows.sort(key=itemgetter(_TS))
-            return _view(member.decode(), as_of, policy, rows, [], _float(t), _float(p))
-        seen += remaining
-        state = cls.from_records(member, seen, policy) or cls()
-        return state.features(member.decode(), as_of, policy)
+            view = _view(member.decode(), as_of, policy, rows, [], _float(t), _float(p))
+        else:
+            seen += remaining
+            state = cls.from_records(member, seen, policy) or cls()
+            view = state.features(member.decode(), as_of, policy)
+        if erased:
+            view["erased"] = codec.loads(erased[0])
+        return view
 
     # -- updates -----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from app.kafka import partition_for_key
 from tables.changelog import INTERNAL_PREFIXES, ChangelogTable, LocalTable
-from tables.member_state import MemberState, StatePolicy, member_of, member_range
+from tables.member_state import MemberState, StatePolicy, erased_key, member_of, member_range
 from tables.secondary import SecondaryTable
 
 __all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore", "Restoring"]
@@ -152,6 +152,47 @@ class OnlineStore:
         # A member's chunks are numbered from what its owner last read: a worker that lost
         # the partition meanwhile must not write them over its new owner's.
         return await self._writable().send(encoded, owned_only=True, current=current)
+
+    # -- erasure -----------------------------------------------------------------------
+
+    def erased_marker(self, partition: int, member: bytes) -> bytes | None:
+        """The member's erasure marker (see ``tables.member_state``), if it has one."""
+        marker = erased_key(member)
+        for _, value in self.table.scan(partition, marker, marker + b"\0"):
+            return value
+        return None
+
+    async def erase(
+        self,
+        markers: Mapping[int, Mapping[bytes, tuple[bytes, float]]],
+        current: Callable[[], bool] | None = None,
+    ) -> tuple[int, Awaitable[None]]:
+        """Erase members: by partition, member: (its erasure marker, the erasure's time).
+
+        A member holding anything of an event at or before that time has every key
+        deleted, a tombstone each; one holding only later events (applied before the
+        marker was, by a worker that knew of the erasure) keeps them. Each then gets its
+        marker, after its tombstones: a changelog cut short before it restores a member
+        without one, whose erasure is then applied again. Returns how many keys were
+        deleted and what to await for the changelog's acknowledgement. Call with
+        :attr:`write_lock` held; nothing is written to a partition no longer owned here, nor
+        once ``current`` is false (a rebalance began: see :meth:`ChangelogTable.send`).
+        """
+        values: dict[int, dict[bytes, bytes | None]] = {}
+        deleted = 0
+        for partition, members in markers.items():
+            writes = values[partition] = {}
+            for member, (marker, erased_at) in members.items():
+                key = erased_key(member)
+                records = [
+                    (k, v) for k, v in self.table.scan(partition, *member_range(member)) if k != key
+                ]
+                state = MemberState.from_records(member, records, self.policy)
+                if state is not None and state.holds_events_until(erased_at, self.policy):
+                    writes.update(dict.fromkeys((k for k, _ in records), None))
+                    deleted += len(records)
+                writes[key] = marker
+        return deleted, await self._writable().send(values, owned_only=True, current=current)
 
     # -- retention ---------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ all on the worker that owns the partition. Keys, by kind:
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ STORED_UNTIL_KEY = b"s"
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
 _DUE_HEAD = 1 + 8 + 8
+#: Keys scanned between two yields to the event loop (a few milliseconds).
+_SCAN_YIELD_EVERY = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,30 @@ class PendingResponses:
         stop = prefix + (b"\xff" * 9 if until_ms is None else _U64.pack(until_ms + 1))
         for key, _ in self.table.scan(partition, prefix, stop):
             yield key
+
+    # -- erasure -----------------------------------------------------------------------
+
+    async def member_keys(self, partition: int, members: set[bytes]) -> list[bytes]:
+        """Every key of these members: their pending responses, counts and reactions.
+
+        Responses are kept in due order, not by member: if any of them has one pending,
+        all are scanned once (erasures are rare), yielding to the event loop as it goes.
+        """
+        keys = [key for member in members for key in self.reaction_keys(partition, member, None)]
+        counted = [
+            _COUNT + member
+            for member in members
+            if self.table.get(partition, _COUNT + member) is not None
+        ]
+        if not counted:
+            return keys  # nothing pending
+        keys += counted
+        for n, (key, _) in enumerate(self.table.scan(partition, _DUE, _DUE + b"\xff"), 1):
+            if key[_DUE_HEAD:] in members:
+                keys.append(key)
+            if n % _SCAN_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        return keys
 
     # -- the pass in progress ----------------------------------------------------------
 

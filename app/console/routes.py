@@ -35,7 +35,7 @@ from attribute_store import CachedAttributeStore, StoreUnavailable
 from model.registry import ModelRegistry
 from tables.online_store import NotOwned
 
-__all__ = ["console_routes", "parse_candidates", "totals_by_label"]
+__all__ = ["console_routes", "erasures_view", "parse_candidates", "totals_by_label"]
 
 #: How often the page asks for fresh data (milliseconds); sent to it in its config.
 POLL_MS = 1000
@@ -59,6 +59,27 @@ def _total(counter: Counter) -> float:
         for sample in family.samples
         if sample.name.endswith("_total")
     )
+
+
+def erasures_view(metrics: Metrics) -> dict[str, Any]:
+    """Erasures requested and applied here, and how long each store took (p99)."""
+    stores: dict[str, dict[str, Any]] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in metrics.erasure_seconds.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                store = sample.labels["store"]
+                buckets.setdefault(store, []).append((float(sample.labels["le"]), sample.value))
+    for store, cumulative in buckets.items():
+        cumulative.sort()
+        count = cumulative[-1][1]
+        p99 = next((le for le, n in cumulative if n >= 0.99 * count), None) if count else None
+        stores[store] = {"count": int(count), "p99_seconds": p99}
+    return {
+        "outcomes": totals_by_label(metrics.erasures),
+        "events_ignored": totals_by_label(metrics.events_dropped).get("erased", 0.0),
+        "stores": stores,
+    }
 
 
 def parse_candidates(raw: str | None) -> list[str]:
@@ -161,6 +182,7 @@ async def _system(request: Request) -> Response:
         "model": _model(state.models),
         "series": timeline.series(now),
         "recent_members": timeline.recent_members(),
+        "erasures": erasures_view(metrics),
     }
     # Built through its model: the OpenAPI document describes exactly what is sent.
     return JSONResponse(SystemView.model_validate(view).model_dump())

@@ -635,6 +635,7 @@ def test_topic_job_is_a_hook_creating_the_topics(production: list[Manifest]) -> 
         "item-attributes",
         "recommendations-log",
         "training-examples",
+        "member-erasures",
     ]
     assert spec["member-actions"]["partitions"] == 12
     assert spec["member-actions"]["copartitioned"] is True
@@ -646,6 +647,10 @@ def test_topic_job_is_a_hook_creating_the_topics(production: list[Manifest]) -> 
         "message.timestamp.type": "CreateTime",
     }
     assert spec["item-attributes"]["config"] == {"cleanup.policy": "compact"}
+    # Compacted and co-partitioned with the actions: an erasure is on its member's partition.
+    assert spec["member-erasures"]["config"] == {"cleanup.policy": "compact"}
+    assert spec["member-erasures"]["partitions"] == 12
+    assert spec["member-erasures"]["copartitioned"] is True
     assert spec["member-actions.dlq"]["partitions"] == 1
     assert {t["replication"] for t in spec.values()} == {3}
     # The Job connects exactly like the workers do.

@@ -304,3 +304,51 @@ def test_a_partition_revoked_during_a_pass_is_left_to_its_new_owner(table: Local
 
     asyncio.run(run())
     assert [s["request_id"] for s in topic.sets()] == ["r0"]
+
+
+def test_an_erased_members_responses_make_no_examples_and_leave_nothing(
+    table: LocalTable,
+) -> None:
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic)
+
+    async def run() -> None:
+        await joiner.add([record(0, "m1", NOW, ["x"]), record(1, "m2", NOW, ["x"])])
+        await joiner.record_reactions({(0, b"m1"): [("e1", "x", "click", NOW + 1)]})
+        joiner.erased = {"m1": NOW + 5}
+        # The erasure deletes every key of the member...
+        keys = await joiner.pending.member_keys(0, {b"m1"})
+        assert len(keys) == 3  # the response, the count, the reaction
+        await joiner.pending.write({0: dict.fromkeys(keys)})
+        assert all(b"m1" not in key for key in state_keys(table))
+        # ... a response logged before it and read after it is not stored; a later one is.
+        assert await joiner.add([record(2, "m1", NOW + 4, ["x"])]) == 0
+        assert await joiner.add([record(3, "m1", NOW + 6, ["x"])]) == 1
+        clock.now = NOW + 3600
+        await joiner.label_due()
+
+    asyncio.run(run())
+    assert sorted(s["request_id"] for s in topic.sets()) == ["r1", "r3"]
+
+
+def test_a_pending_response_of_a_member_erased_meanwhile_is_dropped_when_due(
+    table: LocalTable,
+) -> None:
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic)
+
+    async def run() -> None:
+        await joiner.add([record(0, "m1", NOW, ["x"]), record(1, "m2", NOW, ["x"])])
+        joiner.erased = {"m1": NOW}  # read after the response was stored
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 2
+
+    asyncio.run(run())
+    assert [s["request_id"] for s in topic.sets()] == ["r1"]
+    assert state_keys(table) == []
+    assert (
+        joiner.metrics.registry.get_sample_value(
+            "nearline_outcome_responses_total", {"outcome": "erased"}
+        )
+        == 1
+    )

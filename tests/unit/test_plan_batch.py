@@ -107,3 +107,33 @@ def test_the_partitioner_matches_kafkas_default() -> None:
         assert partition_for_key(key, 12) == DefaultPartitioner()(
             key, list(range(12)), list(range(12))
         )
+
+
+def test_an_erased_members_events_up_to_the_erasure_are_counted_and_go_no_further() -> None:
+    now = time.time()
+
+    def at(offset: int, member: str, ts: float, *, elsewhere: bool = False) -> SourceRecord:
+        value = codec.dumps(
+            {
+                "event_id": f"e{offset}",
+                "member_id": member,
+                "item_id": "i",
+                "action": "click",
+                "ts": ts,
+            }
+        )
+        owner = partition_for_key(member.encode(), 4)
+        return SourceRecord((owner + 1) % 4 if elsewhere else owner, offset, member.encode(), value)
+
+    records = [
+        at(0, "gone", now - 10),
+        at(1, "gone", now - 5, elsewhere=True),  # not forwarded either
+        at(2, "gone", now - 2),  # at the erasure: erased too
+        at(3, "gone", now - 1),  # after it: a new start
+        at(4, "kept", now - 10),
+    ]
+    plan = plan_batch(records, SETTINGS, now=now, partitions=4, erased={"gone": now - 2})
+    assert plan.erased == 3 and not plan.forwards
+    gone = plan.by_member[(partition_for_key(b"gone", 4), b"gone")]
+    assert [offset for _, offset, _ in gone] == [3]
+    assert (partition_for_key(b"kept", 4), b"kept") in plan.by_member

@@ -10,6 +10,7 @@ Load shedding is tested in ``test_shedding.py``.
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 from typing import Any
 
@@ -19,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
 
 from app.console.timeline import IngestTimeline
+from app.erasures import Erasure
 from app.lag import PartitionLag
 from app.limits import MAX_BODY_BYTES, MAX_ID_LENGTH
 from app.metrics import Metrics
@@ -96,8 +98,24 @@ class ListLog:
         self.records.append(record)
 
 
+class ListErasures:
+    """Erasure requests, recorded in a list; ``fail`` makes the broker refuse them."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.requested: list[Erasure] = []
+        self.fail = fail
+
+    async def request(self, member_id: str, requested_by: str) -> Erasure:
+        if self.fail:
+            raise ConnectionError("broker down")
+        erasure = Erasure.new(member_id, requested_by)
+        self.requested.append(erasure)
+        return erasure
+
+
 def web_app(
     *,
+    erasures: ListErasures | None = None,
     elsewhere: dict[str, NotOwned | Restoring] | None = None,
     http: httpx.AsyncClient | None = None,
     web_url: str = HERE,
@@ -120,6 +138,7 @@ def web_app(
             models=models,
             attributes=attributes,
             http=http or httpx.AsyncClient(),
+            erasures=erasures or ListErasures(),
         )
     )
 
@@ -355,3 +374,37 @@ def test_an_unreachable_owner_is_a_503_naming_it() -> None:
         assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
         error = answer.json()["error"]
         assert f"partition 3 ({OWNER}) did not answer: ConnectError" in error
+
+
+# -- erasure ---------------------------------------------------------------------------
+
+
+def test_an_erasure_is_recorded_and_answered_202() -> None:
+    erasures = ListErasures()
+    client = TestClient(web_app(erasures=erasures))
+    for _ in range(2):  # the same member twice: two erasures, both accepted
+        response = client.delete("/v1/members/member-1")
+        assert response.status_code == 202
+        body = response.json()
+        assert body["member_id"] == "member-1" and len(body["erasure_id"]) == 32
+        assert body["requested_at"] == pytest.approx(time.time(), abs=5)
+    assert [e.member_id for e in erasures.requested] == ["member-1", "member-1"]
+    assert erasures.requested[0].erasure_id != erasures.requested[1].erasure_id
+    assert erasures.requested[0].requested_by.startswith("api")
+
+
+def test_an_erasure_with_a_bad_id_or_token_or_no_broker_is_a_clear_4xx_or_503() -> None:
+    erasures = ListErasures()
+    client = TestClient(web_app(erasures=erasures, api_token=TOKEN))
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert client.delete("/v1/members/m").status_code == 401
+    assert client.delete("/v1/members/m", headers={"authorization": "Bearer x"}).status_code == 401
+    too_long = client.delete(f"/v1/members/{'m' * (MAX_ID_LENGTH + 1)}", headers=auth)
+    assert too_long.status_code == 422 and "over the limit" in too_long.json()["error"]
+    control = client.delete("/v1/members/a%00b", headers=auth)
+    assert control.status_code == 422 and "control" in control.json()["error"]
+    assert client.delete("/v1/members/", headers=auth).status_code == 404
+    assert erasures.requested == []
+    down = TestClient(web_app(erasures=ListErasures(fail=True)))
+    refused = down.delete("/v1/members/m")
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"

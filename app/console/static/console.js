@@ -76,6 +76,13 @@ function renderFeatures(features) {
     features.last_applied_at === state.renderedApplied && actions.length === state.seenEvents.size;
   state.renderedApplied = features.last_applied_at;
   setText($("timeline-count"), actions.length);
+  // An erased member is not an unknown one: say so, and when.
+  const erased = $("erased");
+  erased.hidden = !features.erased;
+  if (features.erased) {
+    setText(erased, `erased at ${new Date(features.erased.erased_at * 1000).toLocaleString()}` +
+      ` (erasure ${features.erased.erasure_id}); only what came after is shown`);
+  }
   setText($("last-event"), features.last_event_ts
     ? `${clock(features.last_event_ts)} (${duration(Date.now() / 1000 - features.last_event_ts)} ago)`
     : "—");
@@ -344,6 +351,12 @@ function renderSystem(s) {
   }));
   table($("dead-letters"), ["reason", "records"], dlq.map(([k, v]) => [k, v]));
   table($("dropped"), ["reason", "actions"], Object.entries(s.ingest.dropped).map(([k, v]) => [k, v]));
+  const erasures = s.erasures;
+  table($("erasures"), ["", "count", "request → done, p99"], [
+    ...Object.entries(erasures.outcomes).map(([k, v]) => [k, v, ""]),
+    ["events ignored", erasures.events_ignored, ""],
+    ...Object.entries(erasures.stores).map(([k, v]) => [`${k} store`, v.count, duration(v.p99_seconds)]),
+  ]);
   const store = s.attribute_store;
   const storeNode = $("attribute-store");
   if (changed(storeNode, store)) storeNode.textContent = `${store.backend}: ${store.ok ? "up" : "DOWN"}${store.detail ? ` (${store.detail})` : ""}`;

@@ -209,6 +209,8 @@ Secrets only by secretKeyRef.
   value: {{ .Values.kafka.topics.recommendationsLog.name | quote }}
 - name: NEARLINE_TOPIC_TRAINING_EXAMPLES
   value: {{ .Values.kafka.topics.trainingExamples.name | quote }}
+- name: NEARLINE_TOPIC_ERASURES
+  value: {{ .Values.kafka.topics.erasures.name | quote }}
 - name: NEARLINE_TOPIC_PARTITIONS
   value: {{ .Values.kafka.topics.partitions | quote }}
 - name: NEARLINE_TOPIC_REPLICATION

@@ -52,6 +52,8 @@ def corrupted(examples: ExampleSet, seed: int = 0) -> ExampleSet:
 
 
 def run(*args: str) -> tuple[int, str]:
+    # `train` runs with --skip-erasure-check: no broker answers here, and no member was
+    # erased from these files (tests/integration/test_erasure.py checks the erasures).
     result = CliRunner().invoke(main, list(args))
     return result.exit_code, result.output
 
@@ -71,7 +73,9 @@ def test_the_gate_publishes_a_better_model_refuses_a_worse_one_and_force_overrid
     worker = registry(models)
     assert isinstance(worker.load_latest(), HeuristicRanker)
 
-    code, out = run("train", str(good), "--model-dir", str(models), "--max-epochs", "12")
+    code, out = run(
+        "train", "--skip-erasure-check", str(good), "--model-dir", str(models), "--max-epochs", "12"
+    )
     assert code == 0, out
     assert "gate PASSED" in out and "vs served heuristic-v1" in out
     first = registry(models).served().version
@@ -79,7 +83,9 @@ def test_the_gate_publishes_a_better_model_refuses_a_worse_one_and_force_overrid
     assert worker.maybe_reload() and worker.active.version == first  # the worker follows
 
     # Trained on labels with no signal, the candidate is worse than the served model.
-    code, out = run("train", str(bad), "--model-dir", str(models), "--max-epochs", "3")
+    code, out = run(
+        "train", "--skip-erasure-check", str(bad), "--model-dir", str(models), "--max-epochs", "3"
+    )
     assert code == 1, out
     assert "gate REFUSED" in out and f"vs served {first}" in out
     assert "saved as rejected" in out
@@ -95,7 +101,16 @@ def test_the_gate_publishes_a_better_model_refuses_a_worse_one_and_force_overrid
     # A fresh worker does not pick the newer, rejected version either.
     assert registry(models).load_latest().version == first
 
-    code, out = run("train", str(bad), "--model-dir", str(models), "--max-epochs", "3", "--force")
+    code, out = run(
+        "train",
+        "--skip-erasure-check",
+        str(bad),
+        "--model-dir",
+        str(models),
+        "--max-epochs",
+        "3",
+        "--force",
+    )
     assert code == 0, out
     assert "gate REFUSED" in out and "published (now served)" in out
     forced = registry(models).served()
@@ -119,6 +134,7 @@ def test_rollback_restores_and_activate_serves_any_version(
     for seed in ("1", "2"):
         code, out = run(
             "train",
+            "--skip-erasure-check",  # no broker here: nobody was erased
             str(path),
             "--model-dir",
             str(models),
@@ -162,7 +178,8 @@ def test_a_canary_publishes_to_a_share_of_members_as_an_experiment(
     write_examples(good, examples)
     worker = registry(models)
     worker.load_latest()
-    args = ("train", str(good), "--model-dir", str(models), "--max-epochs", "3")
+    args = ("train", "--skip-erasure-check", str(good), "--model-dir", str(models))
+    args += ("--max-epochs", "3")
     code, out = run(*args, "--canary", "0.1")
     assert code == 0, out
     assert "gate PASSED" in out and "published to 10% of members as experiment canary-" in out
@@ -188,9 +205,9 @@ def test_a_canary_publishes_to_a_share_of_members_as_an_experiment(
 def test_the_trainer_exports_trains_and_gates_in_one_run(
     tmp_path: Path, examples: ExampleSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def export(settings: Any, out: Path, feature_names: Any) -> ExampleSet:
+    async def export(settings: Any, out: Path, feature_names: Any) -> tuple[ExampleSet, int]:
         write_examples(out, examples)  # what the training-examples topic holds
-        return examples
+        return examples, 0  # no member erased
 
     monkeypatch.setattr("app.exporting.export_training", export)
     models = tmp_path / "models"
