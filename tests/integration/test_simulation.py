@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,14 @@ def test_simulate_train_closes_the_loop_through_the_gate(
     # ingested by then is missed: at most, not exactly.)
     reacted = sum(1 for r in warmup if r.clicks or r.dismisses)
     assert 0.8 * reacted <= training.requests <= reacted
-    assert len(training.data) <= sum(r.clicks + r.dismisses for r in warmup)
+    # A reaction labels each of the member's responses that showed its item within the
+    # horizon before it (two sessions of a member can share an item), so a response's
+    # examples are items its member reacted to in the warm-up: at most that many.
+    reactions: Counter[str] = Counter()
+    for r in warmup:
+        reactions[f"member-{r.member}"] += r.clicks + r.dismisses
+    per_response = Counter(zip(training.data.request_id, training.data.member_id, strict=True))
+    assert all(n <= reactions[member] for (_, member), n in per_response.items())
     assert set(training.data.label.tolist()) == {0, 1}
     assert training.data.features.shape[1] == len(training.data.feature_names or ()) > 40
     assert training.report.gate.served_version == "heuristic-v1"
