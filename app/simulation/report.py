@@ -7,9 +7,9 @@ the training-examples topic as ``nearline experiment status`` computes them
 session-level rates and the ranking against the true click odds, which only the
 simulator knows; the daily series and the permutation test use those records too.
 
-The simulator's confidence intervals are a **cluster bootstrap over members**: a member's sessions are not
-independent (same interests, same history), so members are resampled with replacement
-within each arm, and each replicate recomputes the ratio metric (sum over the resampled
+The simulator's confidence intervals are a **cluster bootstrap over members**: a member's
+sessions are not independent (same interests, same history), so members are resampled with
+replacement within each arm, and each replicate recomputes the ratio metric (sum over the resampled
 members' sessions). The difference and the relative change NRT vs batch take one replicate
 of each arm, independently, per bootstrap draw. Percentile intervals.
 """
@@ -467,8 +467,7 @@ def _experiment_lines(result: SimulationResult) -> list[str]:
         "the numbers `nearline experiment status` computes from the training-examples topic "
         f"(the same function): {results.level:.0%} intervals from a bootstrap over members.",
         "",
-        "| metric | near-real-time | daily batch | NRT - batch | NRT vs batch | "
-        "seed (LinkedIn) |",
+        "| metric | near-real-time | daily batch | NRT - batch | NRT vs batch | seed (LinkedIn) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, (nrt, batch, diff, rel) in experiment_table(results).items():

@@ -423,9 +423,7 @@ class _Driver:
         else:
             await asyncio.to_thread(registry.load_latest)
             version = registry.active.version
-        started = experiment(
-            self.config.world.seed, version, self.scale.t0, self.scale.day_wall
-        )
+        started = experiment(self.config.world.seed, version, self.scale.t0, self.scale.day_wall)
         try:
             await asyncio.to_thread(registry.start_experiment, started)
         except ModelError as exc:

@@ -32,9 +32,7 @@ SECTIONS = (
 )
 
 
-def test_a_small_run_completes_and_reports(
-    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_small_run_completes_and_reports(broker: EmbeddedBroker, tmp_path: Path) -> None:
     config = SimulationConfig(
         world=WorldConfig(seed=3, members=30, items=500, days=1, warmup_days=1, candidates=50),
         compression=20_000.0,
@@ -90,14 +88,9 @@ def test_a_small_run_completes_and_reports(
         own = sum(r.dismisses for r in ours)
         assert 0.8 * own <= arm.totals["dismisses"] <= 1.2 * own
     # ... and `nearline experiment status` reports exactly the simulator's numbers.
-    for key, value in result.worker_env.items():
-        if key.startswith("NEARLINE_"):
-            monkeypatch.setenv(key, value)
-    status = CliRunner().invoke(
-        main, ["experiment", "status", "--json", "--model-dir", str(config.model_dir)]
-    )
+    status = CliRunner().invoke(main, ["experiment", "status", "--json"], env=result.worker_env)
     assert status.exit_code == 0, status.output
-    assert codec.loads(status.output) == codec.loads(codec.dumps(results.to_dict()))
+    assert codec.loads(status.stdout) == codec.loads(codec.dumps(results.to_dict()))
 
     out = tmp_path / "report"
     report = write_report(result, out).read_text()
