@@ -49,6 +49,7 @@ from app.stack import Stack, StackError, WorkerProcess
 if TYPE_CHECKING:
     from model.dataset import ExampleSet
     from model.experiments import Experiment, ExperimentResults
+    from model.registry import ModelRegistry
     from model.training import TrainingConfig, TrainingReport
 
 __all__ = [
@@ -404,7 +405,7 @@ class _Driver:
             if self._running:  # a failed run leaves no experiment running behind it
                 await asyncio.to_thread(self._registry().stop_experiment)
 
-    def _registry(self) -> Any:
+    def _registry(self) -> ModelRegistry:
         """The model directory the worker follows, as ``nearline experiment`` opens it."""
         from model.registry import ModelRegistry
         from model.vectorizer import Vectorizer
