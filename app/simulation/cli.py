@@ -102,7 +102,8 @@ def _field_options(
 @click.option(
     "--model-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A trained model directory for the worker (default: the heuristic ranker).",
+    help="A trained model directory for the worker (default: the heuristic ranker). The run "
+    "starts experiment sim-SEED in it, so it must not have run that one before.",
 )
 @click.option(
     "--train",
