@@ -399,7 +399,7 @@ class _Driver:
             measured = [s for s in sessions if s.day >= warmup]
             await self._start_experiment(client)
             await self._play(client, producer, measured, bar)
-            await self._collect_results(len(measured))
+            await self._collect_results(client, len(measured))
         finally:
             bar.close()
             if self._running:  # a failed run leaves no experiment running behind it
@@ -444,25 +444,31 @@ class _Driver:
             f"the worker did not follow experiment {started.id} in {_EXPERIMENT_TIMEOUT:.0f} s"
         )
 
-    async def _collect_results(self, responses: int) -> None:
-        """Wait until the outcomes join labelled every measured response, stop the
-        experiment, and read the arms' results as ``nearline experiment status`` does."""
+    async def _collect_results(self, client: httpx.AsyncClient, responses: int) -> None:
+        """Wait until the outcomes join labelled every measured response (the worker's
+        count on /metrics), stop the experiment, and read the arms' results from the
+        training-examples topic as ``nearline experiment status`` does."""
         from app.experiments import read_results
 
         assert self.experiment is not None
         settings = self.stack.app_settings()
-        last = self.scale.wall(self.config.world.total_days * DAY)
-        await asyncio.sleep(max(last - time.time(), 0.0) + settings.outcome_horizon)
+        labelled_of = (f'experiment="{self.experiment.id}"', 'outcome="labelled"')
         deadline = time.monotonic() + _EXPERIMENT_TIMEOUT
-        labelled = 0
+        labelled = 0.0
         while time.monotonic() < deadline:
-            results = await read_results(settings, self.experiment)
-            labelled = sum(arm.responses for arm in results.arms.values())
+            lines = (await client.get("/metrics")).text.splitlines()
+            labelled = sum(
+                float(line.rpartition(" ")[2])
+                for line in lines
+                if line.startswith("nearline_experiment_responses_total{")
+                and all(label in line for label in labelled_of)
+            )
             if labelled >= responses:
                 break
+            await asyncio.sleep(0.2)
         else:
             log.warning(
-                "simulation: %d of %d measured responses labelled after %.0f s",
+                "simulation: %.0f of %d measured responses labelled after %.0f s",
                 labelled,
                 responses,
                 _EXPERIMENT_TIMEOUT,
