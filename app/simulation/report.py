@@ -10,8 +10,8 @@ simulator knows; the daily series and the permutation test use those records too
 The simulator's confidence intervals are a **cluster bootstrap over members**: a member's
 sessions are not independent (same interests, same history), so members are resampled with
 replacement within each arm, and each replicate recomputes the ratio metric (sum over the
-resampled members' sessions). The difference and the relative change NRT vs batch take one replicate
-of each arm, independently, per bootstrap draw. Percentile intervals.
+resampled members' sessions). The difference and the relative change NRT vs batch take one
+replicate of each arm, independently, per bootstrap draw. Percentile intervals.
 """
 
 from __future__ import annotations
