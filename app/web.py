@@ -33,7 +33,6 @@ from app.openapi import FeaturesParams, openapi_document
 from app.recommend import RecommendationRequest, Recommender
 from app.settings import Settings
 from attribute_store import CachedAttributeStore, StoreHealth
-from model.experiments import daily_cutoff
 from model.registry import ModelRegistry
 from tables.online_store import NotOwned
 
@@ -414,7 +413,7 @@ async def recommendations(request: Request) -> Response:
     if ask.features_as_of is not None:
         as_of = ask.features_as_of  # the caller's cut-off wins over the arm's
     elif assignment is not None and assignment.arm.features == "daily":
-        as_of = daily_cutoff(time.time())
+        as_of = assignment.cutoff(time.time())  # the experiment's day: midnight UTC by default
     else:
         as_of = time.time()
     source: FeatureSource = request.app.state.features

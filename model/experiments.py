@@ -2,7 +2,8 @@
 
 An experiment splits members between two or more arms. An arm is a ranker (a model version
 or ``heuristic-v1``) and a feature mode: ``fresh`` (the member's features now) or ``daily``
-(as of the previous midnight UTC, as a daily batch would have them). A member's arm is a
+(as of the previous midnight UTC, as a daily batch would have them; an experiment may
+define its day otherwise, see :attr:`Experiment.day_length`). A member's arm is a
 stable hash of (experiment id, member id), so every worker and serving process puts a
 member in the same arm on every request, with no state to share.
 
@@ -78,9 +79,13 @@ class ExperimentError(ModelError):
     """An experiment cannot be started, read or decided as asked; the message says why."""
 
 
-def daily_cutoff(now: float) -> float:
-    """The previous midnight UTC: what a daily batch run at midnight would have seen."""
-    return now - now % _DAY
+def daily_cutoff(now: float, origin: float = 0.0, length: float = _DAY) -> float:
+    """The start of the day ``now`` is in: what a daily batch run then would have seen.
+
+    By default the previous midnight UTC; days of ``length`` seconds from ``origin`` (a
+    Unix time a day starts at) otherwise, as a simulation with a compressed clock has them.
+    """
+    return now - (now - origin) % length
 
 
 @dataclass(frozen=True)
@@ -129,10 +134,19 @@ class Experiment:
     started_at: float = field(default_factory=time.time)
     stopped_at: float | None = None
     promoted: str | None = None  # the arm made the default when the experiment ended
+    #: A "daily" arm's day: ``day_length`` seconds from ``day_origin`` (a Unix time a day
+    #: starts at). Production keeps midnight UTC (0, 86400); ``nearline simulate`` sets its
+    #: compressed clock's day, so a daily arm reads as of the last simulated midnight.
+    day_origin: float = 0.0
+    day_length: float = _DAY
 
     @property
     def running(self) -> bool:
         return self.stopped_at is None
+
+    def cutoff(self, now: float) -> float:
+        """A "daily" arm's features-as-of time for a request at ``now``."""
+        return daily_cutoff(now, self.day_origin, self.day_length)
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -159,6 +173,10 @@ class Experiment:
                 raise ExperimentError(f"arm {arm.name}: features must be fresh or daily")
             if not 0.0 < arm.share <= 1.0:
                 raise ExperimentError(f"arm {arm.name}: share {arm.share} must be in (0, 1]")
+        if not (math.isfinite(self.day_origin) and math.isfinite(self.day_length)):
+            raise ExperimentError("day_origin and day_length must be finite")
+        if self.day_length <= 0.0:
+            raise ExperimentError(f"day_length {self.day_length} must be positive")
         total = sum(arm.share for arm in self.arms)
         if abs(total - 1.0) > _SHARE_TOLERANCE:
             raise ExperimentError(f"the arms' shares sum to {total:g}, not 1")
@@ -170,6 +188,8 @@ class Experiment:
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
             "promoted": self.promoted,
+            "day_origin": self.day_origin,
+            "day_length": self.day_length,
         }
 
     @classmethod
@@ -185,6 +205,8 @@ class Experiment:
             started_at=float(body["started_at"]),
             stopped_at=None if stopped is None else float(stopped),
             promoted=body.get("promoted"),
+            day_origin=float(body.get("day_origin", 0.0)),
+            day_length=float(body.get("day_length", _DAY)),
         )
 
 
@@ -381,11 +403,12 @@ class ArmSums:
         return True
 
     def matrices(self) -> dict[str, np.ndarray]:
-        """Per arm, one row of sums per member."""
+        """Per arm, one row of sums per member, in member id order: the bootstrap then
+        draws the same members whatever order the topic's partitions were read in."""
         return {
-            arm: np.asarray(list(members.values()), dtype=np.float64).reshape(
-                len(members), len(_COLUMNS)
-            )
+            arm: np.asarray(
+                [members[member] for member in sorted(members)], dtype=np.float64
+            ).reshape(len(members), len(_COLUMNS))
             for arm, members in self._members.items()
         }
 

@@ -30,8 +30,8 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +109,8 @@ class Assignment:
     experiment: str
     arm: Arm
     ranker: Ranker
+    #: The features-as-of time of a "daily" arm's request at a time (the experiment's day).
+    cutoff: Callable[[float], float]
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,7 @@ class ModelRegistry:
             served.experiment.id,
             served.experiment.arms[index],
             self.active if ranker is None else ranker,
+            served.experiment.cutoff,
         )
 
     def read_experiment(self) -> Experiment | None:
@@ -377,9 +380,7 @@ class ModelRegistry:
         current = self.read_experiment()
         if current is None or not current.running:
             raise ExperimentError("no experiment is running")
-        stopped = Experiment(
-            current.id, current.arms, current.started_at, time.time(), promoted=promoted
-        )
+        stopped = replace(current, stopped_at=time.time(), promoted=promoted)
         self._write_experiment(stopped)
         log.info("experiment %s stopped", current.id)
         return stopped

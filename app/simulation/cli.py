@@ -102,7 +102,8 @@ def _field_options(
 @click.option(
     "--model-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A trained model directory for the worker (default: the heuristic ranker).",
+    help="A trained model directory for the worker (default: the heuristic ranker). The run "
+    "starts experiment sim-SEED in it, so it must not have run that one before.",
 )
 @click.option(
     "--train",
@@ -139,14 +140,16 @@ def simulate(
 
     Starts an embedded broker and a `nearline worker`, loads a seeded synthetic job
     catalogue through the item-attributes topic, and plays members' sessions in compressed
-    time: each session asks POST /v1/recommendations (the batch arm with features_as_of =
-    the last daily cut-off), draws the member's reactions from the behaviour model, and
-    produces them to the actions topic. Writes OUT/report.md with per-arm dismiss rate,
-    engaged-session share and applies per session (95 % cluster-bootstrap CIs), the change
+    time: each session asks POST /v1/recommendations, draws the member's reactions from the
+    behaviour model, and produces them to the actions topic. After the warm-up the arms run
+    as an experiment through the worker (`nearline experiment`, fresh vs daily features, the
+    day a simulated day). Writes OUT/report.md with the arms' results as `nearline
+    experiment status` computes them (dismiss rate, positive rate, NDCG@10, MRR), the
+    simulator's own session and ground-truth metrics (95 % cluster-bootstrap CIs), the change
     NRT vs batch beside the seed's figures, and daily plots.
     """
     from app.broker import BrokerError
-    from app.simulation.report import compare, write_report
+    from app.simulation.report import ARM_METRICS, compare, experiment_table, write_report
     from app.simulation.runner import SimulationConfig, SimulationError
     from app.simulation.runner import simulate as run
     from app.stack import StackError
@@ -175,8 +178,15 @@ def simulate(
     except (SimulationError, StackError, BrokerError) as exc:
         raise click.ClickException(str(exc)) from None
     report = write_report(result, out)
+    if result.experiment is not None:
+        for name, (_, _, diff, rel) in experiment_table(result.experiment).items():
+            click.echo(
+                f"{name:>20}: NRT vs batch {rel.fmt(percent=True)} (difference {diff.fmt()})"
+            )
     comparison = compare(result.sessions, seed=config.world.seed)
     for name, rel in comparison.relative.items():
+        if name in ARM_METRICS:
+            continue  # the experiment's figure is above
         diff = comparison.difference[name]
         click.echo(f"{name:>20}: NRT vs batch {rel.fmt(percent=True)} (difference {diff.fmt()})")
     click.echo(f"report: {report}  (wall time {result.wall_seconds:.0f} s)")

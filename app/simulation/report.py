@@ -1,10 +1,17 @@
 """The experiment's numbers: per-arm rates with bootstrap CIs, daily series, plots, Markdown.
 
-Confidence intervals are a **cluster bootstrap over members**: a member's sessions are not
-independent (same interests, same history), so members are resampled with replacement
-within each arm, and each replicate recomputes the ratio metric (sum over the resampled
-members' sessions). The difference and the relative change NRT vs batch take one replicate
-of each arm, independently, per bootstrap draw. Percentile intervals.
+The arms' outcome metrics (dismiss rate, positive rate, NDCG@10 and MRR of the served
+order) are the experiment machinery's: :attr:`SimulationResult.experiment`, computed from
+the training-examples topic as ``nearline experiment status`` computes them
+(:func:`experiment_table`). The rest is the simulator's own, from its session records:
+session-level rates and the ranking against the true click odds, which only the
+simulator knows; the daily series and the permutation test use those records too.
+
+The simulator's confidence intervals are a **cluster bootstrap over members**: a member's
+sessions are not independent (same interests, same history), so members are resampled with
+replacement within each arm, and each replicate recomputes the ratio metric (sum over the
+resampled members' sessions). The difference and the relative change NRT vs batch take one
+replicate of each arm, independently, per bootstrap draw. Percentile intervals.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np
 
 from app.simulation.runner import SessionRecord, SimulationResult
 from app.simulation.world import ARMS, Arm
+from model import experiments
 
 __all__ = [
     "METRICS",
@@ -28,6 +36,7 @@ __all__ = [
     "Estimate",
     "compare",
     "daily_series",
+    "experiment_table",
     "member_totals",
     "permutation_p_values",
     "write_report",
@@ -55,6 +64,15 @@ SEED_FIGURES: dict[str, str] = {
     "true_hr": "not reported",
     "true_mrr": "not reported",
 }
+#: The experiment machinery's metrics as the report names them (see :func:`experiment_table`).
+ARM_METRICS: dict[str, str] = {
+    "dismiss_rate": "dismiss rate (dismissed / served)",
+    "positive_rate": "positive rate (clicked, applied or saved / served)",
+    "ndcg_at_10": "NDCG@10 of the served order (positives as gains)",
+    "mrr": "MRR (first positive in the served order)",
+}
+#: The simulator's own metrics the report shows beside them (the machinery has the dismiss rate).
+_OWN_METRICS = tuple(name for name in METRICS if name not in ARM_METRICS)
 _COLUMNS = (
     "sessions",
     "impressions",
@@ -186,6 +204,34 @@ def compare(
     return Comparison(level, arms, difference, relative)
 
 
+def experiment_table(
+    results: experiments.ExperimentResults,
+) -> dict[str, tuple[Estimate, Estimate, Estimate, Estimate]]:
+    """Per machinery metric: NRT, batch, NRT - batch and NRT vs batch (relative).
+
+    The arms and the difference are exactly what ``nearline experiment status`` shows
+    (:func:`model.experiments.compare`); the relative change pairs the same bootstrap draws.
+    """
+    table = {}
+    for name in ARM_METRICS:
+        nrt, batch = results.arms["nrt"], results.arms["batch"]
+        diff = experiments.compare(results, name, "nrt", "batch")
+        a, b = nrt.draws[name], batch.draws[name]
+        size = min(len(a), len(b))
+        value, base = nrt.metrics[name][0], batch.metrics[name][0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            relative = _interval(
+                value / base - 1.0 if base else math.nan, a[:size] / b[:size] - 1.0, results.level
+            )
+        table[name] = (
+            Estimate(*nrt.metrics[name]),
+            Estimate(*batch.metrics[name]),
+            Estimate(diff.difference, diff.low, diff.high),
+            relative,
+        )
+    return table
+
+
 def permutation_p_values(
     records: Sequence[SessionRecord], permutations: int = 2000, seed: int = 0
 ) -> dict[str, float]:
@@ -304,15 +350,19 @@ def _markdown(result: SimulationResult, comparison: Comparison, plots: list[Path
         "",
         "## Results",
         "",
-        f"Measured days only. Intervals: {level} cluster bootstrap over members "
-        "(members resampled with replacement within each arm, 2000 replicates, percentile).",
+        *_experiment_lines(result),
+        "The simulator's own measures of the same sessions: what members did per session, "
+        "and each shown list scored against the true click odds (known only here). "
+        f"Intervals: {level} cluster bootstrap over members (members resampled with "
+        "replacement within each arm, 2000 replicates, percentile).",
         "",
         "| metric | near-real-time | daily batch | NRT - batch | NRT vs batch | p | "
         "seed (LinkedIn) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     p_values = permutation_p_values(result.sessions, seed=cfg.world.seed)
-    for name, (_, _, label) in METRICS.items():
+    for name in _OWN_METRICS:
+        label = METRICS[name][2]
         nrt = comparison.arms["nrt"].metrics[name]
         batch = comparison.arms["batch"].metrics[name]
         lines.append(
@@ -345,11 +395,12 @@ def _markdown(result: SimulationResult, comparison: Comparison, plots: list[Path
     lines += [
         "## Design",
         "",
-        "* **Arms.** Members are split by a seeded hash of the member id. Near-real-time: "
-        "`POST /v1/recommendations` without `features_as_of` (features as they stream). "
-        "Daily batch: `features_as_of` = the start of the current simulated day (the last "
-        "daily cut-off), so actions since then are ignored. Same model, same candidates "
-        "generator, same behaviour model.",
+        "* **Arms.** An experiment run through the worker like any other (`nearline "
+        "experiment`): started after the warm-up, the worker assigns each member an arm by "
+        "the experiment's stable hash of the member id. Near-real-time (`fresh`): features "
+        "as they stream. Daily batch (`daily`): features as of the start of the current "
+        "simulated day (the experiment's day is the simulated one), so actions since then "
+        "are ignored. Same model, same candidates generator, same behaviour model.",
         f"* **Warm-up.** The first {w.warmup_days} simulated day(s) serve every member fresh "
         "features and are not measured, so both arms start with history (as a production "
         "system would before the test).",
@@ -403,6 +454,37 @@ def _markdown(result: SimulationResult, comparison: Comparison, plots: list[Path
         "",
     ]
     return "\n".join(lines)
+
+
+def _experiment_lines(result: SimulationResult) -> list[str]:
+    """The machinery's table: the arms as ``nearline experiment status`` reports them."""
+    results = result.experiment
+    if results is None:
+        return ["No experiment results (the run ended before its experiment did).", ""]
+    lines = [
+        f"Measured days only. The worker served the arms as experiment "
+        f"`{results.experiment.id}`; the outcomes join labelled every response, and these are "
+        "the numbers `nearline experiment status` computes from the training-examples topic "
+        f"(the same function): {results.level:.0%} intervals from a bootstrap over members.",
+        "",
+        "| metric | near-real-time | daily batch | NRT - batch | NRT vs batch | seed (LinkedIn) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, (nrt, batch, diff, rel) in experiment_table(results).items():
+        lines.append(
+            f"| {ARM_METRICS[name]} | {nrt.fmt()} | {batch.fmt()} | {diff.fmt()} | "
+            f"{rel.fmt(percent=True)} | {SEED_FIGURES.get(name, 'not reported')} |"
+        )
+    lines += ["", "| arm | members | responses | served | dismissed | positives |"]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for arm in ARMS:
+        a = results.arms[arm]
+        t = a.totals
+        lines.append(
+            f"| {_ARM_LABEL[arm]} | {a.members} | {a.responses} | {int(t['impressions'])} | "
+            f"{int(t['dismisses'])} | {int(t['positives'])} |"
+        )
+    return [*lines, ""]
 
 
 def _mapping(compression: float) -> list[tuple[str, str, str]]:

@@ -1,10 +1,17 @@
 """Drives the real system: broker, `nearline worker`, items in, sessions over HTTP, actions back.
 
 For each session in time order the runner waits for its wall-clock moment, asks the worker
-``POST /v1/recommendations`` (with ``features_as_of`` = the last daily cut-off for members of
-the batch arm, omitted for the near-real-time arm), shows the top k, draws the member's
-reactions from the behaviour model and produces them to the actions topic, where the worker
-ingests them into the features the next request reads.
+``POST /v1/recommendations``, shows the top k, draws the member's reactions from the
+behaviour model and produces them to the actions topic, where the worker ingests them into
+the features the next request reads.
+
+The arms are an experiment run through the workers like any other (:mod:`model.experiments`):
+after the warm-up the runner starts :func:`~app.simulation.world.experiment` in the model
+directory, as ``nearline experiment start`` does, with the simulated day as the batch arm's
+day; the worker assigns each member an arm and reads the batch arm's features as of the
+last simulated midnight. At the end the runner waits until every measured response is
+labelled, stops the experiment, and takes the arms' results from the training-examples
+topic with the function ``nearline experiment status`` uses (:attr:`SimulationResult.experiment`).
 
 With ``train`` the learning loop closes inside the run: after the warm-up days (ranked by
 the heuristic) the worker's own training examples are exported from its topic, a model is
@@ -36,11 +43,13 @@ from app.kafka import client_options
 from app.settings import load_settings
 from app.simulation.behaviour import ENGAGED, BehaviourModel
 from app.simulation.timescale import TimeScale
-from app.simulation.world import DAY, Arm, Session, World, WorldConfig
+from app.simulation.world import DAY, Arm, Session, World, WorldConfig, experiment
 from app.stack import Stack, StackError, WorkerProcess
 
 if TYPE_CHECKING:
     from model.dataset import ExampleSet
+    from model.experiments import Experiment, ExperimentResults
+    from model.registry import ModelRegistry
     from model.training import TrainingConfig, TrainingReport
 
 __all__ = [
@@ -57,6 +66,11 @@ log = logging.getLogger(__name__)
 
 #: Wall seconds between loading the items and the first session: lets the worker settle.
 _LEAD_SECONDS = 1.0
+#: Wall seconds the worker usually needs to follow a started experiment (the model reload
+#: interval, 250 ms, and its once-a-second results poll); the measured days start no sooner.
+_FOLLOW_SECONDS = 2.0
+#: Wall seconds to wait for the worker to follow the experiment, or to label every response.
+_EXPERIMENT_TIMEOUT = 60.0
 _RETRIES = 5
 
 
@@ -189,6 +203,8 @@ class SimulationResult:
     time_scale: TimeScale
     pause: float = 0.0  # wall seconds the measured days started late (see SimulationConfig)
     training: TrainingOutcome | None = None
+    #: The arms' results as ``nearline experiment status`` computes them, after the run.
+    experiment: ExperimentResults | None = None
 
 
 def history_cap(config: SimulationConfig) -> int:
@@ -211,9 +227,9 @@ def _worker_settings(config: SimulationConfig, scale: TimeScale) -> dict[str, st
     }
     if config.model_dir is not None:
         settings["model_dir"] = str(config.model_dir)
-    if config.train:
-        # The worker must follow the published model before the measured days begin.
-        settings["model_reload_interval"] = "250ms"
+    # The worker must follow the experiment (and, with train, the published model) before
+    # the measured days begin.
+    settings["model_reload_interval"] = "250ms"
     return settings
 
 
@@ -234,7 +250,7 @@ def simulate(
     scale = TimeScale(config.compression)
     settings = _worker_settings(config, scale)
     stack = Stack.isolated(broker, partitions=config.partitions, prefix="sim", **settings)
-    if config.train and config.model_dir is None:
+    if config.model_dir is None:  # where the experiment (and, with train, the model) goes
         stack.settings["NEARLINE_MODEL_DIR"] = str(stack.tmp / "models")
     try:
         worker = stack.start_worker()
@@ -274,6 +290,7 @@ def simulate(
         time_scale=driver.scale,
         pause=driver.pause,
         training=driver.training,
+        experiment=driver.results,
     )
 
 
@@ -317,6 +334,9 @@ class _Driver:
         self.scale = TimeScale(config.compression)
         self.pause = 0.0
         self.training: TrainingOutcome | None = None
+        self.experiment: Experiment | None = None
+        self.results: ExperimentResults | None = None
+        self._running = False
 
     async def run(self) -> None:
         producer = AIOKafkaProducer(**client_options(self.settings, producer=True), linger_ms=2)
@@ -367,15 +387,95 @@ class _Driver:
             await self._play(client, producer, before, bar)
             if self.config.train:
                 await self._train(client, len(before))
-            # The measured days start when the pause is over: the clock is shifted by it.
+            # The measured days start when the pause is over (and the worker had time to
+            # follow the experiment): the clock is shifted by it.
             measured_start = self.scale.wall(warmup * DAY)
-            resume = max(measured_start + self.config.pause, time.time() + _LEAD_SECONDS)
-            if self.config.pause or self.config.train:
-                self.pause = resume - measured_start
-                self.scale = self.scale.started_at(self.scale.t0 + self.pause)
-            await self._play(client, producer, [s for s in sessions if s.day >= warmup], bar)
+            resume = max(
+                measured_start + self.config.pause,
+                time.time() + _LEAD_SECONDS + _FOLLOW_SECONDS,
+            )
+            self.pause = resume - measured_start
+            self.scale = self.scale.started_at(self.scale.t0 + self.pause)
+            measured = [s for s in sessions if s.day >= warmup]
+            await self._start_experiment(client)
+            await self._play(client, producer, measured, bar)
+            await self._collect_results(client, len(measured))
         finally:
             bar.close()
+            if self._running:  # a failed run leaves no experiment running behind it
+                await asyncio.to_thread(self._registry().stop_experiment)
+
+    def _registry(self) -> ModelRegistry:
+        """The model directory the worker follows, as ``nearline experiment`` opens it."""
+        from model.registry import ModelRegistry
+        from model.vectorizer import Vectorizer
+
+        settings = self.stack.app_settings()
+        return ModelRegistry(settings.model_dir, Vectorizer.from_settings(settings), "default")
+
+    async def _start_experiment(self, client: httpx.AsyncClient) -> None:
+        """Start the arms' experiment, ranked by what the worker serves, with the simulated
+        day; wait until the worker serves it (its experiment panel names it)."""
+        from model.exceptions import ModelError
+
+        registry = self._registry()
+        if self.training is not None:
+            version = self.training.served_version
+        else:
+            await asyncio.to_thread(registry.load_latest)
+            version = registry.active.version
+        started = experiment(self.config.world.seed, version, self.scale.t0, self.scale.day_wall)
+        try:
+            await asyncio.to_thread(registry.start_experiment, started)
+        except ModelError as exc:
+            raise SimulationError(
+                f"cannot start the simulation's experiment: {exc} (a fresh --model-dir runs it)"
+            ) from exc
+        self.experiment, self._running = started, True
+        deadline = time.monotonic() + _EXPERIMENT_TIMEOUT
+        while time.monotonic() < deadline:
+            response = await client.get("/v1/console/experiment")
+            if response.status_code == 200:
+                shown = response.json().get("experiment") or {}
+                if shown.get("id") == started.id:
+                    return
+            await asyncio.sleep(0.1)
+        raise SimulationError(
+            f"the worker did not follow experiment {started.id} in {_EXPERIMENT_TIMEOUT:.0f} s"
+        )
+
+    async def _collect_results(self, client: httpx.AsyncClient, responses: int) -> None:
+        """Wait until the outcomes join labelled every measured response (the worker's
+        count on /metrics), stop the experiment, and read the arms' results from the
+        training-examples topic as ``nearline experiment status`` does."""
+        from app.experiments import read_results
+
+        assert self.experiment is not None
+        settings = self.stack.app_settings()
+        labelled_of = (f'experiment="{self.experiment.id}"', 'outcome="labelled"')
+        deadline = time.monotonic() + _EXPERIMENT_TIMEOUT
+        labelled = 0.0
+        while time.monotonic() < deadline:
+            lines = (await client.get("/metrics")).text.splitlines()
+            labelled = sum(
+                float(line.rpartition(" ")[2])
+                for line in lines
+                if line.startswith("nearline_experiment_responses_total{")
+                and all(label in line for label in labelled_of)
+            )
+            if labelled >= responses:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            log.warning(
+                "simulation: %.0f of %d measured responses labelled after %.0f s",
+                labelled,
+                responses,
+                _EXPERIMENT_TIMEOUT,
+            )
+        stopped = await asyncio.to_thread(self._registry().stop_experiment)
+        self._running = False
+        self.results = await read_results(settings, stopped)
 
     async def _train(self, client: httpx.AsyncClient, responses: int) -> None:
         """Export the warm-up's examples, train through the gate, wait for the worker."""
@@ -510,13 +610,18 @@ class _Driver:
             "candidates": [world.item_ids[i] for i in session.candidates],
             "k": config.k,
         }
-        # Warm-up days serve everyone fresh features, as production did before the test.
-        if arm == "batch" and measured:
-            body["features_as_of"] = self.scale.cutoff(session.day)
         late = time.time() - due
         asked = time.perf_counter()
         answer = await self._recommend(client, body)
         latency = time.perf_counter() - asked
+        # Warm-up days serve everyone fresh features, as production did before the test;
+        # then the worker assigns the arm (and the batch arm's cut-off) itself.
+        served_arm = answer.get("experiment")
+        expected = {"id": self.experiment.id, "arm": arm} if measured and self.experiment else None
+        if served_arm != expected:
+            raise SimulationError(
+                f"{member_id} on day {session.day} was served in arm {served_arm}, not {expected}"
+            )
         shown = [self.item_index[entry["item_id"]] for entry in answer["items"][: config.k]]
         outcome = config.behaviour.react(
             world, session.member, session.index, session.sim_time, shown

@@ -15,8 +15,10 @@ built from equal configs are equal, whatever order they are queried in.
 * **Sessions**: each simulated day a member has Poisson(``sessions_per_day``) sessions at
   uniform random times; each session draws ``candidates`` jobs uniformly from the catalogue
   (a candidate generator that knows nothing about the member, the same for both arms).
-* **Arms**: a member is in the near-real-time arm (``nrt``) or the daily-batch arm
-  (``batch``) by a seeded hash of the member id, half and half in expectation.
+* **Arms**: a member is in the near-real-time arm (``nrt``, fresh features) or the
+  daily-batch arm (``batch``, daily features) of the experiment :func:`experiment` defines,
+  half and half in expectation: the arm the experiment machinery's stable hash of
+  (``sim-<seed>``, member id) picks, as the worker serving the run picks it.
 
 The same world makes the synthetic training examples of :mod:`model.examples`, which also
 want what a catalogue has and the simulator leaves out: a ``popularity`` per job, a
@@ -28,13 +30,15 @@ world, and the simulator's worlds are what they were before the examples used th
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Literal
 
 import numpy as np
+
+from model import experiments
+from model.heuristic import HEURISTIC_VERSION
 
 __all__ = [
     "ARMS",
@@ -46,6 +50,7 @@ __all__ = [
     "World",
     "WorldConfig",
     "arm_of",
+    "experiment",
 ]
 
 Arm = Literal["nrt", "batch"]
@@ -172,10 +177,36 @@ class _Change:
     interest: np.ndarray | None = None
 
 
+#: Each arm's feature mode in the experiment the simulator runs.
+FEATURES: dict[Arm, experiments.FeatureMode] = {"nrt": "fresh", "batch": "daily"}
+
+
+def experiment(
+    seed: int,
+    version: str = HEURISTIC_VERSION,
+    day_origin: float = 0.0,
+    day_length: float = DAY,
+) -> experiments.Experiment:
+    """The experiment a run of world ``seed`` starts: ``nrt`` and ``batch`` half and half,
+    both ranked by ``version``, the batch arm's day the simulated day (``day_length`` wall
+    seconds from ``day_origin``). Its id depends on the seed only, so two runs of one world
+    (``simulate --train`` and its heuristic baseline) split the members alike."""
+    return experiments.Experiment(
+        f"sim-{seed}",
+        tuple(experiments.Arm(arm, version, FEATURES[arm], 0.5) for arm in ARMS),
+        day_origin=day_origin,
+        day_length=day_length,
+    )
+
+
+@lru_cache(maxsize=8)
+def _assigner(seed: int) -> experiments.Assigner:
+    return experiments.Assigner(experiment(seed))
+
+
 def arm_of(member_id: str, seed: int) -> Arm:
-    """The arm of a member: a seeded hash, stable across runs and processes."""
-    digest = hashlib.sha256(f"{seed}:{member_id}".encode()).digest()
-    return ARMS[digest[0] & 1]
+    """The arm of a member: the experiment machinery's stable hash, as the worker assigns."""
+    return ARMS[_assigner(seed).index(member_id)]
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

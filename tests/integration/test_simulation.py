@@ -6,9 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from app import codec
 from app.broker import EmbeddedBroker
+from app.cli import main
 from app.simulation.behaviour import BehaviourModel
 from app.simulation.report import (
     compare,
@@ -35,6 +37,7 @@ def test_a_small_run_completes_and_reports(broker: EmbeddedBroker, tmp_path: Pat
     config = SimulationConfig(
         world=WorldConfig(seed=3, members=30, items=500, days=1, warmup_days=1, candidates=50),
         compression=20_000.0,
+        model_dir=tmp_path / "models",
     )
     result = simulate(config, broker=broker, progress=False, keep_log=tmp_path / "worker.log")
 
@@ -68,11 +71,36 @@ def test_a_small_run_completes_and_reports(broker: EmbeddedBroker, tmp_path: Pat
         else:
             assert entry["features_as_of"] > scale.cutoff(day)
 
+    # The arms ran as an experiment through the worker: it assigned every measured response
+    # an arm (the runner checks each against the hash) and the outcomes join labelled each.
+    results = result.experiment
+    assert results is not None and results.experiment.id == "sim-3"
+    assert not results.experiment.running
+    assert results.experiment.day_length == pytest.approx(DAY / config.compression)
+    for name in ("nrt", "batch"):
+        ours = [r for r in measured if r.arm == name]
+        arm = results.arms[name]
+        assert arm.arm.features == ("fresh" if name == "nrt" else "daily")
+        assert arm.responses == len(ours) and arm.members == len({r.member for r in ours})
+        assert arm.totals["impressions"] == config.k * len(ours)
+        # The join counts a dismiss within the 30 min horizon of each response: 90 ms of wall
+        # time at 20000x (one missed if ingested late), and a member's next session may fall
+        # in it too (counted twice). Close to the simulator's own count, not equal.
+        own = sum(r.dismisses for r in ours)
+        assert 0.8 * own <= arm.totals["dismisses"] <= 1.2 * own
+    # ... and `nearline experiment status` reports exactly the simulator's numbers.
+    status = CliRunner().invoke(main, ["experiment", "status", "--json"], env=result.worker_env)
+    assert status.exit_code == 0, status.output
+    assert codec.loads(status.stdout) == codec.loads(codec.dumps(results.to_dict()))
+
     out = tmp_path / "report"
     report = write_report(result, out).read_text()
     for section in SECTIONS:
         assert section in report
     assert "-20 %" in report and "+0.68 %" in report
+    assert "`sim-3`" in report and "`nearline experiment status`" in report
+    nrt = results.arms["nrt"].metrics["dismiss_rate"]
+    assert f"| {nrt[0]:.4f} [{nrt[1]:.4f}, {nrt[2]:.4f}] |" in report
     for name in ("dismiss_rate", "engaged_sessions", "applies_per_session"):
         png = out / f"daily_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

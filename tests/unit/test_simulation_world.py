@@ -9,10 +9,10 @@ import pytest
 
 from app.settings import load_settings
 from app.simulation.behaviour import BehaviourModel
-from app.simulation.report import compare, permutation_p_values
+from app.simulation.report import compare, experiment_table, permutation_p_values
 from app.simulation.runner import SessionRecord
 from app.simulation.timescale import TimeScale
-from app.simulation.world import DAY, World, WorldConfig, arm_of
+from app.simulation.world import ARMS, DAY, World, WorldConfig, arm_of, experiment
 from attribute_store import validate_item
 
 SMALL = WorldConfig(seed=11, members=40, items=300, days=2, warmup_days=1, candidates=30)
@@ -229,3 +229,51 @@ def test_a_topic_aware_history_favours_the_members_topic() -> None:
     assert np.mean(world.item_topic[engaged] == state.topic) > np.mean(
         world.item_topic[dismissed] == state.topic
     )
+
+
+def test_the_reports_arm_figures_are_the_experiment_machinerys() -> None:
+    """The simulator's experiment assigns as the worker does, and the report's table is
+    ``nearline experiment status``'s computation (model.experiments), not a second one."""
+    from model.experiments import Assigner, arm_results
+    from model.experiments import compare as compare_arms
+
+    started = experiment(5, day_origin=1000.0, day_length=43.2)
+    assigner = Assigner(started)
+    members = [f"member-{m}" for m in range(200)]
+    assert [arm_of(m, 5) for m in members] == [ARMS[assigner.index(m)] for m in members]
+    assert started.cutoff(1000.0 + 43.2 * 3 + 1.0) == pytest.approx(1000.0 + 43.2 * 3)
+    rng = np.random.default_rng(0)
+    sets = []
+    for n in range(600):
+        member = members[n % len(members)]
+        dismissed = int(rng.integers(0, 4 if arm_of(member, 5) == "batch" else 2))
+        sets.append(
+            {
+                "request_id": f"r{n}",
+                "member_id": member,
+                "experiment": {
+                    "id": started.id,
+                    "arm": arm_of(member, 5),
+                    "served": 10,
+                    "click": 1,
+                    "apply": 0,
+                    "save": 0,
+                    "dismiss": dismissed,
+                    "positives": [int(rng.integers(0, 10))],
+                },
+            }
+        )
+    results = arm_results(sets, started)
+    table = experiment_table(results)
+    assert set(table) == {"dismiss_rate", "positive_rate", "ndcg_at_10", "mrr"}
+    nrt, batch, diff, relative = table["dismiss_rate"]
+    assert (nrt.value, nrt.low, nrt.high) == results.arms["nrt"].metrics["dismiss_rate"]
+    assert (batch.value, batch.low, batch.high) == results.arms["batch"].metrics["dismiss_rate"]
+    machinery = compare_arms(results, "dismiss_rate", "nrt", "batch")
+    assert (diff.value, diff.low, diff.high) == (
+        machinery.difference,
+        machinery.low,
+        machinery.high,
+    )
+    assert diff.high < 0  # 0.05 vs 0.15 dismissed per served item
+    assert relative.value == pytest.approx(nrt.value / batch.value - 1.0)

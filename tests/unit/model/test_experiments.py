@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,39 @@ def test_daily_cutoff_is_the_previous_midnight_utc() -> None:
     midnight = 1_764_374_400.0  # 2025-11-29 00:00 UTC
     assert daily_cutoff(midnight + 86_399.5) == midnight
     assert daily_cutoff(midnight) == midnight == daily_cutoff(midnight + 86_400.0) - 86_400.0
+
+
+def test_an_experiment_may_define_a_compressed_day() -> None:
+    """A simulation at 2000x: a day of 43.2 s from the simulated clock's start, kept through
+    the definition file; production's default stays midnight UTC."""
+    origin, length = 1_764_374_412.25, 86_400.0 / 2000.0
+    assert daily_cutoff(origin + 2.5 * length, origin, length) == pytest.approx(origin + 2 * length)
+    assert daily_cutoff(origin + length, origin, length) == pytest.approx(origin + length)
+    assert daily_cutoff(origin - 1.0, origin, length) == pytest.approx(origin - length)
+    compressed = replace(two_arms(), day_origin=origin, day_length=length)
+    compressed.check()
+    again = Experiment.from_dict(orjson.loads(orjson.dumps(compressed.to_dict())))
+    assert again == compressed
+    assert again.cutoff(origin + 10.0 * length + 1.0) == pytest.approx(origin + 10.0 * length)
+    # A definition written before the day was configurable reads as midnight UTC.
+    legacy = {k: v for k, v in two_arms().to_dict().items() if not k.startswith("day_")}
+    assert Experiment.from_dict(legacy).cutoff(1_764_374_400.0 + 5.0) == 1_764_374_400.0
+    with pytest.raises(ExperimentError, match="day_length 0"):
+        replace(two_arms(), day_length=0.0).check()
+
+
+def test_a_daily_arm_follows_the_experiments_day(tmp_path: Path, vectorizer: Vectorizer) -> None:
+    """The registry hands a request the running experiment's day, and keeps it on stop."""
+    registry = ModelRegistry(tmp_path, vectorizer)
+    origin, length = 1_000_000.5, 43.2
+    registry.start_experiment(replace(two_arms(), day_origin=origin, day_length=length))
+    registry.load_latest()
+    assignment = registry.assign("m1")
+    assert assignment is not None
+    assert assignment.cutoff(origin + 3 * length + 7.0) == pytest.approx(origin + 3 * length)
+    stopped = registry.stop_experiment()
+    assert (stopped.day_origin, stopped.day_length) == (origin, length)
+    assert registry.read_experiment() == stopped
 
 
 # -- bad definitions -----------------------------------------------------------------------
