@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from app.broker import BrokerError, EmbeddedBroker
 from app.settings import Settings, SettingsError, load_settings
-from app.training_options import force_option, loss_option
+from app.training_options import canary_option, force_option, loss_option
 
 __all__ = ["main"]
 
@@ -306,12 +306,7 @@ _MODEL_DIR = click.option(
     help="Train once per loss on the same split, print the table, save nothing.",
 )
 @click.option("--seed", default=0, show_default=True)
-@click.option(
-    "--canary",
-    type=float,
-    help="Publish to this share of members only (e.g. 0.1), as an experiment against the "
-    "served ranker; `nearline experiment promote` serves it to everyone.",
-)
+@canary_option()
 @click.option(
     "--skip-erasure-check",
     is_flag=True,
@@ -482,12 +477,7 @@ async def _send_erasures(settings: Settings, erasures: list[Any]) -> None:
 @_MODEL_DIR
 @loss_option()
 @click.option("--max-epochs", default=30, show_default=True)
-@click.option(
-    "--canary",
-    type=float,
-    help="Publish to this share of members only (e.g. 0.1), as an experiment against the "
-    "served ranker.",
-)
+@canary_option()
 @click.option("--seed", default=0, show_default=True)
 def trainer(
     model_dir: Path | None, loss: str, max_epochs: int, canary: float | None, seed: int

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["LOSSES", "force_option", "loss_option"]
+__all__ = ["LOSSES", "canary_option", "force_option", "loss_option"]
 
 LOSSES = ("pointwise", "listwise", "pairwise")
 
@@ -38,4 +38,14 @@ def force_option(context: str = "") -> Callable[[_Command], _Command]:
     what = "publish" if context else "Publish"
     return click.option(
         "--force", is_flag=True, help=f"{context}{what} even if the gate refuses the model."
+    )
+
+
+def canary_option() -> Callable[[_Command], _Command]:
+    """``--canary SHARE``: publish as an experiment against the served ranker."""
+    return click.option(
+        "--canary",
+        type=float,
+        help="Publish to this share of members only (e.g. 0.1), as an experiment against the "
+        "served ranker; `nearline experiment promote` serves it to everyone.",
     )
