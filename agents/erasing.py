@@ -38,7 +38,7 @@ from mode import Service
 
 from app import codec
 from app.erasures import Erasure, decode_records, latest_by_member, read_to_end
-from app.kafka import client_options, partition_for_key
+from app.kafka import partition_for_key, topic_reader
 from app.metrics import Metrics
 from app.settings import Settings
 from attribute_store import AttributeStore
@@ -79,14 +79,8 @@ class ErasureLog:
 
     async def load(self) -> int:
         """Read the topic from its beginning to its end now; returns how many members."""
-        self._consumer = AIOKafkaConsumer(
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # An erasure is due within seconds: a fetch waits at most this long for one.
-            fetch_max_wait_ms=100,
-            **client_options(self.settings),
-        )
+        # An erasure is due within seconds: a fetch waits at most 100 ms for one.
+        self._consumer = topic_reader(self.settings, fetch_max_wait_ms=100)
         await self._consumer.start()
         found = await read_to_end(
             self._consumer, self.settings.topic_erasures, self.settings.topic_partitions

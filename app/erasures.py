@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app import codec
-from app.kafka import client_options, partition_for_key
+from app.kafka import partition_for_key, topic_reader
 from app.limits import MAX_ID_LENGTH
 from app.settings import Settings
 
@@ -189,12 +189,7 @@ async def read_to_end(consumer: AIOKafkaConsumer, topic: str, partitions: int) -
 
 async def read_erasures(settings: Settings) -> dict[str, Erasure]:
     """The latest erasure of every member erased, read from the whole topic now."""
-    consumer = AIOKafkaConsumer(
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **client_options(settings),
-    )
+    consumer = topic_reader(settings)
     await consumer.start()
     try:
         if settings.topic_erasures not in await consumer.topics():

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from tqdm import tqdm
 
 from agents.outcomes import feature_set_id
 from app import codec
 from app.erasures import Erasure, read_erasures
-from app.kafka import client_options
+from app.kafka import topic_reader
 from app.settings import Settings
 from model.dataset import ExampleSet, write_examples
 from model.feature_log import decode_matrix
@@ -28,12 +28,7 @@ class ExportError(ValueError):
 
 async def read_topic(settings: Settings, topic: str, idle: float = 2.0) -> list[bytes]:
     """Every value on ``topic`` from the beginning, stopping after ``idle`` quiet seconds."""
-    consumer = AIOKafkaConsumer(
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **client_options(settings),
-    )
+    consumer = topic_reader(settings)
     await consumer.start()
     values: list[bytes] = []
     try:

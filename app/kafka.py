@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
@@ -58,6 +58,18 @@ def client_options(settings: Settings, *, producer: bool = False) -> dict[str, A
     if producer:
         options.update(BrokerWorkarounds.from_settings(settings).producer_options())
     return options
+
+
+def topic_reader(settings: Settings, **options: Any) -> AIOKafkaConsumer:
+    """A consumer of no group that reads topics from their beginning and commits nothing:
+    for reading a whole topic (an export, the erasures), not for sharing it out."""
+    return AIOKafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **options,
+        **client_options(settings),
+    )
 
 
 @lru_cache(maxsize=262_144)

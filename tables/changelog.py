@@ -134,7 +134,7 @@ class ChangelogTable:
         another worker wrote meanwhile): reads must not take it for the present. From a
         rebalance's start until its assignment, partitions held before stay readable as
         they were. A worker that never read between two rebalances counts the second as
-        restoring from its start: a few hundred milliseconds of 503s, never stale answers.
+        restoring from its start: 503s for that whole rebalance, never stale answers.
         """
         app = self.faust_app
         if not app.rebalancing:
