@@ -35,11 +35,11 @@ demo: setup
 	$(BIN)/nearline demo
 
 lint: setup
-	$(BIN)/ruff check app agents tables attribute_store model tests bench
-	$(BIN)/ruff format --check app agents tables attribute_store model tests bench
+	$(BIN)/ruff check nearline foundation attribute_store model tables agents app simulation tests bench
+	$(BIN)/ruff format --check nearline foundation attribute_store model tables agents app simulation tests bench
 
 typecheck: setup
-	$(BIN)/mypy app agents tables attribute_store model
+	$(BIN)/mypy nearline foundation attribute_store model tables agents app simulation
 
 unit: setup
 	$(BIN)/python -m pytest tests/unit -q

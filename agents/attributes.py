@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from mode import Service
 
-from app import codec
-from app.kafka import client_options
-from app.metrics import Metrics
-from app.settings import Settings
-from attribute_store import AttributeStore, InvalidRecord, ItemAttributes, validate_item
+from nearline.attribute_store import AttributeStore, InvalidRecord, ItemAttributes, validate_item
+from nearline.foundation import codec
+from nearline.foundation.kafka import client_options
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.settings import Settings
 
 __all__ = ["ItemAttributesFeed", "plan_attribute_batch"]
 

@@ -35,7 +35,12 @@ from typing import Any
 import rocksdict
 from faust.types import TP
 
-from app.faust_internals import ConsumerInternals, acknowledging, partition_db, recovery_of
+from nearline.foundation.faust_internals import (
+    ConsumerInternals,
+    acknowledging,
+    partition_db,
+    recovery_of,
+)
 
 __all__ = ["BulkChannel", "BulkConsumer", "Fetch"]
 

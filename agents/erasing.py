@@ -5,13 +5,13 @@ table), and not only its own through the consumer group: a worker must know ever
 before it applies a single action, also when it starts under a new app id on the old topics
 (no changelog, every action read again from the start) or takes over a partition in a
 rebalance. So :meth:`ErasureLog.load` reads the topic to its end before the worker starts
-(``app.worker.prepare``), and the log follows it from there. The erasures in memory are
+(``nearline.app.worker.prepare``), and the log follows it from there. The erasures in memory are
 then what ingest and the outcomes join check each event and response against: the topic is
 compacted to one small record per member erased.
 
 **What is erased, where** (:class:`Eraser`): the worker owning the member's partition
 deletes the member's keys in the online store (tombstones in the changelog, and the erasure
-marker last: ``tables.member_state``; a member holding only events after the erasure, which
+marker last: ``nearline.tables.member_state``; a member holding only events after the erasure, which
 a worker knowing of it applied, keeps them) and its pending responses and recorded actions in the
 outcomes join's table; every worker deletes the member's static attributes from its
 attribute store (the embedded store is a copy per worker; Aerospike's is shared, and a
@@ -36,14 +36,14 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 from mode import Service
 
-from app import codec
-from app.erasures import Erasure, decode_records, latest_by_member, read_to_end
-from app.kafka import partition_for_key, topic_reader
-from app.metrics import Metrics
-from app.settings import Settings
-from attribute_store import AttributeStore
-from tables.online_store import OnlineStore
-from tables.pending import PendingResponses
+from nearline.agents.erasures import Erasure, decode_records, latest_by_member, read_to_end
+from nearline.attribute_store import AttributeStore
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key, topic_reader
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.settings import Settings
+from nearline.tables.online_store import OnlineStore
+from nearline.tables.pending import PendingResponses
 
 __all__ = ["Eraser", "ErasureLog"]
 

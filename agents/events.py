@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from app import codec, limits
+from nearline.foundation import codec, limits
 
 __all__ = ["MILLISECONDS_FROM", "ActionEvent", "InvalidEvent", "event_time", "parse_action"]
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app import codec
-from app.kafka import send_in_batches
+from nearline.foundation import codec
+from nearline.foundation.kafka import send_in_batches
 
 __all__ = ["KafkaExamplesTopic"]
 

@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agents.events import ActionEvent, InvalidEvent, parse_action
-from app.kafka import partition_for_key
-from app.metrics import Metrics
-from app.settings import Settings
-from attribute_store import AttributeStore, StoreUnavailable, ingest_fields
-from tables.member_state import Applied, MemberState, RecentAction, Source
-from tables.online_store import OnlineStore
+from nearline.agents.events import ActionEvent, InvalidEvent, parse_action
+from nearline.attribute_store import AttributeStore, StoreUnavailable, ingest_fields
+from nearline.foundation.kafka import partition_for_key
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.settings import Settings
+from nearline.tables.member_state import Applied, MemberState, RecentAction, Source
+from nearline.tables.online_store import OnlineStore
 
 __all__ = [
     "BatchPlan",

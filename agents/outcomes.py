@@ -2,8 +2,8 @@
 
 A windowed stream-stream join kept in state, as Kafka Streams and Samza do it. A logged
 response is read off the recommendations log, stored in a changelog-backed RocksDB table
-(:class:`~tables.pending.PendingResponses`) keyed by its due time, and acknowledged at once;
-nothing waits inside a stream, so the consumer that also reads the actions is never held. A
+(:class:`~nearline.tables.pending.PendingResponses`) keyed by its due time, and acknowledged at
+once; nothing waits inside a stream, so the consumer that also reads the actions is never held. A
 timer labels the responses whose horizon has passed with the member's actions (the online
 store of the same partition, plus every action recorded for members with pending
 responses), writes one example set per response and deletes it.
@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from agents.ingest import KafkaRecord
-from app import codec
-from app.metrics import Metrics
-from model.experiments import response_outcome
-from model.feature_log import encode_matrix, logged_rows
-from tables.online_store import OnlineStore
-from tables.pending import (
+from nearline.agents.ingest import KafkaRecord
+from nearline.foundation import codec
+from nearline.foundation.metrics import Metrics
+from nearline.model.experiments import response_outcome
+from nearline.model.feature_log import encode_matrix, logged_rows
+from nearline.tables.online_store import OnlineStore
+from nearline.tables.pending import (
     IN_PROGRESS_KEY,
     STORED_UNTIL_KEY,
     DueResponse,
@@ -118,7 +118,7 @@ def label_response(
     }
     if arm is not None:
         # Every response of an arm has its outcome here, with or without examples: the
-        # arm's results are computed from this topic (model.experiments.arm_results).
+        # arm's results are computed from this topic (nearline.model.experiments.arm_results).
         arm_outcome = response_outcome(record["ranked"], reactions)
         example_set["experiment"] = {"id": arm["id"], "arm": arm["arm"], **arm_outcome}
     return example_set

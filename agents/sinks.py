@@ -13,10 +13,10 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaProducer
 
-from agents.ingest import DeadLetter, KafkaRecord
-from app import codec
-from app.faust_internals import kafka_producer
-from app.kafka import send_in_batches
+from nearline.agents.ingest import DeadLetter, KafkaRecord
+from nearline.foundation import codec
+from nearline.foundation.faust_internals import kafka_producer
+from nearline.foundation.kafka import send_in_batches
 
 __all__ = [
     "DeadLetters",

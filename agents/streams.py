@@ -2,8 +2,9 @@
 
 Two tasks read the topics a fetch at a time (``agents/bulk.py``): ingest applies actions to
 the online store, the outcomes join queues logged responses. Timers label outcomes that are
-due, sweep expired history, reconcile erasures on partitions newly owned, measure lag, check
-the attribute store and reload the model.
+due, sweep expired history, reconcile erasures on partitions newly owned and reload the
+model. (The worker adds its own timers beside them: lag, the attribute store's health, the
+state it publishes for its serving processes, the running experiment's results.)
 None of them holds the consumer: each topic's records wait in their own channel, and a
 channel that falls behind pauses only its own partitions.
 """
@@ -22,24 +23,21 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from agents.bulk import BulkChannel, BulkConsumer, Fetch
-from agents.erasing import Eraser
-from agents.ingest import IngestProcessor
-from agents.outcomes import OutcomeJoiner
-from app.console.timeline import IngestTimeline
-from app.faust_internals import set_fetch_max_wait
-from app.loop_lag import LoopMonitor
-from app.metrics import Metrics
-from app.publisher import StatePublisher
-from app.settings import Settings
-from app.status import WorkerStatus
-from model.registry import ModelRegistry
-from tables.online_store import OnlineStore
+from nearline.agents.bulk import BulkChannel, BulkConsumer, Fetch
+from nearline.agents.erasing import Eraser
+from nearline.agents.ingest import IngestProcessor
+from nearline.agents.outcomes import OutcomeJoiner
+from nearline.foundation.faust_internals import set_fetch_max_wait
+from nearline.foundation.loop_lag import LoopMonitor
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.settings import Settings
+from nearline.model.registry import ModelRegistry
+from nearline.tables.online_store import OnlineStore
 
 if TYPE_CHECKING:
-    from app.experiments import LiveResults
+    from nearline.agents.ingest import BatchPlan
 
-__all__ = ["Agents", "apply_fetches"]
+__all__ = ["Agents", "apply_fetches", "every"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +84,11 @@ def _log_unacknowledged(acknowledging: asyncio.Future[None]) -> None:
         log.error("a batch's changelog records were not acknowledged: %r", error)
 
 
+def every(app: faust.App, seconds: float, name: str, timer: Callable[[], Awaitable[None]]) -> None:
+    """Run ``timer`` on ``app`` every ``seconds`` (on the leader and followers alike)."""
+    app.timer(timedelta(seconds=seconds), name=name)(timer)
+
+
 @dataclass
 class Agents:
     """What the agents work on; :meth:`register` puts them on the Faust app."""
@@ -99,15 +102,11 @@ class Agents:
     outcomes: OutcomeJoiner
     eraser: Eraser
     store: OnlineStore
-    status: WorkerStatus
     models: ModelRegistry
-    timeline: IngestTimeline
     metrics: Metrics
     loop_monitor: LoopMonitor
-    #: Publishes this worker's state for its serving processes (NEARLINE_SERVE_PROCESSES).
-    publisher: StatePublisher | None = None
-    #: The running experiment's results, followed for the console and /metrics.
-    experiment: LiveResults | None = None
+    #: Told of each applied ingest batch: its time, its record count and its plan.
+    on_batch: Callable[[float, int, BatchPlan], None] = lambda now, handled, plan: None
 
     def register(self) -> None:
         app, settings = self.faust_app, self.settings
@@ -116,19 +115,10 @@ class Agents:
         app.task(self.loop_monitor.run)
         app.task(self.shorten_fetch_wait)
 
-        def every(seconds: float, name: str, timer: Callable[[], Awaitable[None]]) -> None:
-            app.timer(timedelta(seconds=seconds), name=name)(timer)
-
-        every(settings.outcome_label_interval, "outcomes-labelling", self.label_outcomes)
-        every(settings.lag_interval, "consumer-lag", self.status.refresh_lag)
-        every(settings.sweep_interval, "retention-sweep", self.sweep_retention)
-        every(1.0, "erasure-reconcile", self.eraser.reconcile)
-        every(5.0, "attribute-store-health", self.status.check_attribute_store)
-        every(settings.model_reload_interval, "model-reload", self.reload_model)
-        if self.publisher is not None:
-            every(0.2, "serving-state", self.publish_state)
-        if self.experiment is not None:
-            every(1.0, "experiment-results", self.experiment.poll)
+        every(app, settings.outcome_label_interval, "outcomes-labelling", self.label_outcomes)
+        every(app, settings.sweep_interval, "retention-sweep", self.sweep_retention)
+        every(app, 1.0, "erasure-reconcile", self.eraser.reconcile)
+        every(app, settings.model_reload_interval, "model-reload", self.reload_model)
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -138,7 +128,7 @@ class Agents:
 
     async def _ingest(self, records: list[Any], current: Callable[[], bool]) -> Awaitable[None]:
         plan, acknowledged = await self.ingest.apply(records, current=current)
-        self.timeline.record_batch(time.time(), len(records), plan)
+        self.on_batch(time.time(), len(records), plan)
         return acknowledged
 
     async def join_outcomes(self) -> None:
@@ -172,10 +162,6 @@ class Agents:
             return
         _, deleted = await self.store.sweep()
         self.metrics.members_expired.inc(deleted)
-
-    async def publish_state(self) -> None:
-        assert self.publisher is not None
-        self.publisher.publish()
 
     async def reload_model(self) -> None:
         # In a thread: the first model loaded imports torch (a second or more of CPU),

@@ -23,9 +23,9 @@ import httpx
 from aiokafka.errors import KafkaConnectionError
 from tqdm import tqdm
 
-from app.broker import BrokerError, EmbeddedBroker
-from app.settings import Settings, SettingsError, load_settings
-from app.training_options import canary_option, force_option, loss_option
+from nearline.app.broker import BrokerError, EmbeddedBroker
+from nearline.app.training_options import canary_option, force_option, loss_option
+from nearline.foundation.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
 
@@ -100,7 +100,7 @@ def serve() -> None:
     instances. A serving process that dies is started again; while the worker restarts they
     go on answering from its last state, flagged "stale_ms".
     """
-    from app.supervisor import run_serving
+    from nearline.app.supervisor import run_serving
 
     run_serving(_settings())
 
@@ -115,8 +115,8 @@ def worker() -> None:
     beside the worker, with the same settings), and the worker answers its probes and
     metrics on NEARLINE_WORKER_PORT.
     """
-    from app.web_server import WebServerError
-    from app.worker import run_worker
+    from nearline.app.web_server import WebServerError
+    from nearline.app.worker import run_worker
 
     settings = _settings()
     try:
@@ -150,8 +150,8 @@ def produce(
 
     Each line of FILE is one action event (see the README); it is keyed by its member_id.
     """
-    from app.traffic import generate_actions, read_jsonl
-    from app.traffic import produce as send
+    from nearline.app.traffic import generate_actions, read_jsonl
+    from nearline.app.traffic import produce as send
 
     settings = _settings()
     if (file is None) == (count is None):
@@ -177,7 +177,7 @@ def produce(
 @main.command()
 def topics() -> None:
     """Create nearline's topics (partitions, retention, compaction) if they are missing."""
-    from app.topics import ensure_topics
+    from nearline.foundation.topics import ensure_topics
 
     settings = _settings()
     created = _run(ensure_topics(settings), settings).created
@@ -207,8 +207,8 @@ def attributes_load(file: Path, kind: str, direct: bool, batch_size: int, quiet:
     their line number and skipped; the rest loads. By default items go to the compacted
     item-attributes topic, so every worker's store picks them up.
     """
-    from app.loading import load_attributes
-    from attribute_store import LoadFailed
+    from nearline.app.loading import load_attributes
+    from nearline.attribute_store import LoadFailed
 
     settings = _settings()
     try:
@@ -244,10 +244,10 @@ def export_training(out: Path) -> None:
 
     Examples of erased members (requested at or before their erasure) are left out.
     """
-    from app.erasures import ErasuresUnreadable
-    from app.exporting import ExportError
-    from app.exporting import export_training as export
-    from model.vectorizer import Vectorizer
+    from nearline.agents.erasures import ErasuresUnreadable
+    from nearline.app.exporting import ExportError
+    from nearline.app.exporting import export_training as export
+    from nearline.model.vectorizer import Vectorizer
 
     settings = _settings()
     names = Vectorizer.from_settings(settings).feature_names
@@ -265,8 +265,8 @@ def export_training(out: Path) -> None:
 
 def _registry(model_dir: Path | None, settings: Settings) -> Any:
     """The model registry of ``--model-dir`` or NEARLINE_MODEL_DIR."""
-    from model.registry import ModelRegistry
-    from model.vectorizer import Vectorizer
+    from nearline.model.registry import ModelRegistry
+    from nearline.model.vectorizer import Vectorizer
 
     directory = model_dir or settings.model_dir
     if directory is None:
@@ -339,11 +339,11 @@ def train(
     Examples of members erased since the export are left out: the erasures topic is read
     first (so the broker must answer, unless --skip-erasure-check).
     """
-    from model.exceptions import ModelError
-    from model.gate import GateRules
-    from model.training import TrainingConfig
-    from model.training import compare_losses as compare
-    from model.training import train as fit
+    from nearline.model.exceptions import ModelError
+    from nearline.model.gate import GateRules
+    from nearline.model.training import TrainingConfig
+    from nearline.model.training import compare_losses as compare
+    from nearline.model.training import train as fit
 
     settings = _settings()
     registry = _registry(model_dir, settings)
@@ -387,10 +387,10 @@ def train(
 
 def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
     """The examples of the file, less those of members erased (the erasures topic now)."""
-    from app.erasures import ErasuresUnreadable, read_erasures
-    from app.exporting import without_erased
-    from model.dataset import read_examples
-    from model.exceptions import ModelError
+    from nearline.agents.erasures import ErasuresUnreadable, read_erasures
+    from nearline.app.exporting import without_erased
+    from nearline.model.dataset import read_examples
+    from nearline.model.exceptions import ModelError
 
     try:
         data = read_examples(examples)
@@ -431,7 +431,7 @@ def members_erase(member_ids: tuple[str, ...], from_file: Path | None) -> None:
     """
     import getpass
 
-    from app.erasures import Erasure, InvalidMemberId, check_member_id
+    from nearline.agents.erasures import Erasure, InvalidMemberId, check_member_id
 
     named = [(f"argument {n}", m) for n, m in enumerate(member_ids, 1)]
     if from_file is not None:
@@ -460,9 +460,9 @@ def members_erase(member_ids: tuple[str, ...], from_file: Path | None) -> None:
 async def _send_erasures(settings: Settings, erasures: list[Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from app.erasures import send_erasures
-    from app.kafka import client_options
-    from app.topics import ensure_topics
+    from nearline.agents.erasures import send_erasures
+    from nearline.foundation.kafka import client_options
+    from nearline.foundation.topics import ensure_topics
 
     await ensure_topics(settings)  # compacted and partitioned as the workers expect
     producer = AIOKafkaProducer(**client_options(settings, producer=True))
@@ -488,13 +488,13 @@ def trainer(
     Kubernetes CronJob). A candidate the gate refuses is saved as rejected and the run
     still succeeds: refusing is the gate doing its work, not a failure to retry.
     """
-    from app.erasures import ErasuresUnreadable
-    from app.exporting import ExportError
-    from app.exporting import export_training as export
-    from model.exceptions import ModelError
-    from model.gate import GateRules
-    from model.training import TrainingConfig
-    from model.training import train as fit
+    from nearline.agents.erasures import ErasuresUnreadable
+    from nearline.app.exporting import ExportError
+    from nearline.app.exporting import export_training as export
+    from nearline.model.exceptions import ModelError
+    from nearline.model.gate import GateRules
+    from nearline.model.training import TrainingConfig
+    from nearline.model.training import train as fit
 
     settings = _settings()
     registry = _registry(model_dir, settings)
@@ -528,7 +528,7 @@ def model() -> None:
 @_MODEL_DIR
 def model_list(model_dir: Path | None) -> None:
     """Every version with its status and validation metrics; * marks the one served."""
-    from model.exceptions import ModelError
+    from nearline.model.exceptions import ModelError
 
     registry = _registry(model_dir, _settings())
     try:
@@ -569,7 +569,7 @@ def model_list(model_dir: Path | None) -> None:
 @_MODEL_DIR
 def model_activate(version: str, model_dir: Path | None) -> None:
     """Serve VERSION (or heuristic-v1); workers follow within NEARLINE_MODEL_RELOAD_INTERVAL."""
-    from model.exceptions import ModelError
+    from nearline.model.exceptions import ModelError
 
     registry = _registry(model_dir, _settings())
     try:
@@ -583,7 +583,7 @@ def model_activate(version: str, model_dir: Path | None) -> None:
 @_MODEL_DIR
 def model_rollback(model_dir: Path | None) -> None:
     """Serve again the version served before the current one."""
-    from model.exceptions import ModelError
+    from nearline.model.exceptions import ModelError
 
     registry = _registry(model_dir, _settings())
     try:
@@ -614,8 +614,8 @@ def experiment_start(experiment_id: str, arms: tuple[str, ...], model_dir: Path 
 
     One experiment runs at a time: a second is refused until the first is stopped.
     """
-    from model.exceptions import ModelError
-    from model.experiments import Experiment, parse_arm
+    from nearline.model.exceptions import ModelError
+    from nearline.model.experiments import Experiment, parse_arm
 
     registry = _registry(model_dir, _settings())
     try:
@@ -629,7 +629,7 @@ def experiment_start(experiment_id: str, arms: tuple[str, ...], model_dir: Path 
 
 
 def _current_experiment(registry: Any) -> Any:
-    from model.exceptions import ModelError
+    from nearline.model.exceptions import ModelError
 
     try:
         current = registry.read_experiment()
@@ -642,8 +642,8 @@ def _current_experiment(registry: Any) -> Any:
 
 def _experiment_results(settings: Settings, current: Any) -> Any:
     """The arms' results from the training-examples topic; a missing topic is a message."""
-    from app.experiments import read_results
-    from app.exporting import ExportError
+    from nearline.app.experiments import read_results
+    from nearline.app.exporting import ExportError
 
     try:
         return _run(read_results(settings, current), settings)
@@ -666,8 +666,8 @@ _METRIC = click.option(
 @_MODEL_DIR
 def experiment_status(metric: str, as_json: bool, model_dir: Path | None) -> None:
     """Per-arm outcomes and metrics with intervals, from every worker's labelled responses."""
-    from app import codec
-    from app.experiments import status_text
+    from nearline.app.experiments import status_text
+    from nearline.foundation import codec
 
     settings = _settings()
     current = _current_experiment(_registry(model_dir, settings))
@@ -682,7 +682,7 @@ def experiment_status(metric: str, as_json: bool, model_dir: Path | None) -> Non
 @_MODEL_DIR
 def experiment_stop(model_dir: Path | None) -> None:
     """Stop the running experiment: every member gets the default ranker again."""
-    from model.exceptions import ModelError
+    from nearline.model.exceptions import ModelError
 
     try:
         stopped = _registry(model_dir, _settings()).stop_experiment()
@@ -702,8 +702,8 @@ def experiment_promote(metric: str, arm: str | None, force: bool, model_dir: Pat
     Refused while the interval of the metric's difference to any other arm includes 0,
     unless --force.
     """
-    from app.experiments import decide_promotion
-    from model.exceptions import ModelError
+    from nearline.app.experiments import decide_promotion
+    from nearline.model.exceptions import ModelError
 
     settings = _settings()
     registry = _registry(model_dir, settings)
@@ -744,15 +744,15 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
     One demo member (member-shifting) moves from one job category to the next every 30 of
     their actions; the console shows their ranking follow.
     """
-    from app.stack import Stack, StackError
-    from app.traffic import (
+    from nearline.app.stack import Stack, StackError
+    from nearline.app.traffic import (
         DEMO_CATALOGUE_SAMPLE,
         DEMO_MALFORMED_EVERY,
         DEMO_SHIFTING_MEMBER,
         demo_items,
         demo_records,
     )
-    from app.traffic import produce as send
+    from nearline.app.traffic import produce as send
 
     with EmbeddedBroker(port=broker_port or None) as instance:
         # The default app id and topics: the demo is the deployment, nothing to keep apart.
@@ -830,12 +830,3 @@ def demo(port: int, broker_port: int, rate: float, members: int, duration: float
             click.echo("stopping")
         finally:
             worker.stop(timeout=15)
-
-
-from app.simulation.cli import simulate  # noqa: E402
-
-main.add_command(simulate)
-
-
-if __name__ == "__main__":
-    main()

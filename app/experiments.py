@@ -2,7 +2,7 @@
 and the live view of the console and /metrics (:class:`LiveResults`).
 
 The topic holds exactly one outcome per labelled response of an arm, whatever crashed on
-the way (see :mod:`agents.outcomes`), so results computed from it are exact and need no
+the way (see :mod:`nearline.agents.outcomes`), so results computed from it are exact and need no
 state of their own: every worker's responses are there, and nothing is lost on a restart.
 """
 
@@ -19,10 +19,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from app import codec
-from app.exporting import read_topic
-from app.settings import Settings
-from model.experiments import (
+from nearline.app.exporting import read_topic
+from nearline.foundation import codec
+from nearline.foundation.metrics import ArmMetrics
+from nearline.foundation.settings import Settings
+from nearline.model.experiments import (
     METRICS,
     ArmSums,
     Comparison,
@@ -33,7 +34,7 @@ from model.experiments import (
     compare,
     results_of,
 )
-from model.registry import ModelRegistry
+from nearline.model.registry import ModelRegistry
 
 __all__ = ["LiveResults", "Promotion", "decide_promotion", "read_results", "status_text"]
 
@@ -83,7 +84,7 @@ class LiveResults:
         settings: Settings,
         models: ModelRegistry,
         client: Callable[[], AIOKafkaConsumer],
-        on_results: Callable[[ExperimentResults | None], None] | None = None,
+        on_results: Callable[[str | None, ArmMetrics], None] | None = None,
     ) -> None:
         self.topic = settings.topic_training_examples
         self.models = models
@@ -101,7 +102,7 @@ class LiveResults:
         served = self.models.experiment
         if served is None:
             if self._sums is not None and self._on_results is not None:
-                self._on_results(None)  # the experiment ended: its figures go
+                self._on_results(None, {})  # the experiment ended: its figures go
             self._sums, self.latest = None, None
             return
         try:
@@ -133,7 +134,8 @@ class LiveResults:
             self._computed_at = time.monotonic()
             self._wait = max(_LIVE_MIN_WAIT, (self._computed_at - now) / _LIVE_SHARE)
             if self._on_results is not None:
-                self._on_results(self.latest)
+                arms = {name: arm.metrics for name, arm in self.latest.arms.items()}
+                self._on_results(self.latest.experiment.id, arms)
 
     async def _read_from_start(self) -> bool:
         """Position the client at the topic's beginning; False if the topic does not exist."""

@@ -11,13 +11,13 @@ import numpy as np
 from aiokafka import TopicPartition
 from tqdm import tqdm
 
-from agents.outcomes import feature_set_id
-from app import codec
-from app.erasures import Erasure, read_erasures
-from app.kafka import topic_reader
-from app.settings import Settings
-from model.dataset import ExampleSet, write_examples
-from model.feature_log import decode_matrix
+from nearline.agents.erasures import Erasure, read_erasures
+from nearline.agents.outcomes import feature_set_id
+from nearline.foundation import codec
+from nearline.foundation.kafka import topic_reader
+from nearline.foundation.settings import Settings
+from nearline.model.dataset import ExampleSet, write_examples
+from nearline.model.feature_log import decode_matrix
 
 __all__ = ["ExportError", "examples_to_set", "export_training", "read_topic", "without_erased"]
 

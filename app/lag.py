@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer
 from faust.types import TP
 
-from agents.bulk import BulkConsumer
+from nearline.agents.bulk import BulkConsumer
 
 __all__ = ["LagMonitor", "PartitionLag"]
 

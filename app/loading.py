@@ -8,10 +8,17 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from app.kafka import client_options
-from app.settings import Settings
-from attribute_store import AttributeRecord, Kind, LoadSummary, Sink, encode_record, load_file
-from attribute_store import from_settings as attribute_store_from_settings
+from nearline.attribute_store import (
+    AttributeRecord,
+    Kind,
+    LoadSummary,
+    Sink,
+    encode_record,
+    load_file,
+)
+from nearline.attribute_store import from_settings as attribute_store_from_settings
+from nearline.foundation.kafka import client_options
+from nearline.foundation.settings import Settings
 
 __all__ = ["load_attributes"]
 

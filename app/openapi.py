@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from app.limits import MAX_AS_OF, MAX_BODY_BYTES, MAX_ID_LENGTH
-from app.recommend import Id, RankedItem, RecommendationRequest, RecommendationResponse
-from app.settings import Settings
+from nearline.app.recommend import Id, RankedItem, RecommendationRequest, RecommendationResponse
+from nearline.foundation.limits import MAX_AS_OF, MAX_BODY_BYTES, MAX_ID_LENGTH
+from nearline.foundation.settings import Settings
 
 __all__ = [
     "ErrorBody",

@@ -1,6 +1,6 @@
 """The worker's side of the serving link: it publishes its state for ``nearline serve``.
 
-See :mod:`app.serving_link` for what is published and why.
+See :mod:`nearline.foundation.serving_link` for what is published and why.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from app.serving_link import PublishedState, WriteCounters
-from app.status import WorkerStatus
+from nearline.app.status import WorkerStatus
+from nearline.foundation.serving_link import PublishedState, WriteCounters
 
 __all__ = ["StatePublisher"]
 

@@ -10,12 +10,12 @@ from typing import Annotated, Any, Literal, Protocol, cast
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.limits import MAX_AS_OF, MAX_ID_LENGTH
-from attribute_store import CachedAttributeStore, ItemAttributes, Kind, StoreUnavailable
-from model.feature_log import log_record
-from model.item_rows import ItemRows
-from model.registry import Assignment, ModelRegistry
-from model.vectorizer import Vectorizer
+from nearline.attribute_store import CachedAttributeStore, ItemAttributes, Kind, StoreUnavailable
+from nearline.foundation.limits import MAX_AS_OF, MAX_ID_LENGTH
+from nearline.model.feature_log import log_record
+from nearline.model.item_rows import ItemRows
+from nearline.model.registry import Assignment, ModelRegistry
+from nearline.model.vectorizer import Vectorizer
 
 __all__ = [
     "Id",

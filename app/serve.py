@@ -9,15 +9,16 @@ connections across them; ``uvicorn --workers`` shares one accept queue and piles
 a few). Each serving process
 
 - reads the member state of its worker's partitions through RocksDB secondary instances
-  (:class:`~tables.secondary.SecondaryTable`), following what the worker publishes
-  (:mod:`app.serving_link`), and forwards members of other partitions to their owner;
+  (:class:`~nearline.tables.secondary.SecondaryTable`), following what the worker publishes
+  (:mod:`nearline.foundation.serving_link`), and forwards members of other partitions to their
+  owner;
 - reads item attributes through a secondary of the embedded attribute store (or its own
   Aerospike client) and ranks with its own copy of the active model, reloaded on the same
   interval as the worker's;
 - produces the recommendations log and erasure requests itself;
 - goes on answering, flagged ``stale_ms``, while the worker restarts.
 
-The supervisor (:func:`app.supervisor.run_serving`) starts the processes and starts again
+The supervisor (:func:`nearline.app.supervisor.run_serving`) starts the processes and starts again
 any that dies.
 """
 
@@ -37,31 +38,31 @@ import uvicorn
 import uvloop
 from aiokafka import AIOKafkaProducer
 
-from agents.sinks import ProducerRecommendationsLog
-from app.console.timeline import IngestTimeline
-from app.erasures import ErasureRequests
-from app.kafka import client_options
-from app.lag import PartitionLag
-from app.metrics import ServingMetrics
-from app.recommend import Recommender
-from app.serving_link import WorkerFollower, heartbeat_path, serving_dir
-from app.settings import Settings, load_settings
-from app.sockets import reuse_port_socket
-from app.web import WebServices
-from app.web_app import create_web_app
-from attribute_store import (
+from nearline.agents.erasures import ErasureRequests
+from nearline.agents.sinks import ProducerRecommendationsLog
+from nearline.app.console.timeline import IngestTimeline
+from nearline.app.lag import PartitionLag
+from nearline.app.recommend import Recommender
+from nearline.app.web import WebServices
+from nearline.app.web_app import create_web_app
+from nearline.attribute_store import (
     AttributeStore,
     CachedAttributeStore,
     EmbeddedAttributeStore,
     StoreHealth,
     split_fields,
 )
-from attribute_store import from_settings as attribute_store_from_settings
-from model.registry import ModelRegistry
-from tables.features import FeatureReader
-from tables.member_state import StatePolicy
-from tables.online_store import MEMBERS_TABLE, OnlineStore
-from tables.secondary import SecondarySizes, SecondaryTable
+from nearline.attribute_store import from_settings as attribute_store_from_settings
+from nearline.foundation.kafka import client_options
+from nearline.foundation.metrics import ServingMetrics
+from nearline.foundation.serving_link import WorkerFollower, heartbeat_path, serving_dir
+from nearline.foundation.settings import Settings, load_settings
+from nearline.foundation.sockets import reuse_port_socket
+from nearline.model.registry import ModelRegistry
+from nearline.tables.features import FeatureReader
+from nearline.tables.member_state import StatePolicy
+from nearline.tables.online_store import MEMBERS_TABLE, OnlineStore
+from nearline.tables.secondary import SecondarySizes, SecondaryTable
 
 __all__ = ["FollowedStatus", "Link", "StaleFlagged", "run_serving_process"]
 
@@ -130,7 +131,7 @@ class FollowedStatus:
 
 
 class Link:
-    """A serving process's :class:`~app.web.WorkerLink`: its worker, and itself."""
+    """A serving process's :class:`~nearline.app.web.WorkerLink`: its worker, and itself."""
 
     def __init__(self, follower: WorkerFollower, table: SecondaryTable, settings: Settings):
         self.follower = follower
@@ -303,7 +304,7 @@ async def _serve(settings: Settings, index: int) -> None:
 
 
 def run_serving_process(index: int) -> None:
-    """One serving process (the supervisor starts it as ``python -m app.serve INDEX``)."""
+    """One serving process (the supervisor starts it as ``python -m nearline.app.serve INDEX``)."""
     settings = load_settings()
     logging.basicConfig(
         level=settings.log_level,

@@ -30,8 +30,9 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.broker import EmbeddedBroker, free_port
-from app.settings import Settings, load_settings
+import nearline
+from nearline.app.broker import EmbeddedBroker, free_port
+from nearline.foundation.settings import Settings, load_settings
 
 __all__ = [
     "Record",
@@ -44,8 +45,8 @@ __all__ = [
     "wait_until",
 ]
 
-#: The directory that holds the ``app`` package: where ``python -m app.cli`` resolves.
-_ROOT = Path(__file__).resolve().parents[1]
+#: The directory that holds the ``nearline`` package: where ``python -m nearline.cli`` resolves.
+_ROOT = Path(nearline.__file__).resolve().parents[1]
 
 #: Characters of a worker's log shown when it fails or a wait on it times out.
 LOG_TAIL = 3000
@@ -194,13 +195,13 @@ class WorkerProcess:
         started again, as the serving container of a pod outlives the worker's)."""
         return _SERVING.get(str(self.data_dir))
 
-    def start(self, module: str = "app.cli", *, new_session: bool = False) -> WorkerProcess:
+    def start(self, module: str = "nearline.cli", *, new_session: bool = False) -> WorkerProcess:
         """Run ``python -m <module> worker`` (and ``nearline serve`` beside it, unless one
         runs for its data dir already); ``new_session`` keeps the terminal's Ctrl-C from
         reaching them (the caller stops them, gracefully, itself)."""
         self.process = self._spawn(module, "worker", new_session)
         if self.serve_processes and (self.serving is None or self.serving.poll() is not None):
-            _SERVING[str(self.data_dir)] = self._spawn("app.cli", "serve", new_session)
+            _SERVING[str(self.data_dir)] = self._spawn("nearline.cli", "serve", new_session)
         _RUNNING.add(self)
         return self
 
@@ -400,7 +401,7 @@ class Stack:
         return load_settings(**{**_overrides(self.settings), **overrides})
 
     def create_topics(self) -> None:
-        from app.topics import ensure_topics
+        from nearline.foundation.topics import ensure_topics
 
         asyncio.run(ensure_topics(self.app_settings()))
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import faust
 
-from agents.bulk import BulkChannel
-from app.faust_internals import recovery_completed
-from app.lag import LagMonitor, PartitionLag
-from app.metrics import Metrics
-from attribute_store import AttributeStore, StoreHealth
-from tables.online_store import OnlineStore
+from nearline.agents.bulk import BulkChannel
+from nearline.app.lag import LagMonitor, PartitionLag
+from nearline.attribute_store import AttributeStore, StoreHealth
+from nearline.foundation.faust_internals import recovery_completed
+from nearline.foundation.metrics import Metrics
+from nearline.tables.online_store import OnlineStore
 
 __all__ = ["WorkerStatus"]
 

@@ -2,13 +2,13 @@
 or hangs.
 
 A serving process touches a heartbeat file once a second from its event loop
-(:func:`~app.serving_link.heartbeat_path`). One whose file is older than
+(:func:`~nearline.foundation.serving_link.heartbeat_path`). One whose file is older than
 ``NEARLINE_SERVE_HANG_TIMEOUT`` (or that has not touched it within a startup allowance) still
 holds its share of the port's connections and answers none of them: it is killed and started
 again, as gunicorn's arbiter does with its workers.
 
-Kept apart from :mod:`app.serve` so the supervisor imports no web framework, store or model:
-it only watches its children.
+Kept apart from :mod:`nearline.app.serve` so the supervisor imports no web framework, store or
+model: it only watches its children.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from app.serving_link import heartbeat_path, serving_dir
-from app.settings import Settings
-from app.sockets import reuse_port_socket
+from nearline.foundation.serving_link import heartbeat_path, serving_dir
+from nearline.foundation.settings import Settings
+from nearline.foundation.sockets import reuse_port_socket
 
 __all__ = ["run_serving"]
 
@@ -78,7 +78,7 @@ def run_serving(settings: Settings) -> None:
 
     def start(index: int) -> subprocess.Popen[bytes]:
         heartbeat_path(directory, index).unlink(missing_ok=True)  # a new process beats anew
-        return subprocess.Popen([sys.executable, "-m", "app.serve", str(index)], env=env)
+        return subprocess.Popen([sys.executable, "-m", "nearline.app.serve", str(index)], env=env)
 
     stopping = False
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from agents.events import ActionEvent
-from app.kafka import client_options
-from app.settings import Settings
+from nearline.agents.events import ActionEvent
+from nearline.foundation.kafka import client_options
+from nearline.foundation.settings import Settings
 
 __all__ = [
     "DEMO_CATALOGUE_SAMPLE",
@@ -169,7 +169,7 @@ def demo_traffic_running(settings: Settings, *, rate: float, members: int) -> It
 def demo_items(count: int, embedding_dim: int, *, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) records for the item-attributes topic: ``item-<n>`` with the generator's
     categories and companies, an embedding clustered by category, and a city."""
-    from app import codec
+    from nearline.foundation import codec
 
     rng = random.Random(seed)
     centres = [[rng.gauss(0, 1) for _ in range(embedding_dim)] for _ in _CATEGORIES]
@@ -192,7 +192,7 @@ def demo_items(count: int, embedding_dim: int, *, seed: int = 7) -> Iterator[tup
 
 def read_jsonl(path: Path) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) pairs from a JSONL file of actions; the key is each line's member_id."""
-    from app import codec
+    from nearline.foundation import codec
 
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):

@@ -1,8 +1,8 @@
 """Click options of the training loop that ``nearline train`` and ``nearline simulate --train``
 share, declared once: which loss, and whether to publish a model the gate refuses.
 
-The choices and default mirror :data:`model.training.Loss` and ``TrainingConfig.loss``;
-they are spelled out here because importing :mod:`model.training` loads PyTorch, which no
+The choices and default mirror :data:`nearline.model.training.Loss` and ``TrainingConfig.loss``;
+they are spelled out here because importing :mod:`nearline.model.training` loads PyTorch, which no
 command should pay for before it trains.
 """
 

@@ -1,7 +1,7 @@
 """The HTTP API (Starlette): member features, recommendations, health, readiness and metrics.
 
 The web app depends on a few narrow services, not on the worker that builds them: what it
-asks of each is a Protocol here (or :class:`app.recommend.Recommender`), bundled in
+asks of each is a Protocol here (or :class:`nearline.app.recommend.Recommender`), bundled in
 :class:`WebServices` and put on ``app.state`` one by one (``request.app.state.features``).
 
 A client's mistake, an unreachable owner or an overload is an :class:`ApiError`, raised
@@ -23,21 +23,21 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app import codec
-from app.console.timeline import IngestTimeline
-from app.erasures import Erasure, InvalidMemberId, check_member_id
-from app.lag import PartitionLag
-from app.limits import MAX_BODY_BYTES
-from app.metrics import Metrics, ServingMetrics
-from app.openapi import FeaturesParams, openapi_document
-from app.recommend import RecommendationRequest, Recommender
-from app.settings import Settings
-from attribute_store import CachedAttributeStore, StoreHealth
-from model.registry import ModelRegistry
-from tables.online_store import NotOwned
+from nearline.agents.erasures import Erasure, InvalidMemberId, check_member_id
+from nearline.app.console.timeline import IngestTimeline
+from nearline.app.lag import PartitionLag
+from nearline.app.openapi import FeaturesParams, openapi_document
+from nearline.app.recommend import RecommendationRequest, Recommender
+from nearline.attribute_store import CachedAttributeStore, StoreHealth
+from nearline.foundation import codec
+from nearline.foundation.limits import MAX_BODY_BYTES
+from nearline.foundation.metrics import Metrics, ServingMetrics
+from nearline.foundation.settings import Settings
+from nearline.model.registry import ModelRegistry
+from nearline.tables.online_store import NotOwned
 
 if TYPE_CHECKING:
-    from app.experiments import LiveResults
+    from nearline.app.experiments import LiveResults
 
 __all__ = [
     "FORWARDED_HEADER",
@@ -70,7 +70,8 @@ class FeatureSource(Protocol):
     """A member's features, attributes joined at read, from the worker owning the member."""
 
     async def features(self, member_id: str, as_of: float) -> dict[str, Any]:
-        """Raises :class:`~tables.online_store.NotOwned` when another worker owns the member."""
+        """Raises :class:`~nearline.tables.online_store.NotOwned` when another worker owns the
+        member."""
         ...
 
 
@@ -99,7 +100,7 @@ class StatusSource(Protocol):
 
 
 class ErasureSink(Protocol):
-    """Where erasure requests are recorded: the erasures topic (app/erasures.py)."""
+    """Where erasure requests are recorded: the erasures topic (agents/erasures.py)."""
 
     async def request(self, member_id: str, requested_by: str) -> Erasure:
         """Record an erasure of ``member_id``; returns it once the broker has it."""

@@ -2,7 +2,7 @@
 
 The routes' handlers are in ``app/web.py`` (the API) and ``app/console/routes.py`` (the
 console); the middleware here wraps them all: bearer-token auth, load shedding and
-per-route timing. Every error reaches the client through :class:`~app.web.ApiError`'s body.
+per-route timing. Every error reaches the client through :class:`~nearline.app.web.ApiError`'s body.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.console.routes import console_routes
-from app.metrics import Metrics, ServingMetrics
-from app.web import (
+from nearline.app.console.routes import console_routes
+from nearline.app.web import (
     ApiError,
     WebServices,
     erase_member,
@@ -33,7 +32,8 @@ from app.web import (
     readyz,
     recommendations,
 )
-from tables.online_store import Restoring
+from nearline.foundation.metrics import Metrics, ServingMetrics
+from nearline.tables.online_store import Restoring
 
 __all__ = ["create_web_app"]
 

@@ -19,40 +19,40 @@ import httpx
 import uvloop
 from aiokafka import AIOKafkaConsumer
 
-from agents.attributes import ItemAttributesFeed
-from agents.bulk import BulkChannel, BulkConsumer
-from agents.erasing import Eraser, ErasureLog
-from agents.examples_topic import KafkaExamplesTopic
-from agents.ingest import IngestProcessor
-from agents.outcomes import OutcomeJoiner
-from agents.sinks import DeadLetters, RecommendationsLog, Repartition
-from agents.streams import Agents
-from app.broker_workarounds import BrokerWorkarounds
-from app.console.timeline import IngestTimeline
-from app.erasures import ErasureRequests
-from app.experiments import LiveResults
-from app.faust_internals import check_faust, kafka_producer, partition_path
-from app.kafka import client_options, ssl_context
-from app.lag import LagMonitor
-from app.loop_lag import LoopMonitor
-from app.metrics import Metrics
-from app.publisher import StatePublisher
-from app.recommend import Recommender
-from app.serving_link import WriteCounters, serving_dir
-from app.settings import Settings
-from app.status import WorkerStatus
-from app.topics import ensure_topics
-from app.web import WebServices
-from app.web_app import create_web_app
-from app.web_server import WebServer, WebServerError
-from attribute_store import CachedAttributeStore, split_fields
-from attribute_store import from_settings as attribute_store_from_settings
-from model.registry import ModelRegistry
-from tables.changelog import ChangelogTable
-from tables.features import FeatureReader
-from tables.member_state import StatePolicy
-from tables.online_store import MEMBERS_TABLE, OnlineStore
-from tables.pending import PENDING_TABLE, PendingResponses
+from nearline.agents.attributes import ItemAttributesFeed
+from nearline.agents.bulk import BulkChannel, BulkConsumer
+from nearline.agents.erasing import Eraser, ErasureLog
+from nearline.agents.erasures import ErasureRequests
+from nearline.agents.examples_topic import KafkaExamplesTopic
+from nearline.agents.ingest import IngestProcessor
+from nearline.agents.outcomes import OutcomeJoiner
+from nearline.agents.sinks import DeadLetters, RecommendationsLog, Repartition
+from nearline.agents.streams import Agents, every
+from nearline.app.console.timeline import IngestTimeline
+from nearline.app.experiments import LiveResults
+from nearline.app.lag import LagMonitor
+from nearline.app.publisher import StatePublisher
+from nearline.app.recommend import Recommender
+from nearline.app.status import WorkerStatus
+from nearline.app.web import WebServices
+from nearline.app.web_app import create_web_app
+from nearline.app.web_server import WebServer, WebServerError
+from nearline.attribute_store import CachedAttributeStore, split_fields
+from nearline.attribute_store import from_settings as attribute_store_from_settings
+from nearline.foundation.broker_workarounds import BrokerWorkarounds
+from nearline.foundation.faust_internals import check_faust, kafka_producer, partition_path
+from nearline.foundation.kafka import client_options, ssl_context
+from nearline.foundation.loop_lag import LoopMonitor
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.serving_link import WriteCounters, serving_dir
+from nearline.foundation.settings import Settings
+from nearline.foundation.topics import ensure_topics
+from nearline.model.registry import ModelRegistry
+from nearline.tables.changelog import ChangelogTable
+from nearline.tables.features import FeatureReader
+from nearline.tables.member_state import StatePolicy
+from nearline.tables.online_store import MEMBERS_TABLE, OnlineStore
+from nearline.tables.pending import PENDING_TABLE, PendingResponses
 
 __all__ = ["Nearline", "run_worker"]
 
@@ -135,7 +135,7 @@ class Nearline:
         )
 
         # With serving processes, every local write of the members table bumps a counter
-        # they watch (app/serving_link.py).
+        # they watch (foundation/serving_link.py).
         self.counters = (
             WriteCounters(
                 serving_dir(settings.data_dir) / "counters", settings.topic_partitions, create=True
@@ -269,22 +269,29 @@ class Nearline:
             outcomes=outcomes,
             eraser=self.eraser,
             store=self.store,
-            status=status,
             models=models,
-            timeline=timeline,
             metrics=metrics,
             loop_monitor=LoopMonitor(metrics.registry),
-            experiment=experiment,
-            publisher=None
-            if self.counters is None
-            else StatePublisher(
+            on_batch=timeline.record_batch,
+        ).register()
+
+        # The worker's own timers, beside the agents'.
+        every(faust_app, settings.lag_interval, "consumer-lag", status.refresh_lag)
+        every(faust_app, 5.0, "attribute-store-health", status.check_attribute_store)
+        every(faust_app, 1.0, "experiment-results", experiment.poll)
+        if self.counters is not None:
+            publisher = StatePublisher(
                 serving_dir(settings.data_dir),
                 status,
                 self.counters,
                 worker_url=settings.worker_url,
                 partition_dir=lambda p: partition_path(self.members.table, p),
-            ),
-        ).register()
+            )
+
+            async def publish_state() -> None:
+                publisher.publish()
+
+            every(faust_app, 0.2, "serving-state", publish_state)
 
     def _changelog_table(
         self,

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from attribute_store.aerospike import AerospikeAttributeStore
-from attribute_store.cache import CachedAttributeStore
-from attribute_store.embedded import EmbeddedAttributeStore
-from attribute_store.exceptions import (
-    AttributeStoreError,
-    InvalidRecord,
-    StoreUnavailable,
-)
-from attribute_store.join import (
+from nearline.attribute_store.aerospike import AerospikeAttributeStore
+from nearline.attribute_store.cache import CachedAttributeStore
+from nearline.attribute_store.embedded import EmbeddedAttributeStore
+from nearline.attribute_store.exceptions import AttributeStoreError, InvalidRecord, StoreUnavailable
+from nearline.attribute_store.join import (
     Action,
     JoinFields,
     ingest_fields,
@@ -21,8 +17,8 @@ from attribute_store.join import (
     join_at_read,
     split_fields,
 )
-from attribute_store.loader import LoadFailed, LoadSummary, Sink, detect_format, load_file
-from attribute_store.schema import (
+from nearline.attribute_store.loader import LoadFailed, LoadSummary, Sink, detect_format, load_file
+from nearline.attribute_store.schema import (
     KINDS,
     AttributeRecord,
     Geo,
@@ -35,10 +31,10 @@ from attribute_store.schema import (
     validate_member,
     validate_record,
 )
-from attribute_store.store import AttributeStore, StoreHealth
+from nearline.attribute_store.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from nearline.foundation.settings import Settings
 
 __all__ = [
     "KINDS",

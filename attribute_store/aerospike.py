@@ -36,18 +36,18 @@ from aerospike import exception as aerospike_errors
 from aerospike_helpers.batch.records import BatchRecords, Write
 from aerospike_helpers.operations import operations
 
-from attribute_store.exceptions import StoreUnavailable
-from attribute_store.schema import (
+from nearline.attribute_store.exceptions import StoreUnavailable
+from nearline.attribute_store.schema import (
     AttributeRecord,
     Geo,
     ItemAttributes,
     Kind,
     MemberAttributes,
 )
-from attribute_store.store import AttributeStore, StoreHealth
+from nearline.attribute_store.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from nearline.foundation.settings import Settings
 
 __all__ = [
     "AerospikeAttributeStore",

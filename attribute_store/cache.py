@@ -7,11 +7,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
-from attribute_store.schema import KINDS, AttributeRecord, Kind
-from attribute_store.store import AttributeStore, StoreHealth
+from nearline.attribute_store.schema import KINDS, AttributeRecord, Kind
+from nearline.attribute_store.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from nearline.foundation.settings import Settings
 
 __all__ = ["CachedAttributeStore", "Watcher"]
 

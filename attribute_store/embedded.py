@@ -9,9 +9,15 @@ from typing import cast
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
-from attribute_store.exceptions import StoreUnavailable
-from attribute_store.schema import KINDS, AttributeRecord, Kind, decode_record, encode_record
-from attribute_store.store import AttributeStore, StoreHealth
+from nearline.attribute_store.exceptions import StoreUnavailable
+from nearline.attribute_store.schema import (
+    KINDS,
+    AttributeRecord,
+    Kind,
+    decode_record,
+    encode_record,
+)
+from nearline.attribute_store.store import AttributeStore, StoreHealth
 
 __all__ = ["EmbeddedAttributeStore"]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from app.memo import IdentityMemo
+from nearline.foundation.memo import IdentityMemo
 
 __all__ = [
     "Action",

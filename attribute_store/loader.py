@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from app import codec
-from attribute_store.exceptions import AttributeStoreError, InvalidRecord
-from attribute_store.schema import AttributeRecord, Kind, validate_record
+from nearline.attribute_store.exceptions import AttributeStoreError, InvalidRecord
+from nearline.attribute_store.schema import AttributeRecord, Kind, validate_record
+from nearline.foundation import codec
 
 __all__ = [
     "FORMATS",

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
-from app import codec, limits
-from attribute_store.exceptions import InvalidRecord
+from nearline.attribute_store.exceptions import InvalidRecord
+from nearline.foundation import codec, limits
 
 __all__ = [
     "KINDS",

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast, overload
 
-from attribute_store.schema import (
+from nearline.attribute_store.schema import (
     KINDS,
     AttributeRecord,
     ItemAttributes,
@@ -32,7 +32,7 @@ class AttributeStore(abc.ABC):
 
     Every method is one round trip however many ids it gets, because joins run once per
     batch of events or once per request, never once per action. Backends raise
-    :class:`~attribute_store.exceptions.StoreUnavailable` when they cannot answer.
+    :class:`~nearline.attribute_store.exceptions.StoreUnavailable` when they cannot answer.
     """
 
     backend: str = "abstract"

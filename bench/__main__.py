@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.broker import EmbeddedBroker
 from bench.capacity import STEPS, capacity
 from bench.console import _reads_with_console
 from bench.harness import REPO, WARMUP, Stack, add_serve_processes_option, machine
@@ -40,6 +39,7 @@ from bench.spine import (
     ingest,
     preload_actions,
 )
+from nearline.app.broker import EmbeddedBroker
 
 RESULTS = REPO / "bench" / "results"
 

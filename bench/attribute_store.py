@@ -17,8 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attribute_store import EmbeddedAttributeStore, ItemAttributes, encode_record, validate_item
 from bench.harness import machine, percentiles
+from nearline.attribute_store import (
+    EmbeddedAttributeStore,
+    ItemAttributes,
+    encode_record,
+    validate_item,
+)
 
 BATCH = 100
 DIMS = (64, 1000)

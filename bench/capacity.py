@@ -22,7 +22,6 @@ from typing import Any
 
 import uvloop
 
-from app.broker import EmbeddedBroker
 from bench.driver import LOADS
 from bench.harness import (
     REPO,
@@ -45,6 +44,7 @@ from bench.soak import (
     soak_stack,
     worker_metrics,
 )
+from nearline.app.broker import EmbeddedBroker
 
 RESULTS = REPO / "bench" / "results"
 #: The soak's mix at 100 %.

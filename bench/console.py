@@ -24,12 +24,12 @@ from typing import Any
 import aiohttp
 import httpx
 
-from app.broker import EmbeddedBroker
-from app.console.routes import POLL_MS
-from app.stack import wait_until
-from app.traffic import DEMO_SHIFTING_MEMBER, demo_items, demo_traffic_running
 from bench.harness import WARMUP, Stack, WorkerProcess, machine, preload
 from bench.spine import _reads, ingest, preload_actions
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.console.routes import POLL_MS
+from nearline.app.stack import wait_until
+from nearline.app.traffic import DEMO_SHIFTING_MEMBER, demo_items, demo_traffic_running
 from tests.integration.browser import Chromium
 
 #: The console's own API routes; its member view also reads features like any client.

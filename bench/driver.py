@@ -29,9 +29,9 @@ import aiohttp
 import uvloop
 from aiokafka import AIOKafkaProducer
 
-from app import codec
 from bench.harness import ANSWERED, FAILED, Samples, outcome, paced, probe_freshness
 from bench.load import BenchProcess
+from nearline.foundation import codec
 
 #: Connections the driver keeps to the server at most: past it, requests queue in the
 #: driver, and their wait counts (latency runs from when a request was due).

@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 import uvloop
 
-from app.broker import EmbeddedBroker
 from bench.harness import REPO, add_serve_processes_option, machine
 from bench.recommendations import start_worker
 from bench.soak import ITEMS, MEMBERS, PRELOADED, Soak, soak_stack
+from nearline.app.broker import EmbeddedBroker
 
 RESULTS = REPO / "bench" / "results"
 

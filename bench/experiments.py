@@ -1,10 +1,10 @@
 """Micro-benchmark: a member's arm, as every recommendation request of an experiment asks it.
 
-Times :meth:`model.registry.ModelRegistry.assign` (the hash, the arm and the ranker; the
+Times :meth:`nearline.model.registry.ModelRegistry.assign` (the hash, the arm and the ranker; the
 target is under 5 us) and the join's per-arm accounting of one labelled response
-(:func:`model.experiments.response_outcome` and the /metrics counters) beside what labelling
-that response costs anyway (:func:`agents.outcomes.label_response` on a decoded record of
-10 served items), per call, as the median and p99 of ``--runs`` batches of 1000 calls.
+(:func:`nearline.model.experiments.response_outcome` and the /metrics counters) beside what
+labelling that response costs anyway (:func:`nearline.agents.outcomes.label_response` on a decoded
+record of 10 served items), per call, as the median and p99 of ``--runs`` batches of 1000 calls.
 
     python -m bench.experiments [--runs 200] [--arms 3]
 """
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.outcomes import label_response
-from app import codec
-from app.metrics import Metrics
-from model.experiments import Arm, Experiment, response_outcome
-from model.feature_log import log_record
-from model.heuristic import HEURISTIC_VERSION
-from model.registry import ModelRegistry
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.agents.outcomes import label_response
+from nearline.foundation import codec
+from nearline.foundation.metrics import Metrics
+from nearline.model.experiments import Arm, Experiment, response_outcome
+from nearline.model.feature_log import log_record
+from nearline.model.heuristic import HEURISTIC_VERSION
+from nearline.model.registry import ModelRegistry
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 
 _BATCH = 1000
 

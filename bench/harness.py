@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from agents.events import ActionEvent
-from app.stack import Stack, WorkerProcess
+from nearline.agents.events import ActionEvent
+from nearline.app.stack import Stack, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 

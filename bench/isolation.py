@@ -22,8 +22,6 @@ from typing import Any
 import httpx
 import uvloop
 
-from app.broker import EmbeddedBroker
-from app.traffic import generate_actions
 from bench.driver import Driver
 from bench.harness import (
     REPO,
@@ -40,6 +38,8 @@ from bench.harness import (
 )
 from bench.soak import TARGETS_MS, latency_line, worker_metrics
 from bench.spine import preload_actions
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.traffic import generate_actions
 
 RESULTS = REPO / "bench" / "results"
 #: Actions applied before the backlog: the members the reads find.

@@ -15,11 +15,11 @@ from typing import Any
 
 import rocksdict
 
-from app import codec
-from app.broker import EmbeddedBroker
-from app.traffic import generate_actions
 from bench.harness import Stack, machine, preload
 from bench.spine import _reads
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.traffic import generate_actions
+from nearline.foundation import codec
 
 
 def _items(count: int, dim: int, seed: int = 3) -> list[tuple[bytes, bytes]]:

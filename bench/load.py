@@ -22,8 +22,8 @@ from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from app.kafka import partition_for_key
-from app.traffic import generate_actions
+from nearline.app.traffic import generate_actions
+from nearline.foundation.kafka import partition_for_key
 
 #: Seconds between two batches: the pacing granularity, and the most a batch waits.
 TICK = 0.005

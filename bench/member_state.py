@@ -21,13 +21,13 @@ import tempfile
 import time
 from typing import Any
 
-from app.kafka import partition_for_key
-from app.settings import load_settings
-from app.traffic import generate_actions
 from bench.harness import machine
-from tables.changelog import LocalTable
-from tables.member_state import MemberState, RecentAction, StatePolicy
-from tables.online_store import OnlineStore
+from nearline.app.traffic import generate_actions
+from nearline.foundation.kafka import partition_for_key
+from nearline.foundation.settings import load_settings
+from nearline.tables.changelog import LocalTable
+from nearline.tables.member_state import MemberState, RecentAction, StatePolicy
+from nearline.tables.online_store import OnlineStore
 
 PARTITIONS = 4
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: The action types the workload produces (app.traffic) and nearline counts.
+#: The action types the workload produces (nearline.app.traffic) and nearline counts.
 ACTIONS = ("view", "click", "apply", "save", "dismiss")
 #: nearline's default windows (NEARLINE_WINDOWS) and bucket (NEARLINE_BUCKET).
 WINDOWS = (("1h", 3600.0), ("24h", 86400.0), ("96h", 345600.0))

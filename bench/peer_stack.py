@@ -46,9 +46,6 @@ import aiohttp
 import httpx
 from aiokafka import AIOKafkaProducer
 
-from app.broker import EmbeddedBroker, free_port
-from app.stack import wait_until
-from app.traffic import generate_actions
 from bench.harness import (
     REPO,
     WARMUP,
@@ -70,6 +67,9 @@ from bench.load import LoadProcess
 from bench.peer_feast import ACTIONS, FEATURE_VIEW, FEATURES
 from bench.soak import tally
 from bench.spine import preload_actions
+from nearline.app.broker import EmbeddedBroker, free_port
+from nearline.app.stack import wait_until
+from nearline.app.traffic import generate_actions
 
 PEER_VENV = REPO / "bench" / ".peer-venv"
 #: The peer's packages, pinned (checked together here; nearline's venv is left alone).

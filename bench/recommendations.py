@@ -12,11 +12,11 @@ from typing import Any
 
 import aiohttp
 
-from app import codec
-from app.broker import EmbeddedBroker
-from app.traffic import generate_actions
 from bench.harness import WARMUP, Stack, WorkerProcess, machine, open_loop, percentiles, preload
 from bench.joins import _items
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.traffic import generate_actions
+from nearline.foundation import codec
 
 
 def recommendation_stack(broker: EmbeddedBroker) -> Stack:

@@ -29,15 +29,15 @@ import rocksdict
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app.broker import EmbeddedBroker
-from app.kafka import partition_for_key
-from app.settings import load_settings
-from app.stack import StackError
-from app.traffic import generate_actions
 from bench.harness import Stack, WorkerProcess, machine
-from tables.changelog import END_MARKER_KEY, LocalTable
-from tables.member_state import MemberState, RecentAction, StatePolicy
-from tables.online_store import MEMBERS_TABLE, OnlineStore
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.stack import StackError
+from nearline.app.traffic import generate_actions
+from nearline.foundation.kafka import partition_for_key
+from nearline.foundation.settings import load_settings
+from nearline.tables.changelog import END_MARKER_KEY, LocalTable
+from nearline.tables.member_state import MemberState, RecentAction, StatePolicy
+from nearline.tables.online_store import MEMBERS_TABLE, OnlineStore
 
 #: Distinct member histories; member ``i`` gets history ``i % STATES``. Applying one per
 #: member would make writing 1M members take longer than restoring them.

@@ -3,7 +3,7 @@
 Reports median and p99 in microseconds over N runs for each torch thread count and
 backend (default vs oneDNN), the vectorizer alone for each embedding encoding of attribute
 dicts (what training does), and the serving path: candidate rows gathered from
-:class:`~model.item_rows.ItemRows`, the transform on them, and the log record's encoding.
+:class:`~nearline.model.item_rows.ItemRows`, the transform on them, and the log record's encoding.
 
     python -m bench.scorer [--runs 1000] [--candidates 500]
 """
@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from attribute_store import ItemAttributes
-from attribute_store.schema import Geo
-from model.feature_log import encode_matrix
-from model.heuristic import HeuristicRanker
-from model.item_rows import ItemRows
-from model.scorer import Scorer, ScorerConfig, TorchRanker, configure_threads
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.attribute_store import ItemAttributes
+from nearline.attribute_store.schema import Geo
+from nearline.model.feature_log import encode_matrix
+from nearline.model.heuristic import HeuristicRanker
+from nearline.model.item_rows import ItemRows
+from nearline.model.scorer import Scorer, ScorerConfig, TorchRanker, configure_threads
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 
 NOW = 1_764_384_000.0
 ACTIONS = ("click", "view", "view", "apply", "save", "dismiss")

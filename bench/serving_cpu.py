@@ -3,7 +3,7 @@
 Run: ``python -m bench.serving_cpu [--requests 300] [--repeats 3] [--rate 100]``.
 
 The bench process serves the real web app (``create_web_app``) under the real uvicorn
-server the worker runs (``app.web_server.WebServer``: httptools, uvloop), over a socket on
+server the worker runs (``nearline.app.web_server.WebServer``: httptools, uvloop), over a socket on
 loopback. Behind it: the online store on RocksDB (one rocksdict database per partition,
 filled with :class:`MemberState` values written straight into it; the table is a read-only
 :class:`ChangelogTable` without Faust), the embedded attribute store with ``--items`` items
@@ -48,18 +48,16 @@ import rocksdict
 import uvloop
 from starlette.types import Message
 
-from app import codec
-from app.console.timeline import IngestTimeline
-from app.erasures import Erasure
-from app.kafka import partition_for_key
-from app.lag import PartitionLag
-from app.metrics import Metrics
-from app.recommend import Recommender
-from app.settings import Settings, load_settings
-from app.web import WebServices
-from app.web_app import create_web_app
-from app.web_server import WebServer
-from attribute_store import (
+from bench.harness import Samples, machine, paced, percentiles
+from bench.joins import _items
+from nearline.agents.erasures import Erasure
+from nearline.app.console.timeline import IngestTimeline
+from nearline.app.lag import PartitionLag
+from nearline.app.recommend import Recommender
+from nearline.app.web import WebServices
+from nearline.app.web_app import create_web_app
+from nearline.app.web_server import WebServer
+from nearline.attribute_store import (
     CachedAttributeStore,
     EmbeddedAttributeStore,
     ItemAttributes,
@@ -68,13 +66,15 @@ from attribute_store import (
     split_fields,
     validate_item,
 )
-from bench.harness import Samples, machine, paced, percentiles
-from bench.joins import _items
-from model.registry import ModelRegistry
-from tables.changelog import ChangelogTable, write_batch
-from tables.features import FeatureReader
-from tables.member_state import MemberState, RecentAction, StatePolicy
-from tables.online_store import OnlineStore
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.settings import Settings, load_settings
+from nearline.model.registry import ModelRegistry
+from nearline.tables.changelog import ChangelogTable, write_batch
+from nearline.tables.features import FeatureReader
+from nearline.tables.member_state import MemberState, RecentAction, StatePolicy
+from nearline.tables.online_store import OnlineStore
 
 #: Kept actions of the two kinds of member read: a light history and a full one (the
 #: default NEARLINE_MAX_RECENT_ACTIONS is 100).

@@ -34,11 +34,6 @@ from typing import Any
 import httpx
 import uvloop
 
-from agents.events import ActionEvent
-from app import codec
-from app.broker import EmbeddedBroker
-from app.settings import format_duration
-from app.stack import consume_topic, read_metric
 from bench.driver import LOADS, Driver
 from bench.harness import (
     ANSWERED,
@@ -57,6 +52,11 @@ from bench.harness import (
 )
 from bench.load import LoadProcess
 from bench.recommendations import recommendation_stack, start_worker
+from nearline.agents.events import ActionEvent
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.stack import consume_topic, read_metric
+from nearline.foundation import codec
+from nearline.foundation.settings import format_duration
 
 RESULTS = REPO / "bench" / "results"
 ITEMS, MEMBERS, PRELOADED = 5000, 10_000, 20_000
@@ -468,7 +468,7 @@ def soak(
     reads_rate: float = 500.0,
     serve: int = SERVE_PROCESSES,
 ) -> dict[str, Any]:
-    from app.traffic import generate_actions
+    from nearline.app.traffic import generate_actions
 
     with EmbeddedBroker() as broker:
         stack = soak_stack(broker, horizon, serve)

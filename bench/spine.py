@@ -16,8 +16,6 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from app.broker import EmbeddedBroker
-from app.traffic import generate_actions
 from bench.harness import (
     Stack,
     WorkerProcess,
@@ -29,6 +27,8 @@ from bench.harness import (
     probe_freshness,
 )
 from bench.load import LoadProcess
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.traffic import generate_actions
 
 #: Probe actions per second in the freshness runs: 1 in 50 at 1k/s, 1 in 250 at 5k/s.
 PROBES_PER_S = 20.0

@@ -10,7 +10,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.exceptions import ExamplesError
+from nearline.model.exceptions import ExamplesError
 
 __all__ = ["EXAMPLE_SCHEMA", "ExampleSet", "read_examples", "split_by_time", "write_examples"]
 

@@ -9,13 +9,13 @@ member in the same arm on every request, with no state to share.
 
 The definition is ``nearline-experiment.json`` in the model directory, next to the active
 file, and followed the same way: every worker and serving process rereads it within
-NEARLINE_MODEL_RELOAD_INTERVAL (:meth:`model.registry.ModelRegistry.maybe_reload`). One
+NEARLINE_MODEL_RELOAD_INTERVAL (:meth:`nearline.model.registry.ModelRegistry.maybe_reload`). One
 experiment runs at a time; a second is refused until the first is stopped or promoted.
 
 Every logged response names its experiment and arm, and the outcomes join adds the
 response's outcome (:func:`response_outcome`) to its example set, so the training-examples
 topic holds exactly one outcome per response of an arm, across crashes too (see
-:mod:`agents.outcomes`). :func:`arm_results` computes the arms' metrics from there, with
+:mod:`nearline.agents.outcomes`). :func:`arm_results` computes the arms' metrics from there, with
 intervals from a bootstrap over members: one member's responses are not independent.
 """
 
@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from model.exceptions import ModelError
+from nearline.model.exceptions import ModelError
 
 __all__ = [
     "EXPERIMENT_FILE",
@@ -431,7 +431,7 @@ def arm_results(
 
     Members are resampled with replacement, all their responses with them, and each metric
     recomputed as a ratio of sums: the interval reflects that one member's responses are
-    correlated. (The promotion gate's bootstrap, :func:`model.gate.paired_bootstrap`, pairs
+    correlated. (The promotion gate's bootstrap, :func:`nearline.model.gate.paired_bootstrap`, pairs
     two rankers on the same requests; arms serve different members, so it does not apply.)
     """
     sums = ArmSums(experiment)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model.evaluation import RequestMetrics
+from nearline.model.evaluation import RequestMetrics
 
 __all__ = ["GateDecision", "GateRules", "MetricComparison", "decide", "paired_bootstrap"]
 

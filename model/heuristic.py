@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from model.ranker import NamedColumns
+from nearline.model.ranker import NamedColumns
 
 __all__ = ["HEURISTIC_VERSION", "HEURISTIC_WEIGHTS", "HeuristicRanker"]
 

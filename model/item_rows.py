@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model.vectorizer import CandidateRows, Vectorizer, Vocabulary
+from nearline.model.vectorizer import CandidateRows, Vectorizer, Vocabulary
 
 __all__ = ["Fetch", "ItemRows"]
 
@@ -34,7 +34,7 @@ class ItemRows:
     """The candidate half of the vectorizer for recently requested items, one slot each.
 
     A request for 500 candidates would otherwise read 500 attribute dicts in Python and
-    normalize 500 embeddings; here each item's :class:`~model.vectorizer.CandidateRows` row
+    normalize 500 embeddings; here each item's :class:`~nearline.model.vectorizer.CandidateRows` row
     is computed when its record is first seen, and a request finds its candidates' slots
     (one dict lookup each, in C) and gathers their rows with numpy indexing. A row is
     trusted until the time its record came with (the attribute cache's expiry) or until

@@ -14,10 +14,10 @@ worker serves the newest version not marked rejected, as before the file existed
 
 The running experiment, if any, is ``nearline-experiment.json`` beside it, followed the
 same way: :attr:`ModelRegistry.experiment` holds its arms' rankers (see
-:mod:`model.experiments`).
+:mod:`nearline.model.experiments`).
 
 Importing this module does not import torch: a worker that serves the heuristic never
-loads it (~225 MB of RSS saved). :mod:`model.scorer`, and torch with it, is imported by
+loads it (~225 MB of RSS saved). :mod:`nearline.model.scorer`, and torch with it, is imported by
 the methods that write, read or serve a trained version, the first time one is used.
 """
 
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from model.exceptions import IncompatibleModelError, ModelFileError
-from model.experiments import (
+from nearline.model.exceptions import IncompatibleModelError, ModelFileError
+from nearline.model.experiments import (
     EXPERIMENT_FILE,
     Arm,
     Assigner,
@@ -47,14 +47,14 @@ from model.experiments import (
     ExperimentError,
     read_experiment,
 )
-from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
-from model.ranker import Ranker
-from model.scorer_config import Backend, ScorerConfig, configure_threads
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.model.heuristic import HEURISTIC_VERSION, HeuristicRanker
+from nearline.model.ranker import Ranker
+from nearline.model.scorer_config import Backend, ScorerConfig, configure_threads
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 
 if TYPE_CHECKING:
-    from app.settings import Settings
-    from model.scorer import Scorer
+    from nearline.foundation.settings import Settings
+    from nearline.model.scorer import Scorer
 
 __all__ = [
     "ACTIVE_FILE",
@@ -219,7 +219,7 @@ class ModelRegistry:
         self.check_compatible(metadata, source=str(meta_path))
         import torch  # here, not at the top: a worker serving the heuristic never loads it
 
-        from model.scorer import Scorer
+        from nearline.model.scorer import Scorer
 
         try:
             body = torch.load(weights, map_location="cpu", weights_only=True)
@@ -261,7 +261,7 @@ class ModelRegistry:
 
     def load(self, version: str) -> Ranker:
         """Load one version and make it active."""
-        from model.scorer import TorchRanker
+        from nearline.model.scorer import TorchRanker
 
         scorer, metadata = self.read(version)
         ranker = TorchRanker(scorer, version, self.vectorizer.feature_names, self.backend)
@@ -449,7 +449,7 @@ class ModelRegistry:
                 self.model_dir,
             )
             return None
-        from model.scorer import TorchRanker
+        from nearline.model.scorer import TorchRanker
 
         try:
             scorer, _ = self.read(arm.version)
@@ -569,7 +569,7 @@ class ModelRegistry:
         version = self.served().version
         if version == HEURISTIC_VERSION:
             return HeuristicRanker(self.vectorizer.feature_names)
-        from model.scorer import TorchRanker
+        from nearline.model.scorer import TorchRanker
 
         scorer, _ = self.read(version)
         return TorchRanker(scorer, version, self.vectorizer.feature_names, "default")

@@ -2,7 +2,7 @@
 
 Importing this module imports torch (~225 MB of RSS): only code that reads, serves or
 trains a model does, inside the function that needs it. What is needed without torch
-(``Backend``, ``ScorerConfig``, ``configure_threads``) is in :mod:`model.scorer_config`;
+(``Backend``, ``ScorerConfig``, ``configure_threads``) is in :mod:`nearline.model.scorer_config`;
 the thread count configured there is applied here, as torch loads.
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.ranker import NamedColumns
-from model.scorer_config import Backend, ScorerConfig, apply_threads, configure_threads
+from nearline.model.ranker import NamedColumns
+from nearline.model.scorer_config import Backend, ScorerConfig, apply_threads, configure_threads
 
 __all__ = ["Backend", "Scorer", "ScorerConfig", "TorchRanker", "configure_threads"]
 

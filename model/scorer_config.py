@@ -2,13 +2,13 @@
 
 PyTorch costs a worker ~225 MB of RSS and a second of start-up. A worker that serves the
 heuristic (no trained model in ``model_dir``) never needs it, so nothing that a worker,
-the web app or the CLI imports at start may import torch: :mod:`model.scorer` and
-:mod:`model.training` (which do) are imported inside the functions that read, serve or
+the web app or the CLI imports at start may import torch: :mod:`nearline.model.scorer` and
+:mod:`nearline.model.training` (which do) are imported inside the functions that read, serve or
 train a model. What those callers need up front lives here: the backend names, the
 architecture config saved beside the weights, and the thread count torch is to use.
 
 ``configure_threads`` only records the count while torch is not loaded;
-:mod:`model.scorer` applies it as it imports torch, before any model exists, so the
+:mod:`nearline.model.scorer` applies it as it imports torch, before any model exists, so the
 setting still holds from the first model used.
 """
 
@@ -29,7 +29,7 @@ _threads: int | None = None
 def configure_threads(threads: int) -> None:
     """Set torch's intra-op threads (process-wide; call once at startup from settings).
 
-    Applied now if torch is loaded, else when :mod:`model.scorer` loads it.
+    Applied now if torch is loaded, else when :mod:`nearline.model.scorer` loads it.
     """
     global _threads
     _threads = threads

@@ -1,6 +1,6 @@
 """Train the scorer on logged examples, pass it through the promotion gate, write a version.
 
-``python -m model.training EXAMPLES.parquet --model-dir DIR`` splits the requests by
+``python -m nearline.model.training EXAMPLES.parquet --model-dir DIR`` splits the requests by
 time: the earliest train, the next ones stop training early (on NDCG@10), the latest
 validate. On those the candidate is compared with the ranker now served (the heuristic or
 the active model), and the version is written to
@@ -30,17 +30,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from app.settings import load_settings
-from model.dataset import ExampleSet, read_examples, split_by_time
-from model.evaluation import Metrics, evaluate, per_request
-from model.exceptions import ExamplesError, IncompatibleModelError, ModelFileError
-from model.experiments import Arm, Experiment, ExperimentError
-from model.gate import GateDecision, GateRules, decide
-from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
-from model.ranker import Ranker
-from model.registry import ModelRegistry, ModelVersion
-from model.scorer import Scorer, ScorerConfig
-from model.vectorizer import Vectorizer
+from nearline.foundation.settings import load_settings
+from nearline.model.dataset import ExampleSet, read_examples, split_by_time
+from nearline.model.evaluation import Metrics, evaluate, per_request
+from nearline.model.exceptions import ExamplesError, IncompatibleModelError, ModelFileError
+from nearline.model.experiments import Arm, Experiment, ExperimentError
+from nearline.model.gate import GateDecision, GateRules, decide
+from nearline.model.heuristic import HEURISTIC_VERSION, HeuristicRanker
+from nearline.model.ranker import Ranker
+from nearline.model.registry import ModelRegistry, ModelVersion
+from nearline.model.scorer import Scorer, ScorerConfig
+from nearline.model.vectorizer import Vectorizer
 
 __all__ = [
     "LOSSES",

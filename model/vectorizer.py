@@ -4,7 +4,7 @@ Serving and training both call :meth:`Vectorizer.transform_rows` (training throu
 :meth:`Vectorizer.transform`); the recommendations log keeps its rows, and training learns
 from exactly those rows, so the two can never drift apart. The per-candidate half of the
 work (unit embedding, geo position, codes of category, company and region, popularity) is
-:class:`CandidateRows`: serving computes it once per item (:mod:`model.item_rows`) and
+:class:`CandidateRows`: serving computes it once per item (:mod:`nearline.model.item_rows`) and
 gathers it per request, so a request does numpy work on arrays, not Python work per
 candidate.
 """
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from app.memo import IdentityMemo
-from app.settings import parse_duration
+from nearline.foundation.memo import IdentityMemo
+from nearline.foundation.settings import parse_duration
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from nearline.foundation.settings import Settings
 
 __all__ = [
     "CandidateRows",

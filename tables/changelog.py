@@ -14,7 +14,7 @@ it, local state is ahead of the changelog. A write that does not see its acknowl
 local state that its changelog may lack: a worker restarted on it would believe (say) a
 response labelled and deleted that the next owner of the partition would restore as
 pending. The worker so keeps its local state across restarts only after a clean stop with
-nothing unsettled (``app.worker``), as Kafka Streams does under exactly-once; otherwise it
+nothing unsettled (``nearline.app.worker``), as Kafka Streams does under exactly-once; otherwise it
 restores it from the changelogs. Sending first and writing RocksDB on the acknowledgement
 avoids that, but cost freshness a changelog round trip: at 5k actions/s, p50 430 ms
 instead of 140 ms.
@@ -32,8 +32,8 @@ import rocksdict
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, TableT
 
-from app.faust_internals import kafka_producer, partition_db
-from app.kafka import send_in_batches
+from nearline.foundation.faust_internals import kafka_producer, partition_db
+from nearline.foundation.kafka import send_in_batches
 
 __all__ = [
     "END_MARKER_KEY",

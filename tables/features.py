@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attribute_store import (
+from nearline.attribute_store import (
     AttributeRecord,
     CachedAttributeStore,
     JoinFields,
@@ -16,7 +16,7 @@ from attribute_store import (
     item_ids,
     join_at_read,
 )
-from tables.online_store import OnlineStore
+from nearline.tables.online_store import OnlineStore
 
 __all__ = ["FeatureReader"]
 
@@ -36,7 +36,7 @@ class FeatureReader:
     async def features(self, member_id: str, as_of: float) -> dict[str, Any]:
         """Features of a member this worker owns, attributes joined at read.
 
-        Raises :class:`~tables.online_store.NotOwned` when another worker owns the member.
+        Raises :class:`~nearline.tables.online_store.NotOwned` when another worker owns the member.
         An attribute store that does not answer in time leaves the actions unjoined and
         says so (``"attribute_store": "unavailable"``): features are served either way.
         """

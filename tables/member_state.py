@@ -50,8 +50,8 @@ from hashlib import blake2b
 from operator import itemgetter
 from typing import Any
 
-from app import codec
-from app.settings import Settings, format_duration
+from nearline.foundation import codec
+from nearline.foundation.settings import Settings, format_duration
 
 __all__ = [
     "CHUNK_ROWS",

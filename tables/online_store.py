@@ -2,7 +2,7 @@
 
 A member's state is a few keys of its own (:class:`MemberState`): an ingest batch costs one
 range read per member it touches and writes its new actions as a new chunk (see
-``tables.member_state``), through :class:`ChangelogTable`.
+``nearline.tables.member_state``), through :class:`ChangelogTable`.
 
 Every read of member state goes through ``table.scan`` alone, so a serving process reads
 through a :class:`SecondaryTable` as the worker reads through its own table.
@@ -16,10 +16,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-from app.kafka import partition_for_key
-from tables.changelog import INTERNAL_PREFIXES, ChangelogTable, LocalTable
-from tables.member_state import MemberState, StatePolicy, erased_key, member_of, member_range
-from tables.secondary import SecondaryTable
+from nearline.foundation.kafka import partition_for_key
+from nearline.tables.changelog import INTERNAL_PREFIXES, ChangelogTable, LocalTable
+from nearline.tables.member_state import (
+    MemberState,
+    StatePolicy,
+    erased_key,
+    member_of,
+    member_range,
+)
+from nearline.tables.secondary import SecondaryTable
 
 __all__ = ["MEMBERS_TABLE", "NotOwned", "OnlineStore", "Restoring"]
 
@@ -156,7 +162,7 @@ class OnlineStore:
     # -- erasure -----------------------------------------------------------------------
 
     def erased_marker(self, partition: int, member: bytes) -> bytes | None:
-        """The member's erasure marker (see ``tables.member_state``), if it has one."""
+        """The member's erasure marker (see ``nearline.tables.member_state``), if it has one."""
         marker = erased_key(member)
         for _, value in self.table.scan(partition, marker, marker + b"\0"):
             return value

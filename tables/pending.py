@@ -10,7 +10,7 @@ all on the worker that owns the partition. Keys, by kind:
 - ``r`` + member length (2 bytes) + member + event time (ms, 8 bytes) + event id: one action
   of a member with pending responses (``item_id`` NUL ``action``), so labels see every
   action within the horizon, not only the ones kept as the member's recent actions;
-- ``i``: the labelling pass in progress (see :mod:`agents.outcomes`);
+- ``i``: the labelling pass in progress (see :mod:`nearline.agents.outcomes`);
 - ``s``: the log offset every response before which has been stored (8 bytes), written
   after the responses it covers, so a re-read of the log never stores a response again,
   whether it is still pending or already labelled.
@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tables.changelog import ChangelogTable, RawUpdates
+from nearline.tables.changelog import ChangelogTable, RawUpdates
 
 __all__ = ["PENDING_TABLE", "DueResponse", "PendingResponses", "Reaction"]
 

@@ -5,8 +5,8 @@ talking to the worker: each partition's RocksDB is opened as a *secondary* insta
 reads the primary's files and replays its write-ahead log on
 ``try_catch_up_with_primary()``. A catch-up costs ~0.5 ms of CPU even when nothing changed,
 so it is made only when the worker's write counter for that partition moved (see
-:mod:`app.serving_link`), and at most once per ``max_staleness``: an answer is never older
-than that while the worker runs.
+:mod:`nearline.foundation.serving_link`), and at most once per ``max_staleness``: an answer is
+never older than that while the worker runs.
 
 What the worker publishes decides what is read:
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import rocksdict
 
-from app.serving_link import PublishedState, WorkerFollower
-from tables.changelog import scan
+from nearline.foundation.serving_link import PublishedState, WorkerFollower
+from nearline.tables.changelog import scan
 
 __all__ = ["SecondarySizes", "SecondaryTable", "open_secondary"]
 
@@ -84,7 +84,8 @@ class _Partition:
 
 class SecondaryTable:
     """``get``/``scan`` over the worker's partitions of one table, kept within
-    ``max_staleness`` of the primary; the read API of :class:`~tables.changelog.ChangelogTable`."""
+    ``max_staleness`` of the primary; the read API of
+    :class:`~nearline.tables.changelog.ChangelogTable`."""
 
     def __init__(
         self,

@@ -7,8 +7,8 @@ import struct
 from binascii import b2a_base64
 from typing import Any
 
-from app import codec
-from tables.member_state import event_id_hash
+from nearline.foundation import codec
+from nearline.tables.member_state import event_id_hash
 
 __all__ = ["legacy_value"]
 

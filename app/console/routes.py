@@ -12,15 +12,12 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app import codec
-from app.console.timeline import IngestTimeline
-from app.experiments import LiveResults
-from app.metrics import Metrics
-from app.openapi import ExperimentView, RankingParams, SystemView
-from app.recommend import RecommendationRequest, Recommender
-from app.settings import Settings
-from app.traffic import DEMO_CATALOGUE_SAMPLE
-from app.web import (
+from nearline.app.console.timeline import IngestTimeline
+from nearline.app.experiments import LiveResults
+from nearline.app.openapi import ExperimentView, RankingParams, SystemView
+from nearline.app.recommend import RecommendationRequest, Recommender
+from nearline.app.traffic import DEMO_CATALOGUE_SAMPLE
+from nearline.app.web import (
     ApiError,
     FeatureSource,
     JSONResponse,
@@ -31,15 +28,18 @@ from app.web import (
     lag_body,
     parse,
 )
-from attribute_store import CachedAttributeStore, StoreUnavailable
-from model.registry import ModelRegistry
-from tables.online_store import NotOwned
+from nearline.attribute_store import CachedAttributeStore, StoreUnavailable
+from nearline.foundation import codec
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.settings import Settings
+from nearline.model.registry import ModelRegistry
+from nearline.tables.online_store import NotOwned
 
 __all__ = ["console_routes", "erasures_view", "parse_candidates", "totals_by_label"]
 
 #: How often the page asks for fresh data (milliseconds); sent to it in its config.
 POLL_MS = 1000
-_STATIC = resources.files("app.console") / "static"
+_STATIC = resources.files("nearline.app.console") / "static"
 
 
 def totals_by_label(counter: Counter) -> dict[str, float]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from agents.ingest import BatchPlan
+    from nearline.agents.ingest import BatchPlan
 
 __all__ = ["FRESHNESS_EDGES", "IngestTimeline", "freshness_sample", "percentile_of"]
 

@@ -1,6 +1,6 @@
 """Fixtures that start real processes: the embedded broker and `nearline worker`s.
 
-Thin wrappers over the dev harness (:mod:`app.stack`); the names tests import from here
+Thin wrappers over the dev harness (:mod:`nearline.app.stack`); the names tests import from here
 are the harness's own.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.broker import EmbeddedBroker
-from app.stack import Record, Stack, WorkerProcess, consume_topic, wait_until
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.stack import Record, Stack, WorkerProcess, consume_topic, wait_until
 
 __all__ = ["REPO", "Deployment", "Record", "Worker", "consume_topic", "wait_until"]
 

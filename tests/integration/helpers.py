@@ -21,8 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from app.stack import StackError, wait_until
-from tables import member_state
+from nearline.app.stack import StackError, wait_until
+from nearline.tables import member_state
 from tests.integration.conftest import Deployment, Worker
 
 __all__ = [
@@ -205,7 +205,7 @@ def run_cli(
     """``nearline <args>`` with the worker's environment (its topics, stores and data dir)
     and ``env`` over it."""
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "nearline.cli", *args],
         env={**worker.env, **env},
         capture_output=True,
         text=True,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from agents.ingest import BatchPlan, IngestProcessor, KafkaRecord
-from app.cli import main
+from nearline.agents.ingest import BatchPlan, IngestProcessor, KafkaRecord
+from nearline.cli import main
 
 _apply = IngestProcessor.apply
 

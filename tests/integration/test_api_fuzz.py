@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from app import codec
+from nearline.foundation import codec
 from tests.integration.conftest import Deployment, Worker
 
 pytestmark = pytest.mark.integration

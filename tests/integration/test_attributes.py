@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app import codec
+from nearline.foundation import codec
 from tests.integration.conftest import Deployment, wait_until
 from tests.integration.helpers import run_cli
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import codec
-from app.kafka import partition_for_key
-from app.traffic import demo_items, demo_traffic_running
-from model.experiments import Arm, Experiment
-from model.heuristic import HEURISTIC_VERSION as H
-from model.registry import ModelRegistry
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.app.traffic import demo_items, demo_traffic_running
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key
+from nearline.model.experiments import Arm, Experiment
+from nearline.model.heuristic import HEURISTIC_VERSION as H
+from nearline.model.registry import ModelRegistry
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 from tests.integration.browser import Chromium
 from tests.integration.conftest import REPO, Deployment, Worker, wait_until
 

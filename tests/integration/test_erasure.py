@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from app import codec
-from app.kafka import partition_for_key
-from attribute_store import EmbeddedAttributeStore
-from model.dataset import read_examples
-from tables.changelog import END_MARKER_KEY
-from tables.member_state import erased_key
+from nearline.attribute_store import EmbeddedAttributeStore
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key
+from nearline.model.dataset import read_examples
+from nearline.tables.changelog import END_MARKER_KEY
+from nearline.tables.member_state import erased_key
 from tests.integration.conftest import Deployment, Worker, wait_until
 from tests.integration.helpers import read_to_end, run_cli, wait_applied_to_end
 from tests.integration.test_ingest import misplaced, records

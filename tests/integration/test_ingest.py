@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from app import codec
-from app.kafka import partition_for_key
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key
 from tests.integration.conftest import Deployment, Record, Worker
 from tests.integration.helpers import read_to_end, wait_applied_to_end
 from tests.oracle import expected_features, served_view

@@ -13,13 +13,13 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from app import codec
-from app.cli import main
-from app.kafka import partition_for_key
-from model.experiments import Arm, Experiment
-from model.heuristic import HEURISTIC_VERSION as H
-from model.registry import ModelRegistry
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.cli import main
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key
+from nearline.model.experiments import Arm, Experiment
+from nearline.model.heuristic import HEURISTIC_VERSION as H
+from nearline.model.registry import ModelRegistry
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 from tests.integration.conftest import Deployment, Worker, wait_until
 from tests.integration.helpers import pending_outcomes, read_to_end
 from tests.integration.test_ingest import make_events, records

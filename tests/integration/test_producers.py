@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app import codec
-from app.broker import EmbeddedBroker
+from nearline.app.broker import EmbeddedBroker
+from nearline.foundation import codec
 from tests.integration.conftest import Deployment, Worker
 from tests.integration.helpers import wait_applied_to_end
 from tests.integration.test_ingest import INTEREST, assert_matches, oracle

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app import codec
-from model.dataset import read_examples, write_examples
-from model.examples import WorldConfig, generate_examples
-from model.feature_log import logged_rows
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.foundation import codec
+from nearline.model.dataset import read_examples, write_examples
+from nearline.model.feature_log import logged_rows
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.simulation.examples import WorldConfig, generate_examples
 from tests.integration.conftest import Deployment, Worker, wait_until
 from tests.integration.helpers import pending_outcomes, read_to_end, run_cli
 from tests.integration.test_attributes import JOINS, item

@@ -13,11 +13,11 @@ import pytest
 import rocksdict
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app import codec
-from app.kafka import partition_for_key
-from app.stack import Stack
-from tables.changelog import END_MARKER_KEY
-from tables.member_state import member_of
+from nearline.app.stack import Stack
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key
+from nearline.tables.changelog import END_MARKER_KEY
+from nearline.tables.member_state import member_of
 from tests.integration.conftest import Deployment, wait_until
 from tests.integration.helpers import changelog_history, read_to_end, wait_applied_to_end
 from tests.integration.test_ingest import (

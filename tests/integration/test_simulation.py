@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app import codec
-from app.broker import EmbeddedBroker
-from app.cli import main
-from app.simulation.behaviour import BehaviourModel
-from app.simulation.report import (
+from nearline.app.broker import EmbeddedBroker
+from nearline.cli import main
+from nearline.foundation import codec
+from nearline.model.dataset import read_examples
+from nearline.simulation.behaviour import BehaviourModel
+from nearline.simulation.report import (
     compare,
     permutation_p_values,
     write_report,
     write_training_report,
 )
-from app.simulation.runner import SimulationConfig, simulate
-from app.simulation.world import DAY, WorldConfig
-from model.dataset import read_examples
+from nearline.simulation.runner import SimulationConfig, simulate
+from nearline.simulation.world import DAY, WorldConfig
 from tests.integration.helpers import read_topic_to_end
 
 SECTIONS = (

@@ -2,7 +2,7 @@
 
 The assertions read Faust's private state on purpose (``_new_offset``: what its next commit
 writes; ``_paused_partitions``): what Faust will do is what these tests are about. Outside
-the tests, only ``app/faust_internals.py`` touches Faust's privates.
+the tests, only ``foundation/faust_internals.py`` touches Faust's privates.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import faust
 import pytest
 from faust.types import TP
 
-from agents.bulk import BulkChannel, BulkConsumer, Fetch
+from nearline.agents.bulk import BulkChannel, BulkConsumer, Fetch
 
 TOPIC = "member-actions"
 TP0 = TP(TOPIC, 0)
@@ -94,7 +94,7 @@ def _run(channels: tuple[BulkChannel, ...], test: Any) -> None:
     assert isinstance(consumer, BulkConsumer)
 
     async def take(fetched: list[dict[TP, list[Record]]]) -> list[object]:
-        # What Faust's fetch loop does with each fetch (app/faust_internals.py): the hooks
+        # What Faust's fetch loop does with each fetch (foundation/faust_internals.py): the hooks
         # run before the wait and on the records it returns.
         rests = []
         for records_by_tp in fetched:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from app.broker import free_port
-from app.cli import main
+from nearline.app.broker import free_port
+from nearline.cli import main
 
 
 def test_an_unreachable_broker_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from app import codec
-from app.memo import IdentityMemo
+from nearline.foundation import codec
+from nearline.foundation.memo import IdentityMemo
 
 
 def test_shared_json_writes_the_bytes_dumps_writes() -> None:

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from agents.ingest import SourceRecord, plan_batch
-from app.console.routes import parse_candidates, totals_by_label
-from app.console.timeline import FRESHNESS_EDGES, IngestTimeline, freshness_sample, percentile_of
-from app.kafka import partition_for_key
-from app.settings import load_settings
-from app.traffic import (
+from nearline.agents.ingest import SourceRecord, plan_batch
+from nearline.app.console.routes import parse_candidates, totals_by_label
+from nearline.app.console.timeline import (
+    FRESHNESS_EDGES,
+    IngestTimeline,
+    freshness_sample,
+    percentile_of,
+)
+from nearline.app.traffic import (
     DEMO_CATALOGUE_SAMPLE,
     DEMO_MALFORMED_EVERY,
     DEMO_SHIFTING_MEMBER,
@@ -22,6 +25,8 @@ from app.traffic import (
     generate_actions,
     shifting_interest,
 )
+from nearline.foundation.kafka import partition_for_key
+from nearline.foundation.settings import load_settings
 
 NOW = 1_800_000_000.0
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from app import codec
-from app.cli import main
-from app.erasures import Erasure, InvalidMemberId, check_member_id, latest_by_member
-from app.exporting import without_erased
-from model.dataset import ExampleSet, write_examples
-from model.examples import EXAMPLES_WORLD, generate_examples
-from tables.changelog import LocalTable
-from tables.member_state import MemberState, RecentAction, StatePolicy, erased_key
-from tables.online_store import OnlineStore
+from nearline.agents.erasures import Erasure, InvalidMemberId, check_member_id, latest_by_member
+from nearline.app.exporting import without_erased
+from nearline.cli import main
+from nearline.foundation import codec
+from nearline.model.dataset import ExampleSet, write_examples
+from nearline.simulation.examples import EXAMPLES_WORLD, generate_examples
+from nearline.tables.changelog import LocalTable
+from nearline.tables.member_state import MemberState, RecentAction, StatePolicy, erased_key
+from nearline.tables.online_store import OnlineStore
 
 POLICY = StatePolicy(
     windows=(3600.0,),
@@ -122,7 +122,7 @@ def test_train_leaves_out_members_erased_since_the_export(
     async def read_erasures(settings: object) -> dict[str, Erasure]:
         return erasures  # the erasures topic, read after the file was written
 
-    monkeypatch.setattr("app.erasures.read_erasures", read_erasures)
+    monkeypatch.setattr("nearline.agents.erasures.read_erasures", read_erasures)
     for name in ("NEARLINE_MODEL_DIR", "NEARLINE_EMBEDDING_DIM", "NEARLINE_WINDOWS"):
         monkeypatch.delenv(name, raising=False)
     args = ["train", str(path), "--model-dir", str(tmp_path / "models"), "--max-epochs", "1"]

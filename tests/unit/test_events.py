@@ -6,8 +6,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from agents.events import MILLISECONDS_FROM, ActionEvent, InvalidEvent, event_time, parse_action
-from app import codec
+from nearline.agents.events import (
+    MILLISECONDS_FROM,
+    ActionEvent,
+    InvalidEvent,
+    event_time,
+    parse_action,
+)
+from nearline.foundation import codec
 
 NOW = 1_800_000_000.0
 LIMITS = {"now": NOW, "max_bytes": 4096, "retention": 96 * 3600.0, "max_future_skew": 300.0}

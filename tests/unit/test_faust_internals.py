@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 import pytest
 
-from app.faust_internals import FaustVersionError, check_faust, supported_faust
+from nearline.foundation.faust_internals import FaustVersionError, check_faust, supported_faust
 
 
 def test_the_installed_faust_is_supported() -> None:

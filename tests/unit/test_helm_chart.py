@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from app.settings import Settings, load_settings
+from nearline.foundation.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "nearline"
@@ -407,7 +407,9 @@ def test_every_nearline_variable_is_a_setting_the_app_accepts(manifests: list[Ma
 def check_settings(env: dict[str, Manifest]) -> None:
     fields = {f"NEARLINE_{name.upper()}" for name in Settings.model_fields}
     nearline_vars = {name for name in env if name.startswith("NEARLINE_")}
-    assert nearline_vars <= fields, f"unknown to app.settings: {sorted(nearline_vars - fields)}"
+    assert nearline_vars <= fields, (
+        f"unknown to nearline.foundation.settings: {sorted(nearline_vars - fields)}"
+    )
 
     overrides: dict[str, Any] = {}
     for name in nearline_vars:

@@ -11,14 +11,14 @@ import asyncio
 import time
 from pathlib import Path
 
-from agents.ingest import IngestProcessor, SourceRecord
-from app import codec
-from app.kafka import partition_for_key
-from app.metrics import Metrics
-from app.settings import load_settings
-from tables.changelog import LocalTable
-from tables.member_state import StatePolicy
-from tables.online_store import OnlineStore
+from nearline.agents.ingest import IngestProcessor, SourceRecord
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.settings import load_settings
+from nearline.tables.changelog import LocalTable
+from nearline.tables.member_state import StatePolicy
+from nearline.tables.online_store import OnlineStore
 
 SETTINGS = load_settings(actions_of_interest="click")
 

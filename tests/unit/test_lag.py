@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from app.lag import LagMonitor
+from nearline.app.lag import LagMonitor
 
 TOPIC = "member-actions"
 P0, P1 = TP(TOPIC, 0), TP(TOPIC, 1)

@@ -8,7 +8,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from app.loop_lag import LoopMonitor
+from nearline.foundation.loop_lag import LoopMonitor
 
 
 def _sample(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:

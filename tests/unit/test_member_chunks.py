@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from app.kafka import partition_for_key
-from tables.changelog import LocalTable
-from tables.member_state import (
+from nearline.foundation.kafka import partition_for_key
+from nearline.tables.changelog import LocalTable
+from nearline.tables.member_state import (
     Applied,
     MemberState,
     RecentAction,
     StatePolicy,
     _first_in_bucket_after,
 )
-from tables.online_store import OnlineStore
+from nearline.tables.online_store import OnlineStore
 from tests.legacy_layout import legacy_value
 from tests.oracle import expected_features, served_view
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from app import codec
-from app.settings import load_settings
-from tables.changelog import LocalTable
-from tables.member_state import (
+from nearline.foundation import codec
+from nearline.foundation.settings import load_settings
+from nearline.tables.changelog import LocalTable
+from nearline.tables.member_state import (
     CHUNK_ROWS,
     Applied,
     MemberState,

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import rocksdict
 
-from agents.outcomes import OutcomeJoiner
-from app import codec
-from app.metrics import Metrics
-from model.feature_log import decode_matrix, log_record
-from tables.changelog import ChangelogTable, RawUpdates
-from tables.pending import STORED_UNTIL_KEY, PendingResponses
+from nearline.agents.outcomes import OutcomeJoiner
+from nearline.foundation import codec
+from nearline.foundation.metrics import Metrics
+from nearline.model.feature_log import decode_matrix, log_record
+from nearline.tables.changelog import ChangelogTable, RawUpdates
+from nearline.tables.pending import STORED_UNTIL_KEY, PendingResponses
 
 NOW = 1_764_384_000.0
 HORIZON = 60.0

@@ -10,11 +10,11 @@ import subprocess
 import sys
 from collections import Counter
 
-from app.stack import wait_until
 from bench.harness import cpu_seconds, process_tree, rss_mb
 from bench.peer_feast import BUCKET, FEATURES, window_counts
 from bench.peer_stack import feast_rows
 from bench.soak import tally
+from nearline.app.stack import wait_until
 
 
 def test_window_counts_follow_nearline_buckets() -> None:

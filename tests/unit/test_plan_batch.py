@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from agents.ingest import SourceRecord, plan_batch
-from app import codec
-from app.kafka import partition_for_key
-from app.settings import load_settings
-from tables.member_state import Source
+from nearline.agents.ingest import SourceRecord, plan_batch
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key
+from nearline.foundation.settings import load_settings
+from nearline.tables.member_state import Source
 
 SETTINGS = load_settings(actions_of_interest="click,apply")
 REPARTITION = SETTINGS.topic_repartition

@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.outcomes import label_response
-from app import codec
-from app.exporting import examples_to_set
-from app.recommend import RecommendationRequest, RecommendationResponse, Recommender
-from attribute_store import CachedAttributeStore, ItemAttributes, MemberAttributes
-from attribute_store.schema import Geo
-from model.feature_log import decode_matrix, encode_matrix, logged_rows
-from model.heuristic import HeuristicRanker
-from model.registry import ModelRegistry
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.agents.outcomes import label_response
+from nearline.app.exporting import examples_to_set
+from nearline.app.recommend import RecommendationRequest, RecommendationResponse, Recommender
+from nearline.attribute_store import CachedAttributeStore, ItemAttributes, MemberAttributes
+from nearline.attribute_store.schema import Geo
+from nearline.foundation import codec
+from nearline.model.feature_log import decode_matrix, encode_matrix, logged_rows
+from nearline.model.heuristic import HeuristicRanker
+from nearline.model.registry import ModelRegistry
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 from tests.unit.attribute_store.conftest import RecordingStore
 from tests.unit.model.reference_vectorizer import ReferenceVectorizer
 
@@ -74,7 +74,7 @@ def _features(rng: random.Random, items: list[ItemAttributes]) -> dict[str, Any]
 
 @pytest.fixture
 def recommender(monkeypatch: pytest.MonkeyPatch) -> Recommender:
-    monkeypatch.setattr("app.recommend.time.time", lambda: NOW)
+    monkeypatch.setattr("nearline.app.recommend.time.time", lambda: NOW)
     registry = ModelRegistry(None, Vectorizer(VectorizerConfig(embedding_dim=DIM)))
     return Recommender(registry, _cache(), ListLog(), memo_size=50)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from app.publisher import _identity
-from app.serving_link import PublishedState, WorkerFollower, WriteCounters
-from tables.secondary import SecondaryTable
+from nearline.app.publisher import _identity
+from nearline.foundation.serving_link import PublishedState, WorkerFollower, WriteCounters
+from nearline.tables.secondary import SecondaryTable
 
 OWN = "http://me:8080"
 

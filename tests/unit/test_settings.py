@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import SettingsError, format_duration, load_settings, parse_duration
+from nearline.foundation.settings import (
+    SettingsError,
+    format_duration,
+    load_settings,
+    parse_duration,
+)
 
 
 def test_defaults_are_the_embedded_profile_with_96h_retention() -> None:

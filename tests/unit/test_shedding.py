@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from app.web_app import _Shedding
+from nearline.app.web_app import _Shedding
 
 
 async def _until_inside(inside: list[int], count: int) -> None:

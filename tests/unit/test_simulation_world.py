@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from app.settings import load_settings
-from app.simulation.behaviour import BehaviourModel
-from app.simulation.report import compare, experiment_table, permutation_p_values
-from app.simulation.runner import SessionRecord
-from app.simulation.timescale import TimeScale
-from app.simulation.world import ARMS, DAY, World, WorldConfig, arm_of, experiment
-from attribute_store import validate_item
+from nearline.attribute_store import validate_item
+from nearline.foundation.settings import load_settings
+from nearline.simulation.behaviour import BehaviourModel
+from nearline.simulation.report import compare, experiment_table, permutation_p_values
+from nearline.simulation.runner import SessionRecord
+from nearline.simulation.timescale import TimeScale
+from nearline.simulation.world import ARMS, DAY, World, WorldConfig, arm_of, experiment
 
 SMALL = WorldConfig(seed=11, members=40, items=300, days=2, warmup_days=1, candidates=30)
 
@@ -233,9 +233,9 @@ def test_a_topic_aware_history_favours_the_members_topic() -> None:
 
 def test_the_reports_arm_figures_are_the_experiment_machinerys() -> None:
     """The simulator's experiment assigns as the worker does, and the report's table is
-    ``nearline experiment status``'s computation (model.experiments), not a second one."""
-    from model.experiments import Assigner, arm_results
-    from model.experiments import compare as compare_arms
+    ``nearline experiment status``'s computation (nearline.model.experiments), not a second one."""
+    from nearline.model.experiments import Assigner, arm_results
+    from nearline.model.experiments import compare as compare_arms
 
     started = experiment(5, day_origin=1000.0, day_length=43.2)
     assigner = Assigner(started)

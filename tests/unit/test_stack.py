@@ -9,8 +9,8 @@ from typing import cast
 
 import pytest
 
-from app.broker import EmbeddedBroker
-from app.stack import Stack, StackError, WorkerProcess, wait_until
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.stack import Stack, StackError, WorkerProcess, wait_until
 
 
 class _Broker:

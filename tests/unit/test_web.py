@@ -19,21 +19,21 @@ import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
 
-from app.console.timeline import IngestTimeline
-from app.erasures import Erasure
-from app.lag import PartitionLag
-from app.limits import MAX_BODY_BYTES, MAX_ID_LENGTH
-from app.metrics import Metrics
-from app.openapi import FeaturesResponse, Ranking, SystemView
-from app.recommend import RecommendationResponse, Recommender
-from app.settings import Settings, load_settings
-from app.web import FORWARDED_HEADER, WebServices
-from app.web_app import create_web_app
-from attribute_store import CachedAttributeStore, StoreHealth
-from model.registry import ModelRegistry
-from model.vectorizer import Vectorizer, VectorizerConfig
-from tables.member_state import MemberState, StatePolicy
-from tables.online_store import NotOwned, Restoring
+from nearline.agents.erasures import Erasure
+from nearline.app.console.timeline import IngestTimeline
+from nearline.app.lag import PartitionLag
+from nearline.app.openapi import FeaturesResponse, Ranking, SystemView
+from nearline.app.recommend import RecommendationResponse, Recommender
+from nearline.app.web import FORWARDED_HEADER, WebServices
+from nearline.app.web_app import create_web_app
+from nearline.attribute_store import CachedAttributeStore, StoreHealth
+from nearline.foundation.limits import MAX_BODY_BYTES, MAX_ID_LENGTH
+from nearline.foundation.metrics import Metrics
+from nearline.foundation.settings import Settings, load_settings
+from nearline.model.registry import ModelRegistry
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.tables.member_state import MemberState, StatePolicy
+from nearline.tables.online_store import NotOwned, Restoring
 from tests.unit.attribute_store.conftest import RecordingStore, item
 
 with warnings.catch_warnings():

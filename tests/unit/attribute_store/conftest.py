@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from attribute_store import (
+from nearline.attribute_store import (
     AttributeRecord,
     AttributeStore,
     ItemAttributes,

@@ -8,14 +8,14 @@ from pathlib import Path
 import aerospike
 import pytest
 
-from app.settings import load_settings
-from attribute_store import (
+from nearline.attribute_store import (
     AerospikeAttributeStore,
     EmbeddedAttributeStore,
     ItemAttributes,
     from_settings,
 )
-from attribute_store.aerospike import parse_host, record_from_bins, record_to_bins
+from nearline.attribute_store.aerospike import parse_host, record_from_bins, record_to_bins
+from nearline.foundation.settings import load_settings
 from tests.unit.attribute_store.conftest import item, member
 
 

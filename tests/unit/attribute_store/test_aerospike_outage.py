@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from attribute_store import AerospikeAttributeStore, StoreUnavailable
+from nearline.attribute_store import AerospikeAttributeStore, StoreUnavailable
 from tests.unit.attribute_store.conftest import item
 
 CONNECT_TIMEOUT = 0.4

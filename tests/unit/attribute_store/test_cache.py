@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from attribute_store import CachedAttributeStore, StoreUnavailable
+from nearline.attribute_store import CachedAttributeStore, StoreUnavailable
 from tests.unit.attribute_store.conftest import RecordingStore, item, member
 
 

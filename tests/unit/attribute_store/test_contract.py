@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import load_settings
-from attribute_store import (
+from nearline.attribute_store import (
     AerospikeAttributeStore,
     AttributeStore,
     EmbeddedAttributeStore,
@@ -20,6 +19,7 @@ from attribute_store import (
     StoreUnavailable,
     validate_item,
 )
+from nearline.foundation.settings import load_settings
 from tests.unit.attribute_store.conftest import DIM, item, member
 
 NO_AEROSPIKE = (

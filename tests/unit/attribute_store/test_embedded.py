@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attribute_store import EmbeddedAttributeStore, ItemAttributes, StoreUnavailable
+from nearline.attribute_store import EmbeddedAttributeStore, ItemAttributes, StoreUnavailable
 from tests.unit.attribute_store.conftest import item, member
 
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from attribute_store import (
+from nearline.attribute_store import (
     AttributeRecord,
     EmbeddedAttributeStore,
     ItemAttributes,

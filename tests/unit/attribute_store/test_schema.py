@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from attribute_store import (
+from nearline.attribute_store import (
     Geo,
     InvalidRecord,
     ItemAttributes,

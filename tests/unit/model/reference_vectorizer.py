@@ -13,8 +13,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from app.settings import parse_duration
-from model.vectorizer import VectorizerConfig, nearest_km
+from nearline.foundation.settings import parse_duration
+from nearline.model.vectorizer import VectorizerConfig, nearest_km
 
 __all__ = ["ReferenceVectorizer"]
 

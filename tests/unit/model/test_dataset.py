@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model.dataset import ExampleSet, read_examples, split_by_time, write_examples
-from model.exceptions import ExamplesError
+from nearline.model.dataset import ExampleSet, read_examples, split_by_time, write_examples
+from nearline.model.exceptions import ExamplesError
 
 
 def examples(requests: int = 10, per: int = 4, d: int = 3) -> ExampleSet:

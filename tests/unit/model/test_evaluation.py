@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from model.evaluation import evaluate, ndcg_at_k, roc_auc
+from nearline.model.evaluation import evaluate, ndcg_at_k, roc_auc
 
 
 def test_auc_by_hand() -> None:

@@ -16,14 +16,14 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from click.testing import CliRunner
 
-from agents.outcomes import label_response
-from app import codec
-from app.cli import main
-from app.experiments import decide_promotion, status_text
-from app.exporting import examples_to_set
-from app.recommend import RecommendationRequest, Recommender
-from attribute_store import CachedAttributeStore
-from model.experiments import (
+from nearline.agents.outcomes import label_response
+from nearline.app.experiments import decide_promotion, status_text
+from nearline.app.exporting import examples_to_set
+from nearline.app.recommend import RecommendationRequest, Recommender
+from nearline.attribute_store import CachedAttributeStore
+from nearline.cli import main
+from nearline.foundation import codec
+from nearline.model.experiments import (
     EXPERIMENT_FILE,
     Arm,
     Assigner,
@@ -35,10 +35,10 @@ from model.experiments import (
     daily_cutoff,
     parse_arm,
 )
-from model.feature_log import log_record
-from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
-from model.registry import ModelRegistry
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.model.feature_log import log_record
+from nearline.model.heuristic import HEURISTIC_VERSION, HeuristicRanker
+from nearline.model.registry import ModelRegistry
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 from tests.unit.attribute_store.conftest import RecordingStore
 from tests.unit.model.test_registry import scorer_for
 
@@ -181,7 +181,7 @@ def test_workers_follow_the_experiment_and_a_deleted_version_falls_back_to_the_d
 
     for suffix in (".pt", ".json"):
         (tmp_path / f"nearline-model-v1{suffix}").unlink()
-    with caplog.at_level(logging.ERROR, logger="model.registry"):
+    with caplog.at_level(logging.ERROR, logger="nearline.model.registry"):
         worker.maybe_reload()
     assert "arm treatment: model version v1 is gone" in caplog.text
     assert "served by the default ranker" in caplog.text
@@ -361,7 +361,7 @@ def test_promote_refuses_then_force_promotes(
     async def read(settings: Any, current: Experiment, level: float = 0.95) -> ExperimentResults:
         return arm_results(sets, current, level=level)
 
-    monkeypatch.setattr("app.experiments.read_results", read)
+    monkeypatch.setattr("nearline.app.experiments.read_results", read)
     monkeypatch.setenv("NEARLINE_EMBEDDING_DIM", "4")  # the CLI's vectorizer, as v1's
     args = ["experiment", "promote", "--arm", "treatment", "--model-dir", str(tmp_path)]
     refused = CliRunner().invoke(main, args)
@@ -442,9 +442,9 @@ class FakeTopic:
 def test_the_live_view_follows_the_topic_and_the_running_experiment(
     tmp_path: Path, vectorizer: Vectorizer
 ) -> None:
-    from app.experiments import LiveResults
-    from app.metrics import Metrics
-    from app.settings import load_settings
+    from nearline.app.experiments import LiveResults
+    from nearline.foundation.metrics import Metrics
+    from nearline.foundation.settings import load_settings
 
     registry = ModelRegistry(tmp_path, vectorizer, backend="default")
     topic = FakeTopic()

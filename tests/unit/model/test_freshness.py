@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app import codec
-from model.feature_log import log_record, logged_rows
-from model.vectorizer import Vectorizer, VectorizerConfig
-from tables.member_state import MemberState, RecentAction, StatePolicy
+from nearline.foundation import codec
+from nearline.model.feature_log import log_record, logged_rows
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.tables.member_state import MemberState, RecentAction, StatePolicy
 
 NOW = 1_764_384_000.0
 LONGEST = math.log1p(96 * 3600.0)  # "never": pinned to the longest window

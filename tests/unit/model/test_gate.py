@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.evaluation import RequestMetrics, per_request
-from model.gate import GateRules, decide
+from nearline.model.evaluation import RequestMetrics, per_request
+from nearline.model.gate import GateRules, decide
 
 
 def metrics(

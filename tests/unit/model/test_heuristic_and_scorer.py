@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
-from model.ranker import Ranker
-from model.scorer import Scorer, ScorerConfig, TorchRanker
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.model.heuristic import HEURISTIC_VERSION, HeuristicRanker
+from nearline.model.ranker import Ranker
+from nearline.model.scorer import Scorer, ScorerConfig, TorchRanker
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 
 NOW = 1_764_384_000.0
 

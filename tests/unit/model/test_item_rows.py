@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from attribute_store import CachedAttributeStore, ItemAttributes
-from attribute_store.schema import Geo, Scalar
-from model.item_rows import ItemRows
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.attribute_store import CachedAttributeStore, ItemAttributes
+from nearline.attribute_store.schema import Geo, Scalar
+from nearline.model.item_rows import ItemRows
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 from tests.unit.attribute_store.conftest import RecordingStore
 from tests.unit.model.reference_vectorizer import ReferenceVectorizer
 

@@ -17,14 +17,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from app.cli import main
-from app.settings import load_settings
-from model.dataset import ExampleSet, split_by_time, write_examples
-from model.examples import EXAMPLES_WORLD, generate_examples
-from model.heuristic import HEURISTIC_VERSION, HeuristicRanker
-from model.registry import ACTIVE_FILE, ModelRegistry
-from model.scorer import TorchRanker
-from model.vectorizer import Vectorizer
+from nearline.cli import main
+from nearline.foundation.settings import load_settings
+from nearline.model.dataset import ExampleSet, split_by_time, write_examples
+from nearline.model.heuristic import HEURISTIC_VERSION, HeuristicRanker
+from nearline.model.registry import ACTIVE_FILE, ModelRegistry
+from nearline.model.scorer import TorchRanker
+from nearline.model.vectorizer import Vectorizer
+from nearline.simulation.examples import EXAMPLES_WORLD, generate_examples
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_the_trainer_exports_trains_and_gates_in_one_run(
         write_examples(out, examples)  # what the training-examples topic holds
         return examples, 0  # no member erased
 
-    monkeypatch.setattr("app.exporting.export_training", export)
+    monkeypatch.setattr("nearline.app.exporting.export_training", export)
     models = tmp_path / "models"
     code, out = run("trainer", "--model-dir", str(models), "--max-epochs", "3")
     assert code == 0, out

@@ -14,11 +14,11 @@ import orjson
 import pytest
 import torch
 
-from model.exceptions import IncompatibleModelError
-from model.heuristic import HeuristicRanker
-from model.registry import ModelRegistry, new_version
-from model.scorer import Scorer, ScorerConfig, TorchRanker
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.model.exceptions import IncompatibleModelError
+from nearline.model.heuristic import HeuristicRanker
+from nearline.model.registry import ModelRegistry, new_version
+from nearline.model.scorer import Scorer, ScorerConfig, TorchRanker
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_save_writes_both_files_and_load_latest_picks_the_newest(
 
 
 def test_from_settings_sets_dir_and_threads(tmp_path: Path) -> None:
-    from app.settings import load_settings
+    from nearline.foundation.settings import load_settings
 
     before = torch.get_num_threads()
     try:
@@ -78,15 +78,15 @@ def test_torch_loads_with_the_first_model_and_takes_the_configured_threads(
     (~225 MB) unloaded; NEARLINE_TORCH_THREADS still holds once a model brings it in."""
     script = f"""
 import sys
-import app.cli, app.recommend, app.web, app.worker
-from app.settings import load_settings
-from model.registry import ModelRegistry
+import nearline.app.cli, nearline.app.recommend, nearline.app.web, nearline.app.worker
+from nearline.foundation.settings import load_settings
+from nearline.model.registry import ModelRegistry
 settings = load_settings(model_dir={str(tmp_path)!r}, torch_threads=3)
 registry = ModelRegistry.from_settings(settings)
 assert registry.load_latest().version == registry.served().version == "heuristic-v1"
 assert not registry.maybe_reload()
 assert "torch" not in sys.modules, "torch imported without a model"
-import model.scorer, torch
+import nearline.model.scorer, torch
 assert torch.get_num_threads() == 3, torch.get_num_threads()
 """
     done = subprocess.run(
@@ -118,7 +118,7 @@ def test_mismatched_features_are_refused_and_the_old_model_kept(
     registry.load_latest()
     other = Vectorizer(VectorizerConfig(embedding_dim=4, windows=("1h", "2h")))
     ModelRegistry(tmp_path, other).save(scorer_for(other, 2), {}, version="v2")
-    with caplog.at_level(logging.ERROR, logger="model.registry"):
+    with caplog.at_level(logging.ERROR, logger="nearline.model.registry"):
         assert registry.maybe_reload() is False
     assert registry.active.version == "v1"
     assert "v2 refused" in caplog.text and "feature_names do not match" in caplog.text
@@ -183,6 +183,6 @@ def test_a_broken_active_file_keeps_the_current_model(
     registry.activate("v1")
     assert registry.load_latest().version == "v1"
     (tmp_path / "nearline-active.json").write_text("{not json")
-    with caplog.at_level(logging.ERROR, logger="model.registry"):
+    with caplog.at_level(logging.ERROR, logger="nearline.model.registry"):
         assert registry.maybe_reload() is False
     assert registry.active.version == "v1" and "nearline model activate" in caplog.text

@@ -10,14 +10,14 @@ import orjson
 import pytest
 import torch
 
-from app.settings import load_settings
-from model.dataset import write_examples
-from model.examples import EXAMPLES_WORLD, generate_examples
-from model.exceptions import ExamplesError
-from model.heuristic import HeuristicRanker
-from model.registry import ModelRegistry
-from model.training import TrainingConfig, train
-from model.vectorizer import Vectorizer
+from nearline.foundation.settings import load_settings
+from nearline.model.dataset import write_examples
+from nearline.model.exceptions import ExamplesError
+from nearline.model.heuristic import HeuristicRanker
+from nearline.model.registry import ModelRegistry
+from nearline.model.training import TrainingConfig, train
+from nearline.model.vectorizer import Vectorizer
+from nearline.simulation.examples import EXAMPLES_WORLD, generate_examples
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.settings import load_settings
-from model.vectorizer import Vectorizer, VectorizerConfig, haversine_km, nearest_km
+from nearline.foundation.settings import load_settings
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig, haversine_km, nearest_km
 
 NOW = 1_764_384_000.0
 DIM = 8

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from model.vectorizer import Vectorizer, VectorizerConfig, Vocabulary, _gather, _member_of
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig, Vocabulary, _gather, _member_of
 from tests.unit.model.test_vectorizer_reference import NOW, _attributes, _features
 
 

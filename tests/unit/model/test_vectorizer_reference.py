@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from attribute_store import ItemAttributes
-from attribute_store.schema import Geo
-from model.item_rows import ItemRows
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.attribute_store import ItemAttributes
+from nearline.attribute_store.schema import Geo
+from nearline.model.item_rows import ItemRows
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 from tests.unit.model.reference_vectorizer import ReferenceVectorizer
 
 NOW = 1_764_384_000.0

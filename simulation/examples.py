@@ -1,8 +1,8 @@
 """Synthetic training examples from the simulator's seeded world, vectorized by the real Vectorizer.
 
-The world is :class:`app.simulation.world.World` (topics, jobs with a category, company,
+The world is :class:`nearline.simulation.world.World` (topics, jobs with a category, company,
 city and here a popularity; members with an interest near one topic, a city and a disliked
-topic), and its members behave as :class:`app.simulation.behaviour.BehaviourModel` says,
+topic), and its members behave as :class:`nearline.simulation.behaviour.BehaviourModel` says,
 with the weights of :data:`EXAMPLES_BEHAVIOUR`: a member's true affinity for a job is
 
     4.0 * cos(interest, embedding) + 1.5 * [same city] - 3.0
@@ -15,7 +15,8 @@ offered, each reacted to by the behaviour model), then candidates the same way; 
 candidate's label is Bernoulli(sigmoid(1.5 * affinity)): would the member engage. Some
 attributes are dropped at random so the missing-value flags carry weight.
 
-Run ``python -m model.examples OUT.parquet`` to write a file for :mod:`model.training`.
+Run ``python -m nearline.simulation.examples OUT.parquet`` to write a file for
+:mod:`nearline.model.training`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from app.settings import parse_duration
-from app.simulation.behaviour import BehaviourModel
-from app.simulation.world import DAY, World, WorldConfig
-from model.dataset import ExampleSet, write_examples
-from model.heuristic import HEURISTIC_VERSION
-from model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.foundation.settings import parse_duration
+from nearline.model.dataset import ExampleSet, write_examples
+from nearline.model.heuristic import HEURISTIC_VERSION
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.simulation.behaviour import BehaviourModel
+from nearline.simulation.world import DAY, World, WorldConfig
 
 # WorldConfig is the simulator's, named here too: callers size their examples' world with it.
 __all__ = ["EXAMPLES_BEHAVIOUR", "EXAMPLES_WORLD", "WorldConfig", "generate_examples", "main"]

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from app.memo import IdentityMemo
+from nearline.foundation.memo import IdentityMemo
 
 __all__ = ["DecodeError", "dumps", "loads", "shared_json"]
 

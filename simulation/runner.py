@@ -5,13 +5,14 @@ For each session in time order the runner waits for its wall-clock moment, asks 
 behaviour model and produces them to the actions topic, where the worker ingests them into
 the features the next request reads.
 
-The arms are an experiment run through the workers like any other (:mod:`model.experiments`):
-after the warm-up the runner starts :func:`~app.simulation.world.experiment` in the model
-directory, as ``nearline experiment start`` does, with the simulated day as the batch arm's
-day; the worker assigns each member an arm and reads the batch arm's features as of the
-last simulated midnight. At the end the runner waits until every measured response is
-labelled, stops the experiment, and takes the arms' results from the training-examples
-topic with the function ``nearline experiment status`` uses (:attr:`SimulationResult.experiment`).
+The arms are an experiment run through the workers like any other
+(:mod:`nearline.model.experiments`): after the warm-up the runner starts
+:func:`~nearline.simulation.world.experiment` in the model directory, as ``nearline experiment
+start`` does, with the simulated day as the batch arm's day; the worker assigns each member an arm
+and reads the batch arm's features as of the last simulated midnight. At the end the runner waits
+until every measured response is labelled, stops the experiment, and takes the arms' results from
+the training-examples topic with the function ``nearline experiment status`` uses
+(:attr:`SimulationResult.experiment`).
 
 With ``train`` the learning loop closes inside the run: after the warm-up days (ranked by
 the heuristic) the worker's own training examples are exported from its topic, a model is
@@ -37,20 +38,20 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from app import codec
-from app.broker import EmbeddedBroker
-from app.kafka import client_options
-from app.settings import load_settings
-from app.simulation.behaviour import ENGAGED, BehaviourModel
-from app.simulation.timescale import TimeScale
-from app.simulation.world import DAY, Arm, Session, World, WorldConfig, experiment
-from app.stack import Stack, StackError, WorkerProcess
+from nearline.app.broker import EmbeddedBroker
+from nearline.app.stack import Stack, StackError, WorkerProcess
+from nearline.foundation import codec
+from nearline.foundation.kafka import client_options
+from nearline.foundation.settings import load_settings
+from nearline.simulation.behaviour import ENGAGED, BehaviourModel
+from nearline.simulation.timescale import TimeScale
+from nearline.simulation.world import DAY, Arm, Session, World, WorldConfig, experiment
 
 if TYPE_CHECKING:
-    from model.dataset import ExampleSet
-    from model.experiments import Experiment, ExperimentResults
-    from model.registry import ModelRegistry
-    from model.training import TrainingConfig, TrainingReport
+    from nearline.model.dataset import ExampleSet
+    from nearline.model.experiments import Experiment, ExperimentResults
+    from nearline.model.registry import ModelRegistry
+    from nearline.model.training import TrainingConfig, TrainingReport
 
 __all__ = [
     "SessionRecord",
@@ -407,8 +408,8 @@ class _Driver:
 
     def _registry(self) -> ModelRegistry:
         """The model directory the worker follows, as ``nearline experiment`` opens it."""
-        from model.registry import ModelRegistry
-        from model.vectorizer import Vectorizer
+        from nearline.model.registry import ModelRegistry
+        from nearline.model.vectorizer import Vectorizer
 
         settings = self.stack.app_settings()
         return ModelRegistry(settings.model_dir, Vectorizer.from_settings(settings), "default")
@@ -416,7 +417,7 @@ class _Driver:
     async def _start_experiment(self, client: httpx.AsyncClient) -> None:
         """Start the arms' experiment, ranked by what the worker serves, with the simulated
         day; wait until the worker serves it (its experiment panel names it)."""
-        from model.exceptions import ModelError
+        from nearline.model.exceptions import ModelError
 
         registry = self._registry()
         if self.training is not None:
@@ -448,7 +449,7 @@ class _Driver:
         """Wait until the outcomes join labelled every measured response (the worker's
         count on /metrics), stop the experiment, and read the arms' results from the
         training-examples topic as ``nearline experiment status`` does."""
-        from app.experiments import read_results
+        from nearline.app.experiments import read_results
 
         assert self.experiment is not None
         settings = self.stack.app_settings()
@@ -479,12 +480,12 @@ class _Driver:
 
     async def _train(self, client: httpx.AsyncClient, responses: int) -> None:
         """Export the warm-up's examples, train through the gate, wait for the worker."""
-        from app.exporting import examples_to_set, read_topic
-        from model.exceptions import ModelError
-        from model.heuristic import HEURISTIC_VERSION
-        from model.registry import ModelRegistry
-        from model.training import train
-        from model.vectorizer import Vectorizer
+        from nearline.app.exporting import examples_to_set, read_topic
+        from nearline.model.exceptions import ModelError
+        from nearline.model.heuristic import HEURISTIC_VERSION
+        from nearline.model.registry import ModelRegistry
+        from nearline.model.training import train
+        from nearline.model.vectorizer import Vectorizer
 
         started = time.monotonic()
         settings = self.stack.app_settings()
@@ -528,7 +529,7 @@ class _Driver:
         )
 
     def _training_config(self) -> TrainingConfig:
-        from model.training import TrainingConfig
+        from nearline.model.training import TrainingConfig
 
         return TrainingConfig(
             loss=self.config.training_loss,  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.settings import Settings
+from nearline.foundation.settings import Settings
 
 __all__ = ["EMBEDDED_MAX_BATCH_BYTES", "BrokerWorkarounds"]
 

@@ -8,8 +8,8 @@ member's true **affinity** is
         - distance_weight * min(km(city_i's job, c) / 1000, 3)
         - dislike_weight * [topic_i is the one the member dislikes]
 
-(the last three are 0 in the simulator; :mod:`model.examples` weighs them; the popularity
-term is left out in a world without popularity).
+(the last three are 0 in the simulator; :mod:`nearline.simulation.examples` weighs them; the
+popularity term is left out in a world without popularity).
 
 At rank ``r`` (0 = top) the member **examines** the impression with probability
 ``examine_decay ** r`` (position bias). An examined impression is a ``view`` event; then
@@ -29,7 +29,7 @@ reactions depend only on the seed and on what was shown, never on timing.
 
 :meth:`BehaviourModel.history` is the same reaction to jobs the member came across before
 (every one examined, by the member as they were when they saw it), for a member's past in
-:mod:`model.examples`; there a candidate's
+:mod:`nearline.simulation.examples`; there a candidate's
 label is whether the member would engage: Bernoulli(``sigmoid(sharpness * a)``).
 """
 
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from app.simulation.world import MemberState, World
-from model.vectorizer import haversine_km
+from nearline.model.vectorizer import haversine_km
+from nearline.simulation.world import MemberState, World
 
 __all__ = ["ENGAGED", "BehaviourModel", "Reaction", "SessionOutcome"]
 

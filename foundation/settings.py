@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     log_candidates: str = "served"
     topic_recommendations_log: str = "recommendations-log"
     topic_training_examples: str = "training-examples"
-    #: Member erasures (compacted; partitioned like the actions): see app/erasures.py.
+    #: Member erasures (compacted; partitioned like the actions): see agents/erasures.py.
     topic_erasures: str = "member-erasures"
 
     log_level: str = "INFO"

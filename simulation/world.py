@@ -20,8 +20,8 @@ built from equal configs are equal, whatever order they are queried in.
   half and half in expectation: the arm the experiment machinery's stable hash of
   (``sim-<seed>``, member id) picks, as the worker serving the run picks it.
 
-The same world makes the synthetic training examples of :mod:`model.examples`, which also
-want what a catalogue has and the simulator leaves out: a ``popularity`` per job, a
+The same world makes the synthetic training examples of :mod:`nearline.simulation.examples`, which
+also want what a catalogue has and the simulator leaves out: a ``popularity`` per job, a
 category that is not always the topic's (``category_blur``), and a topic each member
 dislikes (:meth:`World.sample_items` shows it to them now and then). Each of these comes
 from a random stream of its own, so turning them on or off never changes the rest of the
@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model import experiments
-from model.heuristic import HEURISTIC_VERSION
+from nearline.model import experiments
+from nearline.model.heuristic import HEURISTIC_VERSION
 
 __all__ = [
     "ARMS",
@@ -87,8 +87,8 @@ CITIES = (  # (region, lat, lon)
 class WorldConfig:
     """Size, drift and seed of the world; equal configs give equal worlds.
 
-    The defaults are the simulator's; :mod:`model.examples` sets its own sizes and turns on
-    ``category_blur`` and ``popularity``, and reads ``n_requests`` (the simulator plays
+    The defaults are the simulator's; :mod:`nearline.simulation.examples` sets its own sizes and
+    turns on ``category_blur`` and ``popularity``, and reads ``n_requests`` (the simulator plays
     sessions instead: ``sessions_per_day`` over ``total_days``).
     """
 

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from app.lag import PartitionLag
-    from model.experiments import ExperimentResults
+
+class PartitionLag(Protocol):
+    """One assigned partition's lag, as the worker's lag monitor measures it."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def lag(self) -> int: ...
+    @property
+    def stalled_seconds(self) -> float: ...
+
+
+#: Each arm's metrics of a running experiment: name → metric → (value, low, high).
+ArmMetrics = Mapping[str, Mapping[str, tuple[float, float, float]]]
 
 __all__ = ["Metrics", "ServingMetrics"]
 
@@ -228,15 +241,14 @@ class Metrics:
             arm.with_positive.inc()
             arm.first_positive.inc(min(outcome["positives"]) + 1)
 
-    def show_arm_results(self, results: ExperimentResults | None) -> None:
+    def show_arm_results(self, experiment: str | None, arms: ArmMetrics) -> None:
         """Expose the arms' latest metrics and intervals (only the running experiment's:
         ``None`` when none runs)."""
         self.arm_metrics.clear()
-        if results is None:
+        if experiment is None:
             return
-        experiment = results.experiment.id
-        for arm, result in results.arms.items():
-            for metric, bounds in result.metrics.items():
+        for arm, metrics in arms.items():
+            for metric, bounds in metrics.items():
                 for bound, value in zip(("value", "low", "high"), bounds, strict=True):
                     self.arm_metrics.labels(experiment, arm, metric, bound).set(value)
 

@@ -2,7 +2,7 @@
 
 The world's and the behaviour model's options are generated from their dataclasses' fields
 (a help text each here, the default the field's); ``--loss`` and ``--force`` are the ones
-``nearline train`` has (:mod:`app.training_options`).
+``nearline train`` has (:mod:`nearline.app.training_options`).
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from app.simulation.behaviour import BehaviourModel
-from app.simulation.world import WorldConfig
-from app.training_options import force_option, loss_option
+from nearline.app.training_options import force_option, loss_option
+from nearline.simulation.behaviour import BehaviourModel
+from nearline.simulation.world import WorldConfig
 
 if TYPE_CHECKING:
-    from app.simulation.runner import SimulationConfig
+    from nearline.simulation.runner import SimulationConfig
 
 __all__ = ["simulate"]
 
-_BEHAVIOUR = "behaviour model (see app/simulation/behaviour.py)"
+_BEHAVIOUR = "behaviour model (see simulation/behaviour.py)"
 
 #: Help of the world's options by WorldConfig field; defaults are the fields'.
 _WORLD_OPTIONS = {
@@ -148,11 +148,11 @@ def simulate(
     simulator's own session and ground-truth metrics (95 % cluster-bootstrap CIs), the change
     NRT vs batch beside the seed's figures, and daily plots.
     """
-    from app.broker import BrokerError
-    from app.simulation.report import ARM_METRICS, compare, experiment_table, write_report
-    from app.simulation.runner import SimulationConfig, SimulationError
-    from app.simulation.runner import simulate as run
-    from app.stack import StackError
+    from nearline.app.broker import BrokerError
+    from nearline.app.stack import StackError
+    from nearline.simulation.report import ARM_METRICS, compare, experiment_table, write_report
+    from nearline.simulation.runner import SimulationConfig, SimulationError
+    from nearline.simulation.runner import simulate as run
 
     if k > parameters["candidates"]:
         raise click.BadParameter("must not exceed --candidates", param_hint="--k")
@@ -196,11 +196,11 @@ def _train_and_compare(config: SimulationConfig, out: Path, quiet: bool) -> None
     """The trained run, then the same world with the heuristic and the same pause."""
     from dataclasses import replace
 
-    from app.broker import BrokerError
-    from app.simulation.report import compare_rankers, write_training_report
-    from app.simulation.runner import SimulationError
-    from app.simulation.runner import simulate as run
-    from app.stack import StackError
+    from nearline.app.broker import BrokerError
+    from nearline.app.stack import StackError
+    from nearline.simulation.report import compare_rankers, write_training_report
+    from nearline.simulation.runner import SimulationError
+    from nearline.simulation.runner import simulate as run
 
     try:
         click.echo("run 1/2: warm-up with the heuristic, training, measured days")

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from app.simulation.runner import SessionRecord, SimulationResult
-from app.simulation.world import ARMS, Arm
-from model import experiments
+from nearline.model import experiments
+from nearline.simulation.runner import SessionRecord, SimulationResult
+from nearline.simulation.world import ARMS, Arm
 
 __all__ = [
     "METRICS",
@@ -210,7 +210,8 @@ def experiment_table(
     """Per machinery metric: NRT, batch, NRT - batch and NRT vs batch (relative).
 
     The arms and the difference are exactly what ``nearline experiment status`` shows
-    (:func:`model.experiments.compare`); the relative change pairs the same bootstrap draws.
+    (:func:`nearline.model.experiments.compare`); the relative change pairs the same bootstrap
+    draws.
     """
     table = {}
     for name in ARM_METRICS:
@@ -411,7 +412,7 @@ def _markdown(result: SimulationResult, comparison: Comparison, plots: list[Path
         f"* **Drift.** Focus changes per member per day: {w.focus_changes_per_day} "
         f"(Poisson; a new topic), moves per day: {w.moves_per_day} (a new city). This run: "
         f"{result.drift_events['focus']} focus changes, {result.drift_events['move']} moves.",
-        "* **Behaviour model** (app/simulation/behaviour.py): affinity "
+        "* **Behaviour model** (simulation/behaviour.py): affinity "
         f"a = {b.interest_weight}*cos(interest, job) + {b.geo_weight}*[same city] - {b.offset}; "
         f"examined at rank r with probability {b.examine_decay}^r (a `view`); then dismiss "
         f"with {b.dismiss_max}*sigmoid(-{b.sharpness}a), "
@@ -488,7 +489,7 @@ def _experiment_lines(result: SimulationResult) -> list[str]:
 
 
 def _mapping(compression: float) -> list[tuple[str, str, str]]:
-    from app.simulation.timescale import TimeScale
+    from nearline.simulation.timescale import TimeScale
 
     return TimeScale(compression).mapping_table()
 
@@ -600,7 +601,7 @@ def write_training_report(
     rankers = compare_rankers(baseline.sessions, trained.sessions, level=level, seed=seed)
     training = trained.training
     if training is not None:
-        from model.dataset import write_examples
+        from nearline.model.dataset import write_examples
 
         write_examples(out / "trained" / "warmup-examples.parquet", training.data)
     cfg, w = trained.config, trained.config.world

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app import codec
+from nearline.foundation import codec
 
 __all__ = ["PublishedState", "WorkerFollower", "WriteCounters", "serving_dir"]
 
@@ -48,7 +48,7 @@ def serving_dir(data_dir: Path) -> Path:
 
 def heartbeat_path(directory: Path, index: int) -> Path:
     """The file serving process ``index`` touches once a second from its event loop: its
-    modification time is when the loop last ran (see ``app.supervisor``)."""
+    modification time is when the loop last ran (see ``nearline.app.supervisor``)."""
     return directory / "heartbeats" / str(index)
 
 

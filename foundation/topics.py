@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from app.kafka import client_options
-from app.settings import Settings
+from nearline.foundation.kafka import client_options
+from nearline.foundation.settings import Settings
 
 __all__ = ["EnsuredTopics", "TopicSpec", "ensure_topics", "topic_specs"]
 

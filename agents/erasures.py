@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app import codec
-from app.kafka import partition_for_key, topic_reader
-from app.limits import MAX_ID_LENGTH
-from app.settings import Settings
+from nearline.foundation import codec
+from nearline.foundation.kafka import partition_for_key, topic_reader
+from nearline.foundation.limits import MAX_ID_LENGTH
+from nearline.foundation.settings import Settings
 
 __all__ = [
     "Erasure",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.simulation.world import DAY
+from nearline.simulation.world import DAY
 
 __all__ = ["TimeScale", "seconds_setting"]
 

@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
-from app.broker_workarounds import BrokerWorkarounds
-from app.settings import Settings
+from nearline.foundation.broker_workarounds import BrokerWorkarounds
+from nearline.foundation.settings import Settings
 
 __all__ = [
     "OutgoingRecord",

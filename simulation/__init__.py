@@ -1,18 +1,19 @@
 """`nearline simulate`: a seeded world that runs the near-real-time vs daily-batch experiment.
 
 The runner (and with it the broker and worker machinery) is imported only when asked for,
-so the world and the behaviour model (which :mod:`model.examples` uses too) come without it.
+so the world and the behaviour model (which :mod:`nearline.simulation.examples` uses too) come
+without it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from app.simulation.behaviour import BehaviourModel
-from app.simulation.world import World, WorldConfig
+from nearline.simulation.behaviour import BehaviourModel
+from nearline.simulation.world import World, WorldConfig
 
 if TYPE_CHECKING:
-    from app.simulation.runner import SimulationConfig, SimulationResult, simulate
+    from nearline.simulation.runner import SimulationConfig, SimulationResult, simulate
 
 __all__ = [
     "BehaviourModel",
@@ -28,7 +29,7 @@ _RUNNER = ("SimulationConfig", "SimulationResult", "simulate")
 
 def __getattr__(name: str) -> Any:
     if name in _RUNNER:
-        from app.simulation import runner
+        from nearline.simulation import runner
 
         return getattr(runner, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
