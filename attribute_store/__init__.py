@@ -17,7 +17,6 @@ from attribute_store.join import (
     JoinFields,
     ingest_fields,
     item_ids,
-    join_at_ingest,
     join_at_read,
     split_fields,
 )
@@ -66,7 +65,6 @@ __all__ = [
     "from_settings",
     "ingest_fields",
     "item_ids",
-    "join_at_ingest",
     "join_at_read",
     "load_file",
     "split_fields",
