@@ -26,6 +26,7 @@ from tqdm import tqdm
 from nearline.app.broker import BrokerError, EmbeddedBroker
 from nearline.app.training_options import canary_option, force_option, loss_option
 from nearline.foundation.settings import Settings, SettingsError, load_settings
+from nearline.model.exceptions import ModelError
 
 __all__ = ["main"]
 
@@ -55,7 +56,18 @@ def _run(work: Coroutine[Any, Any, T], settings: Settings) -> T:
         raise _unreachable(settings) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group: a :class:`ModelError` from any command (a bad model file, examples
+    or experiment) is printed as its message with exit status 1, never as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModelError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """nearline: member actions in, fresh features and recommendations out, in seconds.
 
@@ -339,7 +351,6 @@ def train(
     Examples of members erased since the export are left out: the erasures topic is read
     first (so the broker must answer, unless --skip-erasure-check).
     """
-    from nearline.model.exceptions import ModelError
     from nearline.model.gate import GateRules
     from nearline.model.training import TrainingConfig
     from nearline.model.training import compare_losses as compare
@@ -358,25 +369,22 @@ def train(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     data = _without_erased(examples, settings, skip_erasure_check)
-    try:
-        if compare_losses:
-            reports = compare(data, config, registry.vectorizer)
-            click.echo("loss        NDCG@10  MRR     HR@10   AUC     best epoch")
-            for name, report in reports.items():
-                m = report.model
-                click.echo(
-                    f"{name:<11} {m.ndcg_at_10:.4f}   {m.mrr:.4f}  {m.hr_at_10:.4f}  "
-                    f"{m.auc:.4f}  {report.best_epoch}/{report.epochs_run}"
-                )
-            h = next(iter(reports.values())).heuristic
+    if compare_losses:
+        reports = compare(data, config, registry.vectorizer)
+        click.echo("loss        NDCG@10  MRR     HR@10   AUC     best epoch")
+        for name, report in reports.items():
+            m = report.model
             click.echo(
-                f"{'heuristic':<11} {h.ndcg_at_10:.4f}   {h.mrr:.4f}  {h.hr_at_10:.4f}  {h.auc:.4f}"
+                f"{name:<11} {m.ndcg_at_10:.4f}   {m.mrr:.4f}  {m.hr_at_10:.4f}  "
+                f"{m.auc:.4f}  {report.best_epoch}/{report.epochs_run}"
             )
-            return
-        registry.model_dir.mkdir(parents=True, exist_ok=True)
-        report = fit(data, registry, config, rules=rules, force=force, canary=canary)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+        h = next(iter(reports.values())).heuristic
+        click.echo(
+            f"{'heuristic':<11} {h.ndcg_at_10:.4f}   {h.mrr:.4f}  {h.hr_at_10:.4f}  {h.auc:.4f}"
+        )
+        return
+    registry.model_dir.mkdir(parents=True, exist_ok=True)
+    report = fit(data, registry, config, rules=rules, force=force, canary=canary)
     click.echo(report.summary())
     if not report.published:
         raise click.ClickException(
@@ -390,12 +398,8 @@ def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
     from nearline.agents.erasures import ErasuresUnreadable, read_erasures
     from nearline.app.exporting import without_erased
     from nearline.model.dataset import read_examples
-    from nearline.model.exceptions import ModelError
 
-    try:
-        data = read_examples(examples)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    data = read_examples(examples)
     if skip:
         return data
     try:
@@ -491,7 +495,6 @@ def trainer(
     from nearline.agents.erasures import ErasuresUnreadable
     from nearline.app.exporting import ExportError
     from nearline.app.exporting import export_training as export
-    from nearline.model.exceptions import ModelError
     from nearline.model.gate import GateRules
     from nearline.model.training import TrainingConfig
     from nearline.model.training import train as fit
@@ -514,7 +517,7 @@ def trainer(
             )
             registry.model_dir.mkdir(parents=True, exist_ok=True)
             report = fit(examples, registry, config, rules=GateRules(seed=seed), canary=canary)
-        except (ExportError, ModelError, ErasuresUnreadable) as exc:
+        except (ExportError, ErasuresUnreadable) as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
 
@@ -528,14 +531,10 @@ def model() -> None:
 @_MODEL_DIR
 def model_list(model_dir: Path | None) -> None:
     """Every version with its status and validation metrics; * marks the one served."""
-    from nearline.model.exceptions import ModelError
 
     registry = _registry(model_dir, _settings())
-    try:
-        served = registry.served()
-        rows = [(v, registry.metadata(v)) for v in registry.versions()]
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    served = registry.served()
+    rows = [(v, registry.metadata(v)) for v in registry.versions()]
     how = "active file" if served.pinned else "newest unrejected version"
     click.echo(
         f"served: {served.version} ({how}); rollback to: {', '.join(served.previous) or '-'}"
@@ -569,13 +568,9 @@ def model_list(model_dir: Path | None) -> None:
 @_MODEL_DIR
 def model_activate(version: str, model_dir: Path | None) -> None:
     """Serve VERSION (or heuristic-v1); workers follow within NEARLINE_MODEL_RELOAD_INTERVAL."""
-    from nearline.model.exceptions import ModelError
 
     registry = _registry(model_dir, _settings())
-    try:
-        served = registry.activate(version)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    served = registry.activate(version)
     click.echo(f"serving {served.version} (rollback to: {', '.join(served.previous) or '-'})")
 
 
@@ -583,13 +578,9 @@ def model_activate(version: str, model_dir: Path | None) -> None:
 @_MODEL_DIR
 def model_rollback(model_dir: Path | None) -> None:
     """Serve again the version served before the current one."""
-    from nearline.model.exceptions import ModelError
 
     registry = _registry(model_dir, _settings())
-    try:
-        served = registry.rollback()
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    served = registry.rollback()
     click.echo(f"serving {served.version} (rollback to: {', '.join(served.previous) or '-'})")
 
 
@@ -614,27 +605,19 @@ def experiment_start(experiment_id: str, arms: tuple[str, ...], model_dir: Path 
 
     One experiment runs at a time: a second is refused until the first is stopped.
     """
-    from nearline.model.exceptions import ModelError
     from nearline.model.experiments import Experiment, parse_arm
 
     registry = _registry(model_dir, _settings())
-    try:
-        started = Experiment(experiment_id, tuple(parse_arm(arm) for arm in arms))
-        registry.start_experiment(started)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    started = Experiment(experiment_id, tuple(parse_arm(arm) for arm in arms))
+    registry.start_experiment(started)
     click.echo(
         f"experiment {experiment_id} started with arms {', '.join(a.name for a in started.arms)}"
     )
 
 
 def _current_experiment(registry: Any) -> Any:
-    from nearline.model.exceptions import ModelError
 
-    try:
-        current = registry.read_experiment()
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    current = registry.read_experiment()
     if current is None:
         raise click.ClickException("no experiment (start one with `nearline experiment start`)")
     return current
@@ -682,12 +665,8 @@ def experiment_status(metric: str, as_json: bool, model_dir: Path | None) -> Non
 @_MODEL_DIR
 def experiment_stop(model_dir: Path | None) -> None:
     """Stop the running experiment: every member gets the default ranker again."""
-    from nearline.model.exceptions import ModelError
 
-    try:
-        stopped = _registry(model_dir, _settings()).stop_experiment()
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    stopped = _registry(model_dir, _settings()).stop_experiment()
     click.echo(f"experiment {stopped.id} stopped")
 
 
@@ -703,7 +682,6 @@ def experiment_promote(metric: str, arm: str | None, force: bool, model_dir: Pat
     unless --force.
     """
     from nearline.app.experiments import decide_promotion
-    from nearline.model.exceptions import ModelError
 
     settings = _settings()
     registry = _registry(model_dir, settings)
@@ -711,16 +689,13 @@ def experiment_promote(metric: str, arm: str | None, force: bool, model_dir: Pat
     if not current.running:
         raise click.ClickException(f"experiment {current.id} is not running")
     results = _experiment_results(settings, current)
-    try:
-        promotion = decide_promotion(results, metric, arm)
-        refusal = promotion.refusal()
-        if refusal is not None and not force:
-            raise click.ClickException(f"not promoting {promotion.winner}: {refusal}")
-        winner = current.arm(promotion.winner)
-        registry.activate(winner.version)
-        registry.stop_experiment(promoted=winner.name)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    promotion = decide_promotion(results, metric, arm)
+    refusal = promotion.refusal()
+    if refusal is not None and not force:
+        raise click.ClickException(f"not promoting {promotion.winner}: {refusal}")
+    winner = current.arm(promotion.winner)
+    registry.activate(winner.version)
+    registry.stop_experiment(promoted=winner.name)
     forced = " (forced)" if refusal is not None else ""
     click.echo(
         f"promoted {winner.name}{forced}: serving {winner.version}; experiment {current.id} stopped"

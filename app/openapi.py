@@ -18,6 +18,7 @@ from pydantic.json_schema import models_json_schema
 from nearline.app.recommend import Id, RankedItem, RecommendationRequest, RecommendationResponse
 from nearline.foundation.limits import MAX_AS_OF, MAX_BODY_BYTES, MAX_ID_LENGTH
 from nearline.foundation.settings import Settings
+from nearline.model.heuristic import RankerKind
 
 __all__ = [
     "ErrorBody",
@@ -195,7 +196,7 @@ class PartitionOwner(BaseModel):
 
 class ModelView(BaseModel):
     version: str
-    ranker: Literal["heuristic", "model"]
+    ranker: RankerKind
     created_at: Any = None
     metrics: Any = None
     training: dict[str, Any] = Field(default_factory=dict)

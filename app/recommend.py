@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from nearline.attribute_store import CachedAttributeStore, ItemAttributes, Kind, StoreUnavailable
 from nearline.foundation.limits import MAX_AS_OF, MAX_ID_LENGTH
 from nearline.model.feature_log import log_record
+from nearline.model.heuristic import RankerKind, ranker_kind
 from nearline.model.item_rows import ItemRows
 from nearline.model.registry import Assignment, ModelRegistry
 from nearline.model.vectorizer import Vectorizer
@@ -44,10 +45,12 @@ class RecommendationRequest(BaseModel):
     member_id: Id
     # Checked item by item in pydantic's core: a Python validator cost ~30 us per 500.
     candidates: list[Id] = Field(min_length=1)
-    k: int | None = Field(default=None, ge=1, le=1_000_000)
+    # Strict: JSON true and false are not 1 and 0, nor "5" a number.
+    k: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)
     context: dict[str, Any] | None = None
     features_as_of: float | None = Field(
         default=None,
+        strict=True,
         ge=0,
         le=MAX_AS_OF,
         allow_inf_nan=False,
@@ -71,7 +74,7 @@ class RecommendationResponse(BaseModel):
 
     request_id: str
     model_version: str
-    ranker: Literal["heuristic", "model"]
+    ranker: RankerKind
     items: list[RankedItem]
     attribute_store: Literal["unavailable"] | None = Field(
         default=None,
@@ -186,7 +189,7 @@ class Recommender:
         response: dict[str, Any] = {
             "request_id": request_id,
             "model_version": ranker.version,
-            "ranker": "heuristic" if ranker.version.startswith("heuristic") else "model",
+            "ranker": ranker_kind(ranker.version),
             "items": ranked,
         }
         arm = None

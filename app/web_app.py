@@ -39,11 +39,15 @@ __all__ = ["create_web_app"]
 
 
 class _BearerAuth:
-    """With NEARLINE_API_TOKEN set, every /v1 route needs ``Authorization: Bearer <token>``."""
+    """With NEARLINE_API_TOKEN set, every /v1 route needs ``Authorization: Bearer <token>``.
+
+    The scheme is matched in any case (``bearer``, ``BEARER``), as RFC 7235 has it; the
+    token is compared exactly, in constant time.
+    """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -52,7 +56,9 @@ class _BearerAuth:
             and scope["path"].startswith("/v1/")
         ):
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, credentials = given.partition(b" ")
+            token = credentials.lstrip(b" ")  # RFC 7235: one or more spaces
+            if not (hmac.compare_digest(token, self.expected) and scheme.lower() == b"bearer"):
                 refused = ApiError(
                     401,
                     "missing or wrong bearer token (Authorization: Bearer <token>)",

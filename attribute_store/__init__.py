@@ -13,7 +13,6 @@ from nearline.attribute_store.join import (
     JoinFields,
     ingest_fields,
     item_ids,
-    join_at_ingest,
     join_at_read,
     split_fields,
 )
@@ -62,7 +61,6 @@ __all__ = [
     "from_settings",
     "ingest_fields",
     "item_ids",
-    "join_at_ingest",
     "join_at_read",
     "load_file",
     "split_fields",

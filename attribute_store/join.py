@@ -1,8 +1,12 @@
 """The two joins of item attributes onto actions: copied in at ingest, or fetched at read.
 
-An action is a dict ``{"event_id", "item_id", "action", "ts", "attributes": {...},
-"joined": bool}``. Both joins are pure: they take the actions and the records one batch
-read returned, and give back new action dicts; the inputs are left untouched.
+At ingest, :func:`ingest_fields` picks what each item of a batch's one store read gives
+its actions; ingest (:mod:`nearline.agents.ingest`) copies those into each action as it applies it,
+inline on its hot path, and records ``joined``. At read, :func:`join_at_read` adds the
+read-time fields, and catches up actions stored unjoined.
+
+An action as read is a dict ``{"event_id", "item_id", "action", "ts", "attributes": {...},
+"joined": bool}``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ __all__ = [
     "JoinFields",
     "ingest_fields",
     "item_ids",
-    "join_at_ingest",
     "join_at_read",
     "split_fields",
 ]
@@ -63,38 +66,17 @@ def item_ids(actions: Iterable[Mapping[str, Any]]) -> list[str]:
 def ingest_fields(
     attrs_by_item: Mapping[str, _Attributes], fields: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """The ``fields`` each found item has, by item id: what an ingest-time join copies."""
+    """The ``fields`` each found item has, by item id: what an ingest-time join copies.
+
+    A found item that lacks some of the fields (no geo, say) still has its entry, perhaps
+    empty: its actions are joined, there being nothing more to copy later. An item not
+    found has none: its actions are stored unjoined and caught up at read.
+    """
     copied: dict[str, dict[str, Any]] = {}
     for item_id, record in attrs_by_item.items():
         flat = record.as_flat_dict()
         copied[item_id] = {name: flat[name] for name in fields if name in flat}
     return copied
-
-
-def join_at_ingest(
-    actions: Iterable[Mapping[str, Any]],
-    attrs_by_item: Mapping[str, _Attributes] | None,
-    fields: Sequence[str],
-) -> list[Action]:
-    """Copy ``fields`` of each action's item into its ``attributes``; set ``joined``.
-
-    ``joined`` is false when the item is not in ``attrs_by_item``; pass ``None`` when the
-    store was unavailable, so every action is stored unjoined and can be caught up at read
-    (:func:`join_at_read` with ``catch_up``). A found item that lacks one of the fields
-    (no geo, say) is still joined: there is nothing more to copy later.
-    """
-    copied = ingest_fields(attrs_by_item or {}, fields)
-    out: list[Action] = []
-    for action in actions:
-        found = copied.get(str(action["item_id"]))
-        joined: Action = dict(action)
-        attributes = dict(action.get("attributes") or {})
-        if found is not None:
-            attributes.update(found)
-        joined["attributes"] = attributes
-        joined["joined"] = found is not None
-        out.append(joined)
-    return out
 
 
 def join_at_read(

@@ -17,14 +17,25 @@ working when the configured windows or actions change.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
 from nearline.model.ranker import NamedColumns
 
-__all__ = ["HEURISTIC_VERSION", "HEURISTIC_WEIGHTS", "HeuristicRanker"]
+__all__ = ["HEURISTIC_VERSION", "HEURISTIC_WEIGHTS", "HeuristicRanker", "RankerKind", "ranker_kind"]
 
 HEURISTIC_VERSION = "heuristic-v1"
+
+#: What a response and the console call the ranker served.
+RankerKind = Literal["heuristic", "model"]
+
+
+def ranker_kind(version: str) -> RankerKind:
+    """``"heuristic"`` for a heuristic's version (``heuristic-v1`` and any later one),
+    ``"model"`` for a trained model's."""
+    return "heuristic" if version.startswith("heuristic") else "model"
+
 
 HEURISTIC_WEIGHTS: Mapping[str, float] = {
     "sim_engaged_wmean": 1.0,

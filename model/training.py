@@ -1,11 +1,10 @@
 """Train the scorer on logged examples, pass it through the promotion gate, write a version.
 
-``python -m nearline.model.training EXAMPLES.parquet --model-dir DIR`` splits the requests by
-time: the earliest train, the next ones stop training early (on NDCG@10), the latest
-validate. On those the candidate is compared with the ranker now served (the heuristic or
-the active model), and the version is written to
-DIR as ``nearline-model-<version>.{pt,json}``: published if the gate passed (or
-``force``), saved as rejected otherwise.
+:func:`train` (what ``nearline train`` runs) splits the requests by time: the earliest
+train, the next ones stop training early (on NDCG@10), the latest validate. On those the
+candidate is compared with the ranker now served (the heuristic or the active model), and
+the version is written to the model directory as ``nearline-model-<version>.{pt,json}``:
+published if the gate passed (or ``force``), saved as rejected otherwise.
 
 Three losses: ``pointwise`` (binary cross-entropy per candidate, positives weighted up to
 balance the classes), ``listwise`` (softmax over each request's candidates, the positives'
@@ -18,7 +17,6 @@ with every unreacted candidate a negative) and level with the others elsewhere.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nearline.foundation.settings import load_settings
 from nearline.model.dataset import ExampleSet, read_examples, split_by_time
 from nearline.model.evaluation import Metrics, evaluate, per_request
 from nearline.model.exceptions import ExamplesError, IncompatibleModelError, ModelFileError
@@ -49,7 +46,6 @@ __all__ = [
     "TrainingReport",
     "compare_losses",
     "fit_scorer",
-    "main",
     "train",
 ]
 
@@ -291,9 +287,54 @@ def _prepare(
             f"vectorizer's {len(feature_names)}; they were logged with another configuration"
         )
     train_set, validation = split_by_time(data, config.validation_fraction)
-    if len(np.unique(train_set.label)) < 2 or len(np.unique(validation.label)) < 2:
-        raise ExamplesError(f"{source}: both splits need positive and negative labels")
+    _check_labels(source, train_set, validation, config.validation_fraction)
     return source, tuple(feature_names), train_set, validation
+
+
+def _check_labels(
+    source: str, train_set: ExampleSet, validation: ExampleSet, validation_fraction: float
+) -> None:
+    """An :class:`ExamplesError` unless both splits have positive and negative labels,
+    saying which split lacks which, the counts of each, and what to do about it.
+
+    It happens when most logged requests never got an outcome, so the few positives all
+    fall on one side of the time cut.
+    """
+    splits = {"training": train_set, "validation": validation}
+    counts = {
+        name: (int(part.label.sum()), len(part) - int(part.label.sum()))
+        for name, part in splits.items()
+    }
+    lacking = [
+        f"the {name} split has no {kind} labels"
+        for name, (positives, negatives) in counts.items()
+        for kind, count in (("positive", positives), ("negative", negatives))
+        if not count
+    ]
+    if not lacking:
+        return
+    first, last = (
+        f"the {name} split ({what} {part.n_requests} requests): {counts[name][0]} positive and "
+        f"{counts[name][1]} negative examples"
+        for (name, part), what in zip(splits.items(), ("earliest", "latest"), strict=True)
+    )
+    advice = "export again once more requests have an outcome"
+    train_short, validation_short = (min(counts[name]) == 0 for name in splits)
+    if train_short and not validation_short:
+        advice += (
+            f", or give a smaller --validation-fraction than {validation_fraction:g}, which "
+            "moves later requests into training"
+        )
+    elif validation_short and not train_short:
+        advice += (
+            f", or give a larger --validation-fraction than {validation_fraction:g}, which "
+            "moves earlier requests into validation"
+        )
+    raise ExamplesError(
+        f"{source}: {' and '.join(lacking)}; both splits need positive and negative labels. "
+        f"Split by request time, {first}; {last}. Most requests may never have had an "
+        f"outcome: {advice}."
+    )
 
 
 def train(
@@ -420,32 +461,3 @@ def compare_losses(
     config = config or TrainingConfig()
     data = examples if isinstance(examples, ExampleSet) else read_examples(examples)
     return {loss: train(data, None, replace(config, loss=loss), vectorizer) for loss in losses}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the nearline scorer.")
-    parser.add_argument("examples", type=Path, help="training examples (Parquet)")
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--max-epochs", type=int, default=TrainingConfig.max_epochs)
-    parser.add_argument("--loss", choices=LOSSES, default=TrainingConfig.loss)
-    parser.add_argument("--validation-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="publish even if the gate refuses")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    vectorizer = Vectorizer.from_settings(load_settings())
-    registry = ModelRegistry(args.model_dir, vectorizer, backend="default")
-    config = TrainingConfig(
-        max_epochs=args.max_epochs,
-        loss=args.loss,
-        validation_fraction=args.validation_fraction,
-        seed=args.seed,
-    )
-    report = train(args.examples, registry, config, force=args.force)
-    print(report.summary())
-    if not report.published:
-        raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    main()

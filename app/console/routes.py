@@ -32,6 +32,7 @@ from nearline.attribute_store import CachedAttributeStore, StoreUnavailable
 from nearline.foundation import codec
 from nearline.foundation.metrics import Metrics
 from nearline.foundation.settings import Settings
+from nearline.model.heuristic import ranker_kind
 from nearline.model.registry import ModelRegistry
 from nearline.tables.online_store import NotOwned
 
@@ -115,7 +116,7 @@ def _model(registry: ModelRegistry) -> dict[str, Any]:
     metadata = registry.active_metadata
     return {
         "version": version,
-        "ranker": "heuristic" if version.startswith("heuristic") else "model",
+        "ranker": ranker_kind(version),
         "created_at": metadata.get("created_at"),
         "metrics": metadata.get("metrics"),
         "training": {

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from nearline.agents.ingest import IngestProcessor, SourceRecord
+from nearline.attribute_store import ItemAttributes, join_at_read
 from nearline.foundation import codec
 from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.metrics import Metrics
@@ -19,8 +21,10 @@ from nearline.foundation.settings import load_settings
 from nearline.tables.changelog import LocalTable
 from nearline.tables.member_state import StatePolicy
 from nearline.tables.online_store import OnlineStore
+from tests.unit.attribute_store.conftest import RecordingStore, item
 
 SETTINGS = load_settings(actions_of_interest="click")
+ATTRS = {"j1": item("j1", company="acme"), "j2": ItemAttributes("j2", attributes={"company": "b"})}
 
 
 def record(
@@ -89,3 +93,93 @@ async def _forwarded_then_applied(tmp_path: Path) -> None:
 
 def test_a_batch_is_done_only_once_its_forwards_are_acknowledged(tmp_path: Path) -> None:
     asyncio.run(_forwarded_then_applied(tmp_path))
+
+
+# -- the ingest-time join: attributes copied into each action as it is applied --------------
+
+
+async def _ingest_with_attributes(
+    tmp_path: Path, store_fails: bool, fields: tuple[str, ...]
+) -> tuple[list[dict[str, Any]], Metrics]:
+    """Apply one action on each of j1, j2 and an unknown item; the member's stored actions."""
+    metrics = Metrics()
+    table = LocalTable(str(tmp_path / "members"), 4)
+    store = OnlineStore(table, StatePolicy.from_settings(SETTINGS), 4)  # type: ignore[arg-type]
+    attributes = RecordingStore()
+    await attributes.put_many([ATTRS["j1"], ATTRS["j2"]])
+    attributes.fail = store_fails
+
+    async def refuse(sent: object) -> None:
+        raise AssertionError(f"nothing here is forwarded or dead-lettered: {sent}")
+
+    processor = IngestProcessor(
+        store,
+        SETTINGS,
+        metrics,
+        refuse,
+        refuse,
+        attributes=attributes,
+        ingest_fields=fields,
+    )
+    owner = partition_for_key(b"m", 4)
+    batch = [
+        SourceRecord(owner, n, b"m", codec.dumps(action), "member-actions", int(time.time() * 1000))
+        for n, action in enumerate(
+            {
+                "event_id": f"e{n}",
+                "member_id": "m",
+                "item_id": item_id,
+                "action": "click",
+                "ts": time.time() - 10 + n,
+                "attributes": {"source": "feed"},
+            }
+            for n, item_id in enumerate(("j1", "j2", "nope"))
+        )
+    ]
+    _, stored = await processor.apply(batch)
+    await stored
+    assert len(attributes.reads) == (1 if fields else 0)  # one read for the whole batch
+    actions = store.features("m", time.time())["recent_actions"]
+    return sorted(actions, key=lambda action: action["event_id"]), metrics
+
+
+def test_ingest_copies_only_the_configured_fields_of_each_found_item(tmp_path: Path) -> None:
+    (j1, j2, unknown), metrics = asyncio.run(
+        _ingest_with_attributes(tmp_path, False, ("geo", "category", "company"))
+    )
+    assert j1["joined"] is True
+    assert j1["attributes"] == {
+        "source": "feed",
+        "geo": {"lat": 52.52, "lon": 13.405, "region": "Berlin"},
+        "category": "engineering",
+        "company": "acme",
+    }
+    assert "embedding" not in j1["attributes"]
+    # An item without one of the fields (no geo) is still joined: nothing more to copy later.
+    assert j2["joined"] is True and j2["attributes"] == {"source": "feed", "company": "b"}
+    assert unknown["joined"] is False and unknown["attributes"] == {"source": "feed"}
+    joins = "nearline_attribute_joins_total"
+    assert metrics.registry.get_sample_value(joins, {"outcome": "joined"}) == 2
+    assert metrics.registry.get_sample_value(joins, {"outcome": "item_unknown"}) == 1
+
+
+def test_an_unavailable_store_stores_actions_unjoined_and_the_read_catches_them_up(
+    tmp_path: Path,
+) -> None:
+    fields = ("geo", "category")
+    stored, metrics = asyncio.run(_ingest_with_attributes(tmp_path, True, fields))
+    assert [action["joined"] for action in stored] == [False, False, False]
+    assert all(action["attributes"] == {"source": "feed"} for action in stored)
+    unavailable = {"outcome": "store_unavailable"}
+    assert metrics.registry.get_sample_value("nearline_attribute_joins_total", unavailable) == 3
+    j1, j2, unknown = join_at_read(stored, ATTRS, ["embedding"], catch_up=fields)
+    assert j1["attributes"]["geo"]["region"] == "Berlin" and j1["missing"] == []
+    assert j1["joined"] is False  # still records what happened at ingest
+    # j2 has none of these fields; the unknown item, nothing at all.
+    assert j2["missing"] == unknown["missing"] == ["embedding", "geo", "category"]
+
+
+def test_without_ingest_fields_nothing_is_joined_or_flagged(tmp_path: Path) -> None:
+    stored, _ = asyncio.run(_ingest_with_attributes(tmp_path, False, ()))
+    assert [action.get("joined") for action in stored] == [None, None, None]
+    assert all(action["attributes"] == {"source": "feed"} for action in stored)

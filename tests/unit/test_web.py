@@ -170,6 +170,18 @@ def test_with_a_token_every_v1_route_needs_it_and_probes_stay_open() -> None:
         assert client.get(path).status_code == 200, path
 
 
+def test_the_bearer_scheme_is_matched_in_any_case_and_the_token_exactly() -> None:
+    client = TestClient(web_app(api_token=TOKEN))
+    path = "/v1/members/m/features"
+    for scheme in ("bearer", "BEARER", "bEaReR", "Bearer  "):
+        accepted = client.get(path, headers={"authorization": f"{scheme} {TOKEN}"})
+        assert accepted.status_code == 200, scheme
+    for given in (TOKEN, f"Basic {TOKEN}", f"Bearer{TOKEN}", f"bearer {TOKEN.upper()}"):
+        assert client.get(path, headers={"authorization": given}).status_code == 401, given
+    answer = ask(client, {"member_id": "m", "candidates": ["a"]}, authorization=f"bearer {TOKEN}")
+    assert answer.status_code == 200
+
+
 # -- limits: each broken rule has its status and says what is wrong -----------------------
 
 
@@ -184,6 +196,13 @@ def test_with_a_token_every_v1_route_needs_it_and_probes_stay_open() -> None:
         (b'{"member_id": "m"}', 422, "candidates: Field required"),
         (b'{"member_id": "m", "candidates": ["a"], "extra": 1}', 422, "extra"),
         (b'{"member_id": "m", "candidates": ["a"], "features_as_of": -1}', 422, "features_as_of"),
+        # JSON booleans and strings are not numbers, whatever Python makes of them.
+        (b'{"member_id": "m", "candidates": ["a"], "features_as_of": false}', 422, "as_of:"),
+        (b'{"member_id": "m", "candidates": ["a"], "features_as_of": true}', 422, "as_of:"),
+        (b'{"member_id": "m", "candidates": ["a"], "features_as_of": "1"}', 422, "as_of:"),
+        (b'{"member_id": "m", "candidates": ["a"], "k": true}', 422, "k: Input should be"),
+        (b'{"member_id": "m", "candidates": ["a"], "k": "1"}', 422, "k: Input should be"),
+        (b'{"member_id": "m", "candidates": ["a"], "k": 1.0}', 422, "k: Input should be"),
         (
             b'{"member_id": "' + b"m" * (MAX_ID_LENGTH + 1) + b'", "candidates": ["a"]}',
             422,
@@ -202,6 +221,13 @@ def test_a_bad_recommendation_request(
     answer = client.post("/v1/recommendations", content=body)
     assert answer.status_code == status, answer.text
     assert words in answer.json()["error"]
+
+
+def test_whole_numbers_are_numbers_where_numbers_are_asked(client: TestClient) -> None:
+    body = {"member_id": "m", "candidates": ["a", "b"], "k": 1, "features_as_of": 1_800_000_000}
+    answer = ask(client, body)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["items"]) == 1
 
 
 def test_a_body_declared_too_large_is_refused_before_it_is_read(client: TestClient) -> None:

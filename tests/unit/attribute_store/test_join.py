@@ -1,4 +1,6 @@
-"""The two joins: attributes copied into actions at ingest, and fetched after a read."""
+"""The read-time join: attributes fetched after a read, and caught up for actions stored
+unjoined. The ingest-time join is tested through ingest (tests/unit/test_ingest_processor.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import pytest
 from nearline.attribute_store import (
     ItemAttributes,
     item_ids,
-    join_at_ingest,
     join_at_read,
     split_fields,
 )
@@ -46,40 +47,19 @@ def test_item_ids_are_distinct_in_first_seen_order() -> None:
     assert item_ids([action(1, "j2"), action(2, "j1"), action(3, "j2")]) == ["j2", "j1"]
 
 
-def test_join_at_ingest_copies_only_the_configured_fields() -> None:
-    [joined] = join_at_ingest([action(1, "j1")], ATTRS, ["geo", "category"])
-    assert joined["joined"] is True
-    assert joined["attributes"] == {
-        "source": "feed",
-        "geo": {"lat": 52.52, "lon": 13.405, "region": "Berlin"},
-        "category": "engineering",
-    }
-    assert "embedding" not in joined["attributes"] and "company" not in joined["attributes"]
-
-
-def test_an_item_without_a_field_is_still_joined() -> None:
-    [joined] = join_at_ingest([action(1, "j2")], ATTRS, ["geo", "company"])
-    assert joined["joined"] is True
-    assert joined["attributes"] == {"source": "feed", "company": "b"}
-
-
-def test_an_unknown_item_or_an_unavailable_store_leaves_the_action_unjoined() -> None:
-    unknown, known = join_at_ingest([action(1, "nope"), action(2, "j1")], ATTRS, ["geo"])
-    assert unknown["joined"] is False and unknown["attributes"] == {"source": "feed"}
-    assert known["joined"] is True
-    unavailable = join_at_ingest([action(1, "j1")], None, ["geo"])
-    assert unavailable[0]["joined"] is False
-
-
-def test_joins_do_not_touch_their_inputs() -> None:
-    actions = [action(1, "j1"), action(2, "nope")]
+def test_join_at_read_does_not_touch_its_inputs() -> None:
+    actions = [action(1, "j1", joined=False), action(2, "nope", joined=True)]
     before = copy.deepcopy(actions)
-    join_at_read(join_at_ingest(actions, ATTRS, ["geo"]), ATTRS, ["embedding"])
+    join_at_read(actions, ATTRS, ["embedding"], catch_up=["geo"])
     assert actions == before
 
 
 def test_join_at_read_adds_fields_and_reports_what_is_missing() -> None:
-    stored = join_at_ingest([action(1, "j1"), action(2, "j2")], ATTRS, ["geo"])
+    geo = ATTRS["j1"].as_flat_dict()["geo"]
+    stored = [  # as ingest stores them, geo joined where the item has it
+        action(1, "j1", joined=True, attributes={"source": "feed", "geo": geo}),
+        action(2, "j2", joined=True),
+    ]
     full, partial = join_at_read(stored, ATTRS, ["embedding", "company"])
     assert full["attributes"]["embedding"] == ATTRS["j1"].embedding
     assert full["attributes"]["company"] == "acme"
@@ -96,7 +76,7 @@ def test_join_at_read_with_nothing_found_flags_every_field() -> None:
 
 
 def test_actions_stored_unjoined_catch_up_at_read() -> None:
-    stored = join_at_ingest([action(1, "j1"), action(2, "j2")], None, ["geo", "category"])
+    stored = [action(1, "j1", joined=False), action(2, "j2", joined=False)]  # store was down
     caught_up, still_short = join_at_read(
         stored, ATTRS, ["embedding"], catch_up=["geo", "category"]
     )

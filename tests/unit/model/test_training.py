@@ -9,9 +9,11 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from click.testing import CliRunner
 
+from nearline.cli import main
 from nearline.foundation.settings import load_settings
-from nearline.model.dataset import write_examples
+from nearline.model.dataset import split_by_time, write_examples
 from nearline.model.exceptions import ExamplesError
 from nearline.model.heuristic import HeuristicRanker
 from nearline.model.registry import ModelRegistry
@@ -73,3 +75,38 @@ def test_examples_from_another_vectorizer_are_refused(tmp_path: Path, examples_f
     other = Vectorizer.from_settings(load_settings(windows="1h,2h"))
     with pytest.raises(ExamplesError, match="another configuration"):
         train(examples_file, ModelRegistry(tmp_path, other), TrainingConfig(progress=False))
+
+
+@pytest.mark.parametrize(
+    ("positives_in", "lacking", "advice"),
+    [
+        ("validation", "the training split has no positive labels", "a smaller"),
+        ("training", "the validation split has no positive labels", "a larger"),
+    ],
+)
+def test_a_split_without_positives_is_named_with_its_counts_and_what_to_do(
+    tmp_path: Path, positives_in: str, lacking: str, advice: str
+) -> None:
+    data = generate_examples(replace(EXAMPLES_WORLD, n_requests=100, seed=3))
+    _, validation = split_by_time(data, 0.25)
+    late = np.isin(data.request_id, validation.request_id)
+    keep = late if positives_in == "validation" else ~late
+    data = replace(data, label=np.where(keep, data.label, 0).astype(np.int8))
+    path = tmp_path / "examples.parquet"
+    write_examples(path, data)
+    args = ["train", str(path), "--model-dir", str(tmp_path / "models"), "--skip-erasure-check"]
+    result = CliRunner().invoke(main, [*args, "--validation-fraction", "0.25"])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.output.split())
+    assert lacking in message and "Traceback" not in message
+    early, late_part = data.take(~late), data.take(late)
+    for name, part in (("training", early), ("validation", late_part)):
+        positives = int(part.label.sum())
+        assert (
+            f"the {name} split ({'earliest' if name == 'training' else 'latest'} "
+            f"{part.n_requests} requests): {positives} positive and "
+            f"{len(part) - positives} negative examples"
+        ) in message
+    assert f"{advice} --validation-fraction than 0.25" in message
+    assert "export again once more requests have an outcome" in message
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
