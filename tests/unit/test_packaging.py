@@ -75,7 +75,8 @@ def test_the_wheel_installs_beside_a_project_with_its_own_app(tmp_path: Path) ->
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv)
     python = venv / "bin" / "python"
-    fresh = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip())
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    fresh = Path(run(python, "-c", purelib).strip())
     (fresh / "dev-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     # pip comes from the dev venv; --ignore-installed: its editable nearline is not this one.
     run(python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", wheel)
