@@ -294,7 +294,7 @@ def _column(record: SessionRecord, name: str) -> float:
 
 
 def _plot(result: SimulationResult, out: Path) -> list[Path]:
-    with requires_extra("The simulator's plots"):
+    with requires_extra("Plotting the simulator's report"):
         import matplotlib
 
         matplotlib.use("Agg")
