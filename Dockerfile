@@ -21,13 +21,15 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --upgrade pip setuptools wheel
 
 # CPU-only PyTorch first, from its own index: the default index resolves torch to a
-# multi-GB CUDA build. `pip install .` then finds the requirement already satisfied.
+# multi-GB CUDA build. The project's `[train]` extra then finds it already satisfied.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
 WORKDIR /src
 # .dockerignore lets in only the packaging files and the Python packages.
 COPY . .
-RUN pip install . \
+# A production worker: the Aerospike attribute store and trained models (no embedded broker,
+# no plots).
+RUN pip install '.[aerospike,train]' \
     && python -c "import torch; assert not torch.version.cuda, 'a CUDA torch slipped in'" \
     && python -m compileall -q /opt/venv
 

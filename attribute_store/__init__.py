@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from nearline.attribute_store.aerospike import AerospikeAttributeStore
 from nearline.attribute_store.cache import CachedAttributeStore
 from nearline.attribute_store.embedded import EmbeddedAttributeStore
 from nearline.attribute_store.exceptions import AttributeStoreError, InvalidRecord, StoreUnavailable
@@ -33,6 +32,7 @@ from nearline.attribute_store.schema import (
 from nearline.attribute_store.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
+    from nearline.attribute_store.aerospike import AerospikeAttributeStore
     from nearline.foundation.settings import Settings
 
 __all__ = [
@@ -70,6 +70,17 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """``AerospikeAttributeStore`` on first use: importing it imports the aerospike client,
+    which a worker on the embedded store neither needs nor may have (``nearline[aerospike]``).
+    """
+    if name == "AerospikeAttributeStore":
+        from nearline.attribute_store.aerospike import AerospikeAttributeStore
+
+        return AerospikeAttributeStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def from_settings(settings: Settings) -> AttributeStore:
     """The backend ``NEARLINE_ATTRIBUTE_STORE`` names, configured from ``settings``.
 
@@ -77,6 +88,8 @@ def from_settings(settings: Settings) -> AttributeStore:
     The embedded store opens its RocksDB now; the Aerospike store connects on first use.
     """
     if settings.attribute_store == "aerospike":
+        from nearline.attribute_store.aerospike import AerospikeAttributeStore
+
         return AerospikeAttributeStore.from_settings(settings)
     if settings.attribute_store == "embedded":
         return EmbeddedAttributeStore.in_data_dir(settings.data_dir)

@@ -31,11 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aerospike
-from aerospike import exception as aerospike_errors
-from aerospike_helpers.batch.records import BatchRecords, Write
-from aerospike_helpers.operations import operations
-
 from nearline.attribute_store.exceptions import StoreUnavailable
 from nearline.attribute_store.schema import (
     AttributeRecord,
@@ -45,6 +40,13 @@ from nearline.attribute_store.schema import (
     MemberAttributes,
 )
 from nearline.attribute_store.store import AttributeStore, StoreHealth
+from nearline.foundation.extras import requires_extra
+
+with requires_extra("NEARLINE_ATTRIBUTE_STORE=aerospike"):
+    import aerospike
+    from aerospike import exception as aerospike_errors
+    from aerospike_helpers.batch.records import BatchRecords, Write
+    from aerospike_helpers.operations import operations
 
 if TYPE_CHECKING:
     from nearline.foundation.settings import Settings

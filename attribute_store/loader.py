@@ -31,6 +31,7 @@ from tqdm import tqdm
 from nearline.attribute_store.exceptions import AttributeStoreError, InvalidRecord
 from nearline.attribute_store.schema import AttributeRecord, Kind, validate_record
 from nearline.foundation import codec
+from nearline.foundation.extras import requires_extra
 
 __all__ = [
     "FORMATS",
@@ -196,9 +197,15 @@ def _csv_rows(path: Path, kind: Kind) -> Iterator[tuple[int, Row]]:
                 yield number, _from_columns(row, kind, from_text=True)
 
 
-def _parquet_rows(path: Path, kind: Kind) -> Iterator[tuple[int, Row]]:
-    import pyarrow.parquet as pq  # only Parquet loads pay for importing pyarrow
+def _parquet() -> Any:
+    """pyarrow.parquet, imported by the first Parquet load: only those pay for pyarrow."""
+    with requires_extra("Loading a Parquet file"):
+        import pyarrow.parquet as pq
+    return pq
 
+
+def _parquet_rows(path: Path, kind: Kind) -> Iterator[tuple[int, Row]]:
+    pq = _parquet()
     number = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
         for row in batch.to_pylist():
@@ -207,8 +214,7 @@ def _parquet_rows(path: Path, kind: Kind) -> Iterator[tuple[int, Row]]:
 
 
 def _parquet_rows_count(path: Path) -> int:
-    import pyarrow.parquet as pq
-
+    pq = _parquet()
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 

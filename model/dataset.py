@@ -1,31 +1,48 @@
-"""Training examples: the Parquet schema, reading and writing it, and the time split."""
+"""Training examples: the Parquet schema, reading and writing it, and the time split.
+
+An :class:`ExampleSet` is numpy arrays; only reading or writing Parquet imports pyarrow
+(``nearline[train]``), so a worker that builds example sets never loads it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from nearline.foundation.extras import requires_extra
 from nearline.model.exceptions import ExamplesError
 
-__all__ = ["EXAMPLE_SCHEMA", "ExampleSet", "read_examples", "split_by_time", "write_examples"]
+__all__ = ["ExampleSet", "example_schema", "read_examples", "split_by_time", "write_examples"]
 
-EXAMPLE_SCHEMA = pa.schema(
-    [
-        ("request_id", pa.string()),
-        ("member_id", pa.string()),
-        ("ts", pa.float64()),
-        ("model_version", pa.string()),
-        ("item_id", pa.string()),
-        ("features", pa.list_(pa.float32())),
-        ("label", pa.int8()),
-    ]
-)
 _FEATURE_NAMES_KEY = b"nearline.feature_names"
+
+
+def _arrow() -> tuple[Any, Any]:
+    """pyarrow and pyarrow.parquet, imported by the first read or write of a Parquet file."""
+    with requires_extra("Reading or writing training examples"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    return pa, pq
+
+
+def example_schema() -> Any:
+    """The Parquet schema of training examples (a ``pyarrow.Schema``)."""
+    pa, _ = _arrow()
+    return pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("member_id", pa.string()),
+            ("ts", pa.float64()),
+            ("model_version", pa.string()),
+            ("item_id", pa.string()),
+            ("features", pa.list_(pa.float32())),
+            ("label", pa.int8()),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,8 @@ class ExampleSet:
 
 
 def write_examples(path: Path | str, examples: ExampleSet) -> None:
-    """Write examples as Parquet with :data:`EXAMPLE_SCHEMA` (feature names in metadata)."""
+    """Write examples as Parquet with :func:`example_schema` (feature names in metadata)."""
+    pa, pq = _arrow()
     n, d = examples.features.shape if examples.features.ndim == 2 else (0, 0)
     flat = pa.array(np.ascontiguousarray(examples.features, dtype=np.float32).reshape(-1))
     offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32) if n else [0], pa.int32())
@@ -84,20 +102,22 @@ def write_examples(path: Path | str, examples: ExampleSet) -> None:
             features,
             pa.array(examples.label.astype(np.int8), pa.int8()),
         ],
-        schema=EXAMPLE_SCHEMA.with_metadata(metadata),
+        schema=example_schema().with_metadata(metadata),
     )
     pq.write_table(table, str(path))
 
 
 def read_examples(path: Path | str) -> ExampleSet:
     """Read and validate a training-examples Parquet file."""
+    pa, pq = _arrow()
     try:
         table = pq.read_table(str(path))
     except (OSError, pa.ArrowException) as exc:
         raise ExamplesError(f"cannot read training examples {path}: {exc}") from exc
-    missing = [name for name in EXAMPLE_SCHEMA.names if name not in table.column_names]
+    expected = example_schema().names
+    missing = [name for name in expected if name not in table.column_names]
     if missing:
-        raise ExamplesError(f"{path}: missing columns {missing}; expected {EXAMPLE_SCHEMA.names}")
+        raise ExamplesError(f"{path}: missing columns {missing}; expected {expected}")
     column = table.column("features").combine_chunks()
     if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
         raise ExamplesError(f"{path}: 'features' must be a list of floats, not {column.type}")

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from nearline.foundation.extras import requires_extra
 from nearline.model.exceptions import IncompatibleModelError, ModelFileError
 from nearline.model.experiments import (
     EXPERIMENT_FILE,
@@ -173,7 +174,8 @@ class ModelRegistry:
         version: str | None = None,
     ) -> ModelVersion:
         """Write a new version (weights first, metadata last) and return it."""
-        import torch
+        with requires_extra("Saving a model"):
+            import torch
 
         directory = self._require_dir()
         directory.mkdir(parents=True, exist_ok=True)
@@ -217,7 +219,8 @@ class ModelRegistry:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ModelFileError(f"cannot read {meta_path}: {exc}") from exc
         self.check_compatible(metadata, source=str(meta_path))
-        import torch  # here, not at the top: a worker serving the heuristic never loads it
+        with requires_extra("A trained model"):
+            import torch  # here, not at the top: a worker serving the heuristic never loads it
 
         from nearline.model.scorer import Scorer
 

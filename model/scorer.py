@@ -16,11 +16,14 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import torch
-from torch import nn
 
+from nearline.foundation.extras import requires_extra
 from nearline.model.ranker import NamedColumns
 from nearline.model.scorer_config import Backend, ScorerConfig, apply_threads, configure_threads
+
+with requires_extra("A trained model"):
+    import torch
+    from torch import nn
 
 __all__ = ["Backend", "Scorer", "ScorerConfig", "TorchRanker", "configure_threads"]
 

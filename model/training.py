@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from nearline.foundation.extras import requires_extra
 from nearline.model.dataset import ExampleSet, read_examples, split_by_time
 from nearline.model.evaluation import Metrics, evaluate, per_request
 from nearline.model.exceptions import ExamplesError, IncompatibleModelError, ModelFileError
@@ -36,8 +35,13 @@ from nearline.model.gate import GateDecision, GateRules, decide
 from nearline.model.heuristic import HEURISTIC_VERSION, HeuristicRanker
 from nearline.model.ranker import Ranker
 from nearline.model.registry import ModelRegistry, ModelVersion
-from nearline.model.scorer import Scorer, ScorerConfig
 from nearline.model.vectorizer import Vectorizer
+
+with requires_extra("Training"):
+    import torch
+    import torch.nn.functional as F
+
+    from nearline.model.scorer import Scorer, ScorerConfig
 
 __all__ = [
     "LOSSES",

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from nearline.foundation.extras import requires_extra
 from nearline.model import experiments
 from nearline.simulation.runner import SessionRecord, SimulationResult
 from nearline.simulation.world import ARMS, Arm
@@ -293,10 +294,11 @@ def _column(record: SessionRecord, name: str) -> float:
 
 
 def _plot(result: SimulationResult, out: Path) -> list[Path]:
-    import matplotlib
+    with requires_extra("Plotting the simulator's report"):
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     series = daily_series(result.sessions)
     warmup = result.config.world.warmup_days
