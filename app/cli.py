@@ -261,10 +261,10 @@ def export_training(out: Path) -> None:
     from nearline.agents.erasures import ErasuresUnreadable
     from nearline.app.exporting import ExportError
     from nearline.app.exporting import export_training as export
-    from nearline.model.vectorizer import Vectorizer
+    from nearline.app.model_settings import vectorizer_from_settings
 
     settings = _settings()
-    names = Vectorizer.from_settings(settings).feature_names
+    names = vectorizer_from_settings(settings).feature_names
     try:
         examples, left_out = _run(export(settings, out, names), settings)
     except (ExportError, ErasuresUnreadable) as exc:
@@ -279,13 +279,13 @@ def export_training(out: Path) -> None:
 
 def _registry(model_dir: Path | None, settings: Settings) -> Any:
     """The model registry of ``--model-dir`` or NEARLINE_MODEL_DIR."""
+    from nearline.app.model_settings import vectorizer_from_settings
     from nearline.model.registry import ModelRegistry
-    from nearline.model.vectorizer import Vectorizer
 
     directory = model_dir or settings.model_dir
     if directory is None:
         raise click.UsageError("give --model-dir or set NEARLINE_MODEL_DIR")
-    return ModelRegistry(directory, Vectorizer.from_settings(settings), backend="default")
+    return ModelRegistry(directory, vectorizer_from_settings(settings), backend="default")
 
 
 _MODEL_DIR = click.option(

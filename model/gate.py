@@ -3,7 +3,8 @@
 Both rankers score the same validation requests. The decision is on the paired difference
 of per-request NDCG@10 (candidate minus served), with a percentile bootstrap over requests:
 the requests are resampled with replacement and the mean difference recomputed, so the
-interval reflects how much the verdict depends on which requests happened to validate.
+interval reflects how much the verdict depends on which requests happened to validate
+(:mod:`nearline.model.bootstrap`, which the simulator's report uses too).
 
 A candidate passes when the lower bound of that interval is above ``margin`` (by default
 0: better, and not by luck), and neither MRR nor HR@10 is significantly worse (their
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nearline.model.bootstrap import percentile_interval, resample
 from nearline.model.evaluation import RequestMetrics
 
 __all__ = ["GateDecision", "GateRules", "MetricComparison", "decide", "paired_bootstrap"]
@@ -106,11 +108,8 @@ def paired_bootstrap(
     n = len(differences)
     if n == 0:
         return math.nan, math.nan
-    picks = rng.integers(0, n, (rules.draws, n))
-    means = differences[picks].mean(axis=1)
-    tail = (1.0 - rules.level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(low), float(high)
+    means = differences[resample(n, rules.draws, rng)].mean(axis=1)
+    return percentile_interval(means, rules.level)
 
 
 def decide(

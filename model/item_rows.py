@@ -10,7 +10,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nearline.model.vectorizer import CandidateRows, Vectorizer, Vocabulary
+from nearline.model.candidate_rows import CandidateRows
+from nearline.model.vectorizer import Vectorizer
+from nearline.model.vocabulary import Vocabulary
 
 __all__ = ["Fetch", "ItemRows"]
 
@@ -34,9 +36,10 @@ class ItemRows:
     """The candidate half of the vectorizer for recently requested items, one slot each.
 
     A request for 500 candidates would otherwise read 500 attribute dicts in Python and
-    normalize 500 embeddings; here each item's :class:`~nearline.model.vectorizer.CandidateRows` row
-    is computed when its record is first seen, and a request finds its candidates' slots
-    (one dict lookup each, in C) and gathers their rows with numpy indexing. A row is
+    normalize 500 embeddings; here each item's
+    :class:`~nearline.model.candidate_rows.CandidateRows` row is computed when its record is
+    first seen, and a request finds its candidates' slots (one dict lookup each, in C) and
+    gathers their rows with numpy indexing. A row is
     trusted until the time its record came with (the attribute cache's expiry) or until
     :meth:`forget` names the item (a write through the cache); then the record is read
     again and the row recomputed only if the record is different. Items the store does not

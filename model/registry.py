@@ -161,7 +161,16 @@ class ModelRegistry:
         """``model_dir`` and ``torch_threads`` from settings; the vectorizer likewise."""
         return cls(
             settings.model_dir,
-            vectorizer or Vectorizer.from_settings(settings),
+            vectorizer
+            or Vectorizer(
+                VectorizerConfig.for_actions(
+                    settings.window_names,
+                    settings.actions_of_interest,
+                    half_life_s=settings.model_half_life,
+                    short_window_s=settings.model_short_window,
+                    embedding_dim=settings.embedding_dim,
+                )
+            ),
             threads=settings.torch_threads,
         )
 

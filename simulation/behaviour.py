@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from nearline.model.vectorizer import haversine_km
+from nearline.model.geo import haversine_km
 from nearline.simulation.world import MemberState, World
 
 __all__ = ["ENGAGED", "BehaviourModel", "Reaction", "SessionOutcome"]

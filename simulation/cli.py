@@ -150,9 +150,10 @@ def simulate(
     """
     from nearline.app.broker import BrokerError
     from nearline.app.stack import StackError
-    from nearline.simulation.report import ARM_METRICS, compare, experiment_table, write_report
+    from nearline.simulation.report import write_report
     from nearline.simulation.runner import SimulationConfig, SimulationError
     from nearline.simulation.runner import simulate as run
+    from nearline.simulation.statistics import ARM_METRICS, compare, experiment_table
 
     if k > parameters["candidates"]:
         raise click.BadParameter("must not exceed --candidates", param_hint="--k")
@@ -198,9 +199,10 @@ def _train_and_compare(config: SimulationConfig, out: Path, quiet: bool) -> None
 
     from nearline.app.broker import BrokerError
     from nearline.app.stack import StackError
-    from nearline.simulation.report import compare_rankers, write_training_report
+    from nearline.simulation.report import write_training_report
     from nearline.simulation.runner import SimulationError
     from nearline.simulation.runner import simulate as run
+    from nearline.simulation.statistics import compare_rankers
 
     try:
         click.echo("run 1/2: warm-up with the heuristic, training, measured days")

@@ -408,11 +408,11 @@ class _Driver:
 
     def _registry(self) -> ModelRegistry:
         """The model directory the worker follows, as ``nearline experiment`` opens it."""
+        from nearline.app.model_settings import vectorizer_from_settings
         from nearline.model.registry import ModelRegistry
-        from nearline.model.vectorizer import Vectorizer
 
         settings = self.stack.app_settings()
-        return ModelRegistry(settings.model_dir, Vectorizer.from_settings(settings), "default")
+        return ModelRegistry(settings.model_dir, vectorizer_from_settings(settings), "default")
 
     async def _start_experiment(self, client: httpx.AsyncClient) -> None:
         """Start the arms' experiment, ranked by what the worker serves, with the simulated
@@ -481,18 +481,18 @@ class _Driver:
     async def _train(self, client: httpx.AsyncClient, responses: int) -> None:
         """Export the warm-up's examples, train through the gate, wait for the worker."""
         from nearline.app.exporting import examples_to_set, read_topic
+        from nearline.app.model_settings import vectorizer_from_settings
         from nearline.model.exceptions import ModelError
         from nearline.model.heuristic import HEURISTIC_VERSION
         from nearline.model.registry import ModelRegistry
         from nearline.model.training import train
-        from nearline.model.vectorizer import Vectorizer
 
         started = time.monotonic()
         settings = self.stack.app_settings()
         # Every response is labelled once its horizon has passed; wait for all of them.
         warmup_end = self.scale.wall(self.config.world.warmup_days * DAY)
         await asyncio.sleep(max(warmup_end - time.time(), 0.0) + settings.outcome_horizon)
-        vectorizer = Vectorizer.from_settings(settings)
+        vectorizer = vectorizer_from_settings(settings)
         # The outcomes agent labels one response after another; once the topic holds the
         # same number of examples on two reads in a row, it has caught up.
         deadline = time.monotonic() + 60.0

@@ -13,13 +13,9 @@ from nearline.cli import main
 from nearline.foundation import codec
 from nearline.model.dataset import read_examples
 from nearline.simulation.behaviour import BehaviourModel
-from nearline.simulation.report import (
-    compare,
-    permutation_p_values,
-    write_report,
-    write_training_report,
-)
+from nearline.simulation.report import write_report, write_training_report
 from nearline.simulation.runner import SimulationConfig, simulate
+from nearline.simulation.statistics import compare, permutation_p_values
 from nearline.simulation.world import DAY, WorldConfig
 from tests.integration.helpers import read_topic_to_end
 

@@ -10,8 +10,8 @@ import pytest
 from nearline.attribute_store import validate_item
 from nearline.foundation.settings import load_settings
 from nearline.simulation.behaviour import BehaviourModel
-from nearline.simulation.report import compare, experiment_table, permutation_p_values
 from nearline.simulation.runner import SessionRecord
+from nearline.simulation.statistics import compare, experiment_table, permutation_p_values
 from nearline.simulation.timescale import TimeScale
 from nearline.simulation.world import ARMS, DAY, World, WorldConfig, arm_of, experiment
 

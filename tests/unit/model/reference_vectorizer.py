@@ -14,7 +14,8 @@ from typing import Any, cast
 import numpy as np
 
 from nearline.foundation.settings import parse_duration
-from nearline.model.vectorizer import VectorizerConfig, nearest_km
+from nearline.model.geo import nearest_km
+from nearline.model.vectorizer import VectorizerConfig
 
 __all__ = ["ReferenceVectorizer"]
 

@@ -17,13 +17,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from nearline.app.model_settings import vectorizer_from_settings
 from nearline.cli import main
 from nearline.foundation.settings import load_settings
 from nearline.model.dataset import ExampleSet, split_by_time, write_examples
 from nearline.model.heuristic import HEURISTIC_VERSION, HeuristicRanker
 from nearline.model.registry import ACTIVE_FILE, ModelRegistry
 from nearline.model.scorer import TorchRanker
-from nearline.model.vectorizer import Vectorizer
 from nearline.simulation.examples import EXAMPLES_WORLD, generate_examples
 
 
@@ -59,13 +59,13 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def registry(models: Path) -> ModelRegistry:
-    return ModelRegistry(models, Vectorizer.from_settings(load_settings()), backend="default")
+    return ModelRegistry(models, vectorizer_from_settings(load_settings()), backend="default")
 
 
 def test_the_gate_publishes_a_better_model_refuses_a_worse_one_and_force_overrides(
     tmp_path: Path, examples: ExampleSet
 ) -> None:
-    assert Vectorizer.from_settings(load_settings()).feature_names == examples.feature_names
+    assert vectorizer_from_settings(load_settings()).feature_names == examples.feature_names
     models = tmp_path / "models"
     good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
     write_examples(good, examples)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from nearline.app.model_settings import vectorizer_from_settings
 from nearline.cli import main
 from nearline.foundation.settings import load_settings
 from nearline.model.dataset import split_by_time, write_examples
@@ -72,7 +73,7 @@ def test_trained_model_beats_the_heuristic(tmp_path: Path, examples_file: Path) 
 
 
 def test_examples_from_another_vectorizer_are_refused(tmp_path: Path, examples_file: Path) -> None:
-    other = Vectorizer.from_settings(load_settings(windows="1h,2h"))
+    other = vectorizer_from_settings(load_settings(windows="1h,2h"))
     with pytest.raises(ExamplesError, match="another configuration"):
         train(examples_file, ModelRegistry(tmp_path, other), TrainingConfig(progress=False))
 

@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from nearline.app.model_settings import vectorizer_from_settings
 from nearline.foundation.settings import load_settings
-from nearline.model.vectorizer import Vectorizer, VectorizerConfig, haversine_km, nearest_km
+from nearline.model.geo import haversine_km, nearest_km
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 
 NOW = 1_764_384_000.0
 DIM = 8
@@ -67,7 +69,7 @@ def test_names_are_stable_and_shape_follows_candidates(vectorizer: Vectorizer) -
 
 def test_names_follow_settings_windows() -> None:
     settings = load_settings(windows="15m,2h,96h", embedding_dim=16)
-    v = Vectorizer.from_settings(settings)
+    v = vectorizer_from_settings(settings)
     assert v.config.windows == ("15m", "2h", "96h") and v.config.embedding_dim == 16
     assert "count_15m_click" in v.feature_names and "count_1h_click" not in v.feature_names
 

@@ -14,7 +14,8 @@ import random
 import numpy as np
 import pytest
 
-from nearline.model.vectorizer import Vectorizer, VectorizerConfig, Vocabulary, _gather, _member_of
+from nearline.model.vectorizer import Vectorizer, VectorizerConfig
+from nearline.model.vocabulary import Vocabulary, gather, member_of
 from tests.unit.model.test_vectorizer_reference import NOW, _attributes, _features
 
 
@@ -27,9 +28,9 @@ def test_table_and_binary_search_lookups_agree(seed: int) -> None:
     values = rng.normal(size=len(keys))
     huge = 10**9  # no table of this size: the binary search
     assert np.array_equal(
-        _gather(codes, keys, values, -7.5, size), _gather(codes, keys, values, -7.5, huge)
+        gather(codes, keys, values, -7.5, size), gather(codes, keys, values, -7.5, huge)
     )
-    assert np.array_equal(_member_of(codes, keys, size), _member_of(codes, keys, huge))
+    assert np.array_equal(member_of(codes, keys, size), member_of(codes, keys, huge))
 
 
 @pytest.mark.parametrize("seed", range(20))
