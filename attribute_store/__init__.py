@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from nearline.attribute_store.aerospike import AerospikeAttributeStore
 from nearline.attribute_store.cache import CachedAttributeStore
 from nearline.attribute_store.embedded import EmbeddedAttributeStore
@@ -32,9 +30,6 @@ from nearline.attribute_store.schema import (
 )
 from nearline.attribute_store.store import AttributeStore, StoreHealth
 
-if TYPE_CHECKING:
-    from nearline.foundation.settings import Settings
-
 __all__ = [
     "KINDS",
     "Action",
@@ -58,7 +53,6 @@ __all__ = [
     "decode_record",
     "detect_format",
     "encode_record",
-    "from_settings",
     "ingest_fields",
     "item_ids",
     "join_at_read",
@@ -69,17 +63,3 @@ __all__ = [
     "validate_record",
 ]
 
-
-def from_settings(settings: Settings) -> AttributeStore:
-    """The backend ``NEARLINE_ATTRIBUTE_STORE`` names, configured from ``settings``.
-
-    Uncached: wrap it in :meth:`CachedAttributeStore.from_settings` for ingest-time joins.
-    The embedded store opens its RocksDB now; the Aerospike store connects on first use.
-    """
-    if settings.attribute_store == "aerospike":
-        return AerospikeAttributeStore.from_settings(settings)
-    if settings.attribute_store == "embedded":
-        return EmbeddedAttributeStore.in_data_dir(settings.data_dir)
-    raise ValueError(
-        f"NEARLINE_ATTRIBUTE_STORE={settings.attribute_store!r}: use embedded or aerospike"
-    )

@@ -46,9 +46,6 @@ from nearline.attribute_store.schema import (
 )
 from nearline.attribute_store.store import AttributeStore, StoreHealth
 
-if TYPE_CHECKING:
-    from nearline.foundation.settings import Settings
-
 __all__ = [
     "AerospikeAttributeStore",
     "parse_host",
@@ -163,21 +160,6 @@ class AerospikeAttributeStore(AttributeStore):
         )
         # Seeds are tried one after another, each within the connect timeout.
         self._guard = connect_timeout * len(self.hosts) + total_timeout + _GUARD_MARGIN
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AerospikeAttributeStore:
-        return cls(
-            settings.aerospike_hosts,
-            namespace=settings.aerospike_namespace,
-            sets={"items": settings.aerospike_set_items, "members": settings.aerospike_set_members},
-            user=settings.aerospike_user,
-            password=settings.aerospike_password,
-            tls_name=settings.aerospike_tls_name,
-            tls_cafile=settings.aerospike_tls_cafile,
-            connect_timeout=settings.aerospike_connect_timeout,
-            total_timeout=settings.aerospike_total_timeout,
-            max_retries=settings.aerospike_retries,
-        )
 
     @property
     def where(self) -> str:

@@ -50,6 +50,7 @@ from starlette.types import Message
 
 from bench.harness import Samples, machine, paced, percentiles
 from bench.joins import _items
+from nearline.app.compose import cached_attributes, model_registry, state_policy
 from nearline.agents.erasures import Erasure
 from nearline.app.console.timeline import IngestTimeline
 from nearline.app.lag import PartitionLag
@@ -180,7 +181,7 @@ def fill_members(
     Actions are spread over the last two days, on random items, with the ingest-time
     fields (category, company, geo) joined as the worker's ingest would.
     """
-    policy = StatePolicy.from_settings(settings)
+    policy = state_policy(settings)
     joined = ingest_fields(items, split_fields(settings.join_at_ingest, []).ingest)
     ids = list(items)
     rng = random.Random(5)
@@ -339,10 +340,10 @@ class Bench:
         fill_members(members_dir, settings, items, args.members, time.time())
         self.table = ReadOnlyTable(members_dir, settings.topic_partitions)
         store = OnlineStore(
-            self.table, StatePolicy.from_settings(settings), settings.topic_partitions
+            self.table, state_policy(settings), settings.topic_partitions
         )
-        cached = CachedAttributeStore.from_settings(self.attributes_store, settings)
-        models = ModelRegistry.from_settings(settings)  # no model dir: the heuristic
+        cached = cached_attributes(self.attributes_store, settings)
+        models = model_registry(settings)  # no model dir: the heuristic
         self.log = EncodingLog()
         self.http = httpx.AsyncClient()
         web = create_web_app(

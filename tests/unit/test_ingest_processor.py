@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nearline.app.compose import ingest_rules, state_policy
 from nearline.agents.ingest import IngestProcessor, SourceRecord
 from nearline.attribute_store import ItemAttributes, join_at_read
 from nearline.foundation import codec
@@ -42,7 +43,7 @@ def record(
 async def _forwarded_then_applied(tmp_path: Path) -> None:
     metrics = Metrics()
     table = LocalTable(str(tmp_path / "members"), 4)
-    store = OnlineStore(table, StatePolicy.from_settings(SETTINGS), 4)  # type: ignore[arg-type]
+    store = OnlineStore(table, state_policy(SETTINGS), 4)  # type: ignore[arg-type]
     acknowledged = asyncio.Event()
     sent: list[dict[int, list[tuple[bytes, SourceRecord]]]] = []
 
@@ -53,7 +54,7 @@ async def _forwarded_then_applied(tmp_path: Path) -> None:
     async def send_dead_letters(letters: object) -> None:
         raise AssertionError(f"nothing here is a dead letter: {letters}")
 
-    processor = IngestProcessor(store, SETTINGS, metrics, send_dead_letters, send_repartitioned)  # type: ignore[arg-type]
+    processor = IngestProcessor(store, ingest_rules(SETTINGS), metrics, send_dead_letters, send_repartitioned)  # type: ignore[arg-type]
     batch = [record(0, "a", misplaced=True), record(1, "b", misplaced=False)]
     processing = asyncio.ensure_future(processor.apply(batch))
     for _ in range(20):
@@ -104,7 +105,7 @@ async def _ingest_with_attributes(
     """Apply one action on each of j1, j2 and an unknown item; the member's stored actions."""
     metrics = Metrics()
     table = LocalTable(str(tmp_path / "members"), 4)
-    store = OnlineStore(table, StatePolicy.from_settings(SETTINGS), 4)  # type: ignore[arg-type]
+    store = OnlineStore(table, state_policy(SETTINGS), 4)  # type: ignore[arg-type]
     attributes = RecordingStore()
     await attributes.put_many([ATTRS["j1"], ATTRS["j2"]])
     attributes.fail = store_fails
@@ -114,7 +115,7 @@ async def _ingest_with_attributes(
 
     processor = IngestProcessor(
         store,
-        SETTINGS,
+        ingest_rules(SETTINGS),
         metrics,
         refuse,
         refuse,

@@ -19,6 +19,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
 
+from nearline.app.compose import state_policy
 from nearline.agents.erasures import Erasure
 from nearline.app.console.timeline import IngestTimeline
 from nearline.app.lag import PartitionLag
@@ -54,7 +55,7 @@ class FakeFeatures:
     def __init__(
         self, settings: Settings, elsewhere: dict[str, NotOwned | Restoring] | None = None
     ) -> None:
-        self.policy = StatePolicy.from_settings(settings)
+        self.policy = state_policy(settings)
         self.elsewhere = elsewhere or {}
         self.asked: list[tuple[str, float]] = []
 

@@ -1,0 +1,107 @@
+"""The parts built from :class:`Settings`: the one place each setting is unpacked.
+
+The layers below the application take plain values or small value objects and never see
+the whole configuration. The worker, the serving processes and the CLI build their parts
+here, so each is configured the same way in every process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nearline.agents.ingest import IngestRules
+from nearline.attribute_store.cache import CachedAttributeStore
+from nearline.attribute_store.embedded import EmbeddedAttributeStore
+from nearline.attribute_store.store import AttributeStore
+from nearline.foundation.settings import Settings
+from nearline.model.registry import ModelRegistry
+from nearline.model.vectorizer import Vectorizer
+from nearline.tables.member_state import StatePolicy
+
+if TYPE_CHECKING:
+    from nearline.attribute_store.aerospike import AerospikeAttributeStore
+
+__all__ = [
+    "aerospike_store",
+    "attribute_store",
+    "cached_attributes",
+    "ingest_rules",
+    "model_registry",
+    "state_policy",
+]
+
+
+def ingest_rules(settings: Settings) -> IngestRules:
+    """What ingest checks each action against, and the topics it reads."""
+    return IngestRules(
+        actions_of_interest=frozenset(settings.actions_of_interest),
+        topic_actions=settings.topic_actions,
+        topic_repartition=settings.topic_repartition,
+        max_event_bytes=settings.max_event_bytes,
+        retention=settings.retention,
+        max_future_skew=settings.max_future_skew,
+        ts_from_record=settings.ts_from_record,
+    )
+
+
+def state_policy(settings: Settings) -> StatePolicy:
+    """How much of a member's history the online store keeps, and how it is windowed."""
+    return StatePolicy(
+        windows=tuple(settings.windows),
+        retention=settings.retention,
+        bucket=settings.bucket,
+        max_recent_actions=settings.max_recent_actions,
+        actions_of_interest=tuple(settings.actions_of_interest),
+        dedupe_window=settings.dedupe_window,
+        dedupe_max_ids=settings.dedupe_max_ids,
+    )
+
+
+def attribute_store(settings: Settings) -> AttributeStore:
+    """The backend ``NEARLINE_ATTRIBUTE_STORE`` names, configured from ``settings``.
+
+    Uncached: wrap it in :func:`cached_attributes` for ingest-time joins. The embedded
+    store opens its RocksDB now; the Aerospike store connects on first use.
+    """
+    if settings.attribute_store == "aerospike":
+        return aerospike_store(settings)
+    if settings.attribute_store == "embedded":
+        return EmbeddedAttributeStore.in_data_dir(settings.data_dir)
+    raise ValueError(
+        f"NEARLINE_ATTRIBUTE_STORE={settings.attribute_store!r}: use embedded or aerospike"
+    )
+
+
+def aerospike_store(settings: Settings) -> AerospikeAttributeStore:
+    """The Aerospike backend, imported only here: with the embedded store, never."""
+    from nearline.attribute_store.aerospike import AerospikeAttributeStore
+
+    return AerospikeAttributeStore(
+        settings.aerospike_hosts,
+        namespace=settings.aerospike_namespace,
+        sets={"items": settings.aerospike_set_items, "members": settings.aerospike_set_members},
+        user=settings.aerospike_user,
+        password=settings.aerospike_password,
+        tls_name=settings.aerospike_tls_name,
+        tls_cafile=settings.aerospike_tls_cafile,
+        connect_timeout=settings.aerospike_connect_timeout,
+        total_timeout=settings.aerospike_total_timeout,
+        max_retries=settings.aerospike_retries,
+    )
+
+
+def cached_attributes(backend: AttributeStore, settings: Settings) -> CachedAttributeStore:
+    """``backend`` behind the bounded TTL cache the joins read through."""
+    return CachedAttributeStore(
+        backend, maxsize=settings.attribute_cache_size, ttl=settings.attribute_cache_ttl
+    )
+
+
+def model_registry(settings: Settings, vectorizer: Vectorizer | None = None) -> ModelRegistry:
+    """The registry of ``model_dir`` with ``torch_threads``; the vectorizer from settings
+    unless given."""
+    return ModelRegistry(
+        settings.model_dir,
+        vectorizer or Vectorizer.from_settings(settings),
+        threads=settings.torch_threads,
+    )
