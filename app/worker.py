@@ -39,9 +39,9 @@ from nearline.app.lag import LagMonitor
 from nearline.app.publisher import StatePublisher
 from nearline.app.recommend import Recommender
 from nearline.app.status import WorkerStatus
+from nearline.app.tuning import faust_app, table_options, tune_gc, worker_port
 from nearline.app.web import WebServices
 from nearline.app.web_app import create_web_app
-from nearline.app.tuning import faust_app, table_options, tune_gc, worker_port
 from nearline.app.web_server import WebServer
 from nearline.attribute_store import split_fields
 from nearline.foundation.broker_workarounds import BrokerWorkarounds

@@ -62,4 +62,3 @@ __all__ = [
     "validate_member",
     "validate_record",
 ]
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from nearline.attribute_store.schema import KINDS, AttributeRecord, Kind
 from nearline.attribute_store.store import AttributeStore, StoreHealth

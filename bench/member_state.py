@@ -27,7 +27,7 @@ from nearline.app.traffic import generate_actions
 from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.settings import load_settings
 from nearline.tables.changelog import LocalTable
-from nearline.tables.member_state import MemberState, RecentAction, StatePolicy
+from nearline.tables.member_state import MemberState, RecentAction
 from nearline.tables.online_store import OnlineStore
 
 PARTITIONS = 4

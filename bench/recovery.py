@@ -30,8 +30,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.harness import Stack, WorkerProcess, machine
-from nearline.app.compose import state_policy
 from nearline.app.broker import EmbeddedBroker
+from nearline.app.compose import state_policy
 from nearline.app.stack import StackError
 from nearline.app.traffic import generate_actions
 from nearline.foundation.kafka import partition_for_key

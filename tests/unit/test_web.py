@@ -19,8 +19,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
 
-from nearline.app.compose import state_policy
 from nearline.agents.erasures import Erasure
+from nearline.app.compose import state_policy
 from nearline.app.console.timeline import IngestTimeline
 from nearline.app.lag import PartitionLag
 from nearline.app.openapi import FeaturesResponse, Ranking, SystemView
@@ -33,7 +33,7 @@ from nearline.foundation.metrics import Metrics
 from nearline.foundation.settings import Settings, load_settings
 from nearline.model.registry import ModelRegistry
 from nearline.model.vectorizer import Vectorizer, VectorizerConfig
-from nearline.tables.member_state import MemberState, StatePolicy
+from nearline.tables.member_state import MemberState
 from nearline.tables.online_store import NotOwned, Restoring
 from tests.unit.attribute_store.conftest import RecordingStore, item
 
