@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nearline.agents.ingest import IngestRules
+from nearline.agents.streams import Schedule
 from nearline.attribute_store.cache import CachedAttributeStore
 from nearline.attribute_store.embedded import EmbeddedAttributeStore
 from nearline.attribute_store.store import AttributeStore
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "aerospike_store",
+    "agent_schedule",
     "attribute_store",
     "cached_attributes",
     "ingest_rules",
@@ -41,6 +43,18 @@ def ingest_rules(settings: Settings) -> IngestRules:
         retention=settings.retention,
         max_future_skew=settings.max_future_skew,
         ts_from_record=settings.ts_from_record,
+    )
+
+
+def agent_schedule(settings: Settings) -> Schedule:
+    """How much the agents take at a time and how often their timers run."""
+    return Schedule(
+        batch_max=settings.batch_max,
+        fetch_max_wait=settings.fetch_max_wait,
+        outcome_label_interval=settings.outcome_label_interval,
+        sweep_interval=settings.sweep_interval,
+        model_reload_interval=settings.model_reload_interval,
+        reload_models=settings.model_dir is not None,
     )
 
 

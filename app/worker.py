@@ -27,6 +27,7 @@ from nearline.agents.outcomes import OutcomeJoiner
 from nearline.agents.sinks import DeadLetters, RecommendationsLog, Repartition
 from nearline.agents.streams import Agents, every
 from nearline.app.compose import (
+    agent_schedule,
     attribute_store,
     cached_attributes,
     ingest_rules,
@@ -59,8 +60,6 @@ from nearline.tables.online_store import MEMBERS_TABLE, OnlineStore
 from nearline.tables.pending import PENDING_TABLE, PendingResponses
 
 __all__ = ["Nearline", "run_worker"]
-
-log = logging.getLogger(__name__)
 
 
 class Nearline:
@@ -96,7 +95,7 @@ class Nearline:
         self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
         self.web = self._build_web(status, models, experiment, timeline)
         Agents(
-            settings=settings,
+            schedule=agent_schedule(settings),
             faust_app=self.faust,
             consumer=self._bulk_consumer,
             actions=self.actions_channel,
