@@ -396,6 +396,7 @@ def train(
 def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
     """The examples of the file, less those of members erased (the erasures topic now)."""
     from nearline.agents.erasures import ErasuresUnreadable, read_erasures
+    from nearline.app.compose import erasures_topic, topic_reader_of
     from nearline.app.exporting import without_erased
     from nearline.model.dataset import read_examples
 
@@ -403,7 +404,9 @@ def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
     if skip:
         return data
     try:
-        erasures = _run(read_erasures(settings), settings)
+        erasures = _run(
+            read_erasures(topic_reader_of(settings), erasures_topic(settings)), settings
+        )
     except ErasuresUnreadable as exc:
         raise click.ClickException(str(exc)) from None
     data, left_out = without_erased(data, erasures)
@@ -465,6 +468,7 @@ async def _send_erasures(settings: Settings, erasures: list[Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
     from nearline.agents.erasures import send_erasures
+    from nearline.app.compose import erasures_topic
     from nearline.foundation.kafka import client_options
     from nearline.foundation.topics import ensure_topics
 
@@ -472,7 +476,7 @@ async def _send_erasures(settings: Settings, erasures: list[Any]) -> None:
     producer = AIOKafkaProducer(**client_options(settings, producer=True))
     await producer.start()
     try:
-        await send_erasures(producer, settings, erasures)
+        await send_erasures(producer, erasures_topic(settings), erasures)
     finally:
         await producer.stop()
 

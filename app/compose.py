@@ -7,13 +7,22 @@ here, so each is configured the same way in every process.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
+from aiokafka import ConsumerRecord
+
+from nearline.agents.attributes import ItemAttributesFeed
+from nearline.agents.erasing import ErasureLog
+from nearline.agents.erasures import ErasuresTopic, TopicReader
 from nearline.agents.ingest import IngestRules
 from nearline.agents.streams import Schedule
 from nearline.attribute_store.cache import CachedAttributeStore
 from nearline.attribute_store.embedded import EmbeddedAttributeStore
 from nearline.attribute_store.store import AttributeStore
+from nearline.foundation.kafka import client_options, topic_reader
+from nearline.foundation.metrics import Metrics
 from nearline.foundation.settings import Settings
 from nearline.model.registry import ModelRegistry
 from nearline.model.vectorizer import Vectorizer
@@ -27,9 +36,13 @@ __all__ = [
     "agent_schedule",
     "attribute_store",
     "cached_attributes",
+    "erasure_log",
+    "erasures_topic",
     "ingest_rules",
+    "item_attributes_feed",
     "model_registry",
     "state_policy",
+    "topic_reader_of",
 ]
 
 
@@ -55,6 +68,41 @@ def agent_schedule(settings: Settings) -> Schedule:
         sweep_interval=settings.sweep_interval,
         model_reload_interval=settings.model_reload_interval,
         reload_models=settings.model_dir is not None,
+    )
+
+
+def topic_reader_of(settings: Settings) -> TopicReader:
+    """New consumers of no group on the configured cluster, for reading whole topics."""
+    return partial(topic_reader, settings)
+
+
+def erasures_topic(settings: Settings) -> ErasuresTopic:
+    return ErasuresTopic(settings.topic_erasures, settings.topic_partitions)
+
+
+def erasure_log(settings: Settings) -> ErasureLog:
+    """The worker's log of every erasure, read from the erasures topic."""
+    return ErasureLog(erasures_topic(settings), topic_reader_of(settings))
+
+
+def item_attributes_feed(
+    settings: Settings,
+    store: AttributeStore,
+    metrics: Metrics,
+    send_rejects: Callable[[Sequence[tuple[ConsumerRecord, str]]], Awaitable[None]],  # type: ignore[type-arg]
+) -> ItemAttributesFeed:
+    """The feed of the item-attributes topic into ``store``: shared by the workers' group
+    with Aerospike, a full copy per worker with the embedded store."""
+    return ItemAttributesFeed(
+        settings.topic_item_attributes,
+        store,
+        metrics,
+        send_rejects,
+        group_id=(
+            None if settings.attribute_store == "embedded" else f"{settings.app_id}-item-attributes"
+        ),
+        embedding_dim=settings.embedding_dim,
+        client_options=client_options(settings),
     )
 
 

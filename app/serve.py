@@ -40,7 +40,13 @@ from aiokafka import AIOKafkaProducer
 
 from nearline.agents.erasures import ErasureRequests
 from nearline.agents.sinks import ProducerRecommendationsLog
-from nearline.app.compose import attribute_store, cached_attributes, model_registry, state_policy
+from nearline.app.compose import (
+    attribute_store,
+    cached_attributes,
+    erasures_topic,
+    model_registry,
+    state_policy,
+)
 from nearline.app.console.timeline import IngestTimeline
 from nearline.app.lag import PartitionLag
 from nearline.app.recommend import Recommender
@@ -234,7 +240,7 @@ async def _serve(settings: Settings, index: int) -> None:
             attributes=cached,
             http=http,
             # Produced here, to the member's partition: its owner applies it.
-            erasures=ErasureRequests(lambda: producer, settings),
+            erasures=ErasureRequests(lambda: producer, erasures_topic(settings)),
             worker=Link(follower, members, settings),
         )
     )

@@ -17,9 +17,8 @@ import uvloop
 from aiokafka import AIOKafkaConsumer
 from starlette.applications import Starlette
 
-from nearline.agents.attributes import ItemAttributesFeed
 from nearline.agents.bulk import BulkChannel, BulkConsumer
-from nearline.agents.erasing import Eraser, ErasureLog
+from nearline.agents.erasing import Eraser
 from nearline.agents.erasures import ErasureRequests
 from nearline.agents.examples_topic import KafkaExamplesTopic
 from nearline.agents.ingest import IngestProcessor
@@ -30,7 +29,10 @@ from nearline.app.compose import (
     agent_schedule,
     attribute_store,
     cached_attributes,
+    erasure_log,
+    erasures_topic,
     ingest_rules,
+    item_attributes_feed,
     model_registry,
     state_policy,
 )
@@ -79,7 +81,7 @@ class Nearline:
         consumed = self._consume_in_bulk()
         self._build_state(workarounds)
         # Every erasure, read before anything is applied (prepare) and followed from there.
-        self.erasure_log = ErasureLog(settings)
+        self.erasure_log = erasure_log(settings)
         self.examples_topic = KafkaExamplesTopic(
             settings.topic_training_examples, lambda: kafka_producer(self.faust), self._client
         )
@@ -186,7 +188,7 @@ class Nearline:
             record_reactions=outcomes.record_reactions,
             erased=self.erasure_log.erased_at,
         )
-        self.attribute_feed = ItemAttributesFeed(
+        self.attribute_feed = item_attributes_feed(
             settings,
             self.attributes_cached,
             metrics,
@@ -252,7 +254,9 @@ class Nearline:
                 models=models,
                 attributes=cached,
                 http=self.http,
-                erasures=ErasureRequests(lambda: kafka_producer(self.faust), settings),
+                erasures=ErasureRequests(
+                    lambda: kafka_producer(self.faust), erasures_topic(settings)
+                ),
                 experiment=experiment,
             )
         )
