@@ -372,6 +372,7 @@ def run_worker(settings: Settings) -> None:
     except SystemExit as stopped:
         if stopped.code in (0, None):
             mark_clean_stop(
-                Path(nearline.faust.conf.tabledir), (nearline.members, nearline.pending.table)
+                Path(nearline.faust.conf.tabledir),
+                unsettled=nearline.members.unsettled or nearline.pending.table.unsettled,
             )
         raise

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -380,9 +380,10 @@ def discard_untrusted_state(tabledir: Path, *, changelog_is_new: bool) -> None:
     marker.unlink(missing_ok=True)  # until this run stops cleanly
 
 
-def mark_clean_stop(tabledir: Path, tables: Iterable[ChangelogTable]) -> None:
-    """After a clean stop with every write of ``tables`` acknowledged, keep local state."""
-    if any(table.unsettled for table in tables):
+def mark_clean_stop(tabledir: Path, *, unsettled: bool) -> None:
+    """After a clean stop, keep local state next start, unless a table write was
+    ``unsettled`` (see :attr:`ChangelogTable.unsettled`)."""
+    if unsettled:
         log.warning("a table write was not acknowledged: local state is restored next start")
         return
     if tabledir.exists():
