@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from mode import Service
 
 from nearline.attribute_store import AttributeStore, InvalidRecord, ItemAttributes, validate_item
 from nearline.foundation import codec
-from nearline.foundation.kafka import client_options
 from nearline.foundation.metrics import Metrics
-from nearline.foundation.settings import Settings
 
 __all__ = ["ItemAttributesFeed", "plan_attribute_batch"]
 
@@ -59,31 +58,39 @@ class ItemAttributesFeed(Service):
     partition (like a Kafka Streams GlobalKTable, from the start of the compacted topic).
     With Aerospike one shared store is fed once: the feed joins a consumer group and Kafka
     spreads the partitions over the workers.
+
+    ``group_id``: the consumer group of a shared store, ``None`` for a copy per worker;
+    ``client_options``: aiokafka's connection arguments (``foundation.kafka.client_options``).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        topic: str,
         store: AttributeStore,
         metrics: Metrics,
         send_rejects: Callable[[Sequence[tuple[ConsumerRecord, str]]], Awaitable[None]],  # type: ignore[type-arg]
+        *,
+        group_id: str | None,
+        embedding_dim: int,
+        client_options: Mapping[str, Any],
     ) -> None:
         super().__init__()
-        self.settings = settings
+        self.topic = topic
         self.store = store
         self.metrics = metrics
         self.send_rejects = send_rejects
-        self.shared_store = settings.attribute_store != "embedded"
+        self.group_id = group_id
+        self.embedding_dim = embedding_dim
+        self.client_options = client_options
         self.caught_up = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
 
     async def on_start(self) -> None:
-        topic = self.settings.topic_item_attributes
-        options = client_options(self.settings)
-        if self.shared_store:
+        topic, options = self.topic, self.client_options
+        if self.group_id is not None:
             self._consumer = AIOKafkaConsumer(
                 topic,
-                group_id=f"{self.settings.app_id}-item-attributes",
+                group_id=self.group_id,
                 auto_offset_reset="earliest",
                 enable_auto_commit=True,
                 **options,
@@ -114,10 +121,10 @@ class ItemAttributesFeed(Service):
                 await self.apply(records)
             elif not self.caught_up.is_set():
                 self.caught_up.set()
-                log.info("item attributes loaded from %s", self.settings.topic_item_attributes)
+                log.info("item attributes loaded from %s", self.topic)
 
     async def apply(self, records: Sequence[ConsumerRecord]) -> None:  # type: ignore[type-arg]
-        upserts, deletes, rejected = plan_attribute_batch(records, self.settings.embedding_dim)
+        upserts, deletes, rejected = plan_attribute_batch(records, self.embedding_dim)
         while True:
             try:
                 if upserts:

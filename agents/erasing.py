@@ -36,12 +36,18 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 from mode import Service
 
-from nearline.agents.erasures import Erasure, decode_records, latest_by_member, read_to_end
+from nearline.agents.erasures import (
+    Erasure,
+    ErasuresTopic,
+    TopicReader,
+    decode_records,
+    latest_by_member,
+    read_to_end,
+)
 from nearline.attribute_store import AttributeStore
 from nearline.foundation import codec
-from nearline.foundation.kafka import partition_for_key, topic_reader
+from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.metrics import Metrics
-from nearline.foundation.settings import Settings
 from nearline.tables.online_store import OnlineStore
 from nearline.tables.pending import PendingResponses
 
@@ -60,7 +66,8 @@ class ErasureLog:
     ``erased_at`` (member id → erasure time) is what ingest looks each event's member up in.
     """
 
-    settings: Settings
+    topic: ErasuresTopic
+    reader: TopicReader
     erased_at: dict[str, float] = field(default_factory=dict)
     by_partition: dict[int, dict[str, Erasure]] = field(default_factory=dict)
     #: Told of each erasure read after :meth:`load` that is its member's latest.
@@ -73,24 +80,20 @@ class ErasureLog:
         if held is not None and held >= erasure.requested_at:
             return False
         self.erased_at[erasure.member_id] = erasure.requested_at
-        partition = partition_for_key(erasure.member_id.encode(), self.settings.topic_partitions)
+        partition = partition_for_key(erasure.member_id.encode(), self.topic.partitions)
         self.by_partition.setdefault(partition, {})[erasure.member_id] = erasure
         return True
 
     async def load(self) -> int:
         """Read the topic from its beginning to its end now; returns how many members."""
         # An erasure is due within seconds: a fetch waits at most 100 ms for one.
-        self._consumer = topic_reader(self.settings, fetch_max_wait_ms=100)
+        self._consumer = self.reader(fetch_max_wait_ms=100)
         await self._consumer.start()
-        found = await read_to_end(
-            self._consumer, self.settings.topic_erasures, self.settings.topic_partitions
-        )
+        found = await read_to_end(self._consumer, self.topic.name, self.topic.partitions)
         for erasure in latest_by_member(found).values():
             self.add(erasure)
         if self.erased_at:
-            log.info(
-                "%d erased members read from %s", len(self.erased_at), self.settings.topic_erasures
-            )
+            log.info("%d erased members read from %s", len(self.erased_at), self.topic.name)
         return len(self.erased_at)
 
     async def follow(self, should_stop: Callable[[], bool]) -> None:

@@ -25,15 +25,16 @@ from dataclasses import asdict, dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from nearline.foundation import codec
-from nearline.foundation.kafka import partition_for_key, topic_reader
+from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.limits import MAX_ID_LENGTH
-from nearline.foundation.settings import Settings
 
 __all__ = [
     "Erasure",
     "ErasureRequests",
+    "ErasuresTopic",
     "ErasuresUnreadable",
     "InvalidMemberId",
+    "TopicReader",
     "check_member_id",
     "decode_records",
     "latest_by_member",
@@ -49,6 +50,19 @@ _CONTROL = re.compile(r"[\x00-\x1f]")
 
 #: How long a partition of the erasures topic may go without answering a first fetch.
 _READ_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ErasuresTopic:
+    """The erasures topic: its name, and its partition count (the actions')."""
+
+    name: str
+    partitions: int
+
+
+#: A new consumer of no group, for reading whole topics (``foundation.kafka.topic_reader``
+#: with the connection settings bound); keyword arguments are aiokafka's.
+TopicReader = Callable[..., AIOKafkaConsumer]
 
 
 class ErasuresUnreadable(RuntimeError):
@@ -106,7 +120,7 @@ class Erasure:
 
 
 async def send_erasures(
-    producer: AIOKafkaProducer, settings: Settings, erasures: Iterable[Erasure]
+    producer: AIOKafkaProducer, topic: ErasuresTopic, erasures: Iterable[Erasure]
 ) -> None:
     """Produce ``erasures``; returns once the broker has acknowledged every one.
 
@@ -118,10 +132,10 @@ async def send_erasures(
         key = erasure.member_id.encode()
         sends.append(
             await producer.send(
-                settings.topic_erasures,
+                topic.name,
                 erasure.encode(),
                 key=key,
-                partition=partition_for_key(key, settings.topic_partitions),
+                partition=partition_for_key(key, topic.partitions),
             )
         )
     await asyncio.gather(*sends)
@@ -130,14 +144,14 @@ async def send_erasures(
 class ErasureRequests:
     """What the web app's ``DELETE /v1/members/{id}`` writes to: the erasures topic."""
 
-    def __init__(self, producer: Callable[[], AIOKafkaProducer], settings: Settings) -> None:
+    def __init__(self, producer: Callable[[], AIOKafkaProducer], topic: ErasuresTopic) -> None:
         self.producer = producer
-        self.settings = settings
+        self.topic = topic
 
     async def request(self, member_id: str, requested_by: str) -> Erasure:
         """Record an erasure of ``member_id``; returns it once the broker has it."""
         erasure = Erasure.new(member_id, requested_by)
-        await send_erasures(self.producer(), self.settings, [erasure])
+        await send_erasures(self.producer(), self.topic, [erasure])
         return erasure
 
 
@@ -187,14 +201,14 @@ async def read_to_end(consumer: AIOKafkaConsumer, topic: str, partitions: int) -
     return found
 
 
-async def read_erasures(settings: Settings) -> dict[str, Erasure]:
+async def read_erasures(reader: TopicReader, topic: ErasuresTopic) -> dict[str, Erasure]:
     """The latest erasure of every member erased, read from the whole topic now."""
-    consumer = topic_reader(settings)
+    consumer = reader()
     await consumer.start()
     try:
-        if settings.topic_erasures not in await consumer.topics():
+        if topic.name not in await consumer.topics():
             return {}  # no worker of this version ran yet: nobody was erased
-        erasures = await read_to_end(consumer, settings.topic_erasures, settings.topic_partitions)
+        erasures = await read_to_end(consumer, topic.name, topic.partitions)
     finally:
         await consumer.stop()
     return latest_by_member(erasures)

@@ -18,7 +18,6 @@ from nearline.agents.events import ActionEvent, InvalidEvent, parse_action
 from nearline.attribute_store import AttributeStore, StoreUnavailable, ingest_fields
 from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.metrics import Metrics
-from nearline.foundation.settings import Settings
 from nearline.tables.member_state import Applied, MemberState, RecentAction, Source
 from nearline.tables.online_store import OnlineStore
 
@@ -26,6 +25,7 @@ __all__ = [
     "BatchPlan",
     "DeadLetter",
     "IngestProcessor",
+    "IngestRules",
     "KafkaRecord",
     "SourceRecord",
     "plan_batch",
@@ -71,6 +71,23 @@ class SourceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestRules:
+    """What an action is checked against, and where it can be read from.
+
+    The few settings ingest reads, unpacked by the composition root (app/compose.py), so
+    this layer and its tests never need a whole configuration.
+    """
+
+    actions_of_interest: frozenset[str]
+    topic_actions: str
+    topic_repartition: str
+    max_event_bytes: int
+    retention: float  # older actions are invalid
+    max_future_skew: float  # actions further ahead of the clock are invalid
+    ts_from_record: bool  # an action without ``ts`` takes its record's timestamp
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     record: KafkaRecord
     reason: str
@@ -101,7 +118,7 @@ class BatchPlan:
 
 def plan_batch(
     records: Iterable[KafkaRecord],
-    settings: Settings,
+    rules: IngestRules,
     *,
     now: float,
     partitions: int,
@@ -116,23 +133,23 @@ def plan_batch(
     Pure, so every rule is testable without a broker.
     """
     plan = BatchPlan() if into is None else into
-    interesting = frozenset(settings.actions_of_interest)
+    interesting = rules.actions_of_interest
     # Plain ints, not the enum members: a tuple holding only ints and events (gc=False
     # structs) is left alone by the cyclic GC; with an enum member in it, 100k tuples per
     # batch were tracked and made planning ~1.5 µs per action slower.
     sources = {
-        settings.topic_actions: int(Source.ACTIONS),
-        settings.topic_repartition: int(Source.REPARTITION),
+        rules.topic_actions: int(Source.ACTIONS),
+        rules.topic_repartition: int(Source.REPARTITION),
     }
-    from_record = settings.ts_from_record
+    from_record = rules.ts_from_record
     for record in records:
         try:
             event = parse_action(
                 record.value,
                 now=now,
-                max_bytes=settings.max_event_bytes,
-                retention=settings.retention,
-                max_future_skew=settings.max_future_skew,
+                max_bytes=rules.max_event_bytes,
+                retention=rules.retention,
+                max_future_skew=rules.max_future_skew,
                 record_timestamp_ms=record.timestamp if from_record else None,
             )
             key = event.member_id.encode()
@@ -206,7 +223,7 @@ class IngestProcessor:
     def __init__(
         self,
         store: OnlineStore,
-        settings: Settings,
+        rules: IngestRules,
         metrics: Metrics,
         send_dead_letters: SendDeadLetters,
         send_repartitioned: SendRepartitioned,
@@ -219,7 +236,7 @@ class IngestProcessor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.settings = settings
+        self.rules = rules
         self.metrics = metrics
         self.send_dead_letters = send_dead_letters
         self.send_repartitioned = send_repartitioned
@@ -249,7 +266,7 @@ class IngestProcessor:
             chunk = records[start : start + _YIELD_EVERY]
             plan_batch(
                 chunk,
-                self.settings,
+                self.rules,
                 now=now,
                 partitions=self.store.partitions,
                 into=plan,

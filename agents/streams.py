@@ -30,14 +30,13 @@ from nearline.agents.outcomes import OutcomeJoiner
 from nearline.foundation.faust_internals import set_fetch_max_wait
 from nearline.foundation.loop_lag import LoopMonitor
 from nearline.foundation.metrics import Metrics
-from nearline.foundation.settings import Settings
 from nearline.model.registry import ModelRegistry
 from nearline.tables.online_store import OnlineStore
 
 if TYPE_CHECKING:
     from nearline.agents.ingest import BatchPlan
 
-__all__ = ["Agents", "apply_fetches", "every"]
+__all__ = ["Agents", "Schedule", "apply_fetches", "every"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +88,23 @@ def every(app: faust.App, seconds: float, name: str, timer: Callable[[], Awaitab
     app.timer(timedelta(seconds=seconds), name=name)(timer)
 
 
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """How much the agents' tasks take at a time and how often their timers run (seconds)."""
+
+    batch_max: int  # records per applied batch
+    fetch_max_wait: float  # how long the consumer's fetcher waits for data
+    outcome_label_interval: float
+    sweep_interval: float
+    model_reload_interval: float
+    reload_models: bool  # a model directory is configured
+
+
 @dataclass
 class Agents:
     """What the agents work on; :meth:`register` puts them on the Faust app."""
 
-    settings: Settings
+    schedule: Schedule
     faust_app: faust.App
     consumer: Callable[[], BulkConsumer]
     actions: BulkChannel
@@ -109,22 +120,22 @@ class Agents:
     on_batch: Callable[[float, int, BatchPlan], None] = lambda now, handled, plan: None
 
     def register(self) -> None:
-        app, settings = self.faust_app, self.settings
+        app, schedule = self.faust_app, self.schedule
         app.task(self.ingest_actions)
         app.task(self.join_outcomes)
         app.task(self.loop_monitor.run)
         app.task(self.shorten_fetch_wait)
 
-        every(app, settings.outcome_label_interval, "outcomes-labelling", self.label_outcomes)
-        every(app, settings.sweep_interval, "retention-sweep", self.sweep_retention)
+        every(app, schedule.outcome_label_interval, "outcomes-labelling", self.label_outcomes)
+        every(app, schedule.sweep_interval, "retention-sweep", self.sweep_retention)
         every(app, 1.0, "erasure-reconcile", self.eraser.reconcile)
-        every(app, settings.model_reload_interval, "model-reload", self.reload_model)
+        every(app, schedule.model_reload_interval, "model-reload", self.reload_model)
 
     # -- tasks -------------------------------------------------------------------------
 
     async def ingest_actions(self) -> None:
         """Actions (and those forwarded by the repartition topic) into the online store."""
-        await apply_fetches(self.actions, self.consumer, self._ingest, self.settings.batch_max)
+        await apply_fetches(self.actions, self.consumer, self._ingest, self.schedule.batch_max)
 
     async def _ingest(self, records: list[Any], current: Callable[[], bool]) -> Awaitable[None]:
         plan, acknowledged = await self.ingest.apply(records, current=current)
@@ -133,7 +144,7 @@ class Agents:
 
     async def join_outcomes(self) -> None:
         """Logged responses queued until their outcomes are labelled."""
-        await apply_fetches(self.responses, self.consumer, self._join, self.settings.batch_max)
+        await apply_fetches(self.responses, self.consumer, self._join, self.schedule.batch_max)
 
     async def _join(self, records: list[Any], current: Callable[[], bool]) -> None:
         await self.outcomes.add(records)  # acknowledged by the broker on return
@@ -144,7 +155,7 @@ class Agents:
         A broker that does not answer a fetch as soon as data arrives (the embedded one,
         for a fetch spanning several topics) otherwise holds every fresh action that long.
         """
-        if not await set_fetch_max_wait(self.faust_app, self.settings.fetch_max_wait):
+        if not await set_fetch_max_wait(self.faust_app, self.schedule.fetch_max_wait):
             log.warning("could not set the consumer's fetch wait; freshness may suffer")
 
     # -- timers ------------------------------------------------------------------------
@@ -166,7 +177,5 @@ class Agents:
     async def reload_model(self) -> None:
         # In a thread: the first model loaded imports torch (a second or more of CPU),
         # which on the event loop would stall every request meanwhile.
-        if self.settings.model_dir is not None and await asyncio.to_thread(
-            self.models.maybe_reload
-        ):
+        if self.schedule.reload_models and await asyncio.to_thread(self.models.maybe_reload):
             log.info("now ranking with model %s", self.models.active.version)

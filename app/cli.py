@@ -259,9 +259,9 @@ def export_training(out: Path) -> None:
     Examples of erased members (requested at or before their erasure) are left out.
     """
     from nearline.agents.erasures import ErasuresUnreadable
+    from nearline.app.compose import vectorizer_from_settings
     from nearline.app.exporting import ExportError
     from nearline.app.exporting import export_training as export
-    from nearline.app.model_settings import vectorizer_from_settings
 
     settings = _settings()
     names = vectorizer_from_settings(settings).feature_names
@@ -279,7 +279,7 @@ def export_training(out: Path) -> None:
 
 def _registry(model_dir: Path | None, settings: Settings) -> Any:
     """The model registry of ``--model-dir`` or NEARLINE_MODEL_DIR."""
-    from nearline.app.model_settings import vectorizer_from_settings
+    from nearline.app.compose import vectorizer_from_settings
     from nearline.model.registry import ModelRegistry
 
     directory = model_dir or settings.model_dir
@@ -398,6 +398,7 @@ def train(
 def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
     """The examples of the file, less those of members erased (the erasures topic now)."""
     from nearline.agents.erasures import ErasuresUnreadable, read_erasures
+    from nearline.app.compose import erasures_topic, topic_reader_of
     from nearline.app.exporting import without_erased
     from nearline.model.dataset import read_examples
 
@@ -405,7 +406,9 @@ def _without_erased(examples: Path, settings: Settings, skip: bool) -> Any:
     if skip:
         return data
     try:
-        erasures = _run(read_erasures(settings), settings)
+        erasures = _run(
+            read_erasures(topic_reader_of(settings), erasures_topic(settings)), settings
+        )
     except ErasuresUnreadable as exc:
         raise click.ClickException(str(exc)) from None
     data, left_out = without_erased(data, erasures)
@@ -467,6 +470,7 @@ async def _send_erasures(settings: Settings, erasures: list[Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
     from nearline.agents.erasures import send_erasures
+    from nearline.app.compose import erasures_topic
     from nearline.foundation.kafka import client_options
     from nearline.foundation.topics import ensure_topics
 
@@ -474,7 +478,7 @@ async def _send_erasures(settings: Settings, erasures: list[Any]) -> None:
     producer = AIOKafkaProducer(**client_options(settings, producer=True))
     await producer.start()
     try:
-        await send_erasures(producer, settings, erasures)
+        await send_erasures(producer, erasures_topic(settings), erasures)
     finally:
         await producer.stop()
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from nearline.agents.erasures import Erasure, read_erasures
 from nearline.agents.outcomes import feature_set_id
+from nearline.app.compose import erasures_topic, topic_reader_of
 from nearline.foundation import codec
 from nearline.foundation.kafka import topic_reader
 from nearline.foundation.settings import Settings
@@ -117,6 +118,8 @@ async def export_training(
     erasures topic read now, after the examples): returns them and how many were left out."""
     values = await read_topic(settings, settings.topic_training_examples)
     examples = examples_to_set([codec.loads(v) for v in values], feature_names)
-    examples, left_out = without_erased(examples, await read_erasures(settings))
+    examples, left_out = without_erased(
+        examples, await read_erasures(topic_reader_of(settings), erasures_topic(settings))
+    )
     write_examples(out, examples)
     return examples, left_out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from nearline.app.compose import attribute_store
 from nearline.attribute_store import (
     AttributeRecord,
     Kind,
@@ -16,7 +17,6 @@ from nearline.attribute_store import (
     encode_record,
     load_file,
 )
-from nearline.attribute_store import from_settings as attribute_store_from_settings
 from nearline.foundation.kafka import client_options
 from nearline.foundation.settings import Settings
 
@@ -48,7 +48,7 @@ async def load_attributes(
 async def _sink(settings: Settings, direct: bool) -> AsyncIterator[Sink]:
     """Where records go: the attribute store itself, or the item-attributes topic."""
     if direct:
-        store = attribute_store_from_settings(settings)
+        store = attribute_store(settings)
         try:
             yield store.put_many
         finally:

@@ -40,6 +40,13 @@ from aiokafka import AIOKafkaProducer
 
 from nearline.agents.erasures import ErasureRequests
 from nearline.agents.sinks import ProducerRecommendationsLog
+from nearline.app.compose import (
+    attribute_store,
+    cached_attributes,
+    erasures_topic,
+    model_registry,
+    state_policy,
+)
 from nearline.app.console.timeline import IngestTimeline
 from nearline.app.lag import PartitionLag
 from nearline.app.recommend import Recommender
@@ -47,20 +54,16 @@ from nearline.app.web import WebServices
 from nearline.app.web_app import create_web_app
 from nearline.attribute_store import (
     AttributeStore,
-    CachedAttributeStore,
     EmbeddedAttributeStore,
     StoreHealth,
     split_fields,
 )
-from nearline.attribute_store import from_settings as attribute_store_from_settings
 from nearline.foundation.kafka import client_options
 from nearline.foundation.metrics import ServingMetrics
 from nearline.foundation.serving_link import WorkerFollower, heartbeat_path, serving_dir
 from nearline.foundation.settings import Settings, load_settings
 from nearline.foundation.sockets import reuse_port_socket
-from nearline.model.registry import ModelRegistry
 from nearline.tables.features import FeatureReader
-from nearline.tables.member_state import StatePolicy
 from nearline.tables.online_store import MEMBERS_TABLE, OnlineStore
 from nearline.tables.secondary import SecondarySizes, SecondaryTable
 
@@ -171,7 +174,7 @@ def _attribute_store(settings: Settings, secondary_root: Path) -> AttributeStore
         return EmbeddedAttributeStore.secondary(
             Path(settings.data_dir) / "attributes", secondary_root / "attributes"
         )
-    return attribute_store_from_settings(settings)
+    return attribute_store(settings)
 
 
 async def _every(seconds: float, work: Any) -> None:
@@ -202,10 +205,10 @@ async def _serve(settings: Settings, index: int) -> None:
         ),
         on_catch_up=metrics.catch_up_seconds.observe,
     )
-    store = OnlineStore(members, StatePolicy.from_settings(settings), settings.topic_partitions)
+    store = OnlineStore(members, state_policy(settings), settings.topic_partitions)
     attributes = _attribute_store(settings, secondary_root)
-    cached = CachedAttributeStore.from_settings(attributes, settings)
-    models = ModelRegistry.from_settings(settings)
+    cached = cached_attributes(attributes, settings)
+    models = model_registry(settings)
     if settings.model_dir is not None:
         models.load_latest()
     producer = AIOKafkaProducer(**client_options(settings, producer=True))
@@ -237,7 +240,7 @@ async def _serve(settings: Settings, index: int) -> None:
             attributes=cached,
             http=http,
             # Produced here, to the member's partition: its owner applies it.
-            erasures=ErasureRequests(lambda: producer, settings),
+            erasures=ErasureRequests(lambda: producer, erasures_topic(settings)),
             worker=Link(follower, members, settings),
         )
     )

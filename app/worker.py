@@ -7,10 +7,7 @@ is the composition root that wires the parts together.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,83 +15,53 @@ import faust
 import httpx
 import uvloop
 from aiokafka import AIOKafkaConsumer
+from starlette.applications import Starlette
 
-from nearline.agents.attributes import ItemAttributesFeed
 from nearline.agents.bulk import BulkChannel, BulkConsumer
-from nearline.agents.erasing import Eraser, ErasureLog
+from nearline.agents.erasing import Eraser
 from nearline.agents.erasures import ErasureRequests
 from nearline.agents.examples_topic import KafkaExamplesTopic
 from nearline.agents.ingest import IngestProcessor
 from nearline.agents.outcomes import OutcomeJoiner
 from nearline.agents.sinks import DeadLetters, RecommendationsLog, Repartition
 from nearline.agents.streams import Agents, every
+from nearline.app.compose import (
+    agent_schedule,
+    attribute_store,
+    cached_attributes,
+    erasure_log,
+    erasures_topic,
+    ingest_rules,
+    item_attributes_feed,
+    model_registry,
+    state_policy,
+)
 from nearline.app.console.timeline import IngestTimeline
 from nearline.app.experiments import LiveResults
 from nearline.app.lag import LagMonitor
 from nearline.app.publisher import StatePublisher
 from nearline.app.recommend import Recommender
 from nearline.app.status import WorkerStatus
+from nearline.app.tuning import faust_app, table_options, tune_gc, worker_port
 from nearline.app.web import WebServices
 from nearline.app.web_app import create_web_app
-from nearline.app.web_server import WebServer, WebServerError
-from nearline.attribute_store import CachedAttributeStore, split_fields
-from nearline.attribute_store import from_settings as attribute_store_from_settings
+from nearline.app.web_server import WebServer
+from nearline.attribute_store import split_fields
 from nearline.foundation.broker_workarounds import BrokerWorkarounds
 from nearline.foundation.faust_internals import check_faust, kafka_producer, partition_path
-from nearline.foundation.kafka import client_options, ssl_context
+from nearline.foundation.kafka import client_options
 from nearline.foundation.loop_lag import LoopMonitor
 from nearline.foundation.metrics import Metrics
 from nearline.foundation.serving_link import WriteCounters, serving_dir
 from nearline.foundation.settings import Settings
 from nearline.foundation.topics import ensure_topics
 from nearline.model.registry import ModelRegistry
-from nearline.tables.changelog import ChangelogTable
+from nearline.tables.changelog import ChangelogTable, discard_untrusted_state, mark_clean_stop
 from nearline.tables.features import FeatureReader
-from nearline.tables.member_state import StatePolicy
 from nearline.tables.online_store import MEMBERS_TABLE, OnlineStore
 from nearline.tables.pending import PENDING_TABLE, PendingResponses
 
 __all__ = ["Nearline", "run_worker"]
-
-log = logging.getLogger(__name__)
-
-
-def _credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
-    context = ssl_context(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=context,
-        )
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
-
-
-def _faust_app(settings: Settings, workarounds: BrokerWorkarounds) -> faust.App:
-    return faust.App(
-        settings.app_id,
-        broker=settings.broker_url,
-        broker_credentials=_credentials(settings),
-        store="rocksdb://",
-        datadir=str(settings.data_dir),
-        web_enabled=False,
-        canonical_url=settings.web_url,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
-        table_standby_replicas=settings.standby_replicas,
-        consumer_auto_offset_reset="earliest",
-        # One fetch is at most one ingest batch (changelog recovery reads in these too).
-        broker_max_poll_records=settings.batch_max,
-        # An ingest batch writes megabytes of changelog; 16 KiB producer batches (Faust's
-        # default) made that one small produce request after another.
-        producer_max_batch_size=1 << 20,
-        producer_max_request_size=4 << 20,
-        autodiscover=False,
-        **workarounds.faust_options(),
-    )
 
 
 class Nearline:
@@ -102,14 +69,53 @@ class Nearline:
 
     The composition root: it builds the Faust app, the tables, the stores, the sinks and
     the services, and hands each part only the few others it uses. Nothing else in
-    nearline imports it.
+    nearline imports it. How each part is tuned is decided in :mod:`nearline.app.tuning`
+    and :mod:`nearline.app.compose`.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = metrics = Metrics()
+        self.metrics = Metrics()
         workarounds = BrokerWorkarounds.from_settings(settings)
-        self.faust = _faust_app(settings, workarounds)
+        self.faust = faust_app(settings, workarounds)
+        consumed = self._consume_in_bulk()
+        self._build_state(workarounds)
+        # Every erasure, read before anything is applied (prepare) and followed from there.
+        self.erasure_log = erasure_log(settings)
+        self.examples_topic = KafkaExamplesTopic(
+            settings.topic_training_examples, lambda: kafka_producer(self.faust), self._client
+        )
+        outcomes = self._build_processors()
+        models = model_registry(settings)
+        if settings.model_dir is not None:
+            settings.model_dir.mkdir(parents=True, exist_ok=True)
+            models.load_latest()
+        self.metrics.outcomes_behind.set_function(outcomes.oldest_due_seconds)
+        experiment = LiveResults(settings, models, self._client, self.metrics.show_arm_results)
+        status = self._build_status(consumed)
+        timeline = IngestTimeline()  # the console's ingest rate and freshness
+        self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
+        self.web = self._build_web(status, models, experiment, timeline)
+        Agents(
+            schedule=agent_schedule(settings),
+            faust_app=self.faust,
+            consumer=self._bulk_consumer,
+            actions=self.actions_channel,
+            responses=self.log_channel,
+            ingest=self.ingest,
+            outcomes=outcomes,
+            eraser=self.eraser,
+            store=self.store,
+            models=models,
+            metrics=self.metrics,
+            loop_monitor=LoopMonitor(self.metrics.registry),
+            on_batch=timeline.record_batch,
+        ).register()
+        self._add_timers(status, experiment)
+
+    def _consume_in_bulk(self) -> tuple[str, ...]:
+        """Route the consumed topics' records to their tasks a fetch at a time."""
+        settings = self.settings
         consumed = (
             settings.topic_actions,
             # Co-partitioned with the actions (same partition count, same subscribers), so
@@ -133,7 +139,11 @@ class Nearline:
         self.faust.transport.Consumer = BulkConsumer.delivering_to(  # type: ignore[misc]
             self.actions_channel, self.log_channel
         )
+        return consumed
 
+    def _build_state(self, workarounds: BrokerWorkarounds) -> None:
+        """The online store, the responses waiting for their outcomes, the attributes."""
+        settings = self.settings
         # With serving processes, every local write of the members table bumps a counter
         # they watch (foundation/serving_link.py).
         self.counters = (
@@ -143,32 +153,21 @@ class Nearline:
             if settings.serve_processes
             else None
         )
-        # State: the online store and the responses waiting for their outcomes.
         self.members = self._changelog_table(
             MEMBERS_TABLE,
             workarounds,
             on_local_write=None if self.counters is None else self.counters.bump,
         )
-        self.store = OnlineStore(
-            self.members,
-            StatePolicy.from_settings(settings),
-            settings.topic_partitions,
-        )
+        self.store = OnlineStore(self.members, state_policy(settings), settings.topic_partitions)
         self.pending = PendingResponses(self._changelog_table(PENDING_TABLE, workarounds))
-        join_fields = split_fields(settings.join_at_ingest, settings.join_at_read)
-        self.attributes = attribute_store_from_settings(settings)
-        attributes_cached = CachedAttributeStore.from_settings(self.attributes, settings)
+        self.join_fields = split_fields(settings.join_at_ingest, settings.join_at_read)
+        self.attributes = attribute_store(settings)
+        self.attributes_cached = cached_attributes(self.attributes, settings)
 
-        # Sinks: the topics the agents and the API write.
-        dead_letters = DeadLetters(self.faust, settings.topic_dlq)
-        self.examples_topic = KafkaExamplesTopic(
-            settings.topic_training_examples, lambda: kafka_producer(self.faust), self._client
-        )
-
-        # Every erasure, read before anything is applied (prepare) and followed from there.
-        self.erasure_log = ErasureLog(settings)
-
-        # Agents' processors.
+    def _build_processors(self) -> OutcomeJoiner:
+        """The agents' processors (ingest, outcomes, attributes, erasures) and their sinks;
+        returns the outcome joiner, which the agents and a metric are handed."""
+        settings, metrics, faust_app = self.settings, self.metrics, self.faust
         outcomes = OutcomeJoiner(
             self.pending,
             self.store,
@@ -180,40 +179,35 @@ class Nearline:
         )
         self.ingest = IngestProcessor(
             self.store,
-            settings,
+            ingest_rules(settings),
             metrics,
-            dead_letters.send_actions,
-            Repartition(self.faust, settings.topic_repartition).send,
-            attributes=attributes_cached,
-            ingest_fields=join_fields.ingest,
+            DeadLetters(faust_app, settings.topic_dlq).send_actions,
+            Repartition(faust_app, settings.topic_repartition).send,
+            attributes=self.attributes_cached,
+            ingest_fields=self.join_fields.ingest,
             record_reactions=outcomes.record_reactions,
             erased=self.erasure_log.erased_at,
         )
-        self.attribute_feed = ItemAttributesFeed(
+        self.attribute_feed = item_attributes_feed(
             settings,
-            attributes_cached,
+            self.attributes_cached,
             metrics,
-            DeadLetters(self.faust, f"{settings.topic_item_attributes}.dlq").send_items,
+            DeadLetters(faust_app, f"{settings.topic_item_attributes}.dlq").send_items,
         )
-        models = ModelRegistry.from_settings(settings)
-        if settings.model_dir is not None:
-            settings.model_dir.mkdir(parents=True, exist_ok=True)
-            models.load_latest()
-        metrics.outcomes_behind.set_function(outcomes.oldest_due_seconds)
-        experiment = LiveResults(settings, models, self._client, metrics.show_arm_results)
-
-        faust_app = self.faust
         self.eraser = Eraser(
             self.erasure_log,
             self.store,
             self.pending,
-            attributes_cached,  # through the cache: a deleted record is forgotten there too
+            self.attributes_cached,  # through the cache: a deleted record is forgotten there too
             metrics,
             moving=lambda: bool(faust_app.rebalancing or faust_app.in_recovery),
             generation=lambda: int(faust_app.consumer_generation_id),
         )
+        return outcomes
 
-        # What the worker says about itself.
+    def _build_status(self, consumed: tuple[str, ...]) -> WorkerStatus:
+        """What the worker says about itself: its lag, readiness and health."""
+        faust_app = self.faust
         self.lag = LagMonitor(
             self._bulk_consumer,
             consumed,
@@ -221,61 +215,55 @@ class Nearline:
             # Lag counts as a stall only while no partitions move and no state recovers.
             counting=lambda: not (faust_app.rebalancing or faust_app.in_recovery),
         )
-        metrics.track_lag(self.lag.snapshot)
-        status = WorkerStatus(
-            self.faust,
+        self.metrics.track_lag(self.lag.snapshot)
+        return WorkerStatus(
+            faust_app,
             self.store,
             self.lag,
             self.actions_channel,
             self.attributes,
-            metrics,
-            stall_timeout=settings.stall_timeout,
-            rebalance_timeout=settings.rebalance_timeout,
+            self.metrics,
+            stall_timeout=self.settings.stall_timeout,
+            rebalance_timeout=self.settings.rebalance_timeout,
         )
-        timeline = IngestTimeline()  # the console's ingest rate and freshness
 
-        # The HTTP API.
-        self.http = httpx.AsyncClient(timeout=settings.forward_timeout)
-        self.web = create_web_app(
+    def _build_web(
+        self,
+        status: WorkerStatus,
+        models: ModelRegistry,
+        experiment: LiveResults,
+        timeline: IngestTimeline,
+    ) -> Starlette:
+        """The HTTP API."""
+        settings, cached = self.settings, self.attributes_cached
+        return create_web_app(
             WebServices(
                 settings=settings,
-                metrics=metrics,
+                metrics=self.metrics,
                 features=FeatureReader(
-                    self.store, attributes_cached, join_fields, timeout=settings.forward_timeout
+                    self.store, cached, self.join_fields, timeout=settings.forward_timeout
                 ),
                 status=status,
                 recommender=Recommender(
                     models,
-                    attributes_cached,
+                    cached,
                     RecommendationsLog(self.faust, settings.topic_recommendations_log),
                     log_candidates=settings.log_candidates,
                 ),
                 timeline=timeline,
                 models=models,
-                attributes=attributes_cached,
+                attributes=cached,
                 http=self.http,
-                erasures=ErasureRequests(lambda: kafka_producer(self.faust), settings),
+                erasures=ErasureRequests(
+                    lambda: kafka_producer(self.faust), erasures_topic(settings)
+                ),
                 experiment=experiment,
             )
         )
 
-        Agents(
-            settings=settings,
-            faust_app=self.faust,
-            consumer=self._bulk_consumer,
-            actions=self.actions_channel,
-            responses=self.log_channel,
-            ingest=self.ingest,
-            outcomes=outcomes,
-            eraser=self.eraser,
-            store=self.store,
-            models=models,
-            metrics=metrics,
-            loop_monitor=LoopMonitor(metrics.registry),
-            on_batch=timeline.record_batch,
-        ).register()
-
-        # The worker's own timers, beside the agents'.
+    def _add_timers(self, status: WorkerStatus, experiment: LiveResults) -> None:
+        """The worker's own timers, beside the agents'."""
+        faust_app, settings = self.faust, self.settings
         every(faust_app, settings.lag_interval, "consumer-lag", status.refresh_lag)
         every(faust_app, 5.0, "attribute-store-health", status.check_attribute_store)
         every(faust_app, 1.0, "experiment-results", experiment.poll)
@@ -307,12 +295,7 @@ class Nearline:
             partitions=settings.topic_partitions,
             key_type=bytes,  # bytes in and out: the stores have their own codecs
             value_type=bytes,
-            options={
-                "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
-                "max_write_buffer_number": 3,
-                "block_cache_size": settings.rocksdb_block_cache_mb << 20,
-                "block_cache_compressed_size": 0,
-            },
+            options=table_options(settings),
         )
         return ChangelogTable(
             self.faust,
@@ -353,80 +336,28 @@ class _Worker(faust.Worker):
         self.spinner = None
 
 
-def _check_port_free(host: str, port: int, variable: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise WebServerError(
-                f"cannot serve HTTP on {host}:{port} ({exc.strerror}); "
-                f"set {variable} to a free port"
-            ) from None
-
-
-def _clean_stop_marker(tabledir: Path) -> Path:
-    return tabledir.parent / "tables-stopped-cleanly"
-
-
 async def prepare(settings: Settings, nearline: Nearline) -> None:
     """Create missing topics; drop local state that its changelogs may not back; read
     every erasure before anything is applied (agents/erasing.py)."""
     topics = (await ensure_topics(settings)).present
     await nearline.erasure_log.load()
-    tabledir = Path(nearline.faust.conf.tabledir)
-    marker = _clean_stop_marker(tabledir)
-    untrusted = None
-    if tabledir.exists() and nearline.store.changelog_topic not in topics:
-        # A new (or restarted, memory-only) broker: the old RocksDB state would be
-        # trusted by recovery although no changelog backs it any more.
-        untrusted = "the changelog topic is new"
-    elif tabledir.exists() and not marker.exists():
-        # Killed, or stopped with a write its changelog did not acknowledge: RocksDB may
-        # hold what the changelogs lack (tables/changelog.py).
-        untrusted = "the last run did not stop cleanly"
-    if untrusted is not None:
-        log.warning(
-            "%s: discarding local state in %s; it is restored from the changelogs",
-            untrusted,
-            tabledir,
-        )
-        shutil.rmtree(tabledir)
-    marker.unlink(missing_ok=True)  # until this run stops cleanly
-
-
-def _mark_clean_stop(nearline: Nearline) -> None:
-    """After a clean stop with every table write acknowledged, local state may be kept."""
-    if nearline.members.unsettled or nearline.pending.table.unsettled:
-        log.warning("a table write was not acknowledged: local state is restored next start")
-        return
-    tabledir = Path(nearline.faust.conf.tabledir)
-    if tabledir.exists():
-        _clean_stop_marker(tabledir).touch()
+    discard_untrusted_state(
+        Path(nearline.faust.conf.tabledir),
+        changelog_is_new=nearline.store.changelog_topic not in topics,
+    )
 
 
 def run_worker(settings: Settings) -> None:
     """Run one worker (ingest agent + HTTP API) until SIGINT/SIGTERM."""
     check_faust()
-    # With serving processes the public port is theirs; the worker keeps its probes,
-    # metrics and console data on a port of its own.
-    port, variable = (
-        (settings.worker_port, "NEARLINE_WORKER_PORT")
-        if settings.serve_processes
-        else (settings.web_port, "NEARLINE_WEB_PORT")
-    )
-    _check_port_free(settings.web_host, port, variable)
+    port = worker_port(settings)
     # uvloop for every loop of the worker (Faust's consumer thread makes its own).
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     nearline = Nearline(settings)
     loop.run_until_complete(prepare(settings, nearline))
-    # An ingest batch decodes hundreds of thousands of short-lived lists and dicts (member
-    # states, events); with the default thresholds the cyclic GC ran every few hundred of
-    # them and re-scanned everything alive. Objects from start-up are frozen out of it.
-    gc.freeze()
-    gc.set_threshold(100_000, 20, 100)
+    tune_gc()
     web = WebServer(nearline.web, settings.web_host, port)
     worker = _Worker(
         nearline.faust,
@@ -440,5 +371,8 @@ def run_worker(settings: Settings) -> None:
         worker.execute_from_commandline()
     except SystemExit as stopped:
         if stopped.code in (0, None):
-            _mark_clean_stop(nearline)
+            mark_clean_stop(
+                Path(nearline.faust.conf.tabledir),
+                unsettled=nearline.members.unsettled or nearline.pending.table.unsettled,
+            )
         raise

@@ -33,7 +33,6 @@ from nearline.attribute_store.store import AttributeStore, StoreHealth
 
 if TYPE_CHECKING:
     from nearline.attribute_store.aerospike import AerospikeAttributeStore
-    from nearline.foundation.settings import Settings
 
 __all__ = [
     "KINDS",
@@ -58,7 +57,6 @@ __all__ = [
     "decode_record",
     "detect_format",
     "encode_record",
-    "from_settings",
     "ingest_fields",
     "item_ids",
     "join_at_read",
@@ -79,20 +77,3 @@ def __getattr__(name: str) -> Any:
 
         return AerospikeAttributeStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def from_settings(settings: Settings) -> AttributeStore:
-    """The backend ``NEARLINE_ATTRIBUTE_STORE`` names, configured from ``settings``.
-
-    Uncached: wrap it in :meth:`CachedAttributeStore.from_settings` for ingest-time joins.
-    The embedded store opens its RocksDB now; the Aerospike store connects on first use.
-    """
-    if settings.attribute_store == "aerospike":
-        from nearline.attribute_store.aerospike import AerospikeAttributeStore
-
-        return AerospikeAttributeStore.from_settings(settings)
-    if settings.attribute_store == "embedded":
-        return EmbeddedAttributeStore.in_data_dir(settings.data_dir)
-    raise ValueError(
-        f"NEARLINE_ATTRIBUTE_STORE={settings.attribute_store!r}: use embedded or aerospike"
-    )

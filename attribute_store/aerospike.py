@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from nearline.attribute_store.exceptions import StoreUnavailable
 from nearline.attribute_store.schema import (
@@ -47,9 +47,6 @@ with requires_extra("NEARLINE_ATTRIBUTE_STORE=aerospike"):
     from aerospike import exception as aerospike_errors
     from aerospike_helpers.batch.records import BatchRecords, Write
     from aerospike_helpers.operations import operations
-
-if TYPE_CHECKING:
-    from nearline.foundation.settings import Settings
 
 __all__ = [
     "AerospikeAttributeStore",
@@ -165,21 +162,6 @@ class AerospikeAttributeStore(AttributeStore):
         )
         # Seeds are tried one after another, each within the connect timeout.
         self._guard = connect_timeout * len(self.hosts) + total_timeout + _GUARD_MARGIN
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AerospikeAttributeStore:
-        return cls(
-            settings.aerospike_hosts,
-            namespace=settings.aerospike_namespace,
-            sets={"items": settings.aerospike_set_items, "members": settings.aerospike_set_members},
-            user=settings.aerospike_user,
-            password=settings.aerospike_password,
-            tls_name=settings.aerospike_tls_name,
-            tls_cafile=settings.aerospike_tls_cafile,
-            connect_timeout=settings.aerospike_connect_timeout,
-            total_timeout=settings.aerospike_total_timeout,
-            max_retries=settings.aerospike_retries,
-        )
 
     @property
     def where(self) -> str:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from nearline.attribute_store.schema import KINDS, AttributeRecord, Kind
 from nearline.attribute_store.store import AttributeStore, StoreHealth
-
-if TYPE_CHECKING:
-    from nearline.foundation.settings import Settings
 
 __all__ = ["CachedAttributeStore", "Watcher"]
 
@@ -57,10 +54,6 @@ class CachedAttributeStore(AttributeStore):
         self._cache: OrderedDict[tuple[Kind, str], tuple[float, object]] = OrderedDict()
         self.hits = 0
         self.misses = 0
-
-    @classmethod
-    def from_settings(cls, backend: AttributeStore, settings: Settings) -> CachedAttributeStore:
-        return cls(backend, maxsize=settings.attribute_cache_size, ttl=settings.attribute_cache_ttl)
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -22,11 +22,12 @@ import time
 from typing import Any
 
 from bench.harness import machine
+from nearline.app.compose import state_policy
 from nearline.app.traffic import generate_actions
 from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.settings import load_settings
 from nearline.tables.changelog import LocalTable
-from nearline.tables.member_state import MemberState, RecentAction, StatePolicy
+from nearline.tables.member_state import MemberState, RecentAction
 from nearline.tables.online_store import OnlineStore
 
 PARTITIONS = 4
@@ -64,7 +65,7 @@ def reads(store: OnlineStore, members: list[str], now: float) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(max_recent_actions=args.max_recent)
-    policy = StatePolicy.from_settings(settings)
+    policy = state_policy(settings)
     now = time.time()
     events = generate_actions(
         args.actions, members=args.members, items=50_000, seed=11, spread=args.spread

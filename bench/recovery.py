@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.harness import Stack, WorkerProcess, machine
 from nearline.app.broker import EmbeddedBroker
+from nearline.app.compose import state_policy
 from nearline.app.stack import StackError
 from nearline.app.traffic import generate_actions
 from nearline.foundation.kafka import partition_for_key
@@ -266,7 +267,7 @@ def recovery(
     """On a broker of its own, write ``members`` states to a changelog and time a worker
     with an empty data directory restoring them; raises :class:`RecoveryMismatch` if the
     restored state is not what was written."""
-    policy = StatePolicy.from_settings(load_settings())
+    policy = state_policy(load_settings())
     states, histories = member_histories(min(STATES, members), policy, time.time())
     with EmbeddedBroker() as broker:
         stack = Stack.isolated(broker, prefix="recovery")

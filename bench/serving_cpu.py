@@ -51,6 +51,7 @@ from starlette.types import Message
 from bench.harness import Samples, machine, paced, percentiles
 from bench.joins import _items
 from nearline.agents.erasures import Erasure
+from nearline.app.compose import cached_attributes, model_registry, state_policy
 from nearline.app.console.timeline import IngestTimeline
 from nearline.app.lag import PartitionLag
 from nearline.app.recommend import Recommender
@@ -58,7 +59,6 @@ from nearline.app.web import WebServices
 from nearline.app.web_app import create_web_app
 from nearline.app.web_server import WebServer
 from nearline.attribute_store import (
-    CachedAttributeStore,
     EmbeddedAttributeStore,
     ItemAttributes,
     StoreHealth,
@@ -70,10 +70,9 @@ from nearline.foundation import codec
 from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.metrics import Metrics
 from nearline.foundation.settings import Settings, load_settings
-from nearline.model.registry import ModelRegistry
 from nearline.tables.changelog import ChangelogTable, write_batch
 from nearline.tables.features import FeatureReader
-from nearline.tables.member_state import MemberState, RecentAction, StatePolicy
+from nearline.tables.member_state import MemberState, RecentAction
 from nearline.tables.online_store import OnlineStore
 
 #: Kept actions of the two kinds of member read: a light history and a full one (the
@@ -180,7 +179,7 @@ def fill_members(
     Actions are spread over the last two days, on random items, with the ingest-time
     fields (category, company, geo) joined as the worker's ingest would.
     """
-    policy = StatePolicy.from_settings(settings)
+    policy = state_policy(settings)
     joined = ingest_fields(items, split_fields(settings.join_at_ingest, []).ingest)
     ids = list(items)
     rng = random.Random(5)
@@ -338,11 +337,9 @@ class Bench:
         members_dir.mkdir()
         fill_members(members_dir, settings, items, args.members, time.time())
         self.table = ReadOnlyTable(members_dir, settings.topic_partitions)
-        store = OnlineStore(
-            self.table, StatePolicy.from_settings(settings), settings.topic_partitions
-        )
-        cached = CachedAttributeStore.from_settings(self.attributes_store, settings)
-        models = ModelRegistry.from_settings(settings)  # no model dir: the heuristic
+        store = OnlineStore(self.table, state_policy(settings), settings.topic_partitions)
+        cached = cached_attributes(self.attributes_store, settings)
+        models = model_registry(settings)  # no model dir: the heuristic
         self.log = EncodingLog()
         self.http = httpx.AsyncClient()
         web = create_web_app(

@@ -54,7 +54,6 @@ from nearline.model.scorer_config import Backend, ScorerConfig, configure_thread
 from nearline.model.vectorizer import Vectorizer, VectorizerConfig
 
 if TYPE_CHECKING:
-    from nearline.foundation.settings import Settings
     from nearline.model.scorer import Scorer
 
 __all__ = [
@@ -153,26 +152,6 @@ class ModelRegistry:
         self._refused: set[tuple[str, int]] = set()
         #: The running experiment, replaced by one assignment like ``active``.
         self.experiment: ServedExperiment | None = None
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, vectorizer: Vectorizer | None = None
-    ) -> ModelRegistry:
-        """``model_dir`` and ``torch_threads`` from settings; the vectorizer likewise."""
-        return cls(
-            settings.model_dir,
-            vectorizer
-            or Vectorizer(
-                VectorizerConfig.for_actions(
-                    settings.window_names,
-                    settings.actions_of_interest,
-                    half_life_s=settings.model_half_life,
-                    short_window_s=settings.model_short_window,
-                    embedding_dim=settings.embedding_dim,
-                )
-            ),
-            threads=settings.torch_threads,
-        )
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -408,7 +408,7 @@ class _Driver:
 
     def _registry(self) -> ModelRegistry:
         """The model directory the worker follows, as ``nearline experiment`` opens it."""
-        from nearline.app.model_settings import vectorizer_from_settings
+        from nearline.app.compose import vectorizer_from_settings
         from nearline.model.registry import ModelRegistry
 
         settings = self.stack.app_settings()
@@ -480,8 +480,8 @@ class _Driver:
 
     async def _train(self, client: httpx.AsyncClient, responses: int) -> None:
         """Export the warm-up's examples, train through the gate, wait for the worker."""
+        from nearline.app.compose import vectorizer_from_settings
         from nearline.app.exporting import examples_to_set, read_topic
-        from nearline.app.model_settings import vectorizer_from_settings
         from nearline.model.exceptions import ModelError
         from nearline.model.heuristic import HEURISTIC_VERSION
         from nearline.model.registry import ModelRegistry

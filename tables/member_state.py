@@ -51,7 +51,7 @@ from operator import itemgetter
 from typing import Any
 
 from nearline.foundation import codec
-from nearline.foundation.settings import Settings, format_duration
+from nearline.foundation.settings import format_duration
 
 __all__ = [
     "CHUNK_ROWS",
@@ -109,18 +109,6 @@ class StatePolicy:
     actions_of_interest: tuple[str, ...]
     dedupe_window: float = 86400.0
     dedupe_max_ids: int = 5000
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> StatePolicy:
-        return cls(
-            windows=tuple(settings.windows),
-            retention=settings.retention,
-            bucket=settings.bucket,
-            max_recent_actions=settings.max_recent_actions,
-            actions_of_interest=tuple(settings.actions_of_interest),
-            dedupe_window=settings.dedupe_window,
-            dedupe_max_ids=settings.dedupe_max_ids,
-        )
 
     @property
     def dedupe_bucket(self) -> float:

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from nearline.agents.ingest import SourceRecord, plan_batch
+from nearline.app.compose import ingest_rules
 from nearline.app.console.routes import parse_candidates, totals_by_label
 from nearline.app.console.timeline import (
     FRESHNESS_EDGES,
@@ -100,7 +101,7 @@ def _plan(actions: int, members: int) -> object:
         )
         for n, e in enumerate(generate_actions(actions, members=members, clock=lambda: NOW))
     ]
-    return plan_batch(records, settings, now=NOW, partitions=4)
+    return plan_batch(records, ingest_rules(settings), now=NOW, partitions=4)
 
 
 def test_a_batch_is_sampled_by_member_and_the_weights_add_up() -> None:

@@ -119,7 +119,7 @@ def test_train_leaves_out_members_erased_since_the_export(
     erased = int((examples.member_id == member).sum())
     erasures = {member: Erasure("x", member, float(examples.ts.max()), "test")}
 
-    async def read_erasures(settings: object) -> dict[str, Erasure]:
+    async def read_erasures(reader: object, topic: object) -> dict[str, Erasure]:
         return erasures  # the erasures topic, read after the file was written
 
     monkeypatch.setattr("nearline.agents.erasures.read_erasures", read_erasures)

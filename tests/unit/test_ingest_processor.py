@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nearline.agents.ingest import IngestProcessor, SourceRecord
+from nearline.agents.ingest import IngestProcessor, KafkaRecord, SourceRecord
+from nearline.app.compose import ingest_rules, state_policy
 from nearline.attribute_store import ItemAttributes, join_at_read
 from nearline.foundation import codec
 from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.metrics import Metrics
 from nearline.foundation.settings import load_settings
 from nearline.tables.changelog import LocalTable
-from nearline.tables.member_state import StatePolicy
 from nearline.tables.online_store import OnlineStore
 from tests.unit.attribute_store.conftest import RecordingStore, item
 
@@ -42,18 +43,21 @@ def record(
 async def _forwarded_then_applied(tmp_path: Path) -> None:
     metrics = Metrics()
     table = LocalTable(str(tmp_path / "members"), 4)
-    store = OnlineStore(table, StatePolicy.from_settings(SETTINGS), 4)  # type: ignore[arg-type]
+    store = OnlineStore(table, state_policy(SETTINGS), 4)  # type: ignore[arg-type]
     acknowledged = asyncio.Event()
-    sent: list[dict[int, list[tuple[bytes, SourceRecord]]]] = []
+    Forwards = Mapping[int, Sequence[tuple[bytes, KafkaRecord]]]
+    sent: list[Forwards] = []
 
-    async def send_repartitioned(forwards: dict[int, list[tuple[bytes, SourceRecord]]]) -> None:
+    async def send_repartitioned(forwards: Forwards) -> None:
         sent.append(forwards)
         await acknowledged.wait()  # the broker's acknowledgement, when the test says so
 
     async def send_dead_letters(letters: object) -> None:
         raise AssertionError(f"nothing here is a dead letter: {letters}")
 
-    processor = IngestProcessor(store, SETTINGS, metrics, send_dead_letters, send_repartitioned)  # type: ignore[arg-type]
+    processor = IngestProcessor(
+        store, ingest_rules(SETTINGS), metrics, send_dead_letters, send_repartitioned
+    )
     batch = [record(0, "a", misplaced=True), record(1, "b", misplaced=False)]
     processing = asyncio.ensure_future(processor.apply(batch))
     for _ in range(20):
@@ -104,7 +108,7 @@ async def _ingest_with_attributes(
     """Apply one action on each of j1, j2 and an unknown item; the member's stored actions."""
     metrics = Metrics()
     table = LocalTable(str(tmp_path / "members"), 4)
-    store = OnlineStore(table, StatePolicy.from_settings(SETTINGS), 4)  # type: ignore[arg-type]
+    store = OnlineStore(table, state_policy(SETTINGS), 4)  # type: ignore[arg-type]
     attributes = RecordingStore()
     await attributes.put_many([ATTRS["j1"], ATTRS["j2"]])
     attributes.fail = store_fails
@@ -114,7 +118,7 @@ async def _ingest_with_attributes(
 
     processor = IngestProcessor(
         store,
-        SETTINGS,
+        ingest_rules(SETTINGS),
         metrics,
         refuse,
         refuse,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from nearline.app.compose import state_policy
 from nearline.foundation import codec
 from nearline.foundation.settings import load_settings
 from nearline.tables.changelog import LocalTable
@@ -327,5 +328,5 @@ def test_retiring_chunks_beyond_the_cap_is_invisible_to_reads(table: LocalTable)
 
 
 def test_policy_from_settings() -> None:
-    policy = StatePolicy.from_settings(load_settings(windows="15m,2h", retention="2h", bucket="1m"))
+    policy = state_policy(load_settings(windows="15m,2h", retention="2h", bucket="1m"))
     assert policy.windows == (900.0, 7200.0) and policy.retention == 7200.0

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 from nearline.agents.ingest import SourceRecord, plan_batch
+from nearline.app.compose import ingest_rules
 from nearline.foundation import codec
 from nearline.foundation.kafka import partition_for_key
 from nearline.foundation.settings import load_settings
 from nearline.tables.member_state import Source
 
-SETTINGS = load_settings(actions_of_interest="click,apply")
-REPARTITION = SETTINGS.topic_repartition
+RULES = ingest_rules(load_settings(actions_of_interest="click,apply"))
+REPARTITION = RULES.topic_repartition
 
 
 def record(offset: int, member: str, action: str = "click", key: str | None = None) -> SourceRecord:
@@ -25,7 +26,7 @@ def record(offset: int, member: str, action: str = "click", key: str | None = No
 
 def test_groups_by_member_in_offset_order_and_drops_uninteresting() -> None:
     records = [record(0, "a"), record(1, "b", "view"), record(2, "a", "apply"), record(3, "c")]
-    plan = plan_batch(records, SETTINGS, now=time.time(), partitions=4)
+    plan = plan_batch(records, RULES, now=time.time(), partitions=4)
     a = plan.by_member[(partition_for_key(b"a", 4), b"a")]
     assert [(source, offset) for source, offset, _ in a] == [
         (Source.ACTIONS, 0),
@@ -36,7 +37,7 @@ def test_groups_by_member_in_offset_order_and_drops_uninteresting() -> None:
 
 
 def test_a_wrong_key_is_a_dead_letter() -> None:
-    plan = plan_batch([record(0, "a", key="b")], SETTINGS, now=time.time(), partitions=4)
+    plan = plan_batch([record(0, "a", key="b")], RULES, now=time.time(), partitions=4)
     assert [letter.reason for letter in plan.dead_letters] == ["key_mismatch"]
     assert not plan.by_member and not plan.forwards
 
@@ -48,7 +49,7 @@ def test_a_valid_action_on_another_partition_is_forwarded_to_its_owner() -> None
         (owner + 1) % 4, 1, b"a", record(1, "a").value, timestamp=5, headers=headers
     )
     uninteresting = SourceRecord((owner + 1) % 4, 2, b"a", record(2, "a", "view").value)
-    plan = plan_batch([misplaced, uninteresting], SETTINGS, now=time.time(), partitions=4)
+    plan = plan_batch([misplaced, uninteresting], RULES, now=time.time(), partitions=4)
     # The record itself (value, timestamp, headers), keyed by its member.
     assert plan.forwards == {owner: [(b"a", misplaced)]}
     assert plan.forwarded == 1
@@ -60,7 +61,7 @@ def test_an_action_without_a_key_is_keyed_by_its_member() -> None:
     owner = partition_for_key(b"a", 4)
     here = SourceRecord(owner, 0, None, record(0, "a").value)
     elsewhere = SourceRecord((owner + 1) % 4, 1, None, record(1, "a").value)
-    plan = plan_batch([here, elsewhere], SETTINGS, now=time.time(), partitions=4)
+    plan = plan_batch([here, elsewhere], RULES, now=time.time(), partitions=4)
     assert [offset for _, offset, _ in plan.by_member[(owner, b"a")]] == [0]
     assert plan.forwards == {owner: [(b"a", elsewhere)]}
     assert not plan.dead_letters
@@ -70,7 +71,7 @@ def test_the_repartition_topic_is_a_source_of_its_own() -> None:
     owner = partition_for_key(b"a", 4)
     direct = record(7, "a")
     forwarded = SourceRecord(owner, 7, b"a", record(3, "a").value, topic=REPARTITION)
-    plan = plan_batch([direct, forwarded], SETTINGS, now=time.time(), partitions=4)
+    plan = plan_batch([direct, forwarded], RULES, now=time.time(), partitions=4)
     events = plan.by_member[(owner, b"a")]
     assert [(source, offset) for source, offset, _ in events] == [
         (Source.ACTIONS, 7),
@@ -81,7 +82,7 @@ def test_the_repartition_topic_is_a_source_of_its_own() -> None:
 def test_a_misplaced_record_of_the_repartition_topic_is_a_dead_letter_not_a_loop() -> None:
     owner = partition_for_key(b"a", 4)
     stray = SourceRecord((owner + 1) % 4, 0, b"a", record(0, "a").value, topic=REPARTITION)
-    plan = plan_batch([stray], SETTINGS, now=time.time(), partitions=4)
+    plan = plan_batch([stray], RULES, now=time.time(), partitions=4)
     assert [letter.reason for letter in plan.dead_letters] == ["wrong_partition"]
     assert "NEARLINE_TOPIC_PARTITIONS" in plan.dead_letters[0].detail
     assert not plan.forwards
@@ -91,10 +92,10 @@ def test_a_missing_ts_takes_the_record_timestamp_if_the_settings_allow() -> None
     now = time.time()
     value = codec.dumps({"event_id": "e", "member_id": "a", "item_id": "i", "action": "click"})
     untimed = SourceRecord(partition_for_key(b"a", 4), 0, b"a", value, timestamp=int(now * 1000))
-    plan = plan_batch([untimed], SETTINGS, now=now, partitions=4)
+    plan = plan_batch([untimed], RULES, now=now, partitions=4)
     [(_, _, event)] = plan.by_member[(untimed.partition, b"a")]
     assert event.ts == int(now * 1000) / 1000
-    strict = load_settings(actions_of_interest="click", ts_from_record=False)
+    strict = ingest_rules(load_settings(actions_of_interest="click", ts_from_record=False))
     plan = plan_batch([untimed], strict, now=now, partitions=4)
     assert [letter.reason for letter in plan.dead_letters] == ["missing_field"]
 
@@ -132,7 +133,7 @@ def test_an_erased_members_events_up_to_the_erasure_are_counted_and_go_no_furthe
         at(3, "gone", now - 1),  # after it: a new start
         at(4, "kept", now - 10),
     ]
-    plan = plan_batch(records, SETTINGS, now=now, partitions=4, erased={"gone": now - 2})
+    plan = plan_batch(records, RULES, now=now, partitions=4, erased={"gone": now - 2})
     assert plan.erased == 3 and not plan.forwards
     gone = plan.by_member[(partition_for_key(b"gone", 4), b"gone")]
     assert [offset for _, offset, _ in gone] == [3]

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
 
 from nearline.agents.erasures import Erasure
+from nearline.app.compose import state_policy
 from nearline.app.console.timeline import IngestTimeline
 from nearline.app.lag import PartitionLag
 from nearline.app.openapi import FeaturesResponse, Ranking, SystemView
@@ -32,7 +33,7 @@ from nearline.foundation.metrics import Metrics
 from nearline.foundation.settings import Settings, load_settings
 from nearline.model.registry import ModelRegistry
 from nearline.model.vectorizer import Vectorizer, VectorizerConfig
-from nearline.tables.member_state import MemberState, StatePolicy
+from nearline.tables.member_state import MemberState
 from nearline.tables.online_store import NotOwned, Restoring
 from tests.unit.attribute_store.conftest import RecordingStore, item
 
@@ -54,7 +55,7 @@ class FakeFeatures:
     def __init__(
         self, settings: Settings, elsewhere: dict[str, NotOwned | Restoring] | None = None
     ) -> None:
-        self.policy = StatePolicy.from_settings(settings)
+        self.policy = state_policy(settings)
         self.elsewhere = elsewhere or {}
         self.asked: list[tuple[str, float]] = []
 

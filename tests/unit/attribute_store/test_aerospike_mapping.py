@@ -8,12 +8,8 @@ from pathlib import Path
 import aerospike
 import pytest
 
-from nearline.attribute_store import (
-    AerospikeAttributeStore,
-    EmbeddedAttributeStore,
-    ItemAttributes,
-    from_settings,
-)
+from nearline.app.compose import attribute_store
+from nearline.attribute_store import AerospikeAttributeStore, EmbeddedAttributeStore, ItemAttributes
 from nearline.attribute_store.aerospike import parse_host, record_from_bins, record_to_bins
 from nearline.foundation.settings import load_settings
 from tests.unit.attribute_store.conftest import item, member
@@ -72,7 +68,7 @@ def test_settings_become_timeouts_retries_tls_and_credentials(tmp_path: Path) ->
         aerospike_total_timeout="300ms",
         aerospike_retries=2,
     )
-    store = from_settings(settings)
+    store = attribute_store(settings)
     assert isinstance(store, AerospikeAttributeStore)
     assert store.sets == {"items": "jobs", "members": "members"}
     config = store.client_config()
@@ -92,8 +88,8 @@ def test_without_tls_or_user_the_config_has_neither() -> None:
     assert "tls" not in config and "user" not in config
 
 
-def test_from_settings_defaults_to_the_embedded_store_in_the_data_dir(tmp_path: Path) -> None:
-    store = from_settings(load_settings(data_dir=str(tmp_path)))
+def test_the_store_defaults_to_the_embedded_one_in_the_data_dir(tmp_path: Path) -> None:
+    store = attribute_store(load_settings(data_dir=str(tmp_path)))
     try:
         assert isinstance(store, EmbeddedAttributeStore)
         assert store.path == tmp_path / "attributes"

@@ -59,12 +59,13 @@ def test_save_writes_both_files_and_load_latest_picks_the_newest(
         registry.save(scorer_for(vectorizer, 3), {}, version="20250102-b")
 
 
-def test_from_settings_sets_dir_and_threads(tmp_path: Path) -> None:
+def test_model_registry_from_settings_sets_dir_and_threads(tmp_path: Path) -> None:
+    from nearline.app.compose import model_registry
     from nearline.foundation.settings import load_settings
 
     before = torch.get_num_threads()
     try:
-        registry = ModelRegistry.from_settings(load_settings(model_dir=tmp_path, torch_threads=1))
+        registry = model_registry(load_settings(model_dir=tmp_path, torch_threads=1))
         assert registry.model_dir == tmp_path and torch.get_num_threads() == 1
         assert registry.active.version == "heuristic-v1"
     finally:
@@ -80,9 +81,9 @@ def test_torch_loads_with_the_first_model_and_takes_the_configured_threads(
 import sys
 import nearline.app.cli, nearline.app.recommend, nearline.app.web, nearline.app.worker
 from nearline.foundation.settings import load_settings
-from nearline.model.registry import ModelRegistry
+from nearline.app.compose import model_registry
 settings = load_settings(model_dir={str(tmp_path)!r}, torch_threads=3)
-registry = ModelRegistry.from_settings(settings)
+registry = model_registry(settings)
 assert registry.load_latest().version == registry.served().version == "heuristic-v1"
 assert not registry.maybe_reload()
 assert "torch" not in sys.modules, "torch imported without a model"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from nearline.app.model_settings import vectorizer_from_settings
+from nearline.app.compose import vectorizer_from_settings
 from nearline.cli import main
 from nearline.foundation.settings import load_settings
 from nearline.model.dataset import split_by_time, write_examples

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nearline.app.model_settings import vectorizer_from_settings
+from nearline.app.compose import vectorizer_from_settings
 from nearline.foundation.settings import load_settings
 from nearline.model.geo import haversine_km, nearest_km
 from nearline.model.vectorizer import Vectorizer, VectorizerConfig
