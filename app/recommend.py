@@ -8,7 +8,7 @@ import uuid
 from typing import Annotated, Any, Literal, Protocol, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from nearline.attribute_store import CachedAttributeStore, ItemAttributes, Kind, StoreUnavailable
 from nearline.foundation.limits import MAX_AS_OF, MAX_ID_LENGTH
@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
+def _a_json_number(value: Any) -> Any:
+    """Refuse what Python would take for a number but JSON does not: true, false, "5"."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number, not a boolean or a string")
+    return value
+
+
 class RecommendationRequest(BaseModel):
     """The body of ``POST /v1/recommendations``.
 
@@ -45,9 +52,11 @@ class RecommendationRequest(BaseModel):
     member_id: Id
     # Checked item by item in pydantic's core: a Python validator cost ~30 us per 500.
     candidates: list[Id] = Field(min_length=1)
-    # Strict: JSON true and false are not 1 and 0, nor "5" a number.
-    k: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)
+    # A JSON integer: 5 and 5.0 (JSON Schema's integer is the value, not the spelling);
+    # never 5.5, true or "5".
+    k: Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(_a_json_number)] | None = None
     context: dict[str, Any] | None = None
+    # Strict: JSON true and false are not 1 and 0, nor "5" a number (an integer is a float).
     features_as_of: float | None = Field(
         default=None,
         strict=True,
