@@ -603,10 +603,31 @@ def experiment() -> None:
     multiple=True,
     required=True,
     help="NAME:VERSION:FEATURES:SHARE, e.g. control:heuristic-v1:fresh:0.5 (two or more; "
-    "FEATURES is fresh or daily, as of the previous midnight UTC; shares sum to 1).",
+    "FEATURES is fresh or daily, as of the day's start; shares sum to 1).",
+)
+@click.option(
+    "--day-origin",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="A daily arm's days start at this Unix time (and every --day-length from it); "
+    "the default, 0, with the default length is midnight UTC.",
+)
+@click.option(
+    "--day-length",
+    type=float,
+    default=86_400.0,
+    show_default=True,
+    help="A daily arm's day in seconds, e.g. shorter for a replay with a compressed clock.",
 )
 @_MODEL_DIR
-def experiment_start(experiment_id: str, arms: tuple[str, ...], model_dir: Path | None) -> None:
+def experiment_start(
+    experiment_id: str,
+    arms: tuple[str, ...],
+    day_origin: float,
+    day_length: float,
+    model_dir: Path | None,
+) -> None:
     """Start EXPERIMENT_ID; workers follow within NEARLINE_MODEL_RELOAD_INTERVAL.
 
     One experiment runs at a time: a second is refused until the first is stopped.
@@ -614,7 +635,12 @@ def experiment_start(experiment_id: str, arms: tuple[str, ...], model_dir: Path 
     from nearline.model.experiments import Experiment, parse_arm
 
     registry = _registry(model_dir, _settings())
-    started = Experiment(experiment_id, tuple(parse_arm(arm) for arm in arms))
+    started = Experiment(
+        experiment_id,
+        tuple(parse_arm(arm) for arm in arms),
+        day_origin=day_origin,
+        day_length=day_length,
+    )
     registry.start_experiment(started)
     click.echo(
         f"experiment {experiment_id} started with arms {', '.join(a.name for a in started.arms)}"

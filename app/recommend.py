@@ -140,6 +140,21 @@ class Recommender:
         since a ``daily`` arm reads them as of the previous midnight."""
         return self.registry.assign(member_id)
 
+    @staticmethod
+    def features_as_of(assignment: Assignment | None, asked: float | None = None) -> float:
+        """When to read the member's features: the caller's cut-off if it gave one, else the
+        start of a ``daily`` arm's day (the experiment's: midnight UTC by default), else now.
+
+        /v1/recommendations and the console's preview both ask here, so a preview ranks on
+        the features the member's arm would serve.
+        """
+        if asked is not None:
+            return asked
+        now = time.time()
+        if assignment is not None and assignment.arm.features == "daily":
+            return assignment.cutoff(now)
+        return now
+
     async def recommend(
         self,
         request: RecommendationRequest,

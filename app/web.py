@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -411,12 +410,7 @@ async def recommendations(request: Request) -> Response:
     check_candidates(len(ask.candidates), settings.max_candidates, ask.k)
     recommender: Recommender = request.app.state.recommender
     assignment = recommender.assign(ask.member_id)
-    if ask.features_as_of is not None:
-        as_of = ask.features_as_of  # the caller's cut-off wins over the arm's
-    elif assignment is not None and assignment.arm.features == "daily":
-        as_of = assignment.cutoff(time.time())  # the experiment's day: midnight UTC by default
-    else:
-        as_of = time.time()
+    as_of = recommender.features_as_of(assignment, ask.features_as_of)
     source: FeatureSource = request.app.state.features
     try:
         features = await source.features(ask.member_id, as_of)

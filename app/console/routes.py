@@ -207,7 +207,8 @@ async def _experiment(request: Request) -> Response:
 
 
 async def _ranking(request: Request) -> Response:
-    """The member's ranking of ``candidates``, as /v1/recommendations would answer now.
+    """The member's ranking of ``candidates``, as /v1/recommendations would answer now:
+    by the member's experiment arm (its ranker, on its features), if one runs.
 
     Not logged to the recommendations log: nobody was shown it, so it must not become a
     training example. Members of partitions owned elsewhere are ranked by their owner.
@@ -218,13 +219,14 @@ async def _ranking(request: Request) -> Response:
     candidates = parse_candidates(params.candidates)
     check_candidates(len(candidates), settings.max_candidates)
     ask = parse(RecommendationRequest, {"member_id": params.member_id, "candidates": candidates})
+    recommender: Recommender = state.recommender
+    assignment = recommender.assign(ask.member_id)
     source: FeatureSource = state.features
     try:
-        features = await source.features(ask.member_id, time.time())
+        features = await source.features(ask.member_id, recommender.features_as_of(assignment))
     except NotOwned as owner:
         return await forward_to_owner(request, owner)
-    recommender: Recommender = state.recommender
-    ranked = await recommender.recommend(ask, features, log_response=False)
+    ranked = await recommender.recommend(ask, features, log_response=False, assignment=assignment)
     attributes: CachedAttributeStore = state.attributes
     try:
         found = await attributes.get_many([i["item_id"] for i in ranked["items"]])

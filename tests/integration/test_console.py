@@ -14,7 +14,7 @@ import pytest
 from nearline.app.traffic import demo_items, demo_traffic_running
 from nearline.foundation import codec
 from nearline.foundation.kafka import partition_for_key
-from nearline.model.experiments import Arm, Experiment
+from nearline.model.experiments import Arm, Assigner, Experiment
 from nearline.model.heuristic import HEURISTIC_VERSION as H
 from nearline.model.registry import ModelRegistry
 from nearline.model.vectorizer import Vectorizer, VectorizerConfig
@@ -28,6 +28,19 @@ TOKEN = "console-test-token"
 ITEMS = 120
 #: Where the browser test leaves its screenshot (git-ignored), besides pytest's tmp dir.
 ARTIFACTS = REPO / "test-artifacts"
+#: The experiment that runs, for the console's panel: two arms of the heuristic.
+EXPERIMENT = Experiment("c1", (Arm("fresh", H, "fresh", 0.5), Arm("daily", H, "daily", 0.5)))
+
+
+def member_in(arm: str, prefix: str) -> str:
+    """A new member id that :data:`EXPERIMENT` puts in ``arm``."""
+    index = [a.name for a in EXPERIMENT.arms].index(arm)
+    assigner = Assigner(EXPERIMENT)
+    return next(
+        m
+        for m in (f"{prefix}-{uuid.uuid4().hex[:6]}" for _ in range(1000))
+        if assigner.index(m) == index
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +48,8 @@ def console_stack(broker, tmp_path_factory) -> Iterator[tuple[Deployment, Worker
     deployment = Deployment.isolated(
         broker, prefix="console", tmp=tmp_path_factory.mktemp("console"), log_level="INFO"
     )
-    # An experiment runs, for the console's panel: two arms of the heuristic.
     models = tmp_path_factory.mktemp("console-models")
-    arms = (Arm("fresh", H, "fresh", 0.5), Arm("daily", H, "daily", 0.5))
-    ModelRegistry(models, Vectorizer(VectorizerConfig())).start_experiment(Experiment("c1", arms))
+    ModelRegistry(models, Vectorizer(VectorizerConfig())).start_experiment(EXPERIMENT)
     worker = deployment.worker(NEARLINE_API_TOKEN=TOKEN, NEARLINE_MODEL_DIR=str(models))
     worker.start().wait_ready()
     deployment.produce_to(
@@ -106,6 +117,41 @@ def test_console_page_is_open_and_its_data_behind_the_token(
     assert codec.loads(logged[0].value)["request_id"] == served["request_id"]
 
 
+def test_the_preview_ranks_as_the_members_arm_serves(
+    console_stack: tuple[Deployment, Worker],
+) -> None:
+    """The preview uses the member's arm, as /v1/recommendations does: its ranker, on its
+    feature mode (a daily arm's member's actions of today are not in its features yet)."""
+    deployment, worker = console_stack
+    members = {arm.name: member_in(arm.name, "armed") for arm in EXPERIMENT.arms}
+    deployment.produce([action(m, 30, "apply") for m in members.values()])
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    candidates = ["item-1", "item-2", "item-0", "item-6"]
+    for arm, member in members.items():
+        features = f"{worker.url}/v1/members/{member}/features"
+        wait_until(
+            lambda url=features: httpx.get(url, headers=auth, timeout=5).json()["recent_actions"],
+            message=f"{member}'s apply applied",
+        )
+        preview = httpx.get(
+            f"{worker.url}/v1/console/members/{member}/ranking",
+            params={"candidates": ",".join(candidates)},
+            headers=auth,
+            timeout=5,
+        ).json()
+        served = httpx.post(
+            f"{worker.url}/v1/recommendations",
+            json={"member_id": member, "candidates": candidates},
+            headers=auth,
+            timeout=5,
+        ).json()
+        assert preview["experiment"] == served["experiment"] == {"id": "c1", "arm": arm}
+        assert preview["model_version"] == served["model_version"]
+        assert [i["item_id"] for i in preview["items"]] == [i["item_id"] for i in served["items"]]
+        fresh = arm == "fresh"
+        assert (preview["last_applied_at"] is not None) == fresh, (arm, preview)
+
+
 _RANKING = "[...document.querySelectorAll('#ranking-{which} li[data-item]')]"
 
 
@@ -118,7 +164,7 @@ def test_console_in_a_browser_follows_a_member_and_the_system(
     console_stack: tuple[Deployment, Worker], tmp_path: Path
 ) -> None:
     deployment, worker = console_stack
-    member = f"watched-{uuid.uuid4().hex[:6]}"
+    member = member_in("fresh", "watched")  # its ranking follows its actions as they come
     # Demo item n is in category n % 6: 0 engineering, 1 design (none of these is a candidate).
     engineering, design = [30, 36, 42, 48, 54], [31, 37, 43]
 

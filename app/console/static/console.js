@@ -185,7 +185,8 @@ async function refreshRanking(features) {
   const query = encodeURIComponent(state.candidates.join(","));
   const path = `/v1/console/members/${encodeURIComponent(state.member)}/ranking?candidates=${query}`;
   const ranked = await api(path);
-  setText($("ranking-model"), `${ranked.ranker} · ${ranked.model_version}`);
+  const arm = ranked.experiment ? ` · arm ${ranked.experiment.arm}` : "";
+  setText($("ranking-model"), `${ranked.ranker} · ${ranked.model_version}${arm}`);
   if (state.ranking && !sameOrder(state.ranking, ranked.items)) {
     state.before = state.ranking;
     setText($("ranking-changed"), `changed at ${clock(Date.now() / 1000)}`);

@@ -119,6 +119,23 @@ def test_a_daily_arm_follows_the_experiments_day(tmp_path: Path, vectorizer: Vec
     assert registry.read_experiment() == stopped
 
 
+def test_the_cli_starts_an_experiment_with_its_own_day(tmp_path: Path) -> None:
+    """``--day-origin``/``--day-length`` reach the definition every worker reads; a day
+    that is not positive is refused before anything is written."""
+    args = ["experiment", "start", "e1", "--model-dir", str(tmp_path)]
+    args += ["--arm", "a:heuristic-v1:fresh:0.5", "--arm", "b:heuristic-v1:daily:0.5"]
+    refused = CliRunner().invoke(main, [*args, "--day-length", "0"])
+    assert refused.exit_code == 1, refused.output
+    assert "day_length 0.0 must be positive" in refused.output
+    assert not (tmp_path / EXPERIMENT_FILE).exists()
+    started = CliRunner().invoke(main, [*args, "--day-origin", "1000.5", "--day-length", "43.2"])
+    assert started.exit_code == 0, started.output
+    stored = ModelRegistry(tmp_path, Vectorizer(VectorizerConfig())).read_experiment()
+    assert stored is not None
+    assert (stored.day_origin, stored.day_length) == (1000.5, 43.2)
+    assert stored.cutoff(1000.5 + 3 * 43.2 + 1.0) == pytest.approx(1000.5 + 3 * 43.2)
+
+
 # -- bad definitions -----------------------------------------------------------------------
 
 
