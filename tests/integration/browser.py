@@ -218,8 +218,22 @@ class Chromium:
             total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
         return total
 
-    async def screenshot(self, path: Path) -> Path:
-        shot = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    async def screenshot(self, path: Path, element: str | None = None) -> Path:
+        """The whole page as a PNG at ``path``; only the box of the first element that the
+        CSS selector ``element`` matches, if given."""
+        clip: dict[str, Any] = {}
+        if element is not None:
+            box = await self.evaluate(
+                f"(({{x, y, width, height}}) => ({{x, y, width, height}}))"
+                f"(document.querySelector({json.dumps(element)}).getBoundingClientRect())"
+            )
+            scroll = await self.evaluate("[window.scrollX, window.scrollY]")
+            box["x"] += scroll[0]
+            box["y"] += scroll[1]
+            clip = {"clip": {**box, "scale": 1}}
+        shot = await self.send(
+            "Page.captureScreenshot", format="png", captureBeyondViewport=True, **clip
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(shot["data"]))
         return path

@@ -36,9 +36,12 @@ HORIZON = 5.0
 OFFLINE_METRICS = ("ndcg_at_10", "mrr", "positive_rate")
 
 
-async def _round(url: str, rng: random.Random) -> tuple[int, list[dict[str, Any]]]:
-    """One request per member, 16 at a time, and the members' reactions to what they were
-    shown: a click that gets rarer down the list (an apply after some), a dismiss now and then."""
+async def _round(
+    url: str, rng: random.Random, experiment: str = "offline"
+) -> tuple[int, list[dict[str, Any]]]:
+    """One request per member, 16 at a time, each served in ``experiment``, and the members'
+    reactions to what they were shown: a click that gets rarer down the list (an apply after
+    some), a dismiss now and then. (``python -m bench.screenshots`` drives its traffic too.)"""
     reactions: list[dict[str, Any]] = []
     queue = iter(MEMBERS)
     served = 0
@@ -49,7 +52,7 @@ async def _round(url: str, rng: random.Random) -> tuple[int, list[dict[str, Any]
             for member in queue:
                 body = {"member_id": member, "candidates": CANDIDATES, "k": 10}
                 answer = (await client.post(f"{url}/v1/recommendations", json=body)).json()
-                assert answer["experiment"]["id"] == "offline", answer
+                assert answer["experiment"]["id"] == experiment, answer
                 served += 1
                 for position, item in enumerate(answer["items"]):
                     draw = rng.random()
