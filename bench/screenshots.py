@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import random
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -70,9 +71,9 @@ def screenshot(out: Path) -> int:
                 'nearline_attribute_records_total{outcome="upserted"}', len(items), timeout=30
             )
 
-            def labelled() -> int:
+            def labelled(at_least: int) -> bool:
                 view = httpx.get(f"{worker.url}/v1/console/experiment", timeout=5).json()
-                return sum(arm["totals"]["responses"] for arm in view["arms"].values())
+                return sum(arm["totals"]["responses"] for arm in view["arms"].values()) >= at_least
 
             rng = random.Random(26)
             responses = 0
@@ -82,7 +83,7 @@ def screenshot(out: Path) -> int:
                 responses += served
                 # Labelled before the next round: an action within the horizon of two
                 # responses that showed its item would count for both.
-                wait_until(lambda: labelled() >= responses, timeout=60, message="labelled")
+                wait_until(partial(labelled, responses), timeout=60, message="labelled")
             asyncio.run(_capture(worker.url, out))
             return responses
         finally:
