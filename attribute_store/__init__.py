@@ -1,8 +1,11 @@
-"""The attribute store: item and member attributes, two backends, a cache, the joins, a loader."""
+"""The attribute store: item and member attributes, two backends, a cache, the joins, a loader.
+
+The Aerospike backend is not imported here: importing it imports the aerospike client,
+which a worker on the embedded store neither needs nor may have (``nearline[aerospike]``).
+Import it from :mod:`nearline.attribute_store.aerospike`.
+"""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from nearline.attribute_store.cache import CachedAttributeStore
 from nearline.attribute_store.embedded import EmbeddedAttributeStore
@@ -31,13 +34,9 @@ from nearline.attribute_store.schema import (
 )
 from nearline.attribute_store.store import AttributeStore, StoreHealth
 
-if TYPE_CHECKING:
-    from nearline.attribute_store.aerospike import AerospikeAttributeStore
-
 __all__ = [
     "KINDS",
     "Action",
-    "AerospikeAttributeStore",
     "AttributeRecord",
     "AttributeStore",
     "AttributeStoreError",
@@ -66,14 +65,3 @@ __all__ = [
     "validate_member",
     "validate_record",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """``AerospikeAttributeStore`` on first use: importing it imports the aerospike client,
-    which a worker on the embedded store neither needs nor may have (``nearline[aerospike]``).
-    """
-    if name == "AerospikeAttributeStore":
-        from nearline.attribute_store.aerospike import AerospikeAttributeStore
-
-        return AerospikeAttributeStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

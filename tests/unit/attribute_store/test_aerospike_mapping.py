@@ -9,8 +9,13 @@ import aerospike
 import pytest
 
 from nearline.app.compose import attribute_store
-from nearline.attribute_store import AerospikeAttributeStore, EmbeddedAttributeStore, ItemAttributes
-from nearline.attribute_store.aerospike import parse_host, record_from_bins, record_to_bins
+from nearline.attribute_store import EmbeddedAttributeStore, ItemAttributes
+from nearline.attribute_store.aerospike import (
+    AerospikeAttributeStore,
+    parse_host,
+    record_from_bins,
+    record_to_bins,
+)
 from nearline.foundation.settings import load_settings
 from tests.unit.attribute_store.conftest import item, member
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from nearline.attribute_store import AerospikeAttributeStore, StoreUnavailable
+from nearline.attribute_store import StoreUnavailable
+from nearline.attribute_store.aerospike import AerospikeAttributeStore
 from tests.unit.attribute_store.conftest import item
 
 CONNECT_TIMEOUT = 0.4

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from nearline.attribute_store import (
-    AerospikeAttributeStore,
     AttributeStore,
     EmbeddedAttributeStore,
     ItemAttributes,
@@ -19,6 +18,7 @@ from nearline.attribute_store import (
     StoreUnavailable,
     validate_item,
 )
+from nearline.attribute_store.aerospike import AerospikeAttributeStore
 from nearline.foundation.settings import load_settings
 from tests.unit.attribute_store.conftest import DIM, item, member
 
