@@ -117,7 +117,7 @@ class Agents:
     metrics: Metrics
     loop_monitor: LoopMonitor
     #: Told of each applied ingest batch: its time, its record count and its plan.
-    on_batch: Callable[[float, int, BatchPlan], None] = lambda now, handled, plan: None
+    on_batch: Callable[[float, int, BatchPlan], None]
 
     def register(self) -> None:
         app, schedule = self.faust_app, self.schedule
