@@ -191,6 +191,13 @@ def simulate(
         diff = comparison.difference[name]
         click.echo(f"{name:>20}: NRT vs batch {rel.fmt(percent=True)} (difference {diff.fmt()})")
     click.echo(f"report: {report}  (wall time {result.wall_seconds:.0f} s)")
+    if (why := result.validity()) is not None:
+        click.secho(
+            f"Warning: not a valid test of freshness: {why}. Run with a lower --compression "
+            "or fewer --members.",
+            err=True,
+            fg="yellow",
+        )
 
 
 def _train_and_compare(config: SimulationConfig, out: Path, quiet: bool) -> None:

@@ -81,6 +81,19 @@ _ARM_LABEL: dict[str, str] = {
 }
 
 
+def _ingest_delay_line(result: SimulationResult) -> str:
+    delays = sorted(result.ingest_delays)
+    if not delays:
+        return "* ingest delay: not sampled."
+    median, worst = delays[len(delays) // 2], delays[-1]
+    minutes = result.config.compression / 60
+    return (
+        "* ingest delay (how long the oldest unread action had waited, sampled each second): "
+        f"p50 {median:.1f} s, max {worst:.1f} s (= {median * minutes:.1f} and "
+        f"{worst * minutes:.1f} simulated minutes)."
+    )
+
+
 def _markdown(result: SimulationResult, comparison: Comparison, plots: list[Path]) -> str:
     cfg = result.config
     w, b = cfg.world, cfg.behaviour
@@ -93,9 +106,14 @@ def _markdown(result: SimulationResult, comparison: Comparison, plots: list[Path
     def pct(values: list[float], q: float) -> float:
         return values[min(len(values) - 1, int(q * len(values)))] if values else math.nan
 
-    lines = [
-        "# Does freshness pay? Near-real-time vs daily-batch features",
-        "",
+    lines = ["# Does freshness pay? Near-real-time vs daily-batch features", ""]
+    if (why := result.validity()) is not None:
+        lines += [
+            f"> **Not a valid test of freshness:** {why}. Run it again with a lower "
+            "`--compression` or fewer `--members` (see *Run health*).",
+            "",
+        ]
+    lines += [
         f"Simulated {w.days} measured day(s) after {w.warmup_days} warm-up day(s), "
         f"{w.members} members, {w.items} jobs, seed {w.seed}. The real system served every "
         f"request: an embedded broker and one `nearline worker` process "
@@ -189,10 +207,12 @@ def _markdown(result: SimulationResult, comparison: Comparison, plots: list[Path
         "## Run health",
         "",
         f"* sessions: {len(result.sessions)} ({len(measured)} measured); actions produced: "
-        f"{result.actions_produced}; applied by the worker: "
+        f"{result.actions_produced}; read by the worker: {result.actions_read:.0f}; "
+        "applied: "
         f"{result.worker_metrics.get('nearline_events_applied_total', math.nan):.0f}; "
         "dead-lettered: "
         f"{result.worker_metrics.get('nearline_events_dead_lettered_total', math.nan):.0f}.",
+        _ingest_delay_line(result),
         f"* recommendation latency (client side): p50 {pct(latencies, 0.5) * 1000:.1f} ms, "
         f"p99 {pct(latencies, 0.99) * 1000:.1f} ms.",
         f"* schedule slip (session started late): p50 {pct(late, 0.5) * 1000:.0f} ms, max "

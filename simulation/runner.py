@@ -29,6 +29,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from nearline.model.training import TrainingConfig, TrainingReport
 
 __all__ = [
+    "FRESH_ENOUGH",
+    "IngestWatch",
     "SessionRecord",
     "SimulationConfig",
     "SimulationError",
@@ -65,6 +68,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Simulated seconds an action may wait to be read before a run's fresh arm stops counting
+#: as fresh (a day-old batch is 86,400 s behind at the day's end).
+FRESH_ENOUGH = 3600.0
+
 #: Wall seconds between loading the items and the first session: lets the worker settle.
 _LEAD_SECONDS = 1.0
 #: Wall seconds the worker usually needs to follow a started experiment (the model reload
@@ -73,6 +80,14 @@ _FOLLOW_SECONDS = 2.0
 #: Wall seconds to wait for the worker to follow the experiment, or to label every response.
 _EXPERIMENT_TIMEOUT = 60.0
 _RETRIES = 5
+#: Wall seconds between two samples of how far the worker has read the actions.
+_WATCH_EVERY = 1.0
+#: The embedded profile's producers send one record per batch, so the broker's "latest
+#: offset" is exact; but that broker's fetch walks a partition's batches, ~0.65 µs each
+#: (measured: 12 ms a fetch at 20k one-record batches, 81 ms at 120k). A 500-member run's
+#: ~150k actions made its fetches so slow that the worker read a third of them. The runner
+#: counts what the worker read, not offsets, so it batches its actions as any client would.
+_ACTIONS_BATCH_BYTES = 16384
 
 
 class SimulationError(RuntimeError):
@@ -206,6 +221,34 @@ class SimulationResult:
     training: TrainingOutcome | None = None
     #: The arms' results as ``nearline experiment status`` computes them, after the run.
     experiment: ExperimentResults | None = None
+    #: How long the oldest action not yet read by the worker had waited, sampled every
+    #: second of the sessions (wall seconds; see :class:`IngestWatch`).
+    ingest_delays: list[float] = field(default_factory=list)
+
+    @property
+    def actions_read(self) -> float:
+        return self.worker_metrics.get("nearline_events_in_total", math.nan)
+
+    def validity(self) -> str | None:
+        """Why the fresh arm was not fresh in this run, or ``None`` if it was.
+
+        The experiment compares features as they stream with a day's old ones; a worker that
+        fell behind the actions serves neither, and the comparison means nothing.
+        """
+        unread = self.actions_produced - self.actions_read
+        if not unread <= 0:
+            return (
+                f"the worker read {self.actions_read:.0f} of {self.actions_produced} actions "
+                "by the end of the run"
+            )
+        if self.ingest_delays:
+            worst = max(self.ingest_delays) * self.config.compression
+            if worst > FRESH_ENOUGH:
+                return (
+                    f"actions waited up to {worst / 60:.0f} simulated minutes to be read "
+                    f"(more than {FRESH_ENOUGH / 60:.0f}), so the fresh arm was not fresh"
+                )
+        return None
 
 
 def history_cap(config: SimulationConfig) -> int:
@@ -292,6 +335,7 @@ def simulate(
         pause=driver.pause,
         training=driver.training,
         experiment=driver.results,
+        ingest_delays=driver.watch.delays,
     )
 
 
@@ -303,6 +347,40 @@ def _wait_ingested(worker: WorkerProcess, produced: int, timeout: float = 15.0) 
         log.warning(
             "the worker had not read all %d actions %.0f s after the run", produced, timeout
         )
+
+
+class IngestWatch:
+    """How far behind the actions the worker reads, sampled while the sessions run.
+
+    Each sample is the age of the oldest action the worker had not yet read, to within a
+    sample interval: the time since the last sample at which no more had been produced than
+    the worker has now read (0 when it has read everything produced).
+    """
+
+    def __init__(self, produced: Callable[[], int], every: float = _WATCH_EVERY) -> None:
+        self._produced = produced
+        self.every = every
+        self.delays: list[float] = []
+        self._history: list[tuple[float, int]] = []  # (time, produced by then), in order
+
+    def sample(self, now: float, read: float) -> float:
+        """Record one sample: ``read`` actions read by the worker at ``now``; its delay."""
+        produced = self._produced()
+        history = self._history
+        history.append((now, produced))
+        while len(history) > 1 and history[1][1] <= read:
+            history.pop(0)  # the first sample left is the last one the worker is past
+        delay = 0.0 if read >= produced else now - history[0][0]
+        self.delays.append(delay)
+        return delay
+
+    async def run(self, read: Callable[[], Awaitable[float]]) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                self.sample(time.time(), await read())
+            except (httpx.HTTPError, OSError, ValueError) as exc:
+                log.warning("simulation: cannot read the worker's ingest count: %r", exc)
 
 
 class _Driver:
@@ -338,9 +416,12 @@ class _Driver:
         self.experiment: Experiment | None = None
         self.results: ExperimentResults | None = None
         self._running = False
+        self.watch = IngestWatch(lambda: self.actions_produced)
 
     async def run(self) -> None:
-        producer = AIOKafkaProducer(**client_options(self.settings, producer=True), linger_ms=2)
+        options = client_options(self.settings, producer=True)
+        options["max_batch_size"] = _ACTIONS_BATCH_BYTES
+        producer = AIOKafkaProducer(**options, linger_ms=2)
         await producer.start()
         limits = httpx.Limits(max_connections=self.config.concurrency)
         try:
@@ -383,6 +464,7 @@ class _Driver:
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        watching = asyncio.create_task(self.watch.run(self._actions_read))
         try:
             before = [s for s in sessions if s.day < warmup]
             await self._play(client, producer, before, bar)
@@ -402,9 +484,13 @@ class _Driver:
             await self._play(client, producer, measured, bar)
             await self._collect_results(client, len(measured))
         finally:
+            watching.cancel()
             bar.close()
             if self._running:  # a failed run leaves no experiment running behind it
                 await asyncio.to_thread(self._registry().stop_experiment)
+
+    async def _actions_read(self) -> float:
+        return await asyncio.to_thread(self.worker.metric, "nearline_events_in_total")
 
     def _registry(self) -> ModelRegistry:
         """The model directory the worker follows, as ``nearline experiment`` opens it."""

@@ -10,7 +10,7 @@ import pytest
 from nearline.attribute_store import validate_item
 from nearline.foundation.settings import load_settings
 from nearline.simulation.behaviour import BehaviourModel
-from nearline.simulation.runner import SessionRecord
+from nearline.simulation.runner import IngestWatch, SessionRecord
 from nearline.simulation.statistics import compare, experiment_table, permutation_p_values
 from nearline.simulation.timescale import TimeScale
 from nearline.simulation.world import ARMS, DAY, World, WorldConfig, arm_of, experiment
@@ -277,3 +277,41 @@ def test_the_reports_arm_figures_are_the_experiment_machinerys() -> None:
     )
     assert diff.high < 0  # 0.05 vs 0.15 dismissed per served item
     assert relative.value == pytest.approx(nrt.value / batch.value - 1.0)
+
+
+def test_the_ingest_watch_measures_how_long_the_oldest_unread_action_waited() -> None:
+    produced = [0]
+    watch = IngestWatch(lambda: produced[0])
+    produced[0] = 10
+    assert watch.sample(1.0, read=10) == 0.0  # everything read
+    produced[0] = 30
+    assert watch.sample(2.0, read=10) == 1.0  # unread since the sample at t=1
+    produced[0] = 50
+    assert watch.sample(3.0, read=25) == 2.0  # some read, but not all produced by t=2
+    assert watch.sample(4.0, read=30) == 2.0  # all produced by t=2 read: waiting since then
+    assert watch.sample(5.0, read=50) == 0.0
+    assert watch.delays == [0.0, 1.0, 2.0, 2.0, 0.0]
+
+
+def test_a_run_whose_worker_fell_behind_is_not_a_valid_test() -> None:
+    from nearline.simulation.runner import FRESH_ENOUGH, SimulationConfig, SimulationResult
+
+    config = SimulationConfig(world=SMALL, compression=300.0)
+
+    def result(read: int, delays: list[float]) -> SimulationResult:
+        return SimulationResult(
+            config=config,
+            sessions=[],
+            worker_env={},
+            wall_seconds=1.0,
+            actions_produced=100,
+            worker_metrics={"nearline_events_in_total": float(read)},
+            drift_events={},
+            time_scale=TimeScale(300.0),
+            ingest_delays=delays,
+        )
+
+    assert result(100, [0.0, 1.0]).validity() is None
+    assert "read 40 of 100" in (result(40, [0.0]).validity() or "")
+    too_late = FRESH_ENOUGH / config.compression + 1.0
+    assert "simulated minutes" in (result(100, [0.0, too_late]).validity() or "")
