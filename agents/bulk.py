@@ -255,4 +255,5 @@ class BulkConsumer(ConsumerInternals):
                     self.set_read_offset(tp, last)
                 self.applied_position[tp] = max(last + 1, self.applied_position.get(tp, 0))
                 self.applied_at[tp] = now
+                self.note_processed(tp, now)
         return new_total

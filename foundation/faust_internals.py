@@ -195,6 +195,18 @@ class ConsumerInternals(AIOKafkaConsumer):
     def committed_offsets(self) -> dict[TP, int | None]:
         return dict(self._committed_offset)
 
+    def note_processed(self, tp: TP, now: float) -> None:
+        """Tell Faust's monitor that records of ``tp`` were processed at ``now`` (monotonic).
+
+        Faust's stall watchdog reads this, set per event by its own streams. Records
+        delivered past its streams must set it too, or the watchdog logs an error about every
+        such partition every few seconds from five minutes after the start, however well
+        they are being processed; set, it stays silent until processing really stops.
+        """
+        monitor = self.app.monitor
+        if monitor is not None:
+            monitor.stream_inbound_time[tp] = now
+
     def is_buffered(self, tp: TP) -> bool:
         """Whether Faust's drain loop would hand on records of ``tp`` (a buffered partition)."""
         return tp in self._buffered_partitions

@@ -8,6 +8,7 @@ the tests, only ``foundation/faust_internals.py`` touches Faust's privates.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,19 @@ def consumer() -> BulkConsumer:
 def test_acked_fetch_is_what_faust_commits(consumer: BulkConsumer) -> None:
     assert consumer.ack_fetch({TP0: records(0, 1, 2, 3)}) == 4
     assert consumer._new_offset(TP0) == 4
+
+
+def test_an_acked_fetch_tells_fausts_stall_watchdog_its_partition_is_processed(
+    consumer: BulkConsumer,
+) -> None:
+    # Faust's watchdog (verify_event_path) reads stream_inbound_time, which its own streams
+    # set per event; without it, it logs "Stream has not started processing" every few
+    # seconds about partitions that are processed in bulk.
+    inbound = consumer.app.monitor.stream_inbound_time
+    assert TP0 not in inbound
+    before = time.monotonic()
+    consumer.ack_fetch({TP0: records(0, 1)})
+    assert before <= inbound[TP0] <= time.monotonic()
 
 
 def test_offsets_missing_between_fetches_are_acked_as_a_gap(consumer: BulkConsumer) -> None:
