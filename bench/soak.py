@@ -15,6 +15,11 @@ lag was first under 5,000 actions. Afterwards every member's counts are compared
 the broker acknowledged (actions lost, counted twice), and every logged response with the
 example sets written for it. Each process's CPU is sampled every second (the driver's too).
 Writes bench/results/soak.json and soak.png (lag and RSS over time).
+
+With ``--experiment`` an experiment runs throughout: two arms of the heuristic on fresh
+features, half the members each, so every request is assigned an arm and every labelled
+response is counted per arm, and nothing else differs (a daily arm would read less history
+and be cheaper for it). Run it alternately with a soak without, to see what that costs.
 """
 
 from __future__ import annotations
@@ -457,6 +462,39 @@ def soak_stack(broker: EmbeddedBroker, horizon: float, serve: int) -> Stack:
     return stack
 
 
+def start_experiment(stack: Stack) -> str:
+    """Give ``stack`` a model directory with :data:`EXPERIMENT` running in it, as
+    ``nearline experiment start`` would; returns the experiment's id."""
+    from nearline.app.compose import vectorizer_from_settings
+    from nearline.model.experiments import Arm, Experiment
+    from nearline.model.heuristic import HEURISTIC_VERSION
+    from nearline.model.registry import ModelRegistry
+
+    stack.settings["NEARLINE_MODEL_DIR"] = str(Path(tempfile.mkdtemp()) / "models")
+    settings = stack.app_settings()
+    registry = ModelRegistry(settings.model_dir, vectorizer_from_settings(settings), "default")
+    arms = tuple(Arm(name, HEURISTIC_VERSION, "fresh", 0.5) for name in ("a", "b"))
+    registry.start_experiment(Experiment("soak", arms))
+    return "soak"
+
+
+def experiment_counts(url: str, experiment: str) -> dict[str, float]:
+    """The worker's per-arm response counters of ``experiment`` (labelled, by arm)."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("nearline_experiment_responses_total{") and (
+            f'experiment="{experiment}"' in line
+        ):
+            labels = line[line.index("{") + 1 : line.index("}")]
+            key = ",".join(
+                part.split("=")[1].strip('"')
+                for part in labels.split(",")
+                if part.startswith(("arm=", "outcome="))
+            )
+            counts[key] = counts.get(key, 0.0) + float(line.rpartition(" ")[2])
+    return counts
+
+
 def soak(
     seconds: float,
     rate: float,
@@ -467,11 +505,13 @@ def soak(
     recs_rate: float = 300.0,
     reads_rate: float = 500.0,
     serve: int = SERVE_PROCESSES,
+    experiment: bool = False,
 ) -> dict[str, Any]:
     from nearline.app.traffic import generate_actions
 
     with EmbeddedBroker() as broker:
         stack = soak_stack(broker, horizon, serve)
+        experiment_id = start_experiment(stack) if experiment else None
         try:
             worker = start_worker(stack, ITEMS, MEMBERS, PRELOADED)
             preloaded = list(generate_actions(PRELOADED, members=MEMBERS, items=ITEMS))
@@ -521,6 +561,9 @@ def soak(
                     "actions_expected": total,
                     "state": compare(first.url, expected, format_duration(345600.0)),
                     "examples": examples_per_response(stack),
+                    "experiment": (
+                        experiment_counts(first.url, experiment_id) if experiment_id else None
+                    ),
                     "max_stalled_s": max(
                         (v for r in run.timeline for k, v in r.items() if k.endswith("_stalled")),
                         default=0.0,
@@ -586,6 +629,11 @@ def summary(result: dict[str, Any]) -> list[str]:
         f"longest stall on a partition with lag: {result['max_stalled_s']:.1f} s",
         f"state vs oracle: {result['state']}",
         f"examples per response: {result['examples']}",
+        *(
+            [f"experiment responses by arm and outcome: {result['experiment']}"]
+            if result.get("experiment") is not None
+            else []
+        ),
         "event-loop lag, longest of each second (ms): "
         + ", ".join(f"{name} {v}" for name, v in result["loop_lag_ms"].items()),
         f"mean CPU, % of one core (2 cores in all; serving processes asked for: "
@@ -607,6 +655,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="record the worker with py-spy into this speedscope file"
     )
+    parser.add_argument(
+        "--experiment",
+        action="store_true",
+        help="run an experiment throughout (two arms of the heuristic, fresh features)",
+    )
     add_serve_processes_option(parser)
     args = parser.parse_args()
     result = soak(
@@ -618,6 +671,7 @@ def main() -> None:
         recs_rate=args.recs_rate,
         reads_rate=args.reads_rate,
         serve=args.serve_processes,
+        experiment=args.experiment,
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=2, default=str))

@@ -248,15 +248,28 @@ def _experiment_lines(result: SimulationResult) -> list[str]:
             f"| {ARM_METRICS[name]} | {nrt.fmt()} | {batch.fmt()} | {diff.fmt()} | "
             f"{rel.fmt(percent=True)} | {SEED_FIGURES.get(name, 'not reported')} |"
         )
-    lines += ["", "| arm | members | responses | served | dismissed | positives |"]
-    lines.append("| --- | --- | --- | --- | --- | --- |")
+    lines += [
+        "",
+        "| arm | members | responses | served | dismissed | positives | members' dismisses "
+        "| members' clicks |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for arm in ARMS:
         a = results.arms[arm]
         t = a.totals
+        made = [r for r in result.sessions if r.measured and r.arm == arm]
         lines.append(
             f"| {_ARM_LABEL[arm]} | {a.members} | {a.responses} | {int(t['impressions'])} | "
-            f"{int(t['dismisses'])} | {int(t['positives'])} |"
+            f"{int(t['dismisses'])} | {int(t['positives'])} | "
+            f"{sum(r.dismisses for r in made)} | {sum(r.clicks for r in made)} |"
         )
+    lines += [
+        "",
+        "Dismissed and positives are what the outcomes join labelled; the last two columns "
+        "are what the simulated members did (every apply and save follows a click). The join "
+        "labels every response within the horizon that showed the item a member reacted to, "
+        "so an item shown twice is counted twice: the columns differ by that much.",
+    ]
     return [*lines, ""]
 
 
