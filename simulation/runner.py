@@ -235,8 +235,7 @@ class SimulationResult:
         The experiment compares features as they stream with a day's old ones; a worker that
         fell behind the actions serves neither, and the comparison means nothing.
         """
-        unread = self.actions_produced - self.actions_read
-        if not unread <= 0:
+        if not self.actions_read >= self.actions_produced:  # also when it was not read (NaN)
             return (
                 f"the worker read {self.actions_read:.0f} of {self.actions_produced} actions "
                 "by the end of the run"
