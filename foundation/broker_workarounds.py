@@ -13,7 +13,7 @@ this applies. Every place that acts differently for it asks :class:`BrokerWorkar
   timeouts let a restarted worker rejoin in seconds (10 s gave ~21 s, 6 s ~14 s).
 
 One departure has no workaround here: it keeps every record (no retention) and a fetch walks
-the partition's record batches, ~0.65 µs each (12 ms a fetch at 20k one-record batches, 81
+the partition's record batches, ~0.6 µs each (10 ms a fetch at 20k one-record batches, 69
 ms at 120k). One record per batch buys exact end offsets with that cost; a producer that
 needs no exact end may batch (``nearline simulate`` does), and runs of hours belong on Kafka.
 """

@@ -88,7 +88,8 @@ def _ingest_delay_line(result: SimulationResult) -> str:
     median, worst = delays[len(delays) // 2], delays[-1]
     minutes = result.config.compression / 60
     return (
-        "* ingest delay (how long the oldest unread action had waited, sampled each second): "
+        "* ingest delay (how long the oldest unread action had waited at most, sampled each "
+        "second, so 1 s means within a sample): "
         f"p50 {median:.1f} s, max {worst:.1f} s (= {median * minutes:.1f} and "
         f"{worst * minutes:.1f} simulated minutes)."
     )

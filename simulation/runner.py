@@ -83,10 +83,11 @@ _RETRIES = 5
 #: Wall seconds between two samples of how far the worker has read the actions.
 _WATCH_EVERY = 1.0
 #: The embedded profile's producers send one record per batch, so the broker's "latest
-#: offset" is exact; but that broker's fetch walks a partition's batches, ~0.65 µs each
-#: (measured: 12 ms a fetch at 20k one-record batches, 81 ms at 120k). A 500-member run's
-#: ~150k actions made its fetches so slow that the worker read a third of them. The runner
-#: counts what the worker read, not offsets, so it batches its actions as any client would.
+#: offset" is exact; but that broker's fetch walks a partition's batches, ~0.6 µs each
+#: (``bench.broker_fetch``: 10 ms a fetch at 20k one-record batches, 69 ms at 120k, under
+#: 1 ms batched). A 500-member run's ~150k actions made its fetches so slow that the worker
+#: read a third of them. The runner counts what the worker read, not offsets, so it batches
+#: its actions as any client would.
 _ACTIONS_BATCH_BYTES = 16384
 
 
