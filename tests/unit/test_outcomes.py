@@ -318,7 +318,7 @@ def test_an_erased_members_responses_make_no_examples_and_leave_nothing(
         joiner.erased = {"m1": NOW + 5}
         # The erasure deletes every key of the member...
         keys = await joiner.pending.member_keys(0, {b"m1"})
-        assert len(keys) == 3  # the response, the count, the reaction
+        assert len(keys) == 4  # the response, what it served, the count, the reaction
         await joiner.pending.write({0: dict.fromkeys(keys)})
         assert all(b"m1" not in key for key in state_keys(table))
         # ... a response logged before it and read after it is not stored; a later one is.
