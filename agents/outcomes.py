@@ -365,10 +365,10 @@ class OutcomeJoiner:
             if self._erased(member, response.due_ms):
                 erased += 1  # deleted with the others, and no example set
                 continue
-            actions = self._actions(partition, member)
-            if member not in served_at and any(a[1] in _LABELLING for a in actions):
-                served_at[member] = pending.served_at(partition, member)
             try:
+                actions = self._actions(partition, member)
+                if member not in served_at and any(a[1] in _LABELLING for a in actions):
+                    served_at[member] = pending.served_at(partition, member)
                 example_set = label_response(
                     codec.loads(response.record),
                     actions,
