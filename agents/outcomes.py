@@ -8,6 +8,14 @@ timer labels the responses whose horizon has passed with the member's actions (t
 store of the same partition, plus every action recorded for members with pending
 responses), writes one example set per response and deletes it.
 
+Last touch: a reaction to an item goes to the member's latest response that served the item
+before it, not to every response within the horizon that served it, so an arm that repeats
+its lists has each reaction counted once, in its examples and in its outcome. Each stored
+response keeps what it served beside it (see :mod:`nearline.tables.pending`), which labelling
+reads with one prefix scan per member with reactions. A candidate logged but not served is
+labelled by any reaction to it, as before. A later response not yet stored when an earlier
+one is labelled (the log read behind by more than their gap) takes no credit from it.
+
 Exactly one example set per response, across crashes too. Each write of responses also
 stores the log offset they reach (the ``s`` key, after them), so a response read again,
 after a crash, a rebalance or any seek back, is never stored a second time, even once it
@@ -23,6 +31,7 @@ of its responses whose example sets are already there; the others are labelled a
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import logging
 import time
@@ -43,6 +52,8 @@ from nearline.tables.pending import (
     due_key,
     reaction_key,
     reaction_value,
+    served_key,
+    served_value,
     stored_until_value,
 )
 
@@ -71,7 +82,11 @@ def feature_set_id(feature_names: Iterable[str]) -> str:
 
 
 def label_response(
-    record: Mapping[str, Any], actions: Iterable[Reacted], horizon: float, unlabeled_as: str
+    record: Mapping[str, Any],
+    actions: Iterable[Reacted],
+    horizon: float,
+    unlabeled_as: str,
+    served_at: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any] | None:
     """The example set of one logged response: its candidates labelled by what followed.
 
@@ -80,12 +95,23 @@ def label_response(
     features are the rows logged at request time, so the examples are point-in-time
     correct. A response of an experiment's arm also gets its outcome (``"experiment"``).
     ``None`` when no candidate makes an example and the response is of no arm.
+
+    Last touch: ``served_at`` gives, per item, when the member's responses that served it
+    were requested (ascending; this one's own time may be among them). A reaction to an item
+    this response served is credited to the latest response that served the item before
+    it: this one does not count it if another served the item after this one's request and
+    before the reaction. A candidate logged but not served is labelled by any reaction to
+    it within the horizon, as is a response without ``served_at``.
     """
     start, end = record["ts"], record["ts"] + horizon
+    served = frozenset(record.get("ranked") or ()) if served_at else frozenset()
     reactions: dict[str, set[str]] = {}
     for item_id, action, ts in actions:
-        if start < ts <= end:
-            reactions.setdefault(item_id, set()).add(action)
+        if not start < ts <= end:
+            continue
+        if item_id in served and _served_between(served_at, item_id, start, ts):
+            continue  # a later response's
+        reactions.setdefault(item_id, set()).add(action)
     item_ids, matrix = logged_rows(record)
     arm = record.get("experiment")
     keep, labels, outcomes = [], [], []
@@ -122,6 +148,17 @@ def label_response(
         arm_outcome = response_outcome(record["ranked"], reactions)
         example_set["experiment"] = {"id": arm["id"], "arm": arm["arm"], **arm_outcome}
     return example_set
+
+
+def _served_between(
+    served_at: Mapping[str, Sequence[float]] | None, item_id: str, start: float, ts: float
+) -> bool:
+    """Whether a response requested after ``start`` and before ``ts`` served ``item_id``."""
+    times = served_at.get(item_id) if served_at else None
+    if not times:
+        return False
+    after = bisect.bisect_right(times, start)
+    return after < len(times) and times[after] < ts
 
 
 class ExamplesTopic(Protocol):
@@ -177,7 +214,8 @@ class OutcomeJoiner:
 
         A record before its partition's stored-until offset was stored before (it is still
         pending, or labelled already): a re-read of the log, after a crash, a rebalance or a
-        seek back, skips it.
+        seek back, skips it. Beside each response goes what it served (its ``v`` key, just
+        before its ``d`` key: a changelog restored in part has the one whenever the other).
         """
         by_partition: dict[int, list[KafkaRecord]] = {}
         for record in records:
@@ -207,8 +245,11 @@ class OutcomeJoiner:
                     if member not in counts:
                         counts[member] = pending.pending_of(partition, member)
                     counts[member] += 1
+                    served = self._served(record)
+                    if served is not None:
+                        values[served_key(member, due_ms, record.offset)] = served
                     values[key] = record.value or b""
-                new += len(values)
+                    new += 1
                 for member, count in counts.items():
                     values[pending.count_key(member)] = str(count).encode()
                 last = max(record.offset for record in batch) + 1
@@ -223,6 +264,17 @@ class OutcomeJoiner:
         if unreadable:
             self.metrics.responses.labels("unreadable").inc(unreadable)
         return new
+
+    @staticmethod
+    def _served(record: KafkaRecord) -> bytes | None:
+        """The ``v`` value of a logged response: its request time and the items it served.
+        ``None`` for a record without them (one that cannot be labelled, or of an older
+        shape): its response takes no credit from the member's earlier ones."""
+        try:
+            body = codec.loads(record.value or b"")
+            return served_value(float(body["ts"]), [str(item) for item in body["ranked"]])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def _member_and_due(self, record: KafkaRecord) -> tuple[bytes, int] | None:
         # Records are keyed by member and stamped with the request time (whole ms): enough
@@ -304,18 +356,25 @@ class OutcomeJoiner:
 
         sets: list[tuple[bytes, bytes]] = []
         unreadable = erased = 0
+        # Per member with reactions, what its pending responses served: one scan a pass.
+        served_at: dict[bytes, dict[str, list[float]]] = {}
         for n, response in enumerate(due, 1):
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a response costs ~0.1-0.5 ms: keep serving meanwhile
-            if self._erased(response.member, response.due_ms):
+            member = response.member
+            if self._erased(member, response.due_ms):
                 erased += 1  # deleted with the others, and no example set
                 continue
             try:
+                actions = self._actions(partition, member)
+                if member not in served_at and any(a[1] in _LABELLING for a in actions):
+                    served_at[member] = pending.served_at(partition, member)
                 example_set = label_response(
                     codec.loads(response.record),
-                    self._actions(partition, response.member),
+                    actions,
                     self.horizon,
                     self.unlabeled_as,
+                    served_at.get(member),
                 )
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning(
@@ -372,8 +431,8 @@ class OutcomeJoiner:
     ) -> dict[bytes, bytes | None]:
         """Writes that delete ``responses`` (labelled, earliest due first) and the marker.
 
-        Also the members' counts, and their reactions that can no longer label anything:
-        every response still pending was requested after these were.
+        Also what they served, the members' counts, and their reactions that can no longer
+        label anything: every response still pending was requested after these were.
         """
         if not responses:
             return {IN_PROGRESS_KEY: None}
@@ -381,6 +440,7 @@ class OutcomeJoiner:
         updates: dict[bytes, bytes | None] = {}
         done_by_member: dict[bytes, int] = {}
         for response in responses:
+            updates[response.served_key] = None  # before the response: see add
             updates[response.key] = None
             done_by_member[response.member] = done_by_member.get(response.member, 0) + 1
         cutoff_ms = max(r.due_ms for r in responses) - 1 - self.horizon_ms

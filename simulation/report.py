@@ -268,8 +268,9 @@ def _experiment_lines(result: SimulationResult) -> list[str]:
         "",
         "Dismissed and positives are what the outcomes join labelled; the last two columns "
         "are what the simulated members did (every apply and save follows a click). The join "
-        "labels every response within the horizon that showed the item a member reacted to, "
-        "so an item shown twice is counted twice: the columns differ by that much.",
+        "credits a reaction to the latest response that showed the item before it (last "
+        "touch), so an item shown twice is counted once; the columns differ by the reactions "
+        "the join did not see within a response's horizon.",
     ]
     return [*lines, ""]
 

@@ -10,6 +10,13 @@ all on the worker that owns the partition. Keys, by kind:
 - ``r`` + member length (2 bytes) + member + event time (ms, 8 bytes) + event id: one action
   of a member with pending responses (``item_id`` NUL ``action``), so labels see every
   action within the horizon, not only the ones kept as the member's recent actions;
+- ``v`` + member length (2 bytes) + member + due time (ms, 8 bytes) + log offset (8 bytes):
+  what one pending response served (its request time, a big-endian double, then its served
+  item ids joined by NUL), written and deleted with its ``d`` key and always before it, so
+  labelling finds a member's later servings of an item with one prefix scan (last-touch
+  attribution, see :mod:`nearline.agents.outcomes`). Keyed by due time, not request time,
+  so it follows from the ``d`` key whatever the horizon is configured to later. A response
+  stored by a version without these keys just takes no credit from earlier ones;
 - ``i``: the labelling pass in progress (see :mod:`nearline.agents.outcomes`);
 - ``s``: the log offset every response before which has been stored (8 bytes), written
   after the responses it covers, so a re-read of the log never stores a response again,
@@ -19,8 +26,9 @@ all on the worker that owns the partition. Keys, by kind:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from nearline.tables.changelog import ChangelogTable, RawUpdates
@@ -33,10 +41,12 @@ PENDING_TABLE = "outcomes-pending"
 _DUE = b"d"
 _COUNT = b"m"
 _REACTION = b"r"
+_SERVED = b"v"
 IN_PROGRESS_KEY = b"i"
 STORED_UNTIL_KEY = b"s"
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
+_F64 = struct.Struct(">d")
 _DUE_HEAD = 1 + 8 + 8
 #: Keys scanned between two yields to the event loop (a few milliseconds).
 _SCAN_YIELD_EVERY = 5000
@@ -49,6 +59,11 @@ class DueResponse:
     offset: int
     member: bytes
     record: bytes
+
+    @property
+    def served_key(self) -> bytes:
+        """The key of what this response served (it may be absent: see the module)."""
+        return served_key(self.member, self.due_ms, self.offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +89,14 @@ def _reaction_prefix(member: bytes) -> bytes:
 
 def reaction_key(member: bytes, ts: float, event_id: str) -> bytes:
     return _reaction_prefix(member) + _U64.pack(max(0, int(ts * 1000))) + event_id.encode()
+
+
+def _served_prefix(member: bytes) -> bytes:
+    return _SERVED + _U16.pack(len(member)) + member
+
+
+def served_key(member: bytes, due_ms: int, offset: int) -> bytes:
+    return _served_prefix(member) + _U64.pack(due_ms) + _U64.pack(offset)
 
 
 class PendingResponses:
@@ -148,15 +171,33 @@ class PendingResponses:
         for key, _ in self.table.scan(partition, prefix, stop):
             yield key
 
+    # -- what responses served ---------------------------------------------------------
+
+    def served_at(self, partition: int, member: bytes) -> dict[str, list[float]]:
+        """Per item, when the member's pending responses that served it were requested
+        (seconds, ascending): one prefix scan."""
+        prefix = _served_prefix(member)
+        found: dict[str, list[float]] = {}
+        for _, value in self.table.scan(partition, prefix, prefix + b"\xff" * 17):
+            ts = _F64.unpack_from(value)[0]
+            items = value[_F64.size :]
+            for item_id in items.decode().split("\0") if items else ():
+                bisect.insort(found.setdefault(item_id, []), ts)
+        return found
+
     # -- erasure -----------------------------------------------------------------------
 
     async def member_keys(self, partition: int, members: set[bytes]) -> list[bytes]:
-        """Every key of these members: their pending responses, counts and reactions.
+        """Every key of these members: their pending responses, what those served, their
+        counts and reactions.
 
         Responses are kept in due order, not by member: if any of them has one pending,
         all are scanned once (erasures are rare), yielding to the event loop as it goes.
         """
         keys = [key for member in members for key in self.reaction_keys(partition, member, None)]
+        for member in members:
+            prefix = _served_prefix(member)
+            keys += [key for key, _ in self.table.scan(partition, prefix, prefix + b"\xff" * 17)]
         counted = [
             _COUNT + member
             for member in members
@@ -184,3 +225,8 @@ def stored_until_value(offset: int) -> bytes:
 
 def reaction_value(item_id: str, action: str) -> bytes:
     return f"{item_id}\0{action}".encode()
+
+
+def served_value(ts: float, item_ids: Sequence[str]) -> bytes:
+    """A ``v`` value: the request time and the served item ids, in served order."""
+    return _F64.pack(ts) + "\0".join(item_ids).encode()

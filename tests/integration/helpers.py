@@ -161,13 +161,14 @@ def read_topic_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list
 
 def pending_outcomes(deployment: Deployment, app_id: str | None = None) -> dict[bytes, bytes]:
     """The outcomes join's state as its changelog says it is now: the last value of each key
-    that is a response waiting to be labelled or a labelling pass in progress."""
+    that is a response waiting to be labelled, what one served, or a labelling pass in
+    progress."""
     app_id = app_id or deployment.settings["NEARLINE_APP_ID"]
     state: dict[bytes, bytes] = {}
     for record in read_to_end(deployment, f"{app_id}-outcomes-pending-changelog"):
         if record.value is None:
             state.pop(record.key, None)
-        elif record.key[:1] in (b"d", b"i"):  # responses, and a pass in progress
+        elif record.key[:1] in (b"d", b"v", b"i"):  # responses, what they served, a pass
             state[record.key] = record.value
     return state
 

@@ -109,8 +109,9 @@ def load_member_attributes(worker: Worker, tmp: Path, *members: str) -> None:
 
 
 def pending_responses(deployment: Deployment) -> list[bytes]:
-    """Keys of the responses waiting for their outcomes (and of a labelling pass)."""
-    return [k for k in live_keys(deployment, "outcomes-pending") if k[:1] in (b"d", b"i")]
+    """Keys of the responses waiting for their outcomes, what they served (and of a
+    labelling pass)."""
+    return [k for k in live_keys(deployment, "outcomes-pending") if k[:1] in (b"d", b"v", b"i")]
 
 
 def test_an_erased_member_is_gone_from_every_store_and_stays_gone(

@@ -199,6 +199,39 @@ def test_sigkill_with_pending_responses_yields_each_example_set_exactly_once(
     assert all(len(found) == 1 for found in by_member.values())
 
 
+def test_a_click_after_two_servings_is_one_positive_of_the_later_response(
+    deployment: Deployment,
+) -> None:
+    """Last touch, through serving, the log, the join's state and the examples topic."""
+    worker = deployment.worker(NEARLINE_OUTCOME_HORIZON="5s").start().wait_ready()
+    body = {"member_id": "touch", "candidates": CANDIDATES[:5], "k": 3}
+    first, second = (
+        httpx.post(f"{worker.url}/v1/recommendations", json=body, timeout=30).json()
+        for _ in range(2)
+    )
+    item = first["items"][0]["item_id"]
+    assert item in [entry["item_id"] for entry in second["items"]]
+    click = {"event_id": "touch-1", "member_id": "touch", "item_id": item, "action": "click"}
+    deployment.produce(records([{**click, "ts": time.time()}]))
+    wait_until(
+        lambda: worker.metric('nearline_outcome_responses_total{outcome="labelled"}') == 2,
+        timeout=30,
+        message="both responses labelled",
+    )
+    topic = deployment.settings["NEARLINE_TOPIC_TRAINING_EXAMPLES"]
+    examples = [codec.loads(r.value) for r in read_to_end(deployment, topic)]
+    sets = {found["request_id"]: found for found in examples}
+    assert set(sets) == {first["request_id"], second["request_id"]}
+    positives = [
+        (request_id, item_id)
+        for request_id, found in sets.items()
+        for item_id, label in zip(found["item_ids"], found["labels"], strict=True)
+        if label == 1
+    ]
+    assert positives == [(second["request_id"], item)]
+    assert pending_outcomes(deployment) == {}  # what they served went with them
+
+
 def test_a_stalled_partition_turns_the_liveness_probe_red(deployment: Deployment) -> None:
     worker = deployment.worker(NEARLINE_STALL_TIMEOUT="3s")
     worker.start(module="tests.integration.stalling_worker").wait_ready()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rocksdict
 
-from nearline.agents.outcomes import OutcomeJoiner
+from nearline.agents.outcomes import OutcomeJoiner, label_response
 from nearline.foundation import codec
 from nearline.foundation.metrics import Metrics
 from nearline.model.feature_log import decode_matrix, log_record
@@ -98,7 +98,15 @@ class LogRecord:
     timestamp: int | None
 
 
-def logged(request_id: str, member: str, ts: float, items: list[str]) -> bytes:
+def logged(
+    request_id: str,
+    member: str,
+    ts: float,
+    items: list[str],
+    served: list[str] | None = None,
+    arm: str | None = None,
+) -> bytes:
+    """A logged response; ``served``: the items shown (all of ``items`` if ``None``)."""
     matrix = np.arange(len(items) * 2, dtype=np.float32).reshape(len(items), 2)
     record = log_record(
         request_id=request_id,
@@ -109,8 +117,9 @@ def logged(request_id: str, member: str, ts: float, items: list[str]) -> bytes:
         feature_names=["a", "b"],
         item_ids=items,
         matrix=matrix,
-        ranked=items,
+        ranked=items if served is None else served,
         context={},
+        experiment=None if arm is None else {"id": "e1", "arm": arm},
     )
     return codec.dumps(record)
 
@@ -150,10 +159,16 @@ def joiner_with(
     return joiner, clock
 
 
-def record(offset: int, member: str, ts: float, items: list[str], partition: int = 0) -> LogRecord:
-    return LogRecord(
-        partition, offset, member.encode(), logged(f"r{offset}", member, ts, items), int(ts * 1000)
-    )
+def record(
+    offset: int,
+    member: str,
+    ts: float,
+    items: list[str],
+    partition: int = 0,
+    served: list[str] | None = None,
+) -> LogRecord:
+    value = logged(f"r{offset}", member, ts, items, served)
+    return LogRecord(partition, offset, member.encode(), value, int(ts * 1000))
 
 
 def test_a_response_is_labelled_once_its_horizon_has_passed(table: LocalTable) -> None:
@@ -318,7 +333,7 @@ def test_an_erased_members_responses_make_no_examples_and_leave_nothing(
         joiner.erased = {"m1": NOW + 5}
         # The erasure deletes every key of the member...
         keys = await joiner.pending.member_keys(0, {b"m1"})
-        assert len(keys) == 3  # the response, the count, the reaction
+        assert len(keys) == 4  # the response, what it served, the count, the reaction
         await joiner.pending.write({0: dict.fromkeys(keys)})
         assert all(b"m1" not in key for key in state_keys(table))
         # ... a response logged before it and read after it is not stored; a later one is.
@@ -352,3 +367,153 @@ def test_a_pending_response_of_a_member_erased_meanwhile_is_dropped_when_due(
         )
         == 1
     )
+
+
+# -- last touch: a reaction goes to the latest response that served the item -------------------
+
+
+def decoded(
+    request_id: str, ts: float, items: list[str], served: list[str] | None = None, arm: str = "a"
+) -> dict[str, Any]:
+    return dict(codec.loads(logged(request_id, "m1", ts, items, served, arm)))
+
+
+def served_at(*responses: dict[str, Any]) -> dict[str, list[float]]:
+    """What the join's state gives labelling: per item, when these responses served it."""
+    found: dict[str, list[float]] = {}
+    for response in sorted(responses, key=lambda r: float(r["ts"])):
+        for item_id in response["ranked"]:
+            found.setdefault(item_id, []).append(response["ts"])
+    return found
+
+
+def outcomes(example_set: dict[str, Any] | None) -> dict[str, str]:
+    assert example_set is not None
+    return dict(zip(example_set["item_ids"], example_set["outcomes"], strict=True))
+
+
+@pytest.mark.parametrize("action", ["click", "dismiss"])
+def test_a_reaction_after_two_servings_credits_only_the_later_response(action: str) -> None:
+    first, second = decoded("r1", NOW, ["x", "y"]), decoded("r2", NOW + 10, ["x", "z"])
+    shown = served_at(first, second)
+    actions = [("x", action, NOW + 20)]
+    assert outcomes(label_response(first, actions, HORIZON, "negative", shown)) == {
+        "x": "none",
+        "y": "none",
+    }
+    assert outcomes(label_response(second, actions, HORIZON, "negative", shown)) == {
+        "x": action,
+        "z": "none",
+    }
+    # Without what the member's responses served, both count it (as before last touch).
+    assert outcomes(label_response(first, actions, HORIZON, "negative"))["x"] == action
+
+
+@pytest.mark.parametrize("at", [NOW + 5, NOW + 10], ids=["between", "at-the-later-request"])
+def test_a_reaction_between_two_servings_credits_the_earlier_response(at: float) -> None:
+    first, second = decoded("r1", NOW, ["x"]), decoded("r2", NOW + 10, ["x"])
+    shown = served_at(first, second)
+    actions = [("x", "click", at)]
+    assert outcomes(label_response(first, actions, HORIZON, "skip", shown)) == {"x": "click"}
+    assert outcomes(label_response(second, actions, HORIZON, "skip", shown)) == {}
+
+
+def test_a_candidate_logged_but_not_served_neither_takes_nor_loses_credit() -> None:
+    # x: served by the first, only logged by the second; y: the other way round.
+    first = decoded("r1", NOW, ["x", "y"], served=["x"])
+    second = decoded("r2", NOW + 10, ["x", "y"], served=["y"])
+    shown = served_at(first, second)
+    actions = [("x", "click", NOW + 20), ("y", "dismiss", NOW + 20)]
+    expected = {"x": "click", "y": "dismiss"}
+    assert outcomes(label_response(first, actions, HORIZON, "skip", shown)) == expected
+    assert outcomes(label_response(second, actions, HORIZON, "skip", shown)) == expected
+
+
+def test_an_arms_outcome_counts_each_reaction_once_by_last_touch() -> None:
+    first, second = decoded("r1", NOW, ["x", "y"]), decoded("r2", NOW + 10, ["y", "x"])
+    shown = served_at(first, second)
+    actions = [("x", "click", NOW + 5), ("y", "dismiss", NOW + 20), ("x", "apply", NOW + 30)]
+    earlier = label_response(first, actions, HORIZON, "skip", shown)
+    later = label_response(second, actions, HORIZON, "skip", shown)
+    assert earlier is not None and later is not None
+    counts = ("served", "click", "apply", "save", "dismiss", "positives")
+    assert [earlier["experiment"][c] for c in counts] == [2, 1, 0, 0, 0, [0]]
+    assert [later["experiment"][c] for c in counts] == [2, 0, 1, 0, 1, [1]]
+
+
+def positives(topic: ExamplesTopic) -> list[tuple[str, str]]:
+    """(request id, item id) of every positive example written."""
+    return sorted(
+        (s["request_id"], item_id)
+        for s in topic.sets()
+        for item_id, label in zip(s["item_ids"], s["labels"], strict=True)
+        if label == 1
+    )
+
+
+def test_the_join_credits_a_click_after_two_servings_to_the_later_response(
+    table: LocalTable,
+) -> None:
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic)
+
+    async def run() -> None:
+        await joiner.add([record(0, "m1", NOW, ["x", "y"]), record(1, "m1", NOW + 10, ["x"])])
+        await joiner.record_reactions({(0, b"m1"): [("e1", "x", "click", NOW + 20)]})
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 2
+
+    asyncio.run(run())
+    assert positives(topic) == [("r1", "x")]
+    assert sorted(len(s["labels"]) for s in topic.sets()) == [1, 2]  # x is r0's negative
+    assert state_keys(table) == []  # what they served went with them
+
+
+def test_the_join_credits_the_last_serving_across_labelling_passes(table: LocalTable) -> None:
+    # max_per_pass is 3: r0-r2 are labelled (and deleted) before r3, the one that takes it.
+    topic = ExamplesTopic()
+    store = Store({"m1": [["e1", "x", "click", NOW + 20, None, None]]})
+    joiner, clock = joiner_with(table, store, topic, unlabeled_as="skip")
+
+    async def run() -> None:
+        await joiner.add([record(n, "m1", NOW + n, ["x"]) for n in range(4)])
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 4
+
+    asyncio.run(run())
+    assert positives(topic) == [("r3", "x")]
+    assert state_keys(table) == []
+
+
+def test_a_later_response_that_only_logged_the_item_takes_no_credit(table: LocalTable) -> None:
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic, unlabeled_as="skip")
+
+    async def run() -> None:
+        later = record(1, "m1", NOW + 10, ["w", "x"], served=["w"])
+        await joiner.add([record(0, "m1", NOW, ["x"]), later])
+        await joiner.record_reactions({(0, b"m1"): [("e1", "x", "click", NOW + 20)]})
+        clock.now = NOW + 3600
+        await joiner.label_due()
+
+    asyncio.run(run())
+    # r1's unserved candidate is labelled by the click as before; r0 served x and keeps it.
+    assert positives(topic) == [("r0", "x"), ("r1", "x")]
+
+
+def test_a_response_stored_without_what_it_served_takes_no_credit(table: LocalTable) -> None:
+    # As one stored by a version before last touch.
+    topic = ExamplesTopic()
+    joiner, clock = joiner_with(table, Store(), topic, unlabeled_as="skip")
+
+    async def run() -> None:
+        await joiner.add([record(0, "m1", NOW, ["x"]), record(1, "m1", NOW + 10, ["x"])])
+        (response,) = [r for r in joiner.pending.due(0, 2**62, 10) if r.offset == 1]
+        table.db(0).delete(response.served_key)
+        await joiner.record_reactions({(0, b"m1"): [("e1", "x", "click", NOW + 20)]})
+        clock.now = NOW + 3600
+        assert await joiner.label_due() == 2
+
+    asyncio.run(run())
+    assert positives(topic) == [("r0", "x"), ("r1", "x")]
+    assert state_keys(table) == []
