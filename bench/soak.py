@@ -463,8 +463,9 @@ def soak_stack(broker: EmbeddedBroker, horizon: float, serve: int) -> Stack:
 
 
 def start_experiment(stack: Stack) -> str:
-    """Give ``stack`` a model directory with :data:`EXPERIMENT` running in it, as
-    ``nearline experiment start`` would; returns the experiment's id."""
+    """Give ``stack`` a model directory with an experiment running in it, as ``nearline
+    experiment start`` would: two arms of the heuristic on fresh features, half and half.
+    Returns the experiment's id."""
     from nearline.app.compose import vectorizer_from_settings
     from nearline.model.experiments import Arm, Experiment
     from nearline.model.heuristic import HEURISTIC_VERSION

@@ -19,7 +19,7 @@ from nearline.simulation.behaviour import BehaviourModel
 from nearline.simulation.world import WorldConfig
 
 if TYPE_CHECKING:
-    from nearline.simulation.runner import SimulationConfig
+    from nearline.simulation.runner import SimulationConfig, SimulationResult
 
 __all__ = ["simulate"]
 
@@ -191,10 +191,15 @@ def simulate(
         diff = comparison.difference[name]
         click.echo(f"{name:>20}: NRT vs batch {rel.fmt(percent=True)} (difference {diff.fmt()})")
     click.echo(f"report: {report}  (wall time {result.wall_seconds:.0f} s)")
+    _warn_if_not_valid(result)
+
+
+def _warn_if_not_valid(result: SimulationResult, run: str = "") -> None:
+    """Say on the terminal, as the report does at its top, if the run tested nothing."""
     if (why := result.validity()) is not None:
         click.secho(
-            f"Warning: not a valid test of freshness: {why}. Run with a lower --compression "
-            "or fewer --members.",
+            f"Warning: {run}not a valid test of freshness: {why}. Run with a lower "
+            "--compression or fewer --members.",
             err=True,
             fg="yellow",
         )
@@ -225,6 +230,8 @@ def _train_and_compare(config: SimulationConfig, out: Path, quiet: bool) -> None
         )
     except (SimulationError, StackError, BrokerError) as exc:
         raise click.ClickException(str(exc)) from None
+    _warn_if_not_valid(trained, "run 1/2 (trained) was ")
+    _warn_if_not_valid(baseline, "run 2/2 (heuristic) was ")
     report = write_training_report(trained, baseline, out)
     rankers = compare_rankers(baseline.sessions, trained.sessions, seed=config.world.seed)
     for arm, metrics in rankers.items():
