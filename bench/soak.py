@@ -466,14 +466,12 @@ def start_experiment(stack: Stack) -> str:
     """Give ``stack`` a model directory with an experiment running in it, as ``nearline
     experiment start`` would: two arms of the heuristic on fresh features, half and half.
     Returns the experiment's id."""
-    from nearline.app.compose import vectorizer_from_settings
+    from nearline.app.compose import model_registry
     from nearline.model.experiments import Arm, Experiment
     from nearline.model.heuristic import HEURISTIC_VERSION
-    from nearline.model.registry import ModelRegistry
 
     stack.settings["NEARLINE_MODEL_DIR"] = str(Path(tempfile.mkdtemp()) / "models")
-    settings = stack.app_settings()
-    registry = ModelRegistry(settings.model_dir, vectorizer_from_settings(settings), "default")
+    registry = model_registry(stack.app_settings())
     arms = tuple(Arm(name, HEURISTIC_VERSION, "fresh", 0.5) for name in ("a", "b"))
     registry.start_experiment(Experiment("soak", arms))
     return "soak"
@@ -481,18 +479,17 @@ def start_experiment(stack: Stack) -> str:
 
 def experiment_counts(url: str, experiment: str) -> dict[str, float]:
     """The worker's per-arm response counters of ``experiment`` (labelled, by arm)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     counts: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith("nearline_experiment_responses_total{") and (
-            f'experiment="{experiment}"' in line
-        ):
-            labels = line[line.index("{") + 1 : line.index("}")]
-            key = ",".join(
-                part.split("=")[1].strip('"')
-                for part in labels.split(",")
-                if part.startswith(("arm=", "outcome="))
-            )
-            counts[key] = counts.get(key, 0.0) + float(line.rpartition(" ")[2])
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "nearline_experiment_responses_total"
+                and labels.get("experiment") == experiment
+            ):
+                counts[f"{labels['arm']},{labels['outcome']}"] = sample.value
     return counts
 
 

@@ -176,14 +176,17 @@ class PendingResponses:
     def served_at(self, partition: int, member: bytes) -> dict[str, list[float]]:
         """Per item, when the member's pending responses that served it were requested
         (seconds, ascending): one prefix scan."""
-        prefix = _served_prefix(member)
         found: dict[str, list[float]] = {}
-        for _, value in self.table.scan(partition, prefix, prefix + b"\xff" * 17):
+        for _, value in self._served_entries(partition, member):
             ts = _F64.unpack_from(value)[0]
             items = value[_F64.size :]
             for item_id in items.decode().split("\0") if items else ():
                 bisect.insort(found.setdefault(item_id, []), ts)
         return found
+
+    def _served_entries(self, partition: int, member: bytes) -> Iterator[tuple[bytes, bytes]]:
+        prefix = _served_prefix(member)
+        return iter(self.table.scan(partition, prefix, prefix + b"\xff" * 17))
 
     # -- erasure -----------------------------------------------------------------------
 
@@ -195,9 +198,7 @@ class PendingResponses:
         all are scanned once (erasures are rare), yielding to the event loop as it goes.
         """
         keys = [key for member in members for key in self.reaction_keys(partition, member, None)]
-        for member in members:
-            prefix = _served_prefix(member)
-            keys += [key for key, _ in self.table.scan(partition, prefix, prefix + b"\xff" * 17)]
+        keys += [key for member in members for key, _ in self._served_entries(partition, member)]
         counted = [
             _COUNT + member
             for member in members
